@@ -1,0 +1,175 @@
+// CPU kernel of vaebm_fast::langevin_step_: the fused, in-place unadjusted Langevin update
+//
+//   t <- clamp(t - h (clip(g) + lambda t) + sigma xi, low, high),   h = step_size / 2,
+//
+// over a list of tensors, where element k of the flattened concatenation of the list uses
+// normal number offset + k of the Philox stream for `seed` (csrc/philox.h). The reference is
+// langevin_step_reference in vaebm_fast/ops/langevin.py.
+//
+// Memory traffic: read t and g, write t (12 bytes per fp32 element); the noise is generated in
+// L1-sized blocks next to its use and never stored. That makes the kernel compute-bound on
+// the noise (~2 ns per normal per core, normals.cpp); the update itself is ~8 flops.
+//
+// Layout: every tensor is processed as a flat contiguous array. A non-contiguous tensor is
+// updated on a contiguous copy that is copied back afterwards, and a non-contiguous gradient
+// is read through a contiguous copy; the flat order is the logical (row-major) order, so
+// results do not depend on strides.
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include "normals.h"
+
+namespace vaebm_fast {
+namespace cpu {
+namespace {
+
+// Elements per parallel task: ~2 ns of noise each, so ~16 us per task.
+constexpr int64_t kGrain = 8192;
+
+// The update's constants in the compute type (float for fp32/fp16/bf16, double for fp64).
+// Absent clip / clamp bounds are +-inf, which leave every value (NaN included) unchanged, so
+// the loop has no branches on the options.
+template <typename acc_t>
+struct Coeffs {
+  acc_t half_step, prior_weight, sigma, clip_low, clip_high, low, high;
+};
+
+// Vectorised update of n contiguous elements; `noise` holds their normals in acc_t.
+// Same operation order as the Python reference: t - h * (clip(g) + lambda t) + sigma xi.
+template <typename scalar_t>
+void update_block(scalar_t* t, const scalar_t* g, const scalar_t* noise, int64_t n,
+                  const Coeffs<scalar_t>& c) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const Vec h(c.half_step), lam(c.prior_weight), sig(c.sigma);
+  const Vec clip_lo(c.clip_low), clip_hi(c.clip_high), lo(c.low), hi(c.high);
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec tv = Vec::loadu(t + i);
+    const Vec gv = at::vec::clamp(Vec::loadu(g + i), clip_lo, clip_hi);
+    const Vec out = tv - h * (gv + lam * tv) + sig * Vec::loadu(noise + i);
+    at::vec::clamp(out, lo, hi).store(t + i);
+  }
+  for (; i < n; ++i) {  // tail; comparisons written so that NaN passes through like clamp
+    scalar_t gv = g[i];
+    gv = gv < c.clip_low ? c.clip_low : (gv > c.clip_high ? c.clip_high : gv);
+    scalar_t out = t[i] - c.half_step * (gv + c.prior_weight * t[i]) + c.sigma * noise[i];
+    t[i] = out < c.low ? c.low : (out > c.high ? c.high : out);
+  }
+}
+
+// n contiguous elements whose first element uses normal number m0.
+template <typename scalar_t>
+void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint64_t m0,
+                  const Coeffs<at::opmath_type<scalar_t>>& c) {
+  float noise[kNoiseBlock];
+  for (int64_t start = 0; start < n; start += kNoiseBlock) {
+    const int64_t len = std::min(kNoiseBlock, n - start);
+    fill_normals(noise, len, seed, m0 + static_cast<uint64_t>(start));
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      update_block<float>(t + start, g + start, noise, len, c);
+    } else if constexpr (std::is_same_v<scalar_t, double>) {
+      double noise_d[kNoiseBlock];  // fp32 normals widened, as the reference does
+      for (int64_t i = 0; i < len; ++i) noise_d[i] = noise[i];
+      update_block<double>(t + start, g + start, noise_d, len, c);
+    } else {  // Half / BFloat16: compute in float, round once on store
+      for (int64_t i = 0; i < len; ++i) {
+        float gv = static_cast<float>(g[start + i]);
+        gv = gv < c.clip_low ? c.clip_low : (gv > c.clip_high ? c.clip_high : gv);
+        const float tv = static_cast<float>(t[start + i]);
+        float out = tv - c.half_step * (gv + c.prior_weight * tv) + c.sigma * noise[i];
+        out = out < c.low ? c.low : (out > c.high ? c.high : out);
+        t[start + i] = static_cast<scalar_t>(out);
+      }
+    }
+  }
+}
+
+void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step_size,
+                       int64_t seed, int64_t offset, double prior_weight, double noise_scale,
+                       std::optional<double> grad_clip, std::optional<double> clamp_low,
+                       std::optional<double> clamp_high) {
+  // The Python wrapper checks all of this with friendlier messages; these guard direct calls
+  // through torch.ops.
+  TORCH_CHECK(tensors.size() == grads.size(), "langevin_step_: got ", tensors.size(),
+              " tensors but ", grads.size(), " grads");
+  TORCH_CHECK(offset >= 0, "langevin_step_: offset must be >= 0, got ", offset);
+  if (tensors.empty()) return;
+  const at::ScalarType dtype = tensors[0].scalar_type();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(t.device().is_cpu() && g.device().is_cpu(),
+                "langevin_step_ (CPU kernel): tensors[", i, "] and grads[", i, "] must be on the CPU");
+    TORCH_CHECK(t.scalar_type() == dtype && g.scalar_type() == dtype,
+                "langevin_step_: all tensors and grads must have dtype ", dtype, "; tensors[", i,
+                "] is ", t.scalar_type(), ", grads[", i, "] is ", g.scalar_type());
+    TORCH_CHECK(t.sizes() == g.sizes(), "langevin_step_: tensors[", i, "] has shape ", t.sizes(),
+                " but grads[", i, "] has shape ", g.sizes());
+    TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes,
+                "langevin_step_: tensors[", i, "] has elements sharing memory (e.g. from expand); "
+                "pass a tensor that owns each element (.clone())");
+  }
+  TORCH_CHECK(at::isFloatingType(dtype), "langevin_step_: tensors must be floating, got ", dtype);
+
+  // Flat contiguous views to work on, and where each tensor starts in the concatenation.
+  std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
+  std::vector<int64_t> start(tensors.size() + 1, 0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    work[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
+    grad[i] = grads[i].contiguous();
+    start[i + 1] = start[i] + tensors[i].numel();
+  }
+  const int64_t total = start.back();
+  TORCH_CHECK(total <= std::numeric_limits<int64_t>::max() - offset,
+              "langevin_step_: offset + numel overflows int64");
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const double clip = grad_clip.value_or(kInf);
+  const uint64_t key = static_cast<uint64_t>(seed);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "langevin_step_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Coeffs<acc_t> c{static_cast<acc_t>(step_size * 0.5), static_cast<acc_t>(prior_weight),
+                          static_cast<acc_t>(noise_scale), static_cast<acc_t>(-clip),
+                          static_cast<acc_t>(clip), static_cast<acc_t>(clamp_low.value_or(-kInf)),
+                          static_cast<acc_t>(clamp_high.value_or(kInf))};
+    std::vector<scalar_t*> t_ptr(work.size());
+    std::vector<const scalar_t*> g_ptr(work.size());
+    for (size_t i = 0; i < work.size(); ++i) {
+      t_ptr[i] = work[i].mutable_data_ptr<scalar_t>();
+      g_ptr[i] = grad[i].const_data_ptr<scalar_t>();
+    }
+    // One parallel loop over the concatenation, so many small tensors still share the threads;
+    // each task walks the tensors its range [begin, end) overlaps.
+    at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
+      size_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+      for (; i < work.size() && start[i] < end; ++i) {
+        const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
+        if (lo >= hi) continue;  // empty tensor
+        const int64_t local = lo - start[i];
+        update_range<scalar_t>(t_ptr[i] + local, g_ptr[i] + local, hi - lo, key,
+                               static_cast<uint64_t>(offset + lo), c);
+      }
+    });
+  });
+
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!work[i].is_same(tensors[i])) tensors[i].copy_(work[i]);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace vaebm_fast
+
+TORCH_LIBRARY_IMPL(vaebm_fast, CPU, m) {
+  m.impl("langevin_step_", &vaebm_fast::cpu::langevin_step_cpu);
+}

@@ -1,0 +1,97 @@
+// Operator schemas of the vaebm_fast library (torch.ops.vaebm_fast.*).
+//
+// Only schemas live here; kernels register themselves per backend with TORCH_LIBRARY_IMPL in
+// csrc/cpu/*.cpp and csrc/cuda/*_registration.cpp, and the fake (meta) kernels used by
+// torch.compile are registered from Python (vaebm_fast/ops/*.py, torch.library.register_fake).
+// Mutated arguments are marked (a!) so functionalization / torch.compile know about the writes.
+//
+// The shared library has no Python module init: vaebm_fast/_native.py loads it with
+// torch.ops.load_library, which runs the static registrations below.
+#include <string>
+#include <vector>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#ifndef VAEBM_FAST_TORCH_VERSION
+#error "build with -DVAEBM_FAST_TORCH_VERSION=\"<torch.__version__>\" (setup.py / CMakeLists.txt do)"
+#endif
+#ifndef VAEBM_FAST_WITH_CUDA
+#define VAEBM_FAST_WITH_CUDA 0
+#endif
+
+#define VAEBM_FAST_STR2(x) #x
+#define VAEBM_FAST_STR(x) VAEBM_FAST_STR2(x)
+
+namespace {
+
+// "key=value;key=value": the torch this library was compiled against (compared with the
+// running torch by _native.py before any kernel is used), whether CUDA kernels were built,
+// and the host compiler.
+std::string build_info() {
+  return std::string("torch=") + VAEBM_FAST_TORCH_VERSION +
+         ";cuda=" VAEBM_FAST_STR(VAEBM_FAST_WITH_CUDA) ";cxx=" +
+#if defined(__clang__)
+         "clang " + __clang_version__;
+#elif defined(__GNUC__)
+         "gcc " + __VERSION__;
+#else
+         "unknown";
+#endif
+}
+
+// ADInplaceOrView kernel shared by every mutating op: runs the op, then bumps the version
+// counter of each tensor its schema marks as written (a!), as built-in in-place ops do, so that
+// autograd refuses to backpropagate through a value that was overwritten. (Ops defined in C++
+// otherwise fall through this key and versions would not change.) Boxed, so one function
+// serves all schemas.
+void bump_versions_of_written_args(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                                   torch::jit::Stack* stack) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  std::vector<at::Tensor> written;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const c10::AliasInfo* alias = args[i].alias_info();
+    if (alias == nullptr || !alias->isWrite()) continue;
+    const c10::IValue& value = (*stack)[first + i];
+    if (value.isTensor()) {
+      written.push_back(value.toTensor());
+    } else if (value.isTensorList()) {
+      const c10::List<at::Tensor> list = value.toTensorList();
+      for (size_t j = 0; j < list.size(); ++j) written.push_back(list.get(j));
+    }
+  }
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+  for (const at::Tensor& t : written) t.unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vaebm_fast, m) {
+  // Build metadata, see build_info(). No tensor arguments, so the kernel is a catch-all.
+  m.def("_build_info() -> str", &build_info);
+
+  // Philox4x32-10 words of call index `offsets[...]` (int64 read as uint64) for `seed`:
+  // returns int64 [*offsets.shape, 4] with values in [0, 2^32).
+  m.def("philox4x32(int seed, Tensor offsets) -> Tensor");
+
+  // Fill the contiguous floating tensor `out` (read flat) with normals number
+  // offset, offset + 1, ... of the stream for `seed`.
+  m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
+
+  // In-place unadjusted Langevin step on every tensors[i] (see vaebm_fast/ops/langevin.py):
+  //   t <- clamp(t - (step_size / 2) (clip(g) + prior_weight t) + noise_scale xi)
+  // Element k of the flattened concatenation of `tensors` uses normal number offset + k.
+  m.def(
+      "langevin_step_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, int seed, "
+      "int offset, float prior_weight, float noise_scale, float? grad_clip, "
+      "float? clamp_low, float? clamp_high) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vaebm_fast, ADInplaceOrView, m) {
+  const auto bump = [] {
+    return torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written_args>();
+  };
+  m.impl("philox_normal_", bump());
+  m.impl("langevin_step_", bump());
+}

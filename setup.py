@@ -1,0 +1,87 @@
+"""Build of the vaebm_fast native extension ``vaebm_fast._C``.
+
+Metadata lives in pyproject.toml; this file only adds the compiled library. Build against the
+torch that will import it::
+
+    pip install --no-build-isolation .        # or -e . for development
+
+What gets compiled (decided from the installed torch and the environment, never from a GPU):
+
+* always the C++ CPU kernels: csrc/ops.cpp (schemas) and csrc/cpu/*.cpp;
+* the CUDA kernels csrc/cuda/*.cu and csrc/cuda/*_registration.cpp when torch is a CUDA build
+  AND nvcc is found (CUDA_HOME / PATH). ``VAEBM_FAST_CUDA=0`` skips them, ``=1`` requires
+  them (and fails loudly when they cannot be built). Target GPUs come from
+  ``TORCH_CUDA_ARCH_LIST`` (default below, so no GPU is queried);
+* nothing with ``VAEBM_FAST_NO_EXT=1`` (pure-Python install; every op runs its eager path).
+
+The .so has no Python module init: vaebm_fast/_native.py loads it with torch.ops.load_library.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"  # A100, H100/H200; PTX JITs forward to newer GPUs
+
+
+def _sources(pattern):
+    # Relative paths: setuptools rejects absolute ones in sdists/wheels.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _nvcc_found():
+    # Like torch.utils.cpp_extension's CUDA_HOME search (which a CPU-only torch skips).
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    return bool(shutil.which("nvcc")) or any(
+        root and os.path.isfile(os.path.join(root, "bin", "nvcc")) for root in roots)
+
+
+def _want_cuda(torch):
+    switch = os.environ.get("VAEBM_FAST_CUDA", "").strip()
+    if switch == "0":
+        return False
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is not a CUDA build")
+    if not _nvcc_found():
+        problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    if not _sources("csrc/cuda/*.cu"):
+        problems.append("there are no CUDA sources in csrc/cuda")
+    if switch == "1" and problems:
+        raise RuntimeError("VAEBM_FAST_CUDA=1 but the CUDA kernels cannot be built: "
+                           + "; ".join(problems))
+    return not problems
+
+
+def _extensions():
+    if os.environ.get("VAEBM_FAST_NO_EXT", "") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = _want_cuda(torch)
+    sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
+    # The torch version is baked in so _native.py can refuse a library built for another torch.
+    defines = [f'-DVAEBM_FAST_TORCH_VERSION="{torch.__version__}"',
+               f"-DVAEBM_FAST_WITH_CUDA={int(with_cuda)}"]
+    # -fopenmp: at::parallel_for is a header template that only runs in parallel when the
+    # including file is compiled with OpenMP (torch's CPU build uses the OpenMP backend).
+    # -fno-math-errno -fno-trapping-math: as torch itself; lets the noise loops vectorise.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"] + defines
+    if not with_cuda:
+        ext = CppExtension("vaebm_fast._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=["-fopenmp"])
+    else:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        nvcc = ["-O3", "-lineinfo"]  # the .cu files need no torch defines
+        ext = CUDAExtension("vaebm_fast._C", sources,
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                            extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

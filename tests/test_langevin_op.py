@@ -1,0 +1,249 @@
+"""langevin_step_: native kernel vs the eager reference, noise bookkeeping, input errors."""
+import math
+import os
+
+import pytest
+import torch
+
+from vaebm_fast import _native
+from vaebm_fast.ops import (BackendUnavailableError, default_backend, langevin_step_,
+                            langevin_step_reference, philox_normal)
+import vaebm_fast.ops.langevin as langevin_module
+
+
+@pytest.fixture
+def native():
+    """Skip (or fail with VAEBM_FAST_REQUIRE_NATIVE=1) when the extension is not loaded."""
+    st = _native.status()
+    if not st.loaded:
+        if os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") == "1":
+            pytest.fail(f"native extension required but unavailable: {st.reason}")
+        pytest.skip(f"native extension unavailable: {st.reason}")
+
+
+SHAPES = [(7,), (3, 5), (0,), (2, 3, 33), (1,), (1031,)]  # odd sizes, an empty tensor
+
+OPTIONS = [
+    dict(),
+    dict(prior_weight=0.0, grad_clip=0.3),
+    dict(prior_weight=0.5, clamp=(-0.4, 0.6)),
+    dict(prior_weight=2.0, noise_scale=0.05, grad_clip=1.0, clamp=(None, 0.2)),
+    dict(noise_scale=0.0, clamp=(-0.1, None)),
+]
+
+TOL = {torch.float32: dict(atol=2e-6, rtol=1e-6), torch.float64: dict(atol=2e-6, rtol=0),
+       torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.6e-2, rtol=1e-2)}
+
+
+def make(shapes, dtype, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    ts = [(torch.randn(s, generator=gen, dtype=torch.float64) * 0.5).to(dtype) for s in shapes]
+    gs = [(torch.randn(s, generator=gen, dtype=torch.float64) * scale).to(dtype) for s in shapes]
+    return ts, gs
+
+
+def clone(ts):
+    return [t.clone() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(o) or "defaults")
+def test_native_matches_reference(native, dtype, opts):
+    ts, gs = make(SHAPES, dtype, scale=3.0)
+    ref_ts, nat_ts = clone(ts), clone(ts)
+    args = dict(step_size=0.02, seed=2**40 + 3, offset=2**33 + 1, **opts)
+    end_ref = langevin_step_reference(ref_ts, gs, **args)
+    end_nat = langevin_step_(nat_ts, gs, backend="native", **args)
+    total = sum(math.prod(s) for s in SHAPES)
+    assert end_ref == end_nat == args["offset"] + total
+    for r, n, t in zip(ref_ts, nat_ts, ts):
+        assert n.dtype == dtype and n.shape == t.shape
+        torch.testing.assert_close(n, r, **TOL[dtype])
+    assert any(not torch.equal(n, t) for n, t in zip(nat_ts, ts) if n.numel())
+
+
+def test_reference_formula():
+    # t <- clamp(t - eta/2 (clip(g) + lambda t) + sigma xi): spelled out in float64.
+    t = torch.linspace(-1, 1, 11, dtype=torch.float64)
+    g = torch.linspace(-4, 4, 11, dtype=torch.float64)
+    out = t.clone()
+    end = langevin_step_reference([out], [g], step_size=0.1, seed=5, offset=9, prior_weight=0.5,
+                                  noise_scale=0.2, grad_clip=2.0, clamp=(-0.9, 0.8))
+    xi = philox_normal(11, seed=5, offset=9, backend="eager").double()
+    expected = (t - 0.05 * (g.clamp(-2, 2) + 0.5 * t) + 0.2 * xi).clamp(-0.9, 0.8)
+    assert end == 20
+    torch.testing.assert_close(out, expected, atol=1e-15, rtol=0)
+    # Default sigma is sqrt(step_size); prior_weight defaults to 1.
+    out = t.clone()
+    langevin_step_reference([out], [g], step_size=0.1, seed=5, offset=9)
+    torch.testing.assert_close(out, t - 0.05 * (g + t) + math.sqrt(0.1) * xi, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_non_contiguous_tensors(backend, request):
+    if backend == "native":
+        request.getfixturevalue("native")
+    base = torch.randn(6, 10)
+    view = base[:, ::3]  # [6, 4], strided
+    transposed = torch.randn(5, 7).t()  # [7, 5], column-major
+    grads = [torch.randn(4, 6).t(), torch.randn(7, 5)]  # non-contiguous grad too
+    expected = [view.contiguous(), transposed.contiguous()]
+    langevin_step_reference(expected, [g.contiguous() for g in grads], step_size=0.1, seed=1,
+                            offset=3, grad_clip=0.5)
+    before = base.clone()
+    end = langevin_step_([view, transposed], grads, step_size=0.1, seed=1, offset=3,
+                         grad_clip=0.5, backend=backend)
+    assert end == 3 + 24 + 35
+    torch.testing.assert_close(view, expected[0], atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(transposed, expected[1], atol=2e-6, rtol=1e-6)
+    untouched = torch.ones_like(base, dtype=torch.bool)
+    untouched[:, ::3] = False
+    assert torch.equal(base[untouched], before[untouched])  # columns outside the view
+
+
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_empty_inputs(backend, request):
+    if backend == "native":
+        request.getfixturevalue("native")
+    assert langevin_step_([], [], step_size=0.1, seed=0, offset=17, backend=backend) == 17
+    t = torch.empty(0, 3)
+    assert langevin_step_([t], [t.clone()], step_size=0.1, seed=0, offset=4,
+                          backend=backend) == 4
+
+
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_split_list_equals_concatenation(backend, request):
+    if backend == "native":
+        request.getfixturevalue("native")
+    ts, gs = make([(3, 4), (5,), (2, 2, 2)], torch.float32, seed=3)
+    flat_t = torch.cat([t.reshape(-1) for t in ts])
+    flat_g = torch.cat([g.reshape(-1) for g in gs])
+    args = dict(step_size=0.05, seed=11, offset=6, prior_weight=0.7, grad_clip=1.0)
+    end_list = langevin_step_(ts, gs, backend=backend, **args)
+    end_flat = langevin_step_(flat_t, flat_g, backend=backend, **args)  # one tensor, no list
+    assert end_list == end_flat == 6 + 25
+    assert torch.equal(torch.cat([t.reshape(-1) for t in ts]), flat_t)
+
+
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_consecutive_steps_use_fresh_noise(backend, request):
+    if backend == "native":
+        request.getfixturevalue("native")
+    # With g = 0, lambda = 0 and sigma = 1 a step adds exactly its noise.
+    t = torch.zeros(1001, dtype=torch.float64)
+    zeros = torch.zeros_like(t)
+    args = dict(step_size=1.0, seed=42, prior_weight=0.0, backend=backend)
+    offset = langevin_step_([t], [zeros], offset=10, **args)
+    first = t.clone()
+    offset2 = langevin_step_([t], [zeros], offset=offset, **args)
+    second = t - first
+    assert offset == 1011 and offset2 == 2012
+    stream = philox_normal(2002, seed=42, offset=10).double()
+    torch.testing.assert_close(first, stream[:1001], atol=1e-6, rtol=0)
+    torch.testing.assert_close(second, stream[1001:], atol=1e-6, rtol=0)
+    assert abs(torch.corrcoef(torch.stack([first, second]))[0, 1].item()) < 0.15
+
+
+def test_nan_gradient_propagates(native):
+    t = torch.zeros(9)
+    g = torch.zeros(9)
+    g[4] = float("nan")
+    langevin_step_([t], [g], step_size=0.1, seed=0, offset=0, grad_clip=1.0, clamp=(0, 1),
+                   backend="native")
+    assert torch.isnan(t[4]) and torch.isfinite(t[torch.arange(9) != 4]).all()
+
+
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_leaf_tensors_requiring_grad(backend, request):
+    if backend == "native":
+        request.getfixturevalue("native")
+    x = torch.randn(4, 3, requires_grad=True)
+    y = (x ** 2).sum()
+    y.backward(retain_graph=True)
+    version = x._version
+    langevin_step_([x], [x.grad], step_size=0.1, seed=0, offset=0, backend=backend)  # no_grad
+    assert x._version > version and x.requires_grad
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()  # x was saved for backward and has been overwritten
+
+
+def test_default_backend_controls_auto(monkeypatch):
+    calls = []
+    real = langevin_module.langevin_step_reference
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(langevin_module, "langevin_step_reference", spy)
+    t = torch.zeros(5)
+    with default_backend("eager"):
+        langevin_step_([t], [t.clone()], step_size=0.1, seed=0, offset=0)
+    assert calls == [1]
+    if _native.is_loaded():  # "auto" prefers native on the CPU
+        langevin_step_([t], [t.clone()], step_size=0.1, seed=0, offset=0)
+        assert calls == [1]
+
+
+def test_internal_overlap_is_rejected(native):
+    t = torch.zeros(1, 3).expand(4, 3)
+    with pytest.raises(RuntimeError, match="sharing memory"):
+        langevin_step_([t], [torch.zeros(4, 3)], step_size=0.1, seed=0, offset=0,
+                       backend="native")
+
+
+def _ok_args():
+    return dict(tensors=[torch.zeros(3), torch.zeros(2, 2)],
+                grads=[torch.zeros(3), torch.zeros(2, 2)], step_size=0.1, seed=1, offset=0)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(grads=[torch.zeros(3)]), ValueError, "same length"),
+    (dict(grads=[torch.zeros(3), torch.zeros(4)]), ValueError, r"grads\[1\] must have the shape"),
+    (dict(grads=[torch.zeros(3), torch.zeros(2, 2, dtype=torch.float64)]), ValueError, "dtype"),
+    (dict(grads=[torch.zeros(3), torch.zeros(2, 2, device="meta")]), ValueError, "device"),
+    (dict(tensors=[torch.zeros(3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64)],
+          grads=[torch.zeros(3, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64)]),
+     ValueError, "float"),
+    (dict(tensors=[torch.zeros(3), [1.0, 2.0]]), TypeError, r"tensors\[1\]"),
+    (dict(tensors="x"), TypeError, "list of tensors"),
+    (dict(step_size=0.0), ValueError, "step_size must be > 0"),
+    (dict(step_size=-1e-3), ValueError, "step_size"),
+    (dict(step_size=float("nan")), ValueError, "finite"),
+    (dict(step_size=float("inf")), ValueError, "finite"),
+    (dict(step_size="0.1"), TypeError, "step_size"),
+    (dict(noise_scale=-1.0), ValueError, "noise_scale"),
+    (dict(prior_weight=float("nan")), ValueError, "prior_weight"),
+    (dict(grad_clip=0.0), ValueError, "grad_clip"),
+    (dict(grad_clip=float("nan")), ValueError, "grad_clip"),
+    (dict(clamp=(1.0, 0.0)), ValueError, "low < high"),
+    (dict(clamp=(0.5, 0.5)), ValueError, "low < high"),
+    (dict(clamp=(0.0,)), TypeError, "pair"),
+    (dict(clamp=(float("nan"), 1.0)), ValueError, "NaN"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(seed=2**63), ValueError, "seed"),
+    (dict(offset=-3), ValueError, "offset"),
+    (dict(offset=2**63 - 5), ValueError, "offset"),
+    (dict(backend="cuda"), ValueError, "backend must be one of"),
+])
+def test_bad_inputs(change, error, match):
+    args = {**_ok_args(), **change}
+    tensors, grads = args.pop("tensors"), args.pop("grads")
+    with pytest.raises(error, match=match):
+        langevin_step_(tensors, grads, **args)
+
+
+def test_unavailable_backend_raises_with_reason():
+    t = torch.zeros(3, device="meta")
+    with pytest.raises(BackendUnavailableError, match="native.*meta"):
+        langevin_step_([t], [t], step_size=0.1, seed=0, offset=0, backend="native")
+
+
+def test_opcheck(native):
+    op = torch.ops.vaebm_fast.langevin_step_.default
+    for dtype in (torch.float32, torch.float64):
+        ts, gs = make([(3, 5), (7,)], dtype)
+        torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None))
+        torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 0.0, 0.3, 0.5, -1.0, 1.0))
+    ts, gs = make([(4, 4)], torch.float32)
+    torch.library.opcheck(op, ([ts[0].t()], [gs[0]], 0.2, 0, 0, 1.0, 0.1, None, None, 0.0))

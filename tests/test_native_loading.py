@@ -1,0 +1,140 @@
+"""Loading of vaebm_fast._C: lazy, one warning with cause and fix, eager fallback; info."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from vaebm_fast import _native
+from vaebm_fast.info import collect_info, format_info
+from vaebm_fast.ops import (BackendUnavailableError, backend_availability, default_backend,
+                            get_default_backend, langevin_step_, langevin_step_reference,
+                            philox_normal, set_default_backend)
+
+
+@pytest.fixture
+def reload_native():
+    """Forget the loading outcome before and after the test (the real library stays loaded)."""
+    _native._reset()
+    yield
+    _native._reset()
+
+
+def _run_ops_expecting_eager(reason="no-build-isolation"):
+    t, g = torch.randn(5, 7), torch.randn(5, 7)
+    expected = t.clone()
+    langevin_step_reference([expected], [g], step_size=0.1, seed=3, offset=2)
+    assert langevin_step_([t], [g], step_size=0.1, seed=3, offset=2) == 37
+    assert torch.equal(t, expected)  # "auto" fell back to the eager reference, bit for bit
+    with pytest.raises(BackendUnavailableError, match=reason):
+        langevin_step_([t], [g], step_size=0.1, seed=3, offset=2, backend="native")
+    assert torch.equal(philox_normal(9, seed=1, offset=0),
+                       philox_normal(9, seed=1, offset=0, backend="eager"))
+
+
+def _collect_native_warnings(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [w for w in caught if "native kernels unavailable" in str(w.message)]
+
+
+def test_missing_extension_warns_once_and_falls_back(monkeypatch, reload_native):
+    monkeypatch.setattr(_native, "_find_library", lambda: None)
+
+    def use_ops_twice():
+        _run_ops_expecting_eager()
+        _run_ops_expecting_eager()
+
+    caught = _collect_native_warnings(use_ops_twice)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "not installed" in message and "pip install --no-build-isolation ." in message
+    assert issubclass(caught[0].category, RuntimeWarning)
+    assert not _native.status().loaded
+
+
+def test_stale_extension_is_refused(monkeypatch, reload_native):
+    if _native._find_library() is None:
+        pytest.skip("extension not built")
+    monkeypatch.setattr(torch, "__version__", "0.0.1+other")
+    caught = _collect_native_warnings(_run_ops_expecting_eager)
+    assert len(caught) == 1
+    assert "built for torch" in str(caught[0].message)
+    assert "but torch 0.0.1+other is installed" in str(caught[0].message)
+
+
+def test_unloadable_library(monkeypatch, reload_native, tmp_path):
+    bogus = tmp_path / "_C.so"
+    bogus.write_text("not a shared library")
+    monkeypatch.setenv("VAEBM_FAST_LIBRARY", str(bogus))
+    caught = _collect_native_warnings(_run_ops_expecting_eager)
+    assert len(caught) == 1 and "could not be loaded" in str(caught[0].message)
+
+
+def test_disabled_by_environment_is_silent(monkeypatch, reload_native):
+    monkeypatch.setenv("VAEBM_FAST_DISABLE_NATIVE", "1")
+    assert _collect_native_warnings(
+        lambda: _run_ops_expecting_eager(reason="VAEBM_FAST_DISABLE_NATIVE")) == []
+    assert "VAEBM_FAST_DISABLE_NATIVE" in _native.status().reason
+
+
+def test_import_is_lazy():
+    # A fresh interpreter: importing the package and its ops loads no library and touches no
+    # device; the first op call loads it.
+    code = (
+        "import json, torch, vaebm_fast, vaebm_fast.ops, vaebm_fast.info\n"
+        "before = sorted(torch.ops.loaded_libraries)\n"
+        "cuda_init = torch.cuda.is_initialized()\n"
+        "vaebm_fast.ops.philox_normal(4, seed=0, offset=0)\n"
+        "print(json.dumps([before, cuda_init, sorted(torch.ops.loaded_libraries)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAEBM_FAST_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    before, cuda_init, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [] and cuda_init is False
+    if _native._find_library() is not None:
+        assert len(after) == 1 and "_C" in os.path.basename(after[0])
+
+
+def test_default_backend_setting():
+    assert get_default_backend() == "auto"
+    with default_backend("eager"):
+        assert get_default_backend() == "eager"
+        t = torch.zeros(3, device="meta")
+        with pytest.raises(BackendUnavailableError):  # naming native explicitly still raises
+            langevin_step_([t], [t], step_size=0.1, seed=0, offset=0, backend="native")
+    assert get_default_backend() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        set_default_backend("triton")
+    with default_backend("native"):  # a default that cannot run here raises too
+        t = torch.zeros(3, device="meta")
+        with pytest.raises(BackendUnavailableError, match="meta"):
+            langevin_step_([t], [t], step_size=0.1, seed=0, offset=0)
+
+
+def test_backend_availability_reasons():
+    cpu = backend_availability("langevin_step_", "cpu")
+    assert cpu["eager"] is None
+    assert (cpu["native"] is None) == _native.status().loaded
+    cuda = backend_availability("langevin_step_", "cuda")  # a device type: nothing is queried
+    if not _native.status().has_cuda_kernels:
+        assert "CUDA" in cuda["native"] or not _native.status().loaded
+    with pytest.raises(ValueError, match="unknown op"):
+        backend_availability("no_such_op")
+
+
+def test_info():
+    info = collect_info()
+    json.dumps(info)  # plain data
+    for key in ("torch", "torch_cuda", "triton", "cxx", "nvcc", "native", "ops"):
+        assert key in info
+    assert info["torch"] == torch.__version__
+    assert set(info["ops"]["langevin_step_"]) == {"cpu", "cuda"}
+    assert info["ops"]["langevin_step_"]["cpu"]["eager"] is None
+    text = format_info(info)
+    assert "langevin_step_" in text and "philox_normal" in text and torch.__version__ in text

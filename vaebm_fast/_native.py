@@ -1,0 +1,155 @@
+"""Lazy loading of the compiled extension ``vaebm_fast._C``.
+
+The shared library holds the operator schemas and the C++/CUDA kernels behind
+``torch.ops.vaebm_fast.*``. It has no Python module init; it is located like a module (so the
+usual ``_C.cpython-*.so`` name from ``pip install`` is found) and loaded with
+``torch.ops.load_library``, whose static initialisers register the ops.
+
+Loading happens on the first call of :func:`status` (the ops call it when they dispatch), never
+at import, and queries no device. When the library is missing, fails to load, or was built
+for another torch, a single ``RuntimeWarning`` names the cause and the fix, and every op falls
+back to its eager PyTorch reference.
+
+Environment:
+
+* ``VAEBM_FAST_DISABLE_NATIVE=1``: do not load the library (no warning); everything is eager.
+* ``VAEBM_FAST_LIBRARY=/path/to/_C.so``: load this file instead of the installed
+  ``vaebm_fast._C`` (e.g. a CMake build, see CMakeLists.txt).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+__all__ = ["NativeStatus", "status", "is_loaded", "on_load", "FIX"]
+
+FIX = ("reinstall with `pip install --no-build-isolation .` (or `pip install "
+       "--no-build-isolation -e .` in a checkout) so the extension is compiled against the "
+       "installed torch")
+
+
+@dataclass(frozen=True)
+class NativeStatus:
+    """Outcome of loading the extension.
+
+    Attributes:
+        loaded: True when the ops of the library can be used.
+        reason: why not, when ``loaded`` is False (None otherwise).
+        path: the library file that was found (None if none was).
+        build_info: what the library reports about its build, e.g.
+            ``{"torch": "2.13.0+cpu", "cuda": "0", "cxx": "gcc 12.2.0"}`` (empty if unknown).
+    """
+
+    loaded: bool
+    reason: Optional[str] = None
+    path: Optional[str] = None
+    build_info: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_cuda_kernels(self) -> bool:
+        return self.loaded and self.build_info.get("cuda") == "1"
+
+
+_lock = threading.Lock()
+_status: Optional[NativeStatus] = None
+_hooks: List[Callable[[], None]] = []
+_hooks_run: set = set()  # ids of hooks already run; a hook runs at most once per process
+
+
+def _find_library() -> Optional[str]:
+    """Path of the extension library, or None when it is not installed."""
+    override = os.environ.get("VAEBM_FAST_LIBRARY")
+    if override:
+        return override
+    # find_spec looks the module up without importing it (importing would fail: no PyInit).
+    spec = importlib.util.find_spec("vaebm_fast._C")
+    return spec.origin if spec is not None else None
+
+
+def _parse_build_info(text: str) -> Dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+
+
+def _load() -> NativeStatus:
+    if os.environ.get("VAEBM_FAST_DISABLE_NATIVE", "") == "1":
+        return NativeStatus(False, "disabled by VAEBM_FAST_DISABLE_NATIVE=1")
+    path = _find_library()
+    if path is None:
+        return NativeStatus(False, "the compiled extension vaebm_fast._C is not installed "
+                                   "(built with VAEBM_FAST_NO_EXT=1, or installed without a "
+                                   f"compiler); {FIX}")
+    try:
+        torch.ops.load_library(path)
+    except (OSError, RuntimeError) as exc:
+        return NativeStatus(False, f"{path} could not be loaded ({exc}); {FIX}", path)
+    try:
+        info = _parse_build_info(torch.ops.vaebm_fast._build_info())
+    except (AttributeError, RuntimeError) as exc:
+        return NativeStatus(False, f"{path} is from another version of vaebm_fast (no build "
+                                   f"info: {exc}); {FIX}", path)
+    built_for = info.get("torch")
+    if built_for != torch.__version__:
+        return NativeStatus(False, f"{path} was built for torch {built_for} but torch "
+                                   f"{torch.__version__} is installed; {FIX}", path, info)
+    return NativeStatus(True, None, path, info)
+
+
+def status() -> NativeStatus:
+    """Load the extension on first use and return how that went (cached afterwards).
+
+    The first failure to load warns once (``RuntimeWarning``) unless native code was disabled
+    on purpose with ``VAEBM_FAST_DISABLE_NATIVE=1``.
+    """
+    global _status
+    if _status is not None:
+        return _status
+    with _lock:
+        if _status is None:
+            result = _load()
+            if not result.loaded and os.environ.get("VAEBM_FAST_DISABLE_NATIVE", "") != "1":
+                warnings.warn(f"vaebm_fast: native kernels unavailable, using the eager "
+                              f"PyTorch fallback: {result.reason}", RuntimeWarning,
+                              stacklevel=3)
+            _status = result
+            if result.loaded:
+                _run_hooks()
+    return _status
+
+
+def is_loaded() -> bool:
+    """True when the native ops can be used (loads the extension on first call)."""
+    return status().loaded
+
+
+def on_load(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` once the library is loaded (now, if it already is).
+
+    Op modules use this for Python-side registrations that need the C++ schema to exist, such
+    as ``torch.library.register_fake``. Each hook runs at most once per process.
+    """
+    _hooks.append(hook)
+    if _status is not None and _status.loaded:
+        _run_hooks()
+
+
+def _run_hooks() -> None:
+    for hook in list(_hooks):
+        if id(hook) not in _hooks_run:
+            _hooks_run.add(id(hook))
+            hook()
+
+
+def _reset() -> None:
+    """Forget the loading outcome so the next :func:`status` tries again (tests only).
+
+    A library already loaded into the process stays loaded; hooks do not run twice.
+    """
+    global _status
+    with _lock:
+        _status = None

@@ -1,0 +1,134 @@
+"""What this installation can run: versions, compilers, and the backend of every op.
+
+``collect_info()`` returns a plain dict (JSON-serialisable) and ``format_info()`` a readable
+report of it; the CLI prints the latter. Collecting loads the native extension (warning once if
+it cannot) and asks torch whether CUDA is available, so call it explicitly, not at import.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from typing import Any, Dict, Optional
+
+import torch
+
+__all__ = ["collect_info", "format_info"]
+
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _package_version(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _first_line_of(cmd) -> Optional[str]:
+    """First non-empty line of ``cmd``'s output, or None if it cannot run."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def _cxx_version() -> Optional[str]:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    return _first_line_of([cxx, "--version"]) if cxx else None
+
+
+def _find_nvcc() -> Optional[str]:
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.isfile("/usr/local/cuda/bin/nvcc") else None)
+
+
+def _nvcc_version() -> Optional[str]:
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    release = [line.strip() for line in out.splitlines() if "release" in line]
+    return f"{release[0]} ({nvcc})" if release else nvcc
+
+
+def collect_info() -> Dict[str, Any]:
+    """Versions, compilers, native-extension status and per-op backend availability.
+
+    Returns a dict with keys ``vaebm_fast``, ``python``, ``platform``, ``torch``,
+    ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda_devices`` (names),
+    ``cpu_threads``, ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
+    build_info), ``default_backend`` and ``ops``:
+    ``{op: {device_type: {backend: None if available else reason}}}``.
+    """
+    from . import _native
+    from . import ops  # registers every op with the dispatcher
+    from .ops import _dispatch
+
+    native = _native.status()
+    cuda_devices = []
+    if torch.cuda.is_available():
+        cuda_devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "vaebm_fast": _package_version("vaebm_fast"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_devices": cuda_devices,
+        "cpu_threads": torch.get_num_threads(),
+        "triton": _package_version("triton"),
+        "cxx": _cxx_version(),
+        "nvcc": _nvcc_version(),
+        "native": {"loaded": native.loaded, "reason": native.reason, "path": native.path,
+                   "build_info": dict(native.build_info)},
+        "default_backend": ops.get_default_backend(),
+        "ops": {op: {dev: dict(_dispatch.backend_availability(op, dev))
+                     for dev in _DEVICE_TYPES}
+                for op in _dispatch.registered_ops()},
+    }
+
+
+def format_info(info: Optional[Dict[str, Any]] = None) -> str:
+    """A readable report of :func:`collect_info` (collected now unless ``info`` is given)."""
+    info = collect_info() if info is None else info
+    none = "not found"
+    native = info["native"]
+    lines = [
+        f"vaebm_fast   {info['vaebm_fast'] or 'not installed (running from a checkout)'}",
+        f"python       {info['python']} on {info['platform']}",
+        f"torch        {info['torch']} (CUDA build: {info['torch_cuda'] or 'no'}; "
+        f"{info['cpu_threads']} CPU threads)",
+        f"GPUs         {', '.join(info['cuda_devices']) or 'none visible'}",
+        f"triton       {info['triton'] or none}",
+        f"C++ compiler {info['cxx'] or none}",
+        f"nvcc         {info['nvcc'] or none}",
+    ]
+    if native["loaded"]:
+        build = ", ".join(f"{k}={v}" for k, v in native["build_info"].items())
+        lines.append(f"native       loaded from {native['path']} ({build})")
+    else:
+        lines.append(f"native       unavailable: {native['reason']}")
+    lines.append(f"default backend: {info['default_backend']}")
+    lines.append("ops (backend: available, or why not):")
+    for op, per_device in info["ops"].items():
+        lines.append(f"  {op}")
+        for dev, backends in per_device.items():
+            ok = [b for b, reason in backends.items() if reason is None]
+            lines.append(f"    {dev:5s} available: {', '.join(ok) or 'none'}")
+            for b, reason in backends.items():
+                if reason is not None:
+                    lines.append(f"          {b}: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""Hot-path ops of vaebm_fast, one function per op.
+
+Every op has an eager reference in plain PyTorch (its specification, and the fallback) and
+dispatches to the fastest available backend; see ``_dispatch`` for how the backend is chosen
+and :func:`vaebm_fast.info.format_info` for what is available on this machine.
+
+Importing this package loads no native code and queries no device; the compiled extension is
+loaded the first time an op needs it.
+"""
+from ._dispatch import (BackendUnavailableError, backend_availability, default_backend,
+                        get_default_backend, registered_ops, set_default_backend)
+from .langevin import langevin_step_, langevin_step_reference
+from .rng import (philox4x32, philox4x32_reference, philox_normal,
+                  philox_normal_reference)
+
+__all__ = [
+    "langevin_step_", "langevin_step_reference",
+    "philox4x32", "philox4x32_reference", "philox_normal", "philox_normal_reference",
+    "set_default_backend", "get_default_backend", "default_backend", "backend_availability",
+    "registered_ops", "BackendUnavailableError",
+]
+
+try:  # eager-only op maintained separately; absent in partial checkouts
+    from .power_iteration import power_iteration_, spectral_norms
+except ImportError:  # pragma: no cover
+    pass
+else:
+    __all__ += ["power_iteration_", "spectral_norms"]
+    from ._dispatch import register_op as _register_op
+    _register_op("power_iteration_")  # listed by vaebm_fast.info; eager only for now
+    _register_op("spectral_norms")

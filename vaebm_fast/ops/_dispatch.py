@@ -1,0 +1,154 @@
+"""Which backend runs an op: the registry of ops, their backends, and the default backend.
+
+Backends, fastest first:
+
+* ``"native"``: the compiled kernels of ``vaebm_fast._C`` (``torch.ops.vaebm_fast.<op>``),
+  available for a device type when the library is loaded and has a kernel for it.
+* ``"eager"``: the plain-PyTorch reference of the op; always available.
+
+An op called with ``backend="auto"`` (the default) uses the global default backend, which is
+itself ``"auto"`` (the fastest available backend for the tensors' device) unless changed with
+:func:`set_default_backend`. Naming a backend that is unavailable raises
+:class:`BackendUnavailableError` with the reason; ``auto`` never raises.
+
+Nothing here queries a device; availability is decided from the device type of the tensors an
+op receives.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+
+from .. import _native
+
+__all__ = [
+    "BACKENDS", "BackendUnavailableError", "register_op", "registered_ops",
+    "backend_availability", "resolve_backend", "set_default_backend", "get_default_backend",
+    "default_backend",
+]
+
+BACKENDS: Tuple[str, ...] = ("native", "eager")  # preference order of "auto"
+_CHOICES = ("auto",) + BACKENDS
+
+DeviceLike = Union[str, torch.device]
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run the op on that device."""
+
+
+@dataclass(frozen=True)
+class _OpSpec:
+    name: str  # public name, e.g. "langevin_step_"
+    native: Optional[str]  # qualified native op, e.g. "vaebm_fast::langevin_step_", or None
+
+
+_ops: Dict[str, _OpSpec] = {}
+_default = "auto"
+# (op, device type) -> {backend: reason or None}; valid for one loading outcome of _native.
+_cache: Dict[Tuple[str, str], Dict[str, Optional[str]]] = {}
+_cache_status: Optional[_native.NativeStatus] = None
+
+
+def register_op(name: str, *, native: Optional[str] = None) -> None:
+    """Declare an op and, when it has compiled kernels, the qualified name of its native op."""
+    _ops[name] = _OpSpec(name, native)
+    _cache.clear()
+
+
+def registered_ops() -> List[str]:
+    return sorted(_ops)
+
+
+def _device_type(device: DeviceLike) -> str:
+    return torch.device(device).type
+
+
+def _native_reason(spec: _OpSpec, device_type: str, st: _native.NativeStatus) -> Optional[str]:
+    if spec.native is None:
+        return f"{spec.name} has no native kernels yet"
+    if not st.loaded:
+        return st.reason
+    dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if dispatch_key is None:
+        return f"no native kernels for device type {device_type!r}"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(spec.native, dispatch_key):
+        if device_type == "cuda" and not st.has_cuda_kernels:
+            return ("vaebm_fast._C was built without CUDA kernels (needs a CUDA build of torch "
+                    "and nvcc at install time; see setup.py)")
+        return f"vaebm_fast._C has no {dispatch_key} kernel for {spec.name}"
+    return None
+
+
+def backend_availability(op: str, device: DeviceLike = "cpu") -> Dict[str, Optional[str]]:
+    """``{backend: None if available else the reason}`` for ``op`` on ``device``'s type.
+
+    Loads the native extension on first use (see vaebm_fast._native).
+    """
+    global _cache_status
+    if op not in _ops:
+        raise ValueError(f"unknown op {op!r}; registered: {', '.join(registered_ops())}")
+    device_type = _device_type(device)
+    st = _native.status()
+    if st is not _cache_status:  # the extension was (re)loaded: recompute
+        _cache.clear()
+        _cache_status = st
+    key = (op, device_type)
+    if key not in _cache:
+        _cache[key] = {"native": _native_reason(_ops[op], device_type, st), "eager": None}
+    return _cache[key]
+
+
+def _check_choice(backend: str) -> None:
+    if backend not in _CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _CHOICES))} "
+                         f"(got {backend!r})")
+
+
+def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
+    """The backend that will run ``op`` on ``device`` when the caller asked for ``backend``.
+
+    ``"auto"`` means the global default; a default of ``"auto"`` picks the first available
+    backend in :data:`BACKENDS` order.
+
+    Raises:
+        ValueError: unknown backend name.
+        BackendUnavailableError: a named backend cannot run ``op`` on that device.
+    """
+    _check_choice(backend)
+    if backend == "auto":
+        backend = _default
+    availability = backend_availability(op, device)
+    if backend == "auto":
+        return next(b for b in BACKENDS if availability[b] is None)
+    reason = availability[backend]
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {backend!r} cannot run {op} on "
+                                      f"{_device_type(device)}: {reason}")
+    return backend
+
+
+def set_default_backend(backend: str) -> None:
+    """Set the backend that ops called with ``backend="auto"`` use: ``"auto"`` (fastest
+    available, the initial setting), ``"native"`` or ``"eager"``."""
+    global _default
+    _check_choice(backend)
+    _default = backend
+
+
+def get_default_backend() -> str:
+    return _default
+
+
+@contextlib.contextmanager
+def default_backend(backend: str) -> Iterator[None]:
+    """Context manager: ``with default_backend("eager"): ...`` restores the old default."""
+    previous = get_default_backend()
+    set_default_backend(backend)
+    try:
+        yield
+    finally:
+        set_default_backend(previous)

@@ -1,0 +1,220 @@
+r"""Fused in-place Langevin update over a list of tensors.
+
+One step of unadjusted Langevin dynamics (with the IGEBM extras) on every tensor ``t`` of a
+list, given its gradient ``g`` of the potential's data term:
+
+.. math::  t \leftarrow \mathrm{clamp}\big(t - \tfrac{\eta}{2}(\mathrm{clip}(g) + \lambda t)
+           + \sigma \xi,\ \text{low},\ \text{high}\big)
+
+* ``eta`` = ``step_size``; ``lambda`` = ``prior_weight`` (1 gives the VAEBM potential
+  ``E(T(eps)) + ||eps||^2 / 2`` when ``g`` is the gradient of ``E(T(eps))`` only; 0 when ``g``
+  already is the full gradient, as for pixel-space EBMs).
+* ``sigma`` = ``noise_scale``, default ``sqrt(eta)`` (the Langevin value).
+* ``clip(g)`` clips each element to ``[-grad_clip, grad_clip]``; ``clamp`` to ``[low, high]``;
+  both skipped when None. NaN passes through both, as with ``torch.clamp``.
+* ``xi``: element ``k`` of the flattened concatenation of the list (each tensor in its logical
+  row-major order, tensors in list order; strides do not matter) uses normal number
+  ``offset + k`` of the Philox stream for ``seed`` (``vaebm_fast.ops.rng``). The op returns
+  ``offset + total_numel``, the next free offset, so consecutive steps never reuse noise and
+  splitting a tensor into several list entries does not change the result.
+
+Arithmetic: float32 for float32/float16/bfloat16 tensors (rounded once when stored), float64 for
+float64 tensors (with the float32 normals widened), in the order
+``t - (eta/2) * (clip(g) + lambda * t) + sigma * xi``.
+
+:func:`langevin_step_reference` is the specification (plain PyTorch, any device; it
+materialises the noise). :func:`langevin_step_` validates its inputs and dispatches to the
+native kernel (``torch.ops.vaebm_fast.langevin_step_``: no noise tensor, one pass over memory)
+or to the reference. The update is not differentiable and runs under ``torch.no_grad()``;
+tensors in the list must not share memory with each other or with the gradients.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from . import _dispatch
+from .rng import check_stream_range, philox_normal_reference
+
+__all__ = ["langevin_step_", "langevin_step_reference"]
+
+_dispatch.register_op("langevin_step_", native="vaebm_fast::langevin_step_")
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TensorOrList = Union[Tensor, Sequence[Tensor]]
+
+
+def _as_list(value: TensorOrList, name: str) -> List[Tensor]:
+    items = [value] if isinstance(value, Tensor) else value
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"{name} must be a tensor or a list of tensors "
+                        f"(got {type(value).__name__})")
+    for i, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor (got {type(item).__name__})")
+    return list(items)
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (got {type(value).__name__} {value!r})")
+    return float(value)
+
+
+def _finite(value, name: str) -> float:
+    value = _real(value, name)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (got {value})")
+    return value
+
+
+def _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+                grad_clip, clamp):
+    """Validate and normalise the arguments shared by the reference and the dispatcher.
+
+    Returns (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip,
+    low, high, total) with sigma resolved and absent clamp sides as None.
+    """
+    tensors = _as_list(tensors, "tensors")
+    grads = _as_list(grads, "grads")
+    if len(tensors) != len(grads):
+        raise ValueError(f"tensors and grads must have the same length (got {len(tensors)} "
+                         f"tensors and {len(grads)} grads)")
+    if tensors:
+        dtype, device = tensors[0].dtype, tensors[0].device
+        if dtype not in _DTYPES:
+            raise ValueError(f"tensors must be float16, bfloat16, float32 or float64 "
+                             f"(got {dtype})")
+        for i, (t, g) in enumerate(zip(tensors, grads)):
+            if t.shape != g.shape:
+                raise ValueError(f"grads[{i}] must have the shape of tensors[{i}] "
+                                 f"{list(t.shape)} (got {list(g.shape)})")
+            for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
+                if x.dtype != dtype:
+                    raise ValueError(f"{name} has dtype {x.dtype} but tensors[0] has {dtype}; "
+                                     f"all tensors and grads must share one dtype")
+                if x.device != device:
+                    raise ValueError(f"{name} is on {x.device} but tensors[0] is on {device}; "
+                                     f"all tensors and grads must be on one device")
+    step_size = _finite(step_size, "step_size")
+    if step_size <= 0:
+        raise ValueError(f"step_size must be > 0 (got {step_size})")
+    prior_weight = _finite(prior_weight, "prior_weight")
+    if noise_scale is None:
+        sigma = math.sqrt(step_size)
+    else:
+        sigma = _finite(noise_scale, "noise_scale")
+        if sigma < 0:
+            raise ValueError(f"noise_scale must be >= 0 (got {sigma})")
+    if grad_clip is not None:
+        grad_clip = _real(grad_clip, "grad_clip")
+        if not grad_clip > 0:  # also rejects NaN
+            raise ValueError(f"grad_clip must be > 0 (got {grad_clip})")
+    low = high = None
+    if clamp is not None:
+        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+            raise TypeError(f"clamp must be a pair (low, high) (got {clamp!r}); use None for "
+                            f"an open side")
+        low, high = (None if v is None else _real(v, f"clamp[{j}]") for j, v in enumerate(clamp))
+        if any(v is not None and math.isnan(v) for v in (low, high)):
+            raise ValueError(f"clamp bounds must not be NaN (got {clamp!r})")
+        if low is not None and high is not None and not low < high:
+            raise ValueError(f"clamp must have low < high (got low={low}, high={high})")
+    total = sum(t.numel() for t in tensors)
+    seed, offset = check_stream_range(seed, offset, total)
+    return (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
+            total)
+
+
+def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
+                            seed: int, offset: int, prior_weight: float = 1.0,
+                            noise_scale: Optional[float] = None,
+                            grad_clip: Optional[float] = None,
+                            clamp: Optional[Tuple[Optional[float], Optional[float]]] = None
+                            ) -> int:
+    """Eager reference of :func:`langevin_step_` (same arguments, no ``backend``)."""
+    (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
+     total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+                          grad_clip, clamp)
+    if total == 0:
+        return offset
+    half_step = step_size / 2
+    with torch.no_grad():
+        noise = philox_normal_reference(total, seed=seed, offset=offset,
+                                        device=tensors[0].device)  # float32 [total]
+        start = 0
+        for t, g in zip(tensors, grads):
+            n = t.numel()
+            compute = torch.float64 if t.dtype == torch.float64 else torch.float32
+            xi = noise[start:start + n].reshape(t.shape).to(compute)
+            x, gc = t.to(compute), g.to(compute)
+            if grad_clip is not None:
+                gc = gc.clamp(-grad_clip, grad_clip)
+            new = x - half_step * (gc + prior_weight * x) + sigma * xi
+            if low is not None or high is not None:
+                new = new.clamp(low, high)
+            t.copy_(new)
+            start += n
+    return offset + total
+
+
+def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float, seed: int,
+                   offset: int, prior_weight: float = 1.0, noise_scale: Optional[float] = None,
+                   grad_clip: Optional[float] = None,
+                   clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
+                   backend: str = "auto") -> int:
+    """One Langevin step on every tensor of ``tensors``, in place (see the module docstring).
+
+    Args:
+        tensors: the chain states, a list of tensors (or one tensor) of any shapes, one
+            floating dtype (float16/bfloat16/float32/float64) and one device.
+        grads: their gradients, same length, each of its tensor's shape, dtype and device.
+        step_size: eta > 0, finite.
+        seed: int in [0, 2**63); offset: first normal to use, int >= 0.
+        prior_weight: lambda, the weight of the Gaussian prior's gradient ``t``.
+        noise_scale: sigma >= 0; None means sqrt(step_size).
+        grad_clip: clip each gradient element to [-grad_clip, grad_clip]; None: no clip.
+        clamp: (low, high) applied to the result (either side may be None); None: no clamp.
+        backend: "auto" | "native" | "eager" (see ``vaebm_fast.ops.set_default_backend``).
+    Returns:
+        ``offset + sum(t.numel() for t in tensors)``, the next free offset of the stream.
+    Raises:
+        TypeError / ValueError: invalid arguments (message says which and why).
+        BackendUnavailableError: ``backend`` names a backend that cannot run here.
+    """
+    (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
+     total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+                          grad_clip, clamp)
+    device = tensors[0].device if tensors else torch.device("cpu")
+    chosen = _dispatch.resolve_backend("langevin_step_", backend, device)
+    if total == 0:
+        return offset
+    if chosen == "eager":
+        return langevin_step_reference(tensors, grads, step_size=step_size, seed=seed,
+                                       offset=offset, prior_weight=prior_weight,
+                                       noise_scale=sigma, grad_clip=grad_clip,
+                                       clamp=None if low is None and high is None
+                                       else (low, high))
+    with torch.no_grad():
+        torch.ops.vaebm_fast.langevin_step_(tensors, grads, step_size, seed, offset,
+                                            prior_weight, sigma, grad_clip, low, high)
+    return offset + total
+
+
+def _register_fakes() -> None:
+    # Shape-only implementation for FakeTensor / torch.compile: the op only mutates its inputs.
+    @torch.library.register_fake("vaebm_fast::langevin_step_")
+    def _langevin_step_fake(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+                            grad_clip, clamp_low, clamp_high) -> None:
+        torch._check(len(tensors) == len(grads), lambda: "tensors and grads differ in length")
+        for t, g in zip(tensors, grads):
+            torch._check(t.shape == g.shape, lambda: "tensors and grads differ in shape")
+        return None
+
+
+_native.on_load(_register_fakes)

@@ -1,0 +1,228 @@
+r"""Counter-based random numbers: one Philox stream for every backend.
+
+Noise is addressed by ``(seed, offset)`` instead of being drawn from a stateful generator, so
+the CPU kernels, CUDA kernels, Triton kernels, this eager reference and a replayed CUDA graph
+all produce the same noise, and a chain that advances its offset by the number of normals it
+drew never reuses any.
+
+**Integer words** (bit-exact in every backend). Philox4x32 with 10 rounds, the Random123
+generator (the one Triton's ``tl.randint4x`` computes): key ``(seed & 0xffffffff, seed >> 32)``,
+counter ``(c & 0xffffffff, c >> 32, 0, 0)`` for call index ``c``; round multipliers
+``0xD2511F53`` (word 0) and ``0xCD9E8D57`` (word 2), key bumps ``0x9E3779B9`` / ``0xBB67AE85``.
+Known answer: seed 0, call 0 -> ``6627e8d5 e169c58d bc57ac4c 9b00dbd8``.
+
+**Normals** (agree across backends to float tolerance, ~1e-6; math libraries differ by ulps).
+Normal number ``m`` of the stream for ``seed`` is lane ``m % 4`` of call ``c = m // 4``. The
+call's words ``(w0, w1, w2, w3)`` become uniforms, in float32,
+
+.. math::  u_i = \mathrm{fl}(w_i) \cdot 2^{-32} + 2^{-32} \in (0, 1]
+
+(``fl`` rounds the integer to the nearest float32; the product is exact, so the result is the
+single rounding of the sum, with or without FMA), and two Box-Muller pairs, in float32:
+
+.. math::  r = \sqrt{-2 \ln u_a}, \quad n_a = r \cos(\theta), \quad n_b = r \sin(\theta),
+           \quad \theta = \mathrm{fl}(6.2831855 \cdot u_b)
+
+with ``(a, b) = (0, 1)`` giving lanes 0 and 1 and ``(a, b) = (2, 3)`` lanes 2 and 3. Since
+``u >= 2^-32`` every normal is finite, ``|n| <= 6.66``. Other dtypes are produced by rounding
+the float32 normal. ``csrc/philox.h`` is the C++/CUDA statement of the same transform.
+
+Public functions (``seed`` in ``[0, 2**63)``; offsets and counts are Python ints):
+
+* :func:`philox4x32` — the raw words of a set of call indices.
+* :func:`philox_normal` — ``n`` consecutive normals starting at ``offset``.
+
+Both dispatch like every op (``backend="auto" | "native" | "eager"``, see ``_dispatch``);
+``*_reference`` are the eager specifications, written in plain int64/float32 torch arithmetic
+so they run on any device.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from . import _dispatch
+
+__all__ = [
+    "philox4x32", "philox_normal", "philox4x32_reference", "philox_normal_reference",
+    "MAX_SEED",
+]
+
+MAX_SEED = 2**63 - 1  # seeds and offsets travel through torch op schemas as int64
+
+_MASK32 = 0xFFFFFFFF
+_MUL0, _MUL1 = 0xD2511F53, 0xCD9E8D57
+_BUMP0, _BUMP1 = 0x9E3779B9, 0xBB67AE85
+_ROUNDS = 10
+_TWO_POW_M32 = 2.0**-32
+_TWO_PI = 2 * math.pi  # rounded to float32 (6.2831855) when multiplied with a float32
+
+_dispatch.register_op("philox4x32", native="vaebm_fast::philox4x32")
+_dispatch.register_op("philox_normal", native="vaebm_fast::philox_normal_")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks shared with the ops that consume noise.
+
+def check_int(value, name: str, *, low: int = 0, high: int = MAX_SEED) -> int:
+    """``value`` as a Python int in ``[low, high]``; TypeError / ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int (got {type(value).__name__} {value!r})")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}] (got {value})")
+    return value
+
+
+def check_stream_range(seed, offset, n: int) -> tuple:
+    """Validate ``seed``, ``offset`` and that normals ``offset .. offset + n - 1`` exist."""
+    seed = check_int(seed, "seed")
+    offset = check_int(offset, "offset")
+    if n > MAX_SEED - offset:
+        raise ValueError(f"offset + number of normals must be <= 2**63 - 1 (got {offset} + {n})")
+    return seed, offset
+
+
+# --------------------------------------------------------------------------------------------
+# Eager reference.
+
+def _mulhilo(a: int, b: Tensor):
+    """High and low 32 bits of ``a * b`` for a 32-bit constant ``a`` and int64 ``b`` holding
+    values in [0, 2^32), without overflowing int64: split ``b`` into 16-bit halves so every
+    partial product stays below 2^49."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    p_lo = a * b_lo  # < 2^48
+    t = a * b_hi + (p_lo >> 16)  # a * b = t * 2^16 + (p_lo & 0xFFFF), t < 2^49
+    return t >> 16, ((t & 0xFFFF) << 16) | (p_lo & 0xFFFF)
+
+
+def philox4x32_reference(seed: int, offsets: Tensor) -> Tensor:
+    """Philox4x32-10 words, eager reference.
+
+    Args:
+        seed: int in [0, 2**63).
+        offsets: int64 [*] call indices (counters); read as their uint64 bit pattern.
+    Returns:
+        int64 [*, 4] on ``offsets.device``, values in [0, 2**32).
+    """
+    seed = check_int(seed, "seed")
+    if offsets.dtype != torch.int64:
+        raise ValueError(f"offsets must be an int64 tensor (got {offsets.dtype})")
+    # Counter words from the uint64 bit pattern: & and >> on two's complement int64 agree
+    # with uint64 for the low word, and masking the arithmetic shift gives the high word.
+    zeros = torch.zeros_like(offsets)
+    words = _philox_rounds(offsets & _MASK32, (offsets >> 32) & _MASK32, zeros, zeros,
+                           seed & _MASK32, seed >> 32)
+    return torch.stack(words, dim=-1)
+
+
+def _philox_rounds(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: int, k1: int):
+    """Philox4x32-10 on a full counter (int64 tensors holding 32-bit words) and key (ints).
+    Returns the four output words as int64 tensors."""
+    for _ in range(_ROUNDS):
+        hi0, lo0 = _mulhilo(_MUL0, c0)
+        hi1, lo1 = _mulhilo(_MUL1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _BUMP0) & _MASK32, (k1 + _BUMP1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def _normals_from_words(words: Tensor) -> Tensor:
+    """int64 [C, 4] words -> float32 [C, 4] normals (the transform in the module docstring)."""
+    u = words.to(torch.float32) * _TWO_POW_M32 + _TWO_POW_M32  # (0, 1]
+    r = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))  # [C, 2]: from u0, u2
+    theta = u[:, 1::2] * _TWO_PI  # [C, 2]: from u1, u3
+    # [C, 2, 2] -> [C, 4] in lane order (n0, n1, n2, n3) = (r0 cos, r0 sin, r1 cos, r1 sin)
+    return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1).reshape(-1, 4)
+
+
+def philox_normal_reference(n: int, *, seed: int, offset: int,
+                            device: Optional[Union[str, torch.device]] = None,
+                            dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normals number ``offset .. offset + n - 1`` of the stream for ``seed``, eager reference.
+
+    Returns:
+        [n] tensor of ``dtype`` on ``device`` (default: torch's default device).
+    """
+    n = check_int(n, "n")
+    seed, offset = check_stream_range(seed, offset, n)
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    if n == 0:
+        return torch.empty(0, dtype=dtype, device=device)
+    first, last = offset // 4, (offset + n - 1) // 4
+    calls = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+    normals = _normals_from_words(philox4x32_reference(seed, calls)).reshape(-1)
+    skip = offset - 4 * first
+    return normals[skip:skip + n].to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatching entry points.
+
+def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
+    """Philox4x32-10 words of call indices ``offsets`` for ``seed``.
+
+    Args:
+        seed: int in [0, 2**63).
+        offsets: int64 [*] call indices (counters), read as their uint64 bit pattern; a list of
+            ints is accepted too.
+        backend: "auto" | "native" | "eager".
+    Returns:
+        int64 [*, 4]: the four 32-bit words of each call, values in [0, 2**32).
+    """
+    if not isinstance(offsets, Tensor):
+        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+    seed = check_int(seed, "seed")
+    if offsets.dtype != torch.int64:
+        raise ValueError(f"offsets must be an int64 tensor (got {offsets.dtype}); "
+                         "convert it with .long()")
+    if _dispatch.resolve_backend("philox4x32", backend, offsets.device) == "native":
+        return torch.ops.vaebm_fast.philox4x32(seed, offsets)
+    return philox4x32_reference(seed, offsets)
+
+
+def philox_normal(n: int, *, seed: int, offset: int,
+                  device: Optional[Union[str, torch.device]] = None,
+                  dtype: torch.dtype = torch.float32, backend: str = "auto") -> Tensor:
+    """Standard normals number ``offset, offset + 1, ..., offset + n - 1`` of the stream for
+    ``seed`` (position ``i`` holds number ``offset + i``).
+
+    Args:
+        n: how many (int >= 0).
+        seed: int in [0, 2**63).
+        offset: index of the first normal (int >= 0). The next free offset is ``offset + n``.
+        device: where to put them (default: torch's default device).
+        dtype: a floating dtype; normals are computed in float32 and rounded to it.
+        backend: "auto" | "native" | "eager".
+    Returns:
+        [n] tensor.
+    """
+    n = check_int(n, "n")
+    seed, offset = check_stream_range(seed, offset, n)
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype (got {dtype})")
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    if _dispatch.resolve_backend("philox_normal", backend, device) == "native":
+        out = torch.empty(n, dtype=dtype, device=device)
+        torch.ops.vaebm_fast.philox_normal_(out, seed, offset)
+        return out
+    return philox_normal_reference(n, seed=seed, offset=offset, device=device, dtype=dtype)
+
+
+def _register_fakes() -> None:
+    # Shape-only implementations for FakeTensor / torch.compile tracing.
+    @torch.library.register_fake("vaebm_fast::philox4x32")
+    def _philox4x32_fake(seed: int, offsets: Tensor) -> Tensor:
+        return offsets.new_empty((*offsets.shape, 4))
+
+    @torch.library.register_fake("vaebm_fast::philox_normal_")
+    def _philox_normal_fake(out: Tensor, seed: int, offset: int) -> None:
+        return None
+
+
+_native.on_load(_register_fakes)

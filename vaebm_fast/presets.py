@@ -1,0 +1,74 @@
+"""Per-dataset defaults, and building models back from the config a checkpoint stores.
+
+A model config is a small JSON-able dict ``{"type": ..., **kwargs}``; checkpoints store it so
+``build_vae(cfg)`` / ``build_energy(cfg)`` rebuild exactly the trained architecture.
+
+The toy settings were tuned for the demo (2-core CPU, minutes); the digits settings for a
+small run of the full two-stage pipeline. The official image settings (CIFAR-10 etc.) are in
+DESIGN.md §3 and reachable through flags (``--energy-arch cifar32 --step-size 8e-5 ...``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from .training.ebm import EBMTrainConfig
+from .training.vae import VAETrainConfig
+
+TOY = ("25gaussians", "swissroll")
+
+PRESETS: dict[str, dict] = {
+    "25gaussians": {
+        "vae": {"type": "mlp", "data_dim": 2, "latent_dim": 2, "hidden": 256, "depth": 3},
+        "energy": {"type": "mlp", "in_dim": 2, "hidden": 256, "depth": 3, "activation": "swish"},
+        "vae_train": VAETrainConfig(steps=4000, batch_size=512, lr=2e-3, kl_warmup_fraction=0.1,
+                                    weight_decay_norm=0.0),
+        "ebm_train": EBMTrainConfig(steps=800, batch_size=512, lr=1e-3, beta1=0.5, beta2=0.999,
+                                    weight_decay=0.0, space="eps", langevin_steps=20,
+                                    step_size=2e-3, alpha_s=0.0, energy_reg=0.1, igebm_clip=False,
+                                    checkpoint_every=200),
+        "sample_steps": 40,
+    },
+    "digits": {
+        "vae": {"type": "nvae", "preset": "digits"},
+        "energy": {"type": "small_image", "in_channels": 1, "n_channel": 32},
+        "vae_train": VAETrainConfig(steps=1500, batch_size=64, lr=3e-3, optimizer="adamax",
+                                    kl_warmup_fraction=0.3, weight_decay_norm=1e-3),
+        "ebm_train": EBMTrainConfig(steps=300, batch_size=32, lr=5e-5, space="eps", langevin_steps=10,
+                                    step_size=5e-5, alpha_s=0.2, checkpoint_every=100),
+        "sample_steps": 16,
+    },
+}
+PRESETS["swissroll"] = copy.deepcopy(PRESETS["25gaussians"])
+
+
+def preset(dataset: str) -> dict:
+    """A fresh copy of the defaults for ``dataset``."""
+    if dataset not in PRESETS:
+        raise ValueError(f"no preset for dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[dataset]
+    return {**copy.deepcopy({k: v for k, v in p.items() if not k.endswith("_train")}),
+            "vae_train": replace(p["vae_train"]), "ebm_train": replace(p["ebm_train"])}
+
+
+def build_vae(cfg: dict):
+    """Rebuild a VAE from its stored config ``{"type": "mlp"|"nvae", ...}``."""
+    kind, kw = cfg["type"], {k: v for k, v in cfg.items() if k != "type"}
+    if kind == "mlp":
+        from .models.mlp_vae import MLPVAE
+        return MLPVAE(**kw)
+    if kind == "nvae":
+        from .models.nvae import HierarchicalVAE, HierarchicalVAEConfig
+        config = HierarchicalVAEConfig.preset(kw.pop("preset")) if "preset" in kw else HierarchicalVAEConfig()
+        return HierarchicalVAE(replace(config, **kw))
+    raise ValueError(f"unknown VAE type {kind!r}; valid: 'mlp', 'nvae'")
+
+
+def build_energy(cfg: dict):
+    """Rebuild an energy network from ``{"type": "mlp"|"small_image"|"official", ...}``."""
+    from .models import energy as E
+    kind, kw = cfg["type"], {k: v for k, v in cfg.items() if k != "type"}
+    builders = {"mlp": E.MLPEnergy, "small_image": E.small_image_ebm, "official": E.official_ebm}
+    if kind not in builders:
+        raise ValueError(f"unknown energy type {kind!r}; valid: {', '.join(builders)}")
+    return builders[kind](**kw)

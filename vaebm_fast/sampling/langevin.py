@@ -1,0 +1,304 @@
+"""Unadjusted Langevin sampling in three spaces, one API.
+
+=========  ====================================  ==========================================
+space      chain state                           potential U
+=========  ====================================  ==========================================
+"eps"      eps = (eps_z groups..., eps_x)        E(T(eps_z, eps_x)) + 1/2 ||eps||^2  (VAEBM)
+"latent"   eps_z groups                          E(G(eps_z)) + 1/2 ||eps_z||^2  (tilting)
+"data"     x                                     E(x)  (pixel-space EBM / IGEBM)
+=========  ====================================  ==========================================
+
+Every step is  t <- clamp(t - (eta/2) (clip(grad E) + lambda t) + sigma xi)  with eta =
+``step_size``, sigma = ``noise_scale`` (default sqrt(eta)), lambda = 1 in eps/latent space (the
+gradient of the standard-normal prior term, applied inside the fused update rather than by
+autograd) and 0 in data space. The update and its noise are ``vaebm_fast.ops.langevin_step_``:
+noise comes from the counter-based Philox stream, so the same seed gives the same chain on
+every backend.
+
+"latent" is the same sampler as "eps" with the decoder deterministic: G(z) is the decoder mean.
+For eps/latent the returned images are the decoder mean at the final eps_z (DESIGN.md §3).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..ops import langevin_step_, philox_normal
+from .replay import ReplayBuffer
+
+SPACES = ("eps", "latent", "data")
+
+
+class ChainDivergedError(FloatingPointError):
+    """A Langevin chain produced NaN/Inf. ``step`` is the first step (0-based) at which a
+    potential or state was not finite; ``n_chains`` how many chains diverged."""
+
+    def __init__(self, step: int, n_chains: int, batch_size: int, hint: str = ""):
+        self.step, self.n_chains = step, n_chains
+        super().__init__(
+            f"Langevin chain diverged: {n_chains} of {batch_size} chains became NaN/Inf at step "
+            f"{step}. Lower step_size, set grad_clip, or check the energy for NaN/Inf.{hint}")
+
+
+@dataclass
+class ChainResult:
+    """What a chain returns when ``return_chain=True``.
+
+    x: final samples [B, *data_shape] (decoded decoder mean for eps/latent).
+    states: final chain states (list of [B, ...]).
+    potentials: U per step, [n_steps + 1, B] (before each step, and after the last).
+    energies: E per step, [n_steps + 1, B].
+    next_offset: the first Philox offset this chain did not use.
+    """
+    x: torch.Tensor
+    states: list[torch.Tensor]
+    potentials: torch.Tensor
+    energies: torch.Tensor
+    next_offset: int
+
+
+@contextlib.contextmanager
+def frozen(*modules: object):
+    """Turn off parameter gradients of every nn.Module given for the duration of a chain.
+
+    Langevin needs gradients with respect to the state only; leaving parameter gradients on
+    makes every backward also compute weight gradients (the official loop's waste #1).
+    """
+    saved = []
+    for m in modules:
+        if isinstance(m, nn.Module):
+            for p in m.parameters():
+                saved.append((p, p.requires_grad))
+                p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+class LangevinSampler:
+    """Langevin sampler for an energy E (any callable [B, ...] -> [B]) and optional generator.
+
+    Args:
+        energy: the energy network or function; lower = more data-like.
+        generator: for "eps"/"latent": a module with ``latent_shapes``, ``data_shape`` and
+            ``decode_eps(eps_z, eps_x=None)`` (docs/interfaces.md). Put into eval mode for the
+            chain (BatchNorm running statistics) and restored afterwards.
+        space: "eps" (VAEBM), "latent" (exponential tilting) or "data" (IGEBM).
+        step_size: eta. n_steps: Langevin steps per chain.
+        noise_scale: sigma; default sqrt(eta) (exact Langevin). IGEBM-style chains use a
+            smaller value, e.g. step_size=2*lambda, noise_scale=0.005.
+        grad_clip: clip each element of grad E to [-c, c] (not the prior term).
+        clamp: (low, high) applied to the state after every step, e.g. (0, 1) for images.
+        data_shape: per-sample shape for data space when ``sample`` is given a count.
+        replay_buffer: a ReplayBuffer for persistent chains (eps_z for eps/latent, x for data).
+        reuse_prob: probability that a chain starts from the replay buffer.
+        backend: backend of the fused update ("auto", "native", "eager").
+    """
+
+    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], generator: nn.Module | None = None,
+                 *, space: str, step_size: float, n_steps: int, noise_scale: float | None = None,
+                 grad_clip: float | None = None, clamp: tuple[float, float] | None = None,
+                 data_shape: Sequence[int] | None = None, replay_buffer: ReplayBuffer | None = None,
+                 reuse_prob: float = 0.0, backend: str = "auto"):
+        if space not in SPACES:
+            raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
+        if not callable(energy):
+            raise TypeError(f"energy must be callable [B, ...] -> [B] (got {type(energy).__name__})")
+        if space != "data":
+            missing = [a for a in ("latent_shapes", "data_shape", "decode_eps") if not hasattr(generator, a)]
+            if generator is None or missing:
+                raise TypeError(
+                    f"space={space!r} needs a generator exposing latent_shapes, data_shape and "
+                    f"decode_eps(eps_z, eps_x=None) (missing: {', '.join(missing) or 'generator'}); "
+                    "see docs/interfaces.md")
+        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a positive finite number (got {step_size!r})")
+        if not (isinstance(n_steps, int) and n_steps >= 0):
+            raise ValueError(f"n_steps must be a non-negative int (got {n_steps!r})")
+        if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
+            raise ValueError(f"clamp must be a (low, high) pair with low < high (got {clamp!r})")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
+        if not 0.0 <= reuse_prob <= 1.0:
+            raise ValueError(f"reuse_prob must be in [0, 1] (got {reuse_prob!r})")
+        self.energy, self.generator, self.space = energy, generator, space
+        self.step_size, self.n_steps = float(step_size), n_steps
+        self.noise_scale = noise_scale
+        self.grad_clip, self.clamp = grad_clip, (None if clamp is None else tuple(map(float, clamp)))
+        self.data_shape = None if data_shape is None else tuple(data_shape)
+        self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
+        self.backend = backend
+        self.prior_weight = 0.0 if space == "data" else 1.0
+
+    # -- state layout -----------------------------------------------------------------------
+    def state_shapes(self) -> list[tuple[int, ...]]:
+        """Per-sample shapes of the chain state groups."""
+        if self.space == "data":
+            if self.data_shape is None:
+                raise ValueError("data space: pass data_shape=... to the sampler or an initial "
+                                 "tensor x0 to sample()")
+            return [self.data_shape]
+        shapes = [tuple(s) for s in self.generator.latent_shapes]
+        if self.space == "eps":
+            shapes.append(tuple(self.generator.data_shape))
+        return shapes
+
+    def decode(self, states: list[torch.Tensor], mean: bool = False) -> torch.Tensor:
+        """Chain state -> data-space x. mean=True uses the decoder mean (final images)."""
+        if self.space == "data":
+            return states[0]
+        if self.space == "latent" or mean:
+            n_latent = len(self.generator.latent_shapes)
+            return self.generator.decode_eps(list(states[:n_latent]), None)
+        return self.generator.decode_eps(list(states[:-1]), states[-1])
+
+    def potential(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U [B], E [B]) at the given states; the prior term is 1/2 ||eps||^2 in eps/latent."""
+        energy = self.energy(self.decode(states))
+        if energy.dim() != 1 or energy.shape[0] != states[0].shape[0]:
+            raise ValueError(f"energy must return shape [B] = [{states[0].shape[0]}] "
+                             f"(got {list(energy.shape)})")
+        if self.space == "data":
+            return energy, energy
+        prior = sum(0.5 * s.detach().pow(2).flatten(1).sum(1) for s in states)
+        return energy + prior, energy
+
+    # -- the chain --------------------------------------------------------------------------
+    def initial_states(self, x0_or_n, *, seed: int, offset: int, device, dtype
+                       ) -> tuple[list[torch.Tensor], int]:
+        """Start states and the next free offset."""
+        if isinstance(x0_or_n, torch.Tensor):
+            x0 = x0_or_n
+            if self.space == "data":
+                if not x0.is_floating_point():
+                    raise TypeError(f"x0 must be a floating tensor (got {x0.dtype})")
+                return [x0.detach().clone()], offset
+            raise TypeError(f"space={self.space!r} starts from a count of chains: pass an int n, or "
+                            "a list of eps tensors as init_states=")
+        if isinstance(x0_or_n, (list, tuple)):
+            states = [t.detach().clone() for t in x0_or_n]
+            expected = self.state_shapes()
+            got = [tuple(t.shape[1:]) for t in states]
+            if got != expected:
+                raise ValueError(f"initial states must have per-sample shapes {expected} (got {got})")
+            return states, offset
+        n = int(x0_or_n)
+        if n <= 0:
+            raise ValueError(f"number of chains must be positive (got {x0_or_n!r})")
+        shapes = self.state_shapes()
+        if self.replay_buffer is not None and self.reuse_prob > 0:
+            n_buffered = len(self.replay_buffer.shapes)
+            buffered, _, offset = self.replay_buffer.initial_states(
+                n, self.reuse_prob, seed=seed, offset=offset)
+            rest = []
+            for shape in shapes[n_buffered:]:
+                rest.append(self._fresh(n, shape, seed, offset, device, dtype))
+                offset += rest[-1].numel()
+            states = [b.to(device=device, dtype=dtype) for b in buffered] + rest
+        else:
+            states = []
+            for shape in shapes:
+                states.append(self._fresh(n, shape, seed, offset, device, dtype))
+                offset += states[-1].numel()
+        return states, offset
+
+    def _fresh(self, n, shape, seed, offset, device, dtype) -> torch.Tensor:
+        numel = n * math.prod(shape)
+        noise = philox_normal(numel, seed=seed, offset=offset, device=device, dtype=dtype).view(n, *shape)
+        if self.space == "data" and self.clamp is not None:
+            # Uniform start inside the clamp box: Phi(N(0,1)) is exactly U(0,1).
+            low, high = self.clamp
+            return low + (high - low) * torch.special.ndtr(noise)
+        return noise
+
+    def sample(self, x0_or_n, *, seed: int, offset: int = 0, return_chain: bool = False,
+               device=None, dtype: torch.dtype = torch.float32, check_finite: bool = True,
+               progress: bool = False):
+        """Run the chain.
+
+        Args:
+            x0_or_n: number of chains (fresh N(0,1) start for eps/latent, U(clamp) or N(0,1) in
+                data space), a tensor x0 [B, ...] (data space), or a list of initial states.
+            seed, offset: the Philox stream address; the start draws and every step's noise
+                come from it, so the same (seed, offset) gives the same samples.
+            return_chain: return a ChainResult (potentials per step, states, next offset)
+                instead of the samples alone.
+            check_finite: raise ChainDivergedError if any potential or state is NaN/Inf
+                (checked once at the end of the chain: no host sync per step).
+
+        Returns:
+            samples [B, *data_shape] (decoder mean for eps/latent), or a ChainResult.
+        """
+        if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        device = device if device is not None else _module_device(self.generator, self.energy)
+        states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device, dtype=dtype)
+        batch = states[0].shape[0]
+        potentials, energies = [], []
+        first_bad = torch.full((batch,), -1, dtype=torch.long, device=states[0].device)
+        steps = range(self.n_steps + 1)
+        if progress:
+            from tqdm.auto import tqdm
+            steps = tqdm(steps, desc=f"langevin ({self.space})", leave=False)
+
+        was_training = self.generator.training if isinstance(self.generator, nn.Module) else None
+        if was_training:
+            self.generator.eval()
+        try:
+            with frozen(self.energy, self.generator), torch.enable_grad():
+                for step in steps:
+                    last = step == self.n_steps
+                    for s in states:
+                        s.requires_grad_(not last)
+                    U, E = self.potential(states)
+                    potentials.append(U.detach())
+                    energies.append(E.detach())
+                    bad = ~torch.isfinite(U.detach())
+                    first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+                    if last:
+                        break
+                    # The prior term 1/2||eps||^2 is not differentiated: the fused update adds
+                    # lambda * t itself, so autograd sees the energy alone.
+                    grads = torch.autograd.grad(E.sum(), states)
+                    states = [s.detach() for s in states]
+                    offset = langevin_step_(
+                        states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
+                        prior_weight=self.prior_weight, noise_scale=self.noise_scale,
+                        grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
+            states = [s.detach() for s in states]
+            with torch.no_grad():
+                x = self.decode(states, mean=True)
+        finally:
+            if was_training:
+                self.generator.train()
+
+        if check_finite:
+            # One host sync per chain: a NaN anywhere shows in the potentials or final states.
+            final_bad = ~torch.isfinite(x.flatten(1)).all(1)
+            first_bad = torch.where(final_bad & (first_bad < 0), self.n_steps, first_bad)
+            n_bad = int((first_bad >= 0).sum())
+            if n_bad:
+                raise ChainDivergedError(int(first_bad[first_bad >= 0].min()), n_bad, batch)
+        if self.replay_buffer is not None:
+            self.replay_buffer.push(states[: len(self.replay_buffer.shapes)])
+        if not return_chain:
+            return x
+        return ChainResult(x=x, states=states, potentials=torch.stack(potentials),
+                           energies=torch.stack(energies), next_offset=offset)
+
+
+def _module_device(*objs) -> torch.device:
+    for obj in objs:
+        if isinstance(obj, nn.Module):
+            for p in obj.parameters():
+                return p.device
+            for b in obj.buffers():
+                return b.device
+    return torch.device("cpu")

@@ -1,0 +1,142 @@
+"""Stage 2: train the energy model by maximum likelihood with the generator frozen.
+
+grad_psi L = E_data[grad_psi E(x)] - E_h[grad_psi E(x)]: the loss is
+    mean E(x_data) - mean E(x_neg) + energy_reg * mean(E_data^2 + E_neg^2) + alpha_s * sum sigma
+where x_neg comes from a short Langevin chain of the joint model h (eps space for VAEBM, latent
+space for exponential tilting, data space for a pixel EBM), optionally persistent through a
+replay buffer of eps_z (x in data space) with the official re-initialisation ramp.
+
+The generator is frozen for good (eval mode, requires_grad False); the energy's parameters are
+frozen only during the chain (the sampler's ``frozen`` context), so Langevin never computes
+weight gradients. Adam with betas (0.99, 0.999) and, optionally, IGEBM's per-element gradient
+clip to +-(3 sqrt(v_hat) + 0.1) from Adam's second moment.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..sampling.langevin import LangevinSampler
+from ..sampling.replay import ReplayBuffer, reinit_probability
+from .loop import run_training
+
+
+@dataclass
+class EBMTrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 4e-5
+    beta1: float = 0.99
+    beta2: float = 0.999
+    weight_decay: float = 3e-5
+    space: str = "eps"                # "eps" (VAEBM), "latent" (tilting) or "data" (IGEBM)
+    langevin_steps: int = 10
+    step_size: float = 8e-5
+    noise_scale: float | None = None  # default sqrt(step_size)
+    grad_clip: float | None = None    # Langevin gradient clip (data space)
+    alpha_s: float = 0.2              # spectral regulariser weight
+    energy_reg: float = 0.0           # energy-magnitude regulariser weight
+    igebm_clip: bool = True
+    data_noise: float = 0.0           # std of Gaussian noise added to positive samples
+    replay_capacity: int = 0          # 0: no persistent chains
+    replay_max_p: float = 0.6
+    replay_anneal_steps: int = 5000
+    seed: int = 0                     # Philox seed of the chains
+    checkpoint_every: int = 200
+
+
+def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, floor: float = 0.1) -> None:
+    """IGEBM's clip: each gradient element to +-(n_std * sqrt(v_hat) + floor).
+
+    v_hat is Adam's bias-corrected second moment; no clip before Adam has state."""
+    beta2 = optimizer.param_groups[0]["betas"][1]
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if p.grad is None or not state or "exp_avg_sq" not in state:
+                continue
+            bias_correction = 1 - beta2 ** float(state["step"])
+            bound = (state["exp_avg_sq"] / bias_correction).sqrt_().mul_(n_std).add_(floor)
+            torch.clamp(p.grad, -bound, bound, out=p.grad)
+
+
+def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None = None,
+                 clamp=None, data_shape=None, replay: ReplayBuffer | None = None) -> LangevinSampler:
+    return LangevinSampler(
+        energy, generator if cfg.space != "data" else None, space=cfg.space, step_size=cfg.step_size,
+        n_steps=cfg.langevin_steps if n_steps is None else n_steps, noise_scale=cfg.noise_scale,
+        grad_clip=cfg.grad_clip, clamp=clamp, data_shape=data_shape, replay_buffer=replay)
+
+
+def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[torch.Tensor],
+              cfg: EBMTrainConfig, *, checkpoint_path: str | None = None, resume: bool = True,
+              extra_state: dict | None = None, clamp=None, data_shape=None, log=None) -> dict:
+    """Train ``energy`` in place against the frozen ``generator``.
+
+    data: endless iterator of [B, *data_shape] batches. The checkpoint holds
+    ``{'kind': 'ebm', 'config', 'model', 'optimizer', 'replay', 'chain_offset', 'step', 'rng'}``.
+    """
+    device = next(energy.parameters()).device
+    if generator is not None:
+        generator.eval()
+        generator.requires_grad_(False)
+    optimizer = torch.optim.Adam(energy.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                 weight_decay=cfg.weight_decay)
+    replay = None
+    if cfg.replay_capacity > 0:
+        shapes = ([tuple(generator.latent_shapes[i]) for i in range(len(generator.latent_shapes))]
+                  if cfg.space != "data" else [tuple(data_shape)])
+        replay = ReplayBuffer(cfg.replay_capacity, shapes, device=device)
+    sampler = make_sampler(energy, generator, cfg, clamp=clamp, data_shape=data_shape, replay=replay)
+    spectral = getattr(energy, "spectral_norm_loss", None)
+    chain = {"offset": 0}
+
+    def step_fn(step: int) -> dict:
+        x_pos = next(data).to(device)
+        if step == 0:
+            with torch.no_grad():
+                energy(x_pos)  # data-dependent init of weight-normalised convs (no-op if loaded)
+        if cfg.data_noise > 0:
+            x_pos = x_pos + cfg.data_noise * torch.randn_like(x_pos)
+        if replay is not None:
+            sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
+        result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"], return_chain=True,
+                                device=device, check_finite=True)
+        chain["offset"] = result.next_offset
+        with torch.no_grad():
+            x_neg = sampler.decode(result.states, mean=False)  # a sample of h, with eps_x
+        e_pos, e_neg = energy(x_pos), energy(x_neg)
+        loss = e_pos.mean() - e_neg.mean()
+        if cfg.energy_reg > 0:
+            loss = loss + cfg.energy_reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+        spec = spectral() if (spectral is not None and cfg.alpha_s > 0) else None
+        if spec is not None:
+            loss = loss + cfg.alpha_s * spec
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.igebm_clip:
+            clip_grad_by_adam_moment_(optimizer)
+        optimizer.step()
+        out = {"loss": loss.item(), "e_pos": e_pos.mean().item(), "e_neg": e_neg.mean().item()}
+        if spec is not None:
+            out["spectral"] = spec.item()
+        return out
+
+    def state_fn() -> dict:
+        return {"kind": "ebm", "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
+                "model": energy.state_dict(), "optimizer": optimizer.state_dict(),
+                "replay": None if replay is None else replay.state_dict(), "chain_offset": chain["offset"]}
+
+    def load_fn(state: dict) -> None:
+        energy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        chain["offset"] = int(state["chain_offset"])
+        if replay is not None and state.get("replay") is not None:
+            replay.load_state_dict(state["replay"])
+
+    return run_training(total_steps=cfg.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
+                        checkpoint_path=checkpoint_path, checkpoint_every=cfg.checkpoint_every,
+                        resume=resume, desc="stage 2: EBM", log=log)
