@@ -14,7 +14,8 @@
 #include <torch/library.h>
 
 #ifndef VAEBM_FAST_TORCH_VERSION
-#error "build with -DVAEBM_FAST_TORCH_VERSION=\"<torch.__version__>\" (setup.py / CMakeLists.txt do)"
+// setup.py and CMakeLists.txt pass -DVAEBM_FAST_TORCH_VERSION="<torch.__version__>".
+#error "VAEBM_FAST_TORCH_VERSION is not defined"
 #endif
 #ifndef VAEBM_FAST_WITH_CUDA
 #define VAEBM_FAST_WITH_CUDA 0

@@ -62,6 +62,46 @@ def test_native_matches_reference(native, dtype, opts):
     assert any(not torch.equal(n, t) for n, t in zip(nat_ts, ts) if n.numel())
 
 
+def many_shapes(count=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(0, 3000, (count,), generator=gen).tolist()
+    return [(n,) if i % 3 else (1, n) for i, n in enumerate(sizes)]  # ~60k elements, 0-sized too
+
+
+def test_native_many_tensors_across_threads(native):
+    # More tensors than a CUDA launch takes, and a total above the CPU grain, so task and
+    # chunk boundaries fall inside tensors and between Philox calls.
+    shapes = many_shapes()
+    ts, gs = make(shapes, torch.float32, seed=1)
+    ref_ts, nat_ts = clone(ts), clone(ts)
+    args = dict(step_size=1e-3, seed=77, offset=3, grad_clip=2.0)
+    assert langevin_step_reference(ref_ts, gs, **args) == langevin_step_(
+        nat_ts, gs, backend="native", **args)
+    for r, n in zip(ref_ts, nat_ts):
+        torch.testing.assert_close(n, r, **TOL[torch.float32])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_matches_reference(dtype):
+    from vaebm_fast.ops import backend_availability
+    reason = backend_availability("langevin_step_", "cuda")["native"]
+    if reason is not None:
+        pytest.skip(reason)
+    shapes = SHAPES + many_shapes(seed=2)
+    ts, gs = make(shapes, dtype, scale=3.0)
+    ts, gs = [t.cuda() for t in ts], [g.cuda() for g in gs]
+    ts[3] = ts[3].transpose(0, 2).contiguous().transpose(0, 2)  # non-contiguous
+    ref_ts, nat_ts = clone(ts), clone(ts)
+    args = dict(step_size=0.02, seed=2**40 + 3, offset=2**33 + 1, prior_weight=0.5,
+                grad_clip=1.0, clamp=(-0.7, 0.8))
+    end_ref = langevin_step_reference(ref_ts, gs, **args)
+    assert langevin_step_(nat_ts, gs, backend="native", **args) == end_ref
+    for r, n in zip(ref_ts, nat_ts):
+        torch.testing.assert_close(n, r, **TOL[dtype])
+
+
 def test_reference_formula():
     # t <- clamp(t - eta/2 (clip(g) + lambda t) + sigma xi): spelled out in float64.
     t = torch.linspace(-1, 1, 11, dtype=torch.float64)

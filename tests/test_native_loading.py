@@ -16,8 +16,10 @@ from vaebm_fast.ops import (BackendUnavailableError, backend_availability, defau
 
 
 @pytest.fixture
-def reload_native():
+def reload_native(monkeypatch):
     """Forget the loading outcome before and after the test (the real library stays loaded)."""
+    monkeypatch.delenv("VAEBM_FAST_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("VAEBM_FAST_LIBRARY", raising=False)
     _native._reset()
     yield
     _native._reset()

@@ -1,9 +1,10 @@
 """Lazy loading of the compiled extension ``vaebm_fast._C``.
 
 The shared library holds the operator schemas and the C++/CUDA kernels behind
-``torch.ops.vaebm_fast.*``. It has no Python module init; it is located like a module (so the
-usual ``_C.cpython-*.so`` name from ``pip install`` is found) and loaded with
-``torch.ops.load_library``, whose static initialisers register the ops.
+``torch.ops.vaebm_fast.*``. It has no Python module init; it is looked up next to the package
+under the names an extension module may have (``_C.cpython-311-x86_64-linux-gnu.so``,
+``_C.abi3.so``, ``_C.so``) and loaded with ``torch.ops.load_library``, whose static
+initialisers register the ops.
 
 Loading happens on the first call of :func:`status` (the ops call it when they dispatch), never
 at import, and queries no device. When the library is missing, fails to load, or was built
@@ -18,7 +19,7 @@ Environment:
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
 import os
 import threading
 import warnings
@@ -67,9 +68,16 @@ def _find_library() -> Optional[str]:
     override = os.environ.get("VAEBM_FAST_LIBRARY")
     if override:
         return override
-    # find_spec looks the module up without importing it (importing would fail: no PyInit).
-    spec = importlib.util.find_spec("vaebm_fast._C")
-    return spec.origin if spec is not None else None
+    # The file a `import vaebm_fast._C` would find, looked up in this package's own folder(s)
+    # without importing it (importing would fail: the library has no PyInit function).
+    import vaebm_fast
+
+    for folder in vaebm_fast.__path__:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_C" + suffix)
+            if os.path.isfile(path):
+                return path
+    return None
 
 
 def _parse_build_info(text: str) -> Dict[str, str]:

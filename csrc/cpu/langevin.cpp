@@ -108,7 +108,8 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
     const at::Tensor& t = tensors[i];
     const at::Tensor& g = grads[i];
     TORCH_CHECK(t.device().is_cpu() && g.device().is_cpu(),
-                "langevin_step_ (CPU kernel): tensors[", i, "] and grads[", i, "] must be on the CPU");
+                "langevin_step_ (CPU kernel): tensors[", i, "] and grads[", i,
+                "] must be on the CPU");
     TORCH_CHECK(t.scalar_type() == dtype && g.scalar_type() == dtype,
                 "langevin_step_: all tensors and grads must have dtype ", dtype, "; tensors[", i,
                 "] is ", t.scalar_type(), ", grads[", i, "] is ", g.scalar_type());

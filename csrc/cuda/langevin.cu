@@ -93,7 +93,8 @@ cudaError_t launch(int64_t n_tensors, void* const* tensors, const void* const* g
   int64_t position = 0;  // element index of tensors[i] in the concatenation
   for (int64_t first = 0; first < n_tensors; first += kMaxTensors) {
     Chunk chunk;
-    chunk.count = static_cast<int>(n_tensors - first < kMaxTensors ? n_tensors - first : kMaxTensors);
+    const int64_t left = n_tensors - first;
+    chunk.count = static_cast<int>(left < kMaxTensors ? left : kMaxTensors);
     for (int j = 0; j < chunk.count; ++j) {
       chunk.t[j] = tensors[first + j];
       chunk.g[j] = grads[first + j];
@@ -108,7 +109,9 @@ cudaError_t launch(int64_t n_tensors, void* const* tensors, const void* const* g
     const int64_t first_call = m_first / 4;
     const int64_t n_calls = (m_first + elements - 1) / 4 - first_call + 1;
     const int64_t blocks_needed = (n_calls + kThreads - 1) / kThreads;
-    const unsigned blocks = static_cast<unsigned>(blocks_needed < 65535 * 16 ? blocks_needed : 65535 * 16);
+    constexpr int64_t kMaxBlocks = 65535 * 16;  // the grid-stride loop covers the rest
+    const unsigned blocks =
+        static_cast<unsigned>(blocks_needed < kMaxBlocks ? blocks_needed : kMaxBlocks);
     langevin_kernel<T><<<blocks, kThreads, 0, stream>>>(chunk, first_call, n_calls, args);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
