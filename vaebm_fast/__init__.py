@@ -1,0 +1,15 @@
+"""vaebm_fast: VAEBM (a VAE and a data-space EBM as one product density) and its relatives,
+the latent-space EBM and the pixel-space EBM, with fused kernels for the MCMC hot paths.
+
+Drop-in sampling for your own models::
+
+    from vaebm_fast import LangevinSampler
+    sampler = LangevinSampler(energy, vae, space="eps", step_size=8e-5, n_steps=16)
+    images = sampler.sample(64, seed=0)
+
+Importing loads no native code and queries no device (the extension loads on first use).
+"""
+from .sampling import ChainDivergedError, ChainResult, LangevinSampler, ReplayBuffer
+
+__version__ = "0.1.0"
+__all__ = ["LangevinSampler", "ChainResult", "ChainDivergedError", "ReplayBuffer", "__version__"]

@@ -20,12 +20,9 @@ __all__ = [
     "registered_ops", "BackendUnavailableError",
 ]
 
-try:  # eager-only op maintained separately; absent in partial checkouts
-    from .power_iteration import power_iteration_, spectral_norms
-except ImportError:  # pragma: no cover
-    pass
-else:
-    __all__ += ["power_iteration_", "spectral_norms"]
-    from ._dispatch import register_op as _register_op
-    _register_op("power_iteration_")  # listed by vaebm_fast.info; eager only for now
-    _register_op("spectral_norms")
+from .power_iteration import power_iteration_, spectral_norms
+from ._dispatch import register_op as _register_op
+
+__all__ += ["power_iteration_", "spectral_norms"]
+_register_op("power_iteration_")  # listed by vaebm_fast.info; eager only until the kernels issue
+_register_op("spectral_norms")

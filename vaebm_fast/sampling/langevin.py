@@ -16,7 +16,10 @@ noise comes from the counter-based Philox stream, so the same seed gives the sam
 every backend.
 
 "latent" is the same sampler as "eps" with the decoder deterministic: G(z) is the decoder mean.
-For eps/latent the returned images are the decoder mean at the final eps_z (DESIGN.md §3).
+In eps space the returned samples are by default the decoder mean at the final eps_z, as the
+official code reports images (DESIGN.md §3); ``output="sample"`` returns T(eps_z, eps_x), the
+actual draw of the product density h, which is the right comparison when the decoder noise is
+large (the 2-D toy VAE learns sigma_x ~ 0.2 against modes of std 0.05).
 """
 from __future__ import annotations
 
@@ -99,6 +102,8 @@ class LangevinSampler:
         data_shape: per-sample shape for data space when ``sample`` is given a count.
         replay_buffer: a ReplayBuffer for persistent chains (eps_z for eps/latent, x for data).
         reuse_prob: probability that a chain starts from the replay buffer.
+        output: "mean" (decoder mean at the final eps_z; default, as the official code) or
+            "sample" (T(eps_z, eps_x) with the chain's eps_x) -- eps space only.
         backend: backend of the fused update ("auto", "native", "eager").
     """
 
@@ -106,7 +111,7 @@ class LangevinSampler:
                  *, space: str, step_size: float, n_steps: int, noise_scale: float | None = None,
                  grad_clip: float | None = None, clamp: tuple[float, float] | None = None,
                  data_shape: Sequence[int] | None = None, replay_buffer: ReplayBuffer | None = None,
-                 reuse_prob: float = 0.0, backend: str = "auto"):
+                 reuse_prob: float = 0.0, output: str = "mean", backend: str = "auto"):
         if space not in SPACES:
             raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
         if not callable(energy):
@@ -126,6 +131,8 @@ class LangevinSampler:
             raise ValueError(f"clamp must be a (low, high) pair with low < high (got {clamp!r})")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
+        if output not in ("mean", "sample"):
+            raise ValueError(f"output must be 'mean' or 'sample' (got {output!r})")
         if not 0.0 <= reuse_prob <= 1.0:
             raise ValueError(f"reuse_prob must be in [0, 1] (got {reuse_prob!r})")
         self.energy, self.generator, self.space = energy, generator, space
@@ -134,7 +141,7 @@ class LangevinSampler:
         self.grad_clip, self.clamp = grad_clip, (None if clamp is None else tuple(map(float, clamp)))
         self.data_shape = None if data_shape is None else tuple(data_shape)
         self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
-        self.backend = backend
+        self.output, self.backend = output, backend
         self.prior_weight = 0.0 if space == "data" else 1.0
 
     # -- state layout -----------------------------------------------------------------------
@@ -188,6 +195,9 @@ class LangevinSampler:
             got = [tuple(t.shape[1:]) for t in states]
             if got != expected:
                 raise ValueError(f"initial states must have per-sample shapes {expected} (got {got})")
+            if len({t.shape[0] for t in states}) > 1:
+                raise ValueError("initial states must all hold the same number of chains "
+                                 f"(got batch sizes {[t.shape[0] for t in states]})")
             return states, offset
         n = int(x0_or_n)
         if n <= 0:
@@ -195,8 +205,13 @@ class LangevinSampler:
         shapes = self.state_shapes()
         if self.replay_buffer is not None and self.reuse_prob > 0:
             n_buffered = len(self.replay_buffer.shapes)
-            buffered, _, offset = self.replay_buffer.initial_states(
+            buffered, n_reused, offset = self.replay_buffer.initial_states(
                 n, self.reuse_prob, seed=seed, offset=offset)
+            if self.space == "data" and self.clamp is not None:
+                # Fresh rows start uniform in the clamp box, as without a buffer (see _fresh).
+                low, high = self.clamp
+                buffered = [torch.cat([b[:n_reused], low + (high - low) * torch.special.ndtr(b[n_reused:])])
+                            for b in buffered]
             rest = []
             for shape in shapes[n_buffered:]:
                 rest.append(self._fresh(n, shape, seed, offset, device, dtype))
@@ -234,7 +249,7 @@ class LangevinSampler:
                 (checked once at the end of the chain: no host sync per step).
 
         Returns:
-            samples [B, *data_shape] (decoder mean for eps/latent), or a ChainResult.
+            samples [B, *data_shape] (see ``output``), or a ChainResult.
         """
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
             raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
@@ -274,7 +289,7 @@ class LangevinSampler:
                         grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
             states = [s.detach() for s in states]
             with torch.no_grad():
-                x = self.decode(states, mean=True)
+                x = self.decode(states, mean=self.output == "mean")
         finally:
             if was_training:
                 self.generator.train()

@@ -52,8 +52,8 @@ def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, f
     """IGEBM's clip: each gradient element to +-(n_std * sqrt(v_hat) + floor).
 
     v_hat is Adam's bias-corrected second moment; no clip before Adam has state."""
-    beta2 = optimizer.param_groups[0]["betas"][1]
     for group in optimizer.param_groups:
+        beta2 = group["betas"][1]
         for p in group["params"]:
             state = optimizer.state.get(p)
             if p.grad is None or not state or "exp_avg_sq" not in state:

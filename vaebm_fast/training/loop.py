@@ -54,5 +54,6 @@ def run_training(*, total_steps: int, step_fn: Callable[[int], dict], state_fn: 
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
             save(step + 1)
-    save(total_steps)
+    if start <= total_steps:  # a checkpoint already past total_steps is kept as it is
+        save(total_steps)
     return metrics

@@ -2,7 +2,7 @@
 
 loss = mean_B[ recon_nll + beta(step) * sum_groups KL ] + wdn * (spectral + batchnorm)
 
-with NVAE's KL warm-up beta(step) = max(min(step / warmup_steps, 1), kl_min) and NVAE's
+with NVAE's KL warm-up beta(step) = kl_weight * max(min(step / warmup_steps, 1), kl_min) and NVAE's
 spectral and BatchNorm regularisers (``vae.regularization_terms()``; empty for the MLP VAE),
 weighted by ``weight_decay_norm`` (kept constant here; NVAE anneals it during warm-up).
 The optimiser is Adam or Adamax (NVAE) with cosine learning-rate decay.
@@ -28,6 +28,7 @@ class VAETrainConfig:
     optimizer: str = "adam"          # "adam" or "adamax" (NVAE)
     kl_warmup_fraction: float = 0.3  # fraction of steps over which beta ramps to 1
     kl_min: float = 1e-4
+    kl_weight: float = 1.0           # final beta (beta-VAE); 1 is the ELBO
     weight_decay_norm: float = 1e-2  # NVAE's coefficient of the spectral + BN regularisers
     grad_clip_norm: float = 200.0
     checkpoint_every: int = 500
@@ -56,7 +57,7 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
 
     def step_fn(step: int) -> dict:
         x = next(data).to(device)
-        beta = max(min(step / warmup_steps, 1.0), cfg.kl_min)
+        beta = cfg.kl_weight * max(min(step / warmup_steps, 1.0), cfg.kl_min)
         recon, kl_groups = vae.elbo_terms(x)
         kl = torch.stack(kl_groups).sum(0)
         loss = (recon + beta * kl).mean()

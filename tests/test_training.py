@@ -1,0 +1,312 @@
+"""Two-stage training: ELBO stage, EBM stage with the VAE frozen, resumable checkpoints."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vaebm_fast.checkpoint import CheckpointError, load_checkpoint
+from vaebm_fast.data import TwentyFiveGaussians, batches, load_digits_images
+from vaebm_fast.models.energy import MLPEnergy, small_image_ebm
+from vaebm_fast.models.mlp_vae import MLPVAE
+from vaebm_fast.models.nvae import HierarchicalVAE
+from vaebm_fast.training import (EBMTrainConfig, TrainingDiverged, VAETrainConfig,
+                                 clip_grad_by_adam_moment_, train_ebm, train_vae)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOY = TwentyFiveGaussians()
+
+
+def toy_batches(batch_size):
+    return batches(TOY, batch_size)
+
+
+def tiny_vae(seed=0):
+    torch.manual_seed(seed)
+    return MLPVAE(data_dim=2, latent_dim=2, hidden=32, depth=2)
+
+
+def tiny_energy(seed=0):
+    torch.manual_seed(seed)
+    return MLPEnergy(in_dim=2, hidden=32, depth=2)
+
+
+def vae_cfg(**kw):
+    base = dict(steps=20, batch_size=64, lr=3e-3, kl_warmup_fraction=0.2, weight_decay_norm=0.0,
+                checkpoint_every=10)
+    return VAETrainConfig(**{**base, **kw})
+
+
+def ebm_cfg(**kw):
+    base = dict(steps=12, batch_size=32, lr=1e-3, beta1=0.5, space="eps", langevin_steps=4,
+                step_size=2e-3, alpha_s=0.1, energy_reg=0.1, igebm_clip=True, checkpoint_every=6)
+    return EBMTrainConfig(**{**base, **kw})
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_params(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def nelbo(vae, x):
+    torch.manual_seed(5)
+    with torch.no_grad():
+        recon, kl = vae.elbo_terms(x)
+    return (recon + torch.stack(kl).sum(0)).mean().item()
+
+
+def crash_after(iterator, n_batches):
+    """Yield n_batches from iterator, then fail as a killed process would."""
+    for i, batch in enumerate(iterator):
+        if i == n_batches:
+            raise RuntimeError("simulated crash")
+        yield batch
+
+
+def leftover_temp_files(directory):
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------
+# Two-stage run
+# --------------------------------------------------------------------------------------------
+def test_two_stage_run_on_25_gaussians():
+    vae = tiny_vae()
+    x_test = TOY.sample(2048, torch.Generator().manual_seed(123))
+    before = nelbo(vae, x_test)
+    metrics = train_vae(vae, toy_batches(128), vae_cfg(steps=150, batch_size=128,
+                                                       kl_warmup_fraction=0.1))
+    after = nelbo(vae, x_test)
+    assert math.isfinite(metrics["loss"]) and metrics["beta"] == 1.0
+    assert after < 0.6 * before, (before, after)  # held-out NELBO drops (about 14.6 -> 4)
+    assert not vae.training
+
+    # Stage 2: the VAE is frozen; the EBM learns to give data lower energy than VAE samples.
+    vae.zero_grad(set_to_none=True)  # drop stage 1's last gradients
+    vae_before = params(vae)
+    energy = tiny_energy()
+    energy_before = params(energy)
+    x_vae = vae.sample(1024, generator=torch.Generator().manual_seed(1), mean=False)
+    with torch.no_grad():
+        gap_before = (energy(x_test[:1024]).mean() - energy(x_vae).mean()).item()
+    metrics = train_ebm(energy, vae, toy_batches(128),
+                        ebm_cfg(steps=20, batch_size=128, lr=1e-2, alpha_s=0.0, energy_reg=0.0,
+                                igebm_clip=False))
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert same_params(params(vae), vae_before)
+    assert all(p.grad is None for p in vae.parameters())
+    assert not any(p.requires_grad for p in vae.parameters()) and not vae.training
+    assert not same_params(params(energy), energy_before)
+    assert all(p.requires_grad for p in energy.parameters())  # unfrozen after each chain
+    with torch.no_grad():
+        gap_after = (energy(x_test[:1024]).mean() - energy(x_vae).mean()).item()
+    assert gap_after < gap_before - 0.25, (gap_before, gap_after)  # about 0 -> -0.6
+
+
+def test_stage_two_with_regularisers_replay_and_latent_space():
+    vae = tiny_vae()
+    for space in ("eps", "latent"):
+        energy = tiny_energy()
+        metrics = train_ebm(energy, vae, toy_batches(32),
+                            ebm_cfg(steps=6, space=space, replay_capacity=64, data_noise=0.01))
+        assert set(metrics) == {"loss", "e_pos", "e_neg", "spectral"}
+        assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_stage_two_hierarchical_vae_and_pixel_space():
+    """The digits path: NVAE-style 'tiny' VAE in eps space, and an IGEBM-style data-space EBM
+    with clamp and replay buffer."""
+    images = load_digits_images("train")
+    torch.manual_seed(0)
+    vae = HierarchicalVAE("tiny").eval()
+    energy = small_image_ebm(in_channels=1, n_channel=8)
+    before = params(energy)
+    m = train_ebm(energy, vae, batches(images, 8),
+                  ebm_cfg(steps=2, batch_size=8, langevin_steps=2, step_size=5e-5, alpha_s=0.2))
+    assert all(math.isfinite(v) for v in m.values()) and not same_params(params(energy), before)
+
+    energy = small_image_ebm(in_channels=1, n_channel=8)
+    m = train_ebm(energy, None, batches(images, 8),
+                  ebm_cfg(steps=3, batch_size=8, space="data", langevin_steps=3, step_size=1.0,
+                          noise_scale=0.005, grad_clip=0.01, replay_capacity=16,
+                          replay_anneal_steps=1),
+                  clamp=(0.0, 1.0), data_shape=(1, 8, 8))
+    assert all(math.isfinite(v) for v in m.values())
+
+
+def test_hierarchical_vae_tiny_trains_through_train_vae(tmp_path):
+    images = load_digits_images("train")
+    torch.manual_seed(0)
+    vae = HierarchicalVAE("tiny")
+    before = params(vae)
+    path = tmp_path / "vae.pt"
+    cfg = VAETrainConfig(steps=4, batch_size=16, lr=3e-3, optimizer="adamax",
+                         weight_decay_norm=1e-3, checkpoint_every=2)
+    metrics = train_vae(vae, batches(images, 16), cfg, checkpoint_path=str(path))
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert not same_params(params(vae), before) and not vae.training
+    state = load_checkpoint(path, kind="vae")
+    assert state["step"] == 4 and state["config"]["train"]["optimizer"] == "adamax"
+    assert same_params(state["model"], params(vae))
+    assert leftover_temp_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable training
+# --------------------------------------------------------------------------------------------
+def test_vae_resume_after_crash_is_identical_to_a_straight_run(tmp_path):
+    cfg = vae_cfg(steps=20, checkpoint_every=10)
+    torch.manual_seed(1)
+    straight = tiny_vae()
+    train_vae(straight, toy_batches(64), cfg)
+
+    path = tmp_path / "vae.pt"
+    torch.manual_seed(1)
+    crashed = tiny_vae()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_vae(crashed, crash_after(toy_batches(64), 14), cfg, checkpoint_path=str(path))
+    assert load_checkpoint(path)["step"] == 10
+    assert leftover_temp_files(tmp_path) == []
+
+    torch.manual_seed(99)  # a new process: other weights, other RNG state
+    resumed = tiny_vae(seed=99)
+    logs = []
+    train_vae(resumed, toy_batches(64), cfg, checkpoint_path=str(path), log=logs.append)
+    assert any("at step 10" in line for line in logs)
+    assert same_params(params(resumed), params(straight))
+    assert load_checkpoint(path)["step"] == 20
+    assert [p.name for p in tmp_path.iterdir()] == ["vae.pt"]
+
+
+def test_ebm_resume_after_crash_is_identical_to_a_straight_run(tmp_path):
+    """Everything that shapes the next steps survives a restart: weights, Adam moments, the
+    Philox offset of the chains, the replay buffer, the spectral vectors and the RNG that draws
+    the data and the data noise."""
+    vae = tiny_vae()
+    cfg = ebm_cfg(steps=12, checkpoint_every=6, replay_capacity=48, replay_anneal_steps=4,
+                  data_noise=0.01)
+    torch.manual_seed(2)
+    straight = tiny_energy()
+    train_ebm(straight, vae, toy_batches(32), cfg, checkpoint_path=str(tmp_path / "a.pt"))
+
+    path = tmp_path / "ebm.pt"
+    torch.manual_seed(2)
+    crashed = tiny_energy()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_ebm(crashed, vae, crash_after(toy_batches(32), 9), cfg, checkpoint_path=str(path))
+    state = load_checkpoint(path, kind="ebm")
+    assert state["step"] == 6 and state["chain_offset"] > 0 and state["replay"]["size"] > 0
+
+    torch.manual_seed(99)
+    resumed = tiny_energy(seed=99)
+    train_ebm(resumed, vae, toy_batches(32), cfg, checkpoint_path=str(path))
+    assert same_params(params(resumed), params(straight))
+    final, reference = load_checkpoint(path), load_checkpoint(tmp_path / "a.pt")
+    assert final["step"] == 12 and final["chain_offset"] == reference["chain_offset"]
+    assert torch.equal(final["replay"]["storage"][0], reference["replay"]["storage"][0])
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_rerun_with_fewer_steps_does_not_rewind_the_checkpoint(tmp_path):
+    path = str(tmp_path / "vae.pt")
+    vae = tiny_vae()
+    train_vae(vae, toy_batches(64), vae_cfg(steps=10), checkpoint_path=path)
+    trained = params(vae)
+    again = tiny_vae(seed=5)
+    train_vae(again, toy_batches(64), vae_cfg(steps=4), checkpoint_path=path)
+    assert same_params(params(again), trained)  # loaded, nothing redone
+    assert load_checkpoint(path)["step"] == 10  # still says 10 steps were done
+
+
+def test_no_resume_starts_over(tmp_path):
+    path = str(tmp_path / "vae.pt")
+    train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=6), checkpoint_path=path)
+    logs = []
+    train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=3), checkpoint_path=path, resume=False,
+              log=logs.append)
+    assert logs == [] and load_checkpoint(path)["step"] == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, content):
+    path = tmp_path / "ebm.pt"
+    vae = tiny_vae()
+    if content == "truncated":
+        train_ebm(tiny_energy(), vae, toy_batches(32), ebm_cfg(steps=2), checkpoint_path=str(path))
+        data = path.read_bytes()
+        content = data[: len(data) // 2]
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train_ebm(tiny_energy(), vae, toy_batches(32), ebm_cfg(steps=2), checkpoint_path=str(path))
+
+
+def test_checkpoint_of_the_wrong_kind_is_rejected(tmp_path):
+    path = tmp_path / "model.pt"
+    train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=2), checkpoint_path=str(path))
+    with pytest.raises(CheckpointError, match="has kind 'vae', but kind 'ebm' is needed"):
+        load_checkpoint(path, kind="ebm")
+
+
+# --------------------------------------------------------------------------------------------
+# Divergence
+# --------------------------------------------------------------------------------------------
+def nan_at(iterator, index):
+    for i, batch in enumerate(iterator):
+        yield torch.full_like(batch, float("nan")) if i == index else batch
+
+
+@pytest.mark.parametrize("stage", ["vae", "ebm"])
+def test_diverging_loss_raises_and_keeps_the_last_checkpoint(tmp_path, stage):
+    path = tmp_path / f"{stage}.pt"
+    vae = tiny_vae()
+    if stage == "vae":
+        model, cfg = tiny_vae(seed=3), vae_cfg(steps=12, checkpoint_every=5)
+        run = lambda data: train_vae(model, data, cfg, checkpoint_path=str(path))  # noqa: E731
+    else:
+        model, cfg = tiny_energy(), ebm_cfg(steps=12, checkpoint_every=5)
+        run = lambda data: train_ebm(model, vae, data, cfg, checkpoint_path=str(path))  # noqa: E731
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 7.*untouched"):
+        run(nan_at(toy_batches(32), 7))
+    assert isinstance(TrainingDiverged("x"), FloatingPointError)
+    state = load_checkpoint(path, kind=stage)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert leftover_temp_files(tmp_path) == []
+    # Training resumes from the good checkpoint and finishes.
+    metrics = run(toy_batches(32))
+    assert math.isfinite(metrics["loss"]) and load_checkpoint(path)["step"] == 12
+
+
+# --------------------------------------------------------------------------------------------
+# IGEBM gradient clip
+# --------------------------------------------------------------------------------------------
+def test_clip_grad_by_adam_moment():
+    a = nn.Parameter(torch.zeros(4))
+    b = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([{"params": [a]}, {"params": [b], "betas": (0.9, 0.5)}], lr=0.1,
+                           betas=(0.9, 0.99))
+    g1a, g1b = torch.tensor([1.0, -2.0, 0.5, 3.0]), torch.tensor([4.0, -1.0])
+    a.grad, b.grad = g1a.clone(), g1b.clone()
+    clip_grad_by_adam_moment_(opt)  # no Adam state yet: no clip
+    assert torch.equal(a.grad, g1a) and torch.equal(b.grad, g1b)
+    opt.step()
+
+    # After one step v_hat = g1^2 (bias-corrected with each group's beta2), so the bound is
+    # 3 |g1| + 0.1 per element.
+    a.grad = torch.tensor([100.0, -100.0, 0.01, 0.0])
+    b.grad = torch.tensor([-50.0, 0.5])
+    clip_grad_by_adam_moment_(opt)
+    assert torch.allclose(a.grad, torch.tensor([3.1, -6.1, 0.01, 0.0]))
+    assert torch.allclose(b.grad, torch.tensor([-12.1, 0.5]))
+    b.grad = torch.tensor([-50.0, 50.0])
+    clip_grad_by_adam_moment_(opt, n_std=1.0, floor=0.0)
+    assert torch.allclose(b.grad, torch.tensor([-4.0, 1.0]))
+    # Parameters without a gradient are skipped.
+    a.grad = None
+    clip_grad_by_adam_moment_(opt)
+    assert a.grad is None
