@@ -1,5 +1,4 @@
 """Two-stage training: ELBO stage, EBM stage with the VAE frozen, resumable checkpoints."""
-import copy
 import math
 
 import pytest

@@ -89,6 +89,14 @@ def _load(path: str, kind: str) -> dict:
         raise SystemExit(f"error: {e}") from None
 
 
+def _build(builder, cfg: dict, what: str):
+    """Build a model from a preset/--config dict; a bad key or value is a usage error."""
+    try:
+        return builder(cfg)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: invalid {what} config {cfg}: {e}") from None
+
+
 def cmd_train_vae(args) -> None:
     from .data import batches
     from .training.vae import train_vae
@@ -97,7 +105,7 @@ def cmd_train_vae(args) -> None:
     cfg = _apply(_apply(p["vae_train"], file_cfg.get("train", {})), _flag_overrides(args, VAETrainConfig))
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
-    vae = build_vae(vae_cfg)
+    vae = _build(build_vae, vae_cfg, "vae")
     path = os.path.join(args.out, "vae.pt")
     metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path, resume=args.resume,
                         extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}}, log=print)
@@ -117,7 +125,7 @@ def cmd_train_ebm(args) -> None:
     data, shape, clamp = _dataset(dataset)
     vae = build_vae(vae_state["config"]["vae"])
     vae.load_state_dict(vae_state["model"])
-    energy = build_energy(energy_cfg)
+    energy = _build(build_energy, energy_cfg, "energy")
     path = os.path.join(args.out, "ebm.pt")
     config = {"dataset": dataset, "vae": vae_state["config"]["vae"], "energy": energy_cfg,
               "sample_steps": p["sample_steps"]}
@@ -216,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except CheckpointError as e:  # e.g. a corrupt checkpoint met on resume
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..nn import frozen_normalized_weights
 from ..ops import langevin_step_, philox_normal
 from .replay import ReplayBuffer
 
@@ -67,22 +68,26 @@ class ChainResult:
 
 @contextlib.contextmanager
 def frozen(*modules: object):
-    """Turn off parameter gradients of every nn.Module given for the duration of a chain.
+    """Freeze every nn.Module given for the duration of a chain.
 
-    Langevin needs gradients with respect to the state only; leaving parameter gradients on
-    makes every backward also compute weight gradients (the official loop's waste #1).
+    Langevin needs gradients with respect to the state only: parameter gradients are turned
+    off (else every backward also computes weight gradients: the official loop's waste #1), and
+    weight-normalised convs compute their effective weight once instead of at every step
+    (waste #2).
     """
     saved = []
-    for m in modules:
-        if isinstance(m, nn.Module):
-            for p in m.parameters():
-                saved.append((p, p.requires_grad))
-                p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
+    with contextlib.ExitStack() as stack:
+        for m in modules:
+            if isinstance(m, nn.Module):
+                for p in m.parameters():
+                    saved.append((p, p.requires_grad))
+                    p.requires_grad_(False)
+                stack.enter_context(frozen_normalized_weights(m))
+        try:
+            yield
+        finally:
+            for p, flag in saved:
+                p.requires_grad_(flag)
 
 
 class LangevinSampler:

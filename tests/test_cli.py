@@ -1,0 +1,205 @@
+"""The vaebm-fast command line, run in-process on tiny step counts."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vaebm_fast.checkpoint import load_checkpoint
+from vaebm_fast.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*argv):
+    assert main([str(a) for a in argv]) == 0
+
+
+def fails(*argv):
+    """Run a command that must fail with a clean usage error; return its message."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code not in (0, None)
+    return e.value.code
+
+
+def check_samples(out, n, shape):
+    samples = out / "samples"
+    png = samples / "samples.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 1000
+    x_vae = np.load(samples / "samples_vae.npy")
+    x_vaebm = np.load(samples / "samples_vaebm.npy")
+    for x in (x_vae, x_vaebm):
+        assert x.shape == (n, *shape) and np.isfinite(x).all()
+    assert not np.allclose(x_vae, x_vaebm)  # the Langevin steps moved the samples
+    return x_vae, x_vaebm
+
+
+def no_temp_files(out):
+    return not [n for _, _, files in os.walk(out) for n in files if n.endswith(".tmp")]
+
+
+def test_toy_pipeline_train_vae_train_ebm_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    run("train-vae", "--dataset", "25gaussians", "--out", out, "--steps", 20, "--batch-size", 64,
+        "--checkpoint-every", 10)
+    run("train-ebm", "--out", out, "--steps", 4, "--batch-size", 32, "--langevin-steps", 3,
+        "--no-igebm-clip")
+    run("sample", "--out", out, "--n", 50, "--steps", 3)
+    printed = capsys.readouterr().out
+    assert "stage 1 done" in printed and "stage 2 done" in printed and "samples.png" in printed
+
+    vae_ckpt = load_checkpoint(out / "vae.pt", kind="vae")
+    ebm_ckpt = load_checkpoint(out / "ebm.pt", kind="ebm")
+    assert vae_ckpt["step"] == 20 and vae_ckpt["config"]["dataset"] == "25gaussians"
+    assert vae_ckpt["config"]["train"]["batch_size"] == 64  # the flag overrode the preset
+    assert ebm_ckpt["step"] == 4
+    train = ebm_ckpt["config"]["train"]
+    assert (train["langevin_steps"], train["igebm_clip"], train["space"]) == (3, False, "eps")
+    x_vae, x_vaebm = check_samples(out, 50, (2,))
+    assert no_temp_files(out)
+
+    # Sampling is reproducible by seed.
+    run("sample", "--out", out, "--n", 50, "--steps", 3)
+    assert np.array_equal(np.load(out / "samples" / "samples_vaebm.npy"), x_vaebm)
+    run("sample", "--out", out, "--n", 50, "--steps", 3, "--seed", 1)
+    assert not np.allclose(np.load(out / "samples" / "samples_vaebm.npy"), x_vaebm)
+
+
+def test_digits_pipeline_with_the_default_preset(tmp_path):
+    """The preset's NVAE-style 'digits' VAE and small image EBM, for a couple of steps."""
+    out = tmp_path / "digits"
+    run("train-vae", "--dataset", "digits", "--out", out, "--steps", 2, "--batch-size", 16)
+    run("train-ebm", "--out", out, "--steps", 2, "--batch-size", 8, "--langevin-steps", 2)
+    run("sample", "--out", out, "--n", 8, "--steps", 2)
+    assert load_checkpoint(out / "vae.pt")["config"]["vae"] == {"type": "nvae", "preset": "digits"}
+    x_vae, x_vaebm = check_samples(out, 8, (1, 8, 8))
+    for x in (x_vae, x_vaebm):  # decoder-mean images in [0, 1]
+        assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_digits_pipeline_with_a_config_file(tmp_path):
+    out = tmp_path / "digits_tiny"
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"vae": {"preset": "tiny"}, "energy": {"n_channel": 8},
+                                  "train": {"batch_size": 8, "checkpoint_every": 1}}))
+    run("train-vae", "--dataset", "digits", "--out", out, "--steps", 2, "--config", config)
+    run("train-ebm", "--out", out, "--steps", 2, "--langevin-steps", 2, "--config", config)
+    run("sample", "--out", out, "--n", 4, "--steps", 1)
+    vae_ckpt, ebm_ckpt = load_checkpoint(out / "vae.pt"), load_checkpoint(out / "ebm.pt")
+    assert vae_ckpt["config"]["vae"] == {"type": "nvae", "preset": "tiny"}
+    assert vae_ckpt["config"]["train"]["batch_size"] == 8
+    assert ebm_ckpt["config"]["energy"]["n_channel"] == 8
+    assert ebm_ckpt["config"]["train"]["batch_size"] == 8
+    assert ebm_ckpt["model"]["conv1.weight"].shape[0] == 8
+    check_samples(out, 4, (1, 8, 8))
+
+
+def test_rerunning_train_vae_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ("train-vae", "--dataset", "25gaussians", "--out", out, "--batch-size", 32)
+    run(*common, "--steps", 6)
+    first = load_checkpoint(out / "vae.pt")
+    capsys.readouterr()
+
+    run(*common, "--steps", 6)  # already done: loads, trains nothing
+    assert f"resumed from {out / 'vae.pt'} at step 6" in capsys.readouterr().out
+    again = load_checkpoint(out / "vae.pt")
+    assert again["step"] == 6
+    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
+
+    run(*common, "--steps", 9)  # continues from 6, not from 0
+    assert "at step 6" in capsys.readouterr().out
+    longer = load_checkpoint(out / "vae.pt")
+    assert longer["step"] == 9
+    assert not all(torch.equal(first["model"][k], longer["model"][k]) for k in first["model"])
+
+    run(*common, "--steps", 3, "--no-resume")  # starts over
+    assert "resumed" not in capsys.readouterr().out
+    assert load_checkpoint(out / "vae.pt")["step"] == 3
+    assert no_temp_files(out)
+
+
+def test_info_prints_the_op_table(capsys):
+    run("info")
+    printed = capsys.readouterr().out
+    assert "ops (backend: available, or why not)" in printed
+    for op in ("langevin_step_", "philox_normal"):
+        assert op in printed
+    assert "cpu   available:" in printed
+    run("info", "--json")
+    info = json.loads(capsys.readouterr().out)
+    assert "langevin_step_" in info["ops"] and "cpu" in info["ops"]["langevin_step_"]
+
+
+def test_python_dash_m_info():
+    result = subprocess.run([sys.executable, "-m", "vaebm_fast", "info"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "langevin_step_" in result.stdout and "vaebm_fast" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: a message and a non-zero exit, never a traceback
+# --------------------------------------------------------------------------------------------
+def test_argument_errors(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert fails("train-vae", "--dataset", "25gaussians", "--out", out, "--bogus", 1) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert fails("train-vae", "--dataset", "cifar100", "--out", out) == 2
+    assert "invalid choice: 'cifar100'" in capsys.readouterr().err
+    assert fails("train-vae", "--dataset", "digits", "--out", out, "--steps", "many") == 2
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+    assert fails("frobnicate") == 2
+    assert fails() == 2
+    assert not out.exists()  # nothing was written
+
+
+def test_missing_checkpoints(tmp_path):
+    empty = tmp_path / "empty"
+    msg = fails("train-ebm", "--out", empty)
+    assert msg.startswith("error: no checkpoint at") and "vae.pt" in msg
+    msg = fails("sample", "--out", empty)
+    assert msg.startswith("error: no checkpoint at") and "ebm.pt" in msg
+    msg = fails("train-ebm", "--out", empty, "--vae", tmp_path / "elsewhere.pt")
+    assert "elsewhere.pt" in msg
+
+
+def test_corrupt_and_wrong_kind_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "vae.pt").write_bytes(b"\x00" * 64)
+    msg = fails("train-vae", "--dataset", "25gaussians", "--out", out, "--steps", 2)
+    assert msg.startswith("error:") and "corrupt or truncated" in msg
+    msg = fails("train-ebm", "--out", out)
+    assert "corrupt or truncated" in msg
+
+    good = tmp_path / "good"
+    run("train-vae", "--dataset", "25gaussians", "--out", good, "--steps", 2, "--batch-size", 16)
+    msg = fails("sample", "--out", good, "--ebm", good / "vae.pt")
+    assert "has kind 'vae', but kind 'ebm' is needed" in msg
+
+
+def test_config_file_errors(tmp_path):
+    out = tmp_path / "run"
+    base = ("train-vae", "--dataset", "25gaussians", "--out", out, "--steps", 1, "--config")
+    assert "not found" in fails(*base, tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert "is not valid JSON" in fails(*base, bad)
+    for content, fragment in [
+        ({"vea": {}}, "unknown section(s) ['vea']"),
+        ({"train": {"stepz": 3}}, "unknown training option(s) ['stepz']"),
+        ({"vae": {"hiden": 32}}, "invalid vae config"),
+    ]:
+        bad.write_text(json.dumps(content))
+        assert fragment in fails(*base, bad)
+    bad.write_text(json.dumps({"vae": {"preset": "tinyy"}}))
+    msg = fails("train-vae", "--dataset", "digits", "--out", out, "--steps", 1, "--config", bad)
+    assert "did you mean 'tiny'" in msg
+    assert not (out / "vae.pt").exists()
