@@ -128,7 +128,7 @@ def cmd_train_ebm(args) -> None:
     energy = _build(build_energy, energy_cfg, "energy")
     path = os.path.join(args.out, "ebm.pt")
     config = {"dataset": dataset, "vae": vae_state["config"]["vae"], "energy": energy_cfg,
-              "sample_steps": p["sample_steps"]}
+              "sample_steps": p["sample_steps"], "sample_step_size": p["sample_step_size"]}
     metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
                         resume=args.resume, extra_state={"config": config},
                         clamp=clamp if cfg.space == "data" else None, data_shape=shape, log=print)
@@ -148,7 +148,8 @@ def cmd_sample(args) -> None:
     toy = config["dataset"] in TOY
     space = train["space"] if train["space"] != "data" else "eps"
     n_steps = args.steps if args.steps is not None else config.get("sample_steps", train["langevin_steps"])
-    step_size = args.step_size if args.step_size is not None else train["step_size"]
+    step_size = (args.step_size if args.step_size is not None
+                 else config.get("sample_step_size", train["step_size"]))
     output = "sample" if toy else "mean"
     common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"), output=output)
     x_vae = LangevinSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ebm", help="default: OUT/ebm.pt")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, help="Langevin steps (default: the preset's test steps)")
-    p.add_argument("--step-size", type=float)
+    p.add_argument("--step-size", type=float, help="default: the preset's test step size")
 
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
     p.add_argument("--json", action="store_true")

@@ -53,7 +53,7 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     data = TwentyFiveGaussians()
     p = preset("25gaussians")
     if quick:
-        p["vae_train"].steps, p["ebm_train"].steps = 1500, 250
+        p["vae_train"].steps, p["ebm_train"].steps = 1000, 100
     config = {"dataset": "25gaussians", "vae": p["vae"], "energy": p["energy"]}
     t0 = time.perf_counter()
 
@@ -68,13 +68,13 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     train_seconds = time.perf_counter() - t0
 
     energy.eval()
-    cfg = p["ebm_train"]
     sample_seed = seed + 1  # a stream the training chains never used
     # output="sample": both sides report x = T(eps_z, eps_x), a draw of p(x) and of h(x) (the
     # toy VAE's decoder std is ~0.2, four times the modes' std, so its mean alone would hide it).
-    vae_only = LangevinSampler(energy, vae, space="eps", step_size=cfg.step_size, n_steps=0, output="sample")
-    vaebm = LangevinSampler(energy, vae, space="eps", step_size=cfg.step_size, n_steps=p["sample_steps"],
-                            output="sample")
+    vae_only = LangevinSampler(energy, vae, space="eps", step_size=p["sample_step_size"], n_steps=0,
+                               output="sample")
+    vaebm = LangevinSampler(energy, vae, space="eps", step_size=p["sample_step_size"],
+                            n_steps=p["sample_steps"], output="sample")
     t1 = time.perf_counter()
     samples = {"VAE": vae_only.sample(n_samples, seed=sample_seed),  # same start eps for both
                "VAEBM": vaebm.sample(n_samples, seed=sample_seed, progress=True)}
@@ -92,7 +92,7 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     metrics = {
         "vae": rows["VAE"], "vaebm": rows["VAEBM"], "data": rows["data (reference)"],
         "means": data.means.tolist(), "std": data.std, "n_samples": n_samples, "seed": seed,
-        "sample_langevin_steps": p["sample_steps"], "step_size": cfg.step_size,
+        "sample_langevin_steps": p["sample_steps"], "sample_step_size": p["sample_step_size"],
         "train_seconds": round(train_seconds, 1), "sample_seconds": round(sample_seconds, 2),
         "table": format_table(rows),
     }
