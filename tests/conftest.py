@@ -18,7 +18,7 @@ def one_thread():
 
 
 @pytest.fixture
-def native_loaded():
+def native():
     """Skip (or fail with VAEBM_FAST_REQUIRE_NATIVE=1) when the native extension is not loaded."""
     st = _native.status()
     if not st.loaded:

@@ -1,6 +1,5 @@
 """langevin_step_: native kernel vs the eager reference, noise bookkeeping, input errors."""
 import math
-import os
 
 import pytest
 import torch
@@ -9,16 +8,6 @@ from vaebm_fast import _native
 from vaebm_fast.ops import (BackendUnavailableError, default_backend, langevin_step_,
                             langevin_step_reference, philox_normal)
 import vaebm_fast.ops.langevin as langevin_module
-
-
-@pytest.fixture
-def native():
-    """Skip (or fail with VAEBM_FAST_REQUIRE_NATIVE=1) when the extension is not loaded."""
-    st = _native.status()
-    if not st.loaded:
-        if os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native extension required but unavailable: {st.reason}")
-        pytest.skip(f"native extension unavailable: {st.reason}")
 
 
 SHAPES = [(7,), (3, 5), (0,), (2, 3, 33), (1,), (1031,)]  # odd sizes, an empty tensor

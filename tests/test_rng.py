@@ -1,24 +1,12 @@
 """Philox4x32-10 words and the normal transform: known answers, eager == native, statistics."""
 import math
-import os
 
 import pytest
 import torch
 
-from vaebm_fast import _native
 from vaebm_fast.ops import (BackendUnavailableError, philox4x32, philox4x32_reference,
                             philox_normal, philox_normal_reference)
 from vaebm_fast.ops.rng import _philox_rounds
-
-
-@pytest.fixture
-def native():
-    """Skip (or fail with VAEBM_FAST_REQUIRE_NATIVE=1) when the extension is not loaded."""
-    st = _native.status()
-    if not st.loaded:
-        if os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") == "1":
-            pytest.fail(f"native extension required but unavailable: {st.reason}")
-        pytest.skip(f"native extension unavailable: {st.reason}")
 
 
 def words(*hex_words):

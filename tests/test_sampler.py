@@ -245,7 +245,7 @@ def test_same_seed_same_samples_different_seed_different(space):
 
 
 @pytest.mark.parametrize("space", ["eps", "data"])
-def test_native_and_eager_backends_give_the_same_chain(native_loaded, space):
+def test_native_and_eager_backends_give_the_same_chain(native, space):
     vae, energy = small_mlp_models()
     kw = dict(space=space, step_size=0.05, n_steps=10, data_shape=(2,), grad_clip=2.0)
     gen = vae if space != "data" else None
