@@ -193,7 +193,7 @@ class LangevinSampler:
                     raise TypeError(f"x0 must be a floating tensor (got {x0.dtype})")
                 return [x0.detach().clone()], offset
             raise TypeError(f"space={self.space!r} starts from a count of chains: pass an int n, or "
-                            "a list of eps tensors as init_states=")
+                            "a list of initial eps tensors (one per state group)")
         if isinstance(x0_or_n, (list, tuple)):
             states = [t.detach().clone() for t in x0_or_n]
             expected = self.state_shapes()
@@ -212,11 +212,7 @@ class LangevinSampler:
             n_buffered = len(self.replay_buffer.shapes)
             buffered, n_reused, offset = self.replay_buffer.initial_states(
                 n, self.reuse_prob, seed=seed, offset=offset)
-            if self.space == "data" and self.clamp is not None:
-                # Fresh rows start uniform in the clamp box, as without a buffer (see _fresh).
-                low, high = self.clamp
-                buffered = [torch.cat([b[:n_reused], low + (high - low) * torch.special.ndtr(b[n_reused:])])
-                            for b in buffered]
+            buffered = [torch.cat([b[:n_reused], self._start_from_noise(b[n_reused:])]) for b in buffered]
             rest = []
             for shape in shapes[n_buffered:]:
                 rest.append(self._fresh(n, shape, seed, offset, device, dtype))
@@ -232,8 +228,12 @@ class LangevinSampler:
     def _fresh(self, n, shape, seed, offset, device, dtype) -> torch.Tensor:
         numel = n * math.prod(shape)
         noise = philox_normal(numel, seed=seed, offset=offset, device=device, dtype=dtype).view(n, *shape)
+        return self._start_from_noise(noise)
+
+    def _start_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Fresh chains start at their N(0, 1) draw, except in data space with a clamp box,
+        where they start uniform inside it: Phi(N(0, 1)) is exactly U(0, 1)."""
         if self.space == "data" and self.clamp is not None:
-            # Uniform start inside the clamp box: Phi(N(0,1)) is exactly U(0,1).
             low, high = self.clamp
             return low + (high - low) * torch.special.ndtr(noise)
         return noise

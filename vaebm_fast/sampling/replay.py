@@ -12,6 +12,8 @@ number reused per batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..ops import philox_normal
@@ -64,7 +66,7 @@ class ReplayBuffer:
         index = torch.randint(0, max(self.size, 1), (n_reused,), generator=rng).to(device)
         states = []
         for shape, stored in zip(self.shapes, self.storage):
-            fresh_count = (batch_size - n_reused) * _numel(shape)
+            fresh_count = (batch_size - n_reused) * math.prod(shape)
             fresh = philox_normal(fresh_count, seed=seed, offset=offset, device=device, dtype=dtype)
             offset += fresh_count
             states.append(torch.cat([stored.index_select(0, index),
@@ -97,9 +99,3 @@ class ReplayBuffer:
             stored.copy_(saved)
         self.size, self.head = int(state["size"]), int(state["head"])
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
