@@ -599,3 +599,13 @@ def test_energy_with_wrong_output_shape(bad_energy):
     sampler = LangevinSampler(bad_energy, space="data", step_size=0.1, n_steps=2, data_shape=(2,))
     with pytest.raises(ValueError, match=r"energy must return shape \[B\] = \[4\]"):
         sampler.sample(4, seed=0)
+
+
+def test_open_sided_clamp_bounds_only_that_side():
+    """clamp=(None, high) caps the state from above and leaves it free below."""
+    from vaebm_fast import LangevinSampler
+    sampler = LangevinSampler(lambda x: (x ** 2).sum(1) * 0.0, space="data", step_size=0.5,
+                              n_steps=5, clamp=(None, 0.1), data_shape=(3,))
+    x = sampler.sample(500, seed=3)
+    assert x.max() <= 0.1
+    assert x.min() < -1.0  # N(0, 1) start plus noise, unclamped below

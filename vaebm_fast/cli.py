@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except CheckpointError as e:  # e.g. a corrupt checkpoint met on resume
         raise SystemExit(f"error: {e}") from None
+    except FloatingPointError as e:  # TrainingDiverged / ChainDivergedError: say it, no traceback
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 

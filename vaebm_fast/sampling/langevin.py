@@ -103,7 +103,8 @@ class LangevinSampler:
         noise_scale: sigma; default sqrt(eta) (exact Langevin). IGEBM-style chains use a
             smaller value, e.g. step_size=2*lambda, noise_scale=0.005.
         grad_clip: clip each element of grad E to [-c, c] (not the prior term).
-        clamp: (low, high) applied to the state after every step, e.g. (0, 1) for images.
+        clamp: (low, high) applied to the state after every step, e.g. (0, 1) for images;
+            either side may be None.
         data_shape: per-sample shape for data space when ``sample`` is given a count.
         replay_buffer: a ReplayBuffer for persistent chains (eps_z for eps/latent, x for data).
         reuse_prob: probability that a chain starts from the replay buffer.
@@ -132,8 +133,9 @@ class LangevinSampler:
             raise ValueError(f"step_size must be a positive finite number (got {step_size!r})")
         if not (isinstance(n_steps, int) and n_steps >= 0):
             raise ValueError(f"n_steps must be a non-negative int (got {n_steps!r})")
-        if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
-            raise ValueError(f"clamp must be a (low, high) pair with low < high (got {clamp!r})")
+        if clamp is not None and not (len(clamp) == 2 and (None in clamp or clamp[0] < clamp[1])):
+            raise ValueError(f"clamp must be a (low, high) pair with low < high, either side may be "
+                             f"None (got {clamp!r})")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
         if output not in ("mean", "sample"):
@@ -143,7 +145,8 @@ class LangevinSampler:
         self.energy, self.generator, self.space = energy, generator, space
         self.step_size, self.n_steps = float(step_size), n_steps
         self.noise_scale = noise_scale
-        self.grad_clip, self.clamp = grad_clip, (None if clamp is None else tuple(map(float, clamp)))
+        self.grad_clip = grad_clip
+        self.clamp = None if clamp is None else tuple(None if c is None else float(c) for c in clamp)
         self.data_shape = None if data_shape is None else tuple(data_shape)
         self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
         self.output, self.backend = output, backend
@@ -231,9 +234,9 @@ class LangevinSampler:
         return self._start_from_noise(noise)
 
     def _start_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """Fresh chains start at their N(0, 1) draw, except in data space with a clamp box,
-        where they start uniform inside it: Phi(N(0, 1)) is exactly U(0, 1)."""
-        if self.space == "data" and self.clamp is not None:
+        """Fresh chains start at their N(0, 1) draw, except in data space with a closed clamp
+        box, where they start uniform inside it: Phi(N(0, 1)) is exactly U(0, 1)."""
+        if self.space == "data" and self.clamp is not None and None not in self.clamp:
             low, high = self.clamp
             return low + (high - low) * torch.special.ndtr(noise)
         return noise

@@ -81,6 +81,7 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.T_max = max(cfg.steps, 1)  # resuming with more --steps stretches the cosine
 
     metrics = run_training(total_steps=cfg.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
                            checkpoint_path=checkpoint_path, checkpoint_every=cfg.checkpoint_every,
