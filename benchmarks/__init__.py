@@ -1,0 +1,2 @@
+"""Benchmarks (not part of the installed package): ``benchmarks.harness`` times variants;
+``benchmarks.bench_ops`` benchmarks the hot-path ops. See benchmarks/README.md."""

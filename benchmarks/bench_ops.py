@@ -1,0 +1,250 @@
+"""Op benchmarks: the fused Langevin step, Philox normals, grouped power iteration.
+
+    python -m benchmarks.bench_ops            # full sizes -> benchmarks/results/ops_cpu.*
+    python benchmarks/bench_ops.py --quick    # smoke sizes -> benchmarks/results/ops_cpu_quick.*
+
+Cases (timed by ``benchmarks.harness``; torch's thread count is left at its default):
+
+* ``langevin_16M``: ``langevin_step_`` on one 16M-element fp32 tensor, native kernel vs the
+  update as a user would write it in eager torch vs our eager reference (Philox in torch).
+* ``langevin_cifar10``: the same on the CIFAR-10 VAEBM sampling state, ε_x [32, 3, 32, 32] plus
+  30 latent groups [32, 20, 16, 16] (NVAE's CIFAR-10 model), 31 tensors in one call.
+* ``philox_normal_16M``: 16M normals, native vs eager reference vs ``torch.randn``.
+* ``power_iteration_cifar32``: the spectral regulariser's 4 power iterations over the CIFAR-32
+  EBM's conv weights, batched per shape group (``spectral_norms``) vs a per-layer loop.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.harness import Case, Variant, machine_info, run_case, write_report
+from vaebm_fast.models import official_ebm
+from vaebm_fast.nn import WNConv2d
+from vaebm_fast.ops import (backend_availability, langevin_step_, langevin_step_reference,
+                            philox_normal, spectral_norms)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STEP_SIZE = 1e-2
+POWER_ITERATIONS = 4
+# Sizes: full, and --quick (a smoke run of every case in a few seconds).
+FULL = {"numel": 16 * 2**20, "batch": 32, "ebm_channels": None}  # None: official width, 128
+QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16}
+TIMING_FULL = {"repeats": 15, "warmup": 2, "min_sample_s": 0.05}
+TIMING_QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.002}
+
+
+def _native_skip(op: str, device: str) -> Optional[str]:
+    """Why the native backend of ``op`` cannot run on ``device`` (None: it can)."""
+    return backend_availability(op, device)["native"]
+
+
+# ------------------------------------------------------------------------------ langevin_step_
+
+def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device: str) -> Case:
+    """t <- t - eta/2 (g + t) + sqrt(eta) xi on every tensor of ``shapes``, in one call."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    start = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    numel = sum(g.numel() for g in grads)
+    item = grads[0].element_size()
+    eta, sigma = STEP_SIZE, math.sqrt(STEP_SIZE)
+
+    def fused(backend_fn):
+        """A variant that advances its own chain (own tensors, own stream offset)."""
+        xs, state = [x.clone() for x in start], {"offset": 0}
+
+        def call():
+            state["offset"] = backend_fn(xs, grads, step_size=eta, seed=0,
+                                         offset=state["offset"])
+        return call
+
+    user_xs = [x.clone() for x in start]
+
+    def user_eager():
+        for x, g in zip(user_xs, grads):
+            x.sub_(eta / 2 * (g + x)).add_(sigma * torch.randn_like(x))
+
+    variants, skipped = [], {}
+    why_not = _native_skip("langevin_step_", device)
+    if why_not is None:
+        native = fused(lambda *a, **k: langevin_step_(*a, **k, backend="native"))
+        variants.append(Variant(
+            "native", native, bytes_moved=3 * item * numel,
+            note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are "
+                 f"made in registers (Philox + Box-Muller), never stored"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", user_eager, bytes_moved=14 * item * numel,
+        note=f"`x.sub_(eta / 2 * (g + x)).add_(sqrt(eta) * torch.randn_like(x))` per tensor: "
+             f"6 kernels, 14 passes over N elements = {14 * item} B/elem (g + x: r2 w1; "
+             f"× eta/2: r1 w1; sub_: r2 w1; randn_like: w1; × sqrt(eta): r1 w1; add_: r2 w1). "
+             f"Noise from torch's generator, not our Philox stream"))
+    variants.append(Variant(
+        "eager reference", fused(langevin_step_reference),
+        note="`langevin_step_reference`, the specification: Philox4x32-10 in int64 torch ops "
+             "(dozens of full-size int64 temporaries), then the update in float32; "
+             "compute-bound, bytes not counted"))
+    description = (f"{len(shapes)} fp32 tensor(s), {numel:,} elements in all; eta = {eta}, "
+                   f"prior weight 1, sigma = sqrt(eta), no clip/clamp. Each variant steps its "
+                   f"own copy of the state; the gradients are shared and read-only.")
+    return Case(key, title, description, variants, baseline="torch eager",
+                ceiling_numel=numel, device=device, skipped=skipped)
+
+
+def cifar10_state_shapes(batch: int) -> List[List[int]]:
+    """VAEBM's CIFAR-10 chain state: eps_x [B, 3, 32, 32] and 30 groups eps_z [B, 20, 16, 16]."""
+    return [[batch, 3, 32, 32]] + [[batch, 20, 16, 16]] * 30
+
+
+# ------------------------------------------------------------------------------ philox_normal
+
+def philox_case(key: str, numel: int, device: str) -> Case:
+    variants, skipped = [], {}
+    why_not = _native_skip("philox_normal", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", lambda: philox_normal(numel, seed=0, offset=0, device=device,
+                                            backend="native"),
+            bytes_moved=4 * numel, note="writes 4 B/elem (into a fresh tensor each call)"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "eager reference", lambda: philox_normal(numel, seed=0, offset=0, device=device,
+                                                 backend="eager"),
+        note="`philox_normal_reference`: Philox4x32-10 in int64 torch ops, Box-Muller in "
+             "float32; compute-bound, bytes not counted"))
+    variants.append(Variant(
+        "torch.randn", lambda: torch.randn(numel, device=device), bytes_moved=4 * numel,
+        note="torch's default generator (a different stream); writes 4 B/elem into a fresh "
+             "tensor each call"))
+    return Case(key, f"philox_normal, {numel:,} fp32 normals",
+                "Standard normals from offset 0 of seed 0's stream (native and eager reference "
+                "give the same numbers to ~1e-6).",
+                variants, baseline="torch.randn", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ power iteration
+
+def conv_weight_groups(model: torch.nn.Module) -> List[List[torch.Tensor]]:
+    """The effective weights W_eff.view(C_out, -1) of ``model``'s WNConv2d layers, grouped by
+    matrix shape in order of first appearance (how ``SpectralRegularizer`` groups them)."""
+    groups: Dict[tuple, List[torch.Tensor]] = {}
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, WNConv2d):
+                w = layer.normalized_weight()
+                groups.setdefault((w.shape[0], w[0].numel()), []).append(
+                    w.reshape(w.shape[0], -1).clone())
+    return list(groups.values())
+
+
+def power_iteration_case(channels: Optional[int], device: str) -> Case:
+    model = official_ebm("cifar32", n_channel=channels).to(device)
+    reg = model.spectral
+    groups = conv_weight_groups(model)
+    shapes = [(len(g), *g[0].shape) for g in groups]
+    if shapes != [tuple(s) for s in reg.group_shapes]:
+        raise RuntimeError(f"grouping differs from SpectralRegularizer's: {shapes} vs "
+                           f"{reg.group_shapes}")
+    eps, n_iter = reg.eps, POWER_ITERATIONS
+    stacked = [torch.stack(g) for g in groups]  # [G, R, C]
+    us = [getattr(reg, f"u_{k}").clone() for k in range(len(groups))]
+    vs = [getattr(reg, f"v_{k}").clone() for k in range(len(groups))]
+    layers = [(W, u.clone(), v.clone())  # per layer: W [R, C], u [R], v [C]
+              for Ws, U, V in zip(stacked, us, vs) for W, u, v in zip(Ws, U, V)]
+
+    def per_layer_loop():
+        with torch.no_grad():
+            for W, u, v in layers:
+                for _ in range(n_iter):
+                    v.copy_(F.normalize(torch.mv(W.t(), u), dim=0, eps=eps))
+                    u.copy_(F.normalize(torch.mv(W, v), dim=0, eps=eps))
+        return [torch.dot(u, torch.mv(W, v)) for W, u, v in layers]
+
+    numel = sum(W.numel() for W in stacked)
+    item = stacked[0].element_size()
+    passes = 2 * n_iter + 1  # W is read twice per iteration, once more for sigma
+    traffic = dict(bytes_moved=passes * item * numel, flops=2 * passes * numel)
+    variants = [
+        Variant(f"spectral_norms ({len(groups)} groups)",
+                lambda: spectral_norms(stacked, us, vs, n_iter, eps), **traffic,
+                note=f"eager, one bmm pair per shape group and iteration; counted: W read "
+                     f"{passes}× ({n_iter} iterations × 2 + sigma), vectors ignored"),
+        Variant(f"per-layer loop ({len(layers)} layers)", per_layer_loop, **traffic,
+                note="the same maths with torch.mv per layer; same bytes and FLOPs"),
+    ]
+    description = (f"{n_iter} power iterations + sigma on the {len(layers)} WNConv2d weights of "
+                   f"official_ebm('cifar32'"
+                   f"{'' if channels is None else f', n_channel={channels}'}), "
+                   f"{numel:,} fp32 weights in {len(groups)} shape groups "
+                   f"[G, R, C] = {', '.join(str(list(s)) for s in shapes)}. Weights are "
+                   f"stacked once beforehand (not timed), no autograd. W is re-read "
+                   f"{2 * n_iter + 1}×: if it fits in the last-level cache, those re-reads can "
+                   f"beat the streaming copy_ ceiling.")
+    return Case("power_iteration_cifar32", "power iteration, CIFAR-32 EBM spectral regulariser",
+                description, variants, baseline=variants[1].name, ceiling_numel=numel,
+                device=device)
+
+
+# ------------------------------------------------------------------------------ main
+
+def build_cases(sizes: dict, device: str):
+    """Yield the cases one at a time, so only one case's tensors are alive at once."""
+    numel = sizes["numel"]
+    label = "16M" if numel == FULL["numel"] else str(numel)
+    yield langevin_case(f"langevin_{label}", f"langevin_step_, one fp32 tensor of {numel:,}",
+                        [[numel]], device)
+    yield langevin_case("langevin_cifar10",
+                        f"langevin_step_, CIFAR-10 VAEBM state (batch {sizes['batch']}, "
+                        f"31 tensors)", cifar10_state_shapes(sizes["batch"]), device)
+    yield philox_case(f"philox_normal_{label}", numel, device)
+    yield power_iteration_case(sizes["ebm_channels"], device)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--name", help="file stem (default ops_<device type>[_quick])")
+    parser.add_argument("--repeats", type=int, help="samples per variant (default 15; quick 3)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, Path]:
+    args = parse_args(argv)
+    sizes, timing = (QUICK, dict(TIMING_QUICK)) if args.quick else (FULL, dict(TIMING_FULL))
+    if args.repeats is not None:
+        timing["repeats"] = args.repeats
+    name = args.name or f"ops_{torch.device(args.device).type}" + ("_quick" if args.quick else "")
+    machine = machine_info(args.device)
+    results = []
+    for case in build_cases(sizes, args.device):
+        print(f"[bench_ops] {case.title} ...", file=sys.stderr, flush=True)
+        results.append(run_case(case, **timing))
+        del case
+    settings = dict(timing, quick=args.quick, step_size=STEP_SIZE,
+                    command=" ".join(["python -m benchmarks.bench_ops"]
+                                     + list(sys.argv[1:] if argv is None else argv)),
+                    threads_note="torch.set_num_threads left at its default")
+    paths = write_report(name, "Op benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
+                         results, args.out, machine=machine, settings=settings)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
