@@ -61,9 +61,12 @@ def _power_iteration_eager(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: fl
     with torch.no_grad():
         W_const = W.detach()
         for _ in range(n_iter):
-            # [G,1,R] @ [G,R,C] -> [G,C];  [G,R,C] @ [G,C,1] -> [G,R]
+            # v = u^T W: [G,1,R] @ [G,R,C] -> [G,C].  u = W v, computed as the row vector
+            # v^T W^T: [G,1,C] @ [G,C,R] -> [G,R]; on the CPU, bmm with a [G,C,1] column
+            # vector is ~10x slower than this form (benchmarks/results/ops_cpu.md).
             v.copy_(F.normalize(torch.bmm(u.unsqueeze(1), W_const).squeeze(1), dim=1, eps=eps))
-            u.copy_(F.normalize(torch.bmm(W_const, v.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
+            u.copy_(F.normalize(torch.bmm(v.unsqueeze(1), W_const.transpose(1, 2)).squeeze(1),
+                                dim=1, eps=eps))
         # Snapshots: the backward of sigma needs u and v as they are now, and the caller's
         # buffers will be overwritten in place by the next call, possibly before backward.
         u_now, v_now = u.clone(), v.clone()
