@@ -174,16 +174,18 @@ class LangevinSampler:
             return self.generator.decode_eps(list(states[:n_latent]), None)
         return self.generator.decode_eps(list(states[:-1]), states[-1])
 
-    def potential(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U [B], E [B]) at the given states; the prior term is 1/2 ||eps||^2 in eps/latent."""
-        energy = self.energy(self.decode(states))
+    def potential(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(U [B], E [B], x) at the given states, x the decoded sample the energy saw; the prior
+        term is 1/2 ||eps||^2 in eps/latent."""
+        x = self.decode(states)
+        energy = self.energy(x)
         if energy.dim() != 1 or energy.shape[0] != states[0].shape[0]:
             raise ValueError(f"energy must return shape [B] = [{states[0].shape[0]}] "
                              f"(got {list(energy.shape)})")
         if self.space == "data":
-            return energy, energy
+            return energy, energy, x
         prior = sum(0.5 * s.detach().pow(2).flatten(1).sum(1) for s in states)
-        return energy + prior, energy
+        return energy + prior, energy, x
 
     # -- the chain --------------------------------------------------------------------------
     def initial_states(self, x0_or_n, *, seed: int, offset: int, device, dtype
@@ -280,7 +282,7 @@ class LangevinSampler:
                     last = step == self.n_steps
                     for s in states:
                         s.requires_grad_(not last)
-                    U, E = self.potential(states)
+                    U, E, x = self.potential(states)
                     potentials.append(U.detach())
                     energies.append(E.detach())
                     bad = ~torch.isfinite(U.detach())
@@ -296,8 +298,11 @@ class LangevinSampler:
                         prior_weight=self.prior_weight, noise_scale=self.noise_scale,
                         grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
             states = [s.detach() for s in states]
-            with torch.no_grad():
-                x = self.decode(states, mean=self.output == "mean")
+            # The last potential already decoded the final state (without a graph: states and
+            # parameters were frozen); only the eps-space decoder mean needs another pass.
+            if self.space == "eps" and self.output == "mean":
+                with torch.no_grad():
+                    x = self.decode(states, mean=True)
         finally:
             if was_training:
                 self.generator.train()

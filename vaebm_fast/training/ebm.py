@@ -65,10 +65,13 @@ def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, f
 
 def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None = None,
                  clamp=None, data_shape=None, replay: ReplayBuffer | None = None) -> LangevinSampler:
+    # output="sample": the negatives are draws x = T(eps_z, eps_x) of h, which the chain's last
+    # potential has already decoded; the decoder mean would cost another decoder pass.
     return LangevinSampler(
         energy, generator if cfg.space != "data" else None, space=cfg.space, step_size=cfg.step_size,
         n_steps=cfg.langevin_steps if n_steps is None else n_steps, noise_scale=cfg.noise_scale,
-        grad_clip=cfg.grad_clip, clamp=clamp, data_shape=data_shape, replay_buffer=replay)
+        grad_clip=cfg.grad_clip, clamp=clamp, data_shape=data_shape, replay_buffer=replay,
+        output="sample")
 
 
 def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[torch.Tensor],
@@ -106,9 +109,7 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"], return_chain=True,
                                 device=device, check_finite=True)
         chain["offset"] = result.next_offset
-        with torch.no_grad():
-            x_neg = sampler.decode(result.states, mean=False)  # a sample of h, with eps_x
-        e_pos, e_neg = energy(x_pos), energy(x_neg)
+        e_pos, e_neg = energy(x_pos), energy(result.x)
         loss = e_pos.mean() - e_neg.mean()
         if cfg.energy_reg > 0:
             loss = loss + cfg.energy_reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
