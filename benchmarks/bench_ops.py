@@ -12,6 +12,8 @@ Cases (timed by ``benchmarks.harness``; torch's thread count is left at its defa
 * ``philox_normal_16M``: 16M normals, native vs eager reference vs ``torch.randn``.
 * ``power_iteration_cifar32``: the spectral regulariser's 4 power iterations over the CIFAR-32
   EBM's conv weights, batched per shape group (``spectral_norms``) vs a per-layer loop.
+* ``swish_16M``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
+  ``x * sigmoid(x)`` vs ``F.silu``.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from benchmarks.harness import Case, Variant, machine_info, run_case, write_repo
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
 from vaebm_fast.ops import (backend_availability, langevin_step_, langevin_step_reference,
-                            philox_normal, spectral_norms)
+                            philox_normal, spectral_norms, swish)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEP_SIZE = 1e-2
@@ -198,6 +200,43 @@ def power_iteration_case(channels: Optional[int], device: str) -> Case:
                 device=device)
 
 
+# ------------------------------------------------------------------------------ swish
+
+def swish_case(key: str, numel: int, device: str) -> Case:
+    """Swish forward + backward (dy -> dx) on one fp32 tensor: native op vs eager expressions."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(numel, generator=gen).to(device).requires_grad_()
+    g = torch.randn(numel, generator=gen).to(device)
+    item = x.element_size()
+
+    def fwd_bwd(fn):
+        def call():
+            return torch.autograd.grad(fn(x), x, g)
+        return call
+
+    variants, skipped = [], {}
+    why_not = _native_skip("swish", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", fwd_bwd(lambda t: swish(t, backend="native")),
+            bytes_moved=5 * item * numel,
+            note=f"swish_forward (reads x, writes y) + swish_backward (reads g and x, writes "
+                 f"dx): {5 * item} B/elem; autograd saves only x, the sigmoid is recomputed"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", fwd_bwd(lambda t: t * torch.sigmoid(t)),
+        note="`x * torch.sigmoid(x)` (the eager reference): saves x and sigmoid(x); several "
+             "kernels each way, bytes not counted"))
+    variants.append(Variant(
+        "F.silu", fwd_bwd(F.silu), bytes_moved=5 * item * numel,
+        note="torch's fused SiLU (same maths, scale 1), counted like native"))
+    return Case(key, f"swish forward + backward, one fp32 tensor of {numel:,}",
+                "y = x * sigmoid(x), then dx = torch.autograd.grad(y, x, g); one call does both.",
+                variants, baseline="torch eager", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
 # ------------------------------------------------------------------------------ main
 
 def build_cases(sizes: dict, device: str):
@@ -211,6 +250,7 @@ def build_cases(sizes: dict, device: str):
                         f"31 tensors)", cifar10_state_shapes(sizes["batch"]), device)
     yield philox_case(f"philox_normal_{label}", numel, device)
     yield power_iteration_case(sizes["ebm_channels"], device)
+    yield swish_case(f"swish_{label}", numel, device)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -87,6 +87,19 @@ TORCH_LIBRARY(vaebm_fast, m) {
       "langevin_step_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, int seed, "
       "int offset, float prior_weight, float noise_scale, float? grad_clip, "
       "float? clamp_low, float? clamp_high) -> ()");
+
+  // Scaled Swish (see vaebm_fast/ops/swish.py): y = scale * x * sigmoid(x), and its backward
+  // dx = scale * grad * (s + x s (1 - s)) with s = sigmoid(x) recomputed from x. New contiguous
+  // outputs; autograd (saving only x) is registered from Python.
+  m.def("swish_forward(Tensor x, float scale) -> Tensor");
+  m.def("swish_backward(Tensor grad, Tensor x, float scale) -> Tensor");
+
+  // Replay buffer (see vaebm_fast/ops/replay.py), P = prod(S):
+  // replay_gather: new [B, *S] tensor; row b = buffer[index[b]], or when reinit[b] the normals
+  //   offset + b*P .. offset + (b+1)*P - 1 of the stream for `seed`.
+  // replay_scatter_: buffer[index[b]] = values[b] in place (indices must be unique).
+  m.def("replay_gather(Tensor buffer, Tensor index, Tensor reinit, int seed, int offset) -> Tensor");
+  m.def("replay_scatter_(Tensor(a!) buffer, Tensor index, Tensor values) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(vaebm_fast, ADInplaceOrView, m) {
@@ -95,4 +108,5 @@ TORCH_LIBRARY_IMPL(vaebm_fast, ADInplaceOrView, m) {
   };
   m.impl("philox_normal_", bump());
   m.impl("langevin_step_", bump());
+  m.impl("replay_scatter_", bump());
 }

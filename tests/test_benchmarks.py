@@ -9,7 +9,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["langevin_65536", "langevin_cifar10", "philox_normal_65536", "power_iteration_cifar32"]
+CASES = ["langevin_65536", "langevin_cifar10", "philox_normal_65536", "power_iteration_cifar32",
+         "swish_65536"]
 
 
 @pytest.fixture(scope="module")

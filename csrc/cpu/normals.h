@@ -1,7 +1,9 @@
 // CPU helper: Philox normals in blocks, for kernels that consume noise on the fly.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace vaebm_fast {
 namespace cpu {
@@ -14,6 +16,22 @@ constexpr int64_t kNoiseBlock = 1024;
 // out[i] = normal number m0 + i of the stream for `seed`, i in [0, n): the transform of
 // csrc/philox.h, vectorised (see normals.cpp). Any n; thread-safe; no allocation.
 void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0);
+
+// The same normals, generated in float32 (the spec) and rounded to scalar_t; other dtypes go
+// through an L1-sized stack block.
+template <typename scalar_t>
+void fill_normals_as(scalar_t* out, int64_t n, uint64_t seed, uint64_t m0) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    fill_normals(out, n, seed, m0);
+  } else {
+    float block[kNoiseBlock];
+    for (int64_t start = 0; start < n; start += kNoiseBlock) {
+      const int64_t len = std::min(kNoiseBlock, n - start);
+      fill_normals(block, len, seed, m0 + static_cast<uint64_t>(start));
+      for (int64_t i = 0; i < len; ++i) out[start + i] = static_cast<scalar_t>(block[i]);
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace vaebm_fast

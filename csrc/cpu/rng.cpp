@@ -33,22 +33,6 @@ at::Tensor philox4x32_cpu(int64_t seed, const at::Tensor& offsets) {
   return out;
 }
 
-// o[i] = normal number m0 + i for i in [0, n), generated in float32 (the spec) and rounded to
-// scalar_t.
-template <typename scalar_t>
-void fill_normals_as(scalar_t* o, int64_t n, uint64_t seed, uint64_t m0) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    fill_normals(o, n, seed, m0);
-  } else {
-    float block[kNoiseBlock];
-    for (int64_t start = 0; start < n; start += kNoiseBlock) {
-      const int64_t len = std::min(kNoiseBlock, n - start);
-      fill_normals(block, len, seed, m0 + static_cast<uint64_t>(start));
-      for (int64_t i = 0; i < len; ++i) o[start + i] = static_cast<scalar_t>(block[i]);
-    }
-  }
-}
-
 // out (contiguous, floating, read flat): out[i] = normal number offset + i.
 void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   TORCH_CHECK(out.device().is_cpu(), "philox_normal_ (CPU kernel): out must be on the CPU");

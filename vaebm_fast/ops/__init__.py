@@ -26,3 +26,13 @@ from ._dispatch import register_op as _register_op
 __all__ += ["power_iteration_", "spectral_norms"]
 _register_op("power_iteration_")  # listed by vaebm_fast.info; eager only until the kernels issue
 _register_op("spectral_norms")
+
+from .swish import lip_swish, swish, swish_backward_reference, swish_reference
+
+__all__ += ["swish", "lip_swish", "swish_reference", "swish_backward_reference"]
+
+from .replay import (replay_gather, replay_gather_reference, replay_scatter_,
+                     replay_scatter_reference)
+
+__all__ += ["replay_gather", "replay_gather_reference", "replay_scatter_",
+            "replay_scatter_reference"]

@@ -12,11 +12,9 @@ number reused per batch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..ops import philox_normal
+from ..ops import replay_gather, replay_scatter_
 
 
 def reinit_probability(iteration: int, max_p: float = 0.6, anneal_steps: int = 5000) -> float:
@@ -55,22 +53,33 @@ class ReplayBuffer:
         Returns (states, n_reused, next_offset): states[g] is [batch_size, *shapes[g]]; its
         first n_reused rows come from the buffer, the rest are fresh N(0, 1) normals drawn from
         the Philox stream at (seed, offset).
+
+        Noise numbering (one fused ``replay_gather`` per group): group g starts at
+        ``offset_g`` (``offset_0 = offset``) and row b of it, when fresh, uses normals
+        ``offset_g + b*P_g .. offset_g + (b+1)*P_g - 1`` (``P_g = prod(shapes[g])``); the
+        positions of reused rows are skipped. If any row is fresh, group g consumes
+        ``batch_size * P_g`` normals (``offset_{g+1} = offset_g + batch_size * P_g``); if every
+        row is reused no noise is drawn and next_offset == offset. With no reused rows this is
+        the same numbering as drawing ``batch_size * P_g`` normals per group in order.
         """
         device = self.storage[0].device
-        dtype = self.storage[0].dtype
         rng = torch.Generator().manual_seed((seed * 1_000_003 + offset) % (2 ** 63))
         n_reused = 0
         if self.size > 0 and reuse_prob > 0:
             n_reused = int(torch.binomial(torch.tensor(float(batch_size)),
                                           torch.tensor(float(reuse_prob)), generator=rng))
-        index = torch.randint(0, max(self.size, 1), (n_reused,), generator=rng).to(device)
+        index = torch.randint(0, max(self.size, 1), (n_reused,), generator=rng)
+        # Rows [0, n_reused) gathered, the rest fresh; a fresh row's index is not read.
+        full_index = torch.zeros(batch_size, dtype=torch.int64)
+        full_index[:n_reused] = index
+        full_index = full_index.to(device)
+        reinit = torch.arange(batch_size, device=device) >= n_reused
         states = []
-        for shape, stored in zip(self.shapes, self.storage):
-            fresh_count = (batch_size - n_reused) * math.prod(shape)
-            fresh = philox_normal(fresh_count, seed=seed, offset=offset, device=device, dtype=dtype)
-            offset += fresh_count
-            states.append(torch.cat([stored.index_select(0, index),
-                                     fresh.view(batch_size - n_reused, *shape)]))
+        for stored in self.storage:
+            out, next_offset = replay_gather(stored, full_index, reinit, seed=seed, offset=offset)
+            if n_reused < batch_size:  # some row used noise: skip this group's whole range
+                offset = next_offset
+            states.append(out)
         return states, n_reused, offset
 
     def push(self, states: list[torch.Tensor]) -> None:
@@ -82,7 +91,7 @@ class ReplayBuffer:
         slots = (torch.arange(batch) + self.head) % self.capacity
         slots = slots.to(self.storage[0].device)
         for stored, s in zip(self.storage, states):
-            stored.index_copy_(0, slots, s.detach().to(stored.dtype))
+            replay_scatter_(stored, slots, s.detach().to(device=stored.device, dtype=stored.dtype))
         self.head = (self.head + batch) % self.capacity
         self.size = min(self.capacity, self.size + batch)
 

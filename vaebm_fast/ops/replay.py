@@ -1,0 +1,197 @@
+r"""Replay-buffer ops: gather start states (with fresh rows), scatter final states back.
+
+A replay buffer is a tensor ``buffer`` of shape ``[N, *S]`` (one row per stored chain);
+``P = prod(S)`` is the number of elements of a row.
+
+:func:`replay_gather` builds the start states of ``B`` chains in one pass:
+
+.. math:: \text{out}[b] = \begin{cases} \xi_b & \text{reinit}[b] \\
+          \text{buffer}[\text{index}[b]] & \text{otherwise} \end{cases}
+
+where ``xi_b`` holds normals number ``offset + b*P .. offset + (b+1)*P - 1`` of the Philox
+stream for ``seed`` (``vaebm_fast.ops.rng``), in the row's logical row-major order. The normals
+of row ``b`` depend on ``b`` only, never on which other rows are reinitialised, so the op needs
+no host synchronisation to number them; the noise positions of non-reinit rows are skipped.
+It returns ``(out, offset + B*P)``: the next free offset. ``index[b]`` of a reinit row is not
+read (any value is accepted); every other ``index[b]`` must be in ``[0, N)``. ``out`` is a new
+contiguous tensor of ``buffer``'s dtype and device; fresh rows are float32 normals rounded
+to the dtype (widened for float64).
+
+:func:`replay_scatter_` writes ``buffer[index[b]] = values[b]`` in place. Indices must be
+unique: the rows are written in parallel, so with duplicates which write lands would be
+unspecified; the wrapper raises ``ValueError`` instead.
+
+``*_reference`` are the specifications (plain PyTorch, any device; the gather reference
+materialises the noise of all ``B`` rows). The wrappers validate with clear messages (shapes,
+dtypes, devices, index range — the range and uniqueness checks read ``index``, which
+synchronises with a GPU) and dispatch to ``torch.ops.vaebm_fast.replay_gather`` /
+``replay_scatter_`` or to the reference. Neither op is differentiable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from . import _dispatch
+from .rng import check_stream_range, philox_normal_reference
+
+__all__ = ["replay_gather", "replay_gather_reference", "replay_scatter_",
+           "replay_scatter_reference"]
+
+_dispatch.register_op("replay_gather", native="vaebm_fast::replay_gather")
+_dispatch.register_op("replay_scatter_", native="vaebm_fast::replay_scatter_")
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_buffer_index(buffer, index, op: str) -> None:
+    if not isinstance(buffer, Tensor):
+        raise TypeError(f"{op}: buffer must be a torch.Tensor (got {type(buffer).__name__})")
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{op}: index must be a torch.Tensor (got {type(index).__name__})")
+    if buffer.dim() < 1:
+        raise ValueError(f"{op}: buffer must have shape [N, *S] (got a 0-d tensor)")
+    if buffer.dtype not in _DTYPES:
+        raise ValueError(f"{op}: buffer must be float16, bfloat16, float32 or float64 "
+                         f"(got {buffer.dtype})")
+    if index.dtype != torch.int64 or index.dim() != 1:
+        raise ValueError(f"{op}: index must be a 1-D int64 tensor (got {index.dtype} of shape "
+                         f"{list(index.shape)}); convert it with .long()")
+    if index.device != buffer.device:
+        raise ValueError(f"{op}: index is on {index.device} but buffer is on {buffer.device}")
+
+
+def _check_range(index: Tensor, n: int, op: str) -> None:
+    if index.numel() == 0:
+        return
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{op}: index values must be in [0, {n}) for a buffer of {n} rows "
+                         f"(got {bad})")
+
+
+def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
+    _check_buffer_index(buffer, index, "replay_gather")
+    if not isinstance(reinit, Tensor):
+        raise TypeError(f"replay_gather: reinit must be a torch.Tensor "
+                        f"(got {type(reinit).__name__})")
+    if reinit.dtype != torch.bool or reinit.shape != index.shape:
+        raise ValueError(f"replay_gather: reinit must be a bool tensor of the shape of index "
+                         f"{list(index.shape)} (got {reinit.dtype} of shape {list(reinit.shape)})")
+    if reinit.device != buffer.device:
+        raise ValueError(f"replay_gather: reinit is on {reinit.device} but buffer is on "
+                         f"{buffer.device}")
+    total = index.shape[0] * math.prod(buffer.shape[1:])
+    seed, offset = check_stream_range(seed, offset, total)
+    _check_range(index[~reinit], buffer.shape[0], "replay_gather")
+    return seed, offset, total
+
+
+def _check_scatter(buffer, index, values) -> None:
+    _check_buffer_index(buffer, index, "replay_scatter_")
+    if not isinstance(values, Tensor):
+        raise TypeError(f"replay_scatter_: values must be a torch.Tensor "
+                        f"(got {type(values).__name__})")
+    expected = [index.shape[0], *buffer.shape[1:]]
+    if list(values.shape) != expected:
+        raise ValueError(f"replay_scatter_: values must have shape [B, *S] = {expected} "
+                         f"(got {list(values.shape)})")
+    if values.dtype != buffer.dtype:
+        raise ValueError(f"replay_scatter_: values have dtype {values.dtype} but buffer has "
+                         f"{buffer.dtype}; convert with .to(buffer.dtype)")
+    if values.device != buffer.device:
+        raise ValueError(f"replay_scatter_: values are on {values.device} but buffer is on "
+                         f"{buffer.device}")
+    _check_range(index, buffer.shape[0], "replay_scatter_")
+    if index.numel() > 1 and torch.unique(index).numel() != index.numel():
+        raise ValueError("replay_scatter_: index must not contain duplicates (rows are written "
+                         "in parallel, so which duplicate lands would be unspecified)")
+
+
+def replay_gather_reference(buffer: Tensor, index: Tensor, reinit: Tensor, *, seed: int,
+                            offset: int) -> Tuple[Tensor, int]:
+    """Eager reference of :func:`replay_gather` (same arguments, no ``backend``)."""
+    seed, offset, total = _check_gather(buffer, index, reinit, seed, offset)
+    B, shape = index.shape[0], tuple(buffer.shape[1:])
+    with torch.no_grad():
+        noise = philox_normal_reference(total, seed=seed, offset=offset, device=buffer.device)
+        noise = noise.view(B, *shape).to(buffer.dtype)
+        if buffer.shape[0] == 0:  # every row is reinit (checked): nothing to gather
+            return noise, offset + total
+        safe = index.masked_fill(reinit, 0)  # reinit rows' index is not read
+        gathered = buffer.index_select(0, safe)
+        mask = reinit.view(B, *([1] * len(shape)))
+        out = torch.where(mask, noise, gathered).contiguous()
+    return out, offset + total
+
+
+def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, *, seed: int, offset: int,
+                  backend: str = "auto") -> Tuple[Tensor, int]:
+    """Start states ``out[b] = normals if reinit[b] else buffer[index[b]]`` (module docstring).
+
+    Args:
+        buffer: [N, *S] float16/bfloat16/float32/float64, any strides.
+        index: int64 [B] rows to gather, in [0, N) where ``reinit`` is False.
+        reinit: bool [B], True for rows that start from fresh N(0, 1) noise.
+        seed: int in [0, 2**63); offset: int >= 0, the normal of row 0's first element.
+        backend: "auto" | "native" | "eager".
+    Returns:
+        ``(out, offset + B * prod(S))``: out is a new contiguous [B, *S] tensor.
+    Raises:
+        TypeError / ValueError: invalid arguments; BackendUnavailableError: see ``_dispatch``.
+    """
+    seed, offset, total = _check_gather(buffer, index, reinit, seed, offset)
+    if _dispatch.resolve_backend("replay_gather", backend, buffer.device) == "eager":
+        return replay_gather_reference(buffer, index, reinit, seed=seed, offset=offset)
+    with torch.no_grad():
+        out = torch.ops.vaebm_fast.replay_gather(buffer, index, reinit, seed, offset)
+    return out, offset + total
+
+
+def replay_scatter_reference(buffer: Tensor, index: Tensor, values: Tensor) -> None:
+    """Eager reference of :func:`replay_scatter_` (same arguments, no ``backend``)."""
+    _check_scatter(buffer, index, values)
+    with torch.no_grad():
+        buffer.index_copy_(0, index, values)
+
+
+def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor, *,
+                    backend: str = "auto") -> None:
+    """``buffer[index[b]] = values[b]`` in place for every ``b``.
+
+    Args:
+        buffer: [N, *S] float16/bfloat16/float32/float64 (no elements sharing memory).
+        index: int64 [B], unique values in [0, N).
+        values: [B, *S] of buffer's dtype and device.
+        backend: "auto" | "native" | "eager".
+    Raises:
+        TypeError / ValueError: invalid arguments (duplicate indices included).
+    """
+    _check_scatter(buffer, index, values)
+    if _dispatch.resolve_backend("replay_scatter_", backend, buffer.device) == "eager":
+        replay_scatter_reference(buffer, index, values)
+        return
+    with torch.no_grad():
+        torch.ops.vaebm_fast.replay_scatter_(buffer, index, values)
+
+
+def _register_fakes() -> None:
+    # Shape-only implementations for FakeTensor / torch.compile.
+    @torch.library.register_fake("vaebm_fast::replay_gather")
+    def _replay_gather_fake(buffer, index, reinit, seed, offset):
+        torch._check(index.dim() == 1 and reinit.shape == index.shape,
+                     lambda: "index and reinit must be 1-D of one shape")
+        return buffer.new_empty((index.shape[0], *buffer.shape[1:]))
+
+    @torch.library.register_fake("vaebm_fast::replay_scatter_")
+    def _replay_scatter_fake(buffer, index, values) -> None:
+        torch._check(values.shape[0] == index.shape[0], lambda: "values and index differ in B")
+        return None
+
+
+_native.on_load(_register_fakes)

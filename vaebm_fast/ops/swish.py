@@ -1,0 +1,128 @@
+r"""Swish and LipSwish with a fused native kernel and a memory-light backward.
+
+.. math::  \mathrm{swish}_c(x) = c\,x\,\sigma(x), \qquad
+           \frac{d}{dx}\mathrm{swish}_c(x) = c\,\big(s + x\,s\,(1 - s)\big),\ s = \sigma(x)
+
+with ``c = 1`` for :func:`swish` (SiLU) and ``c = 1/1.1`` for :func:`lip_swish` (1-Lipschitz).
+
+* :func:`swish_reference` / :func:`swish_backward_reference` are the specification (plain
+  PyTorch, any device and dtype; the forward reference is an ordinary differentiable torch
+  expression, so everything autograd supports works on it, double backward included).
+* The native backend runs ``torch.ops.vaebm_fast.swish_forward(x, scale)`` whose autograd
+  formula (registered here with :func:`torch.library.register_autograd`) saves **only x** and
+  recomputes the sigmoid in ``torch.ops.vaebm_fast.swish_backward(grad, x, scale)``: one saved
+  tensor per activation instead of x and sigmoid(x). The backward op is itself differentiable
+  (its derivative is written in torch ops), so double backward works on the native path too.
+* Dtypes of the native kernel: float16 / bfloat16 / float32 (computed in float32, rounded once)
+  and float64. Outputs are new contiguous tensors; non-contiguous inputs are accepted.
+
+``backend="auto"`` uses the native kernel when the extension is loaded and has a kernel for the
+tensor's device, and the reference otherwise (also for dtypes the kernel does not take).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _native
+from . import _dispatch
+
+__all__ = ["swish", "lip_swish", "swish_reference", "swish_backward_reference",
+           "LIPSWISH_SCALE"]
+
+_dispatch.register_op("swish", native="vaebm_fast::swish_forward")
+_dispatch.register_op("lip_swish", native="vaebm_fast::swish_forward")
+
+# LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
+LIPSWISH_SCALE = 1.0 / 1.1
+_NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def swish_reference(x: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale * x * sigmoid(x)`` in plain (differentiable) PyTorch: the specification."""
+    out = x * torch.sigmoid(x)
+    return out if scale == 1.0 else out * scale
+
+
+def swish_backward_reference(grad: Tensor, x: Tensor, scale: float = 1.0) -> Tensor:
+    """Gradient of :func:`swish_reference` w.r.t. ``x``: ``scale * grad * (s + x s (1 - s))``."""
+    s = torch.sigmoid(x)
+    return grad * (scale * (s + x * s * (1 - s)))
+
+
+def _apply(op: str, x: Tensor, scale: float, backend: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor (got {type(x).__name__})")
+    chosen = _dispatch.resolve_backend(op, backend, x.device)
+    if chosen == "native":
+        if x.dtype in _NATIVE_DTYPES:
+            return torch.ops.vaebm_fast.swish_forward(x, scale)
+        if backend == "native":
+            raise ValueError(f"{op}: the native kernel takes float16, bfloat16, float32 or "
+                             f"float64 tensors (got {x.dtype}); use backend='eager'")
+    return swish_reference(x, scale)
+
+
+def swish(x: Tensor, backend: str = "auto") -> Tensor:
+    """Swish / SiLU, ``x * sigmoid(x)``; autograd saves only ``x`` on the native backend.
+
+    Raises:
+        TypeError: ``x`` is not a tensor. ValueError: unknown backend, or ``backend="native"``
+        with a dtype the kernel does not take. BackendUnavailableError: named backend cannot run.
+    """
+    return _apply("swish", x, 1.0, backend)
+
+
+def lip_swish(x: Tensor, backend: str = "auto") -> Tensor:
+    """LipSwish, ``x * sigmoid(x) / 1.1`` (1-Lipschitz); same backends and errors as swish."""
+    return _apply("lip_swish", x, LIPSWISH_SCALE, backend)
+
+
+# ------------------------------------------------------------------ autograd and fake kernels
+
+def _forward_setup_context(ctx, inputs, output) -> None:
+    x, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(x)  # only the input: the sigmoid is recomputed in the backward
+
+
+def _forward_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.vaebm_fast.swish_backward(grad, x, ctx.scale), None
+
+
+def _backward_setup_context(ctx, inputs, output) -> None:
+    grad, x, scale = inputs
+    ctx.scale = scale
+    ctx.save_for_backward(grad, x)
+
+
+def _backward_backward(ctx, gg):
+    # d/dgrad: linear, the same op; d/dx: scale * gg * grad * s(1-s)(2 + x(1-2s)).
+    grad, x = ctx.saved_tensors
+    d_grad = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad = torch.ops.vaebm_fast.swish_backward(gg, x, ctx.scale)
+    if ctx.needs_input_grad[1]:
+        s = torch.sigmoid(x)
+        d_x = gg * grad * (ctx.scale * s * (1 - s) * (2 + x * (1 - 2 * s)))
+    return d_grad, d_x, None
+
+
+def _register() -> None:
+    @torch.library.register_fake("vaebm_fast::swish_forward")
+    def _swish_forward_fake(x, scale):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("vaebm_fast::swish_backward")
+    def _swish_backward_fake(grad, x, scale):
+        torch._check(grad.shape == x.shape, lambda: "swish_backward: grad and x differ in shape")
+        return x.new_empty(x.shape)
+
+    torch.library.register_autograd("vaebm_fast::swish_forward", _forward_backward,
+                                    setup_context=_forward_setup_context)
+    torch.library.register_autograd("vaebm_fast::swish_backward", _backward_backward,
+                                    setup_context=_backward_setup_context)
+
+
+_native.on_load(_register)
