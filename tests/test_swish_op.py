@@ -5,7 +5,6 @@ import sys
 import pytest
 import torch
 
-from vaebm_fast import _native
 from vaebm_fast.nn import LipSwish, Swish, activations
 from vaebm_fast.ops import (default_backend, lip_swish, registered_ops, swish,
                             swish_backward_reference, swish_reference)
@@ -129,7 +128,8 @@ def _saved(fn, x):
                                        (Swish(), 1.0), (LipSwish(), SCALE)])
 def test_backward_saves_only_the_input(native, fn, scale):
     x = make((8, 33), torch.float32).requires_grad_()
-    y, saved = _saved(fn, x)
+    with default_backend("native"):  # the claim is the native path's; "auto" may prefer eager
+        y, saved = _saved(fn, x)
     assert len(saved) == 1 and saved[0] is x
     y.sum().backward()
     torch.testing.assert_close(x.grad, swish_backward_reference(torch.ones_like(x), x.detach(),
@@ -152,7 +152,8 @@ def test_eager_path_is_plain_torch():
 
 def test_activations_use_the_op_when_native(native):
     x = make((4, 4), torch.float32).requires_grad_()
-    assert len(_saved(activations.swish, x)[1]) == 1  # the op's autograd, not x * sigmoid(x)
+    with default_backend("native"):
+        assert len(_saved(activations.swish, x)[1]) == 1  # the op's autograd, not x * sigmoid(x)
     torch.testing.assert_close(activations.lip_swish(x), swish_reference(x, SCALE))
     torch.testing.assert_close(LipSwish()(x), swish_reference(x, SCALE))
     torch.testing.assert_close(Swish()(x), swish_reference(x))
@@ -203,11 +204,14 @@ def test_opcheck(native):
         torch.library.opcheck(bwd, (g.detach(), x.detach().t().contiguous().t(), 1.0))
 
 
-def test_native_loaded_flag_consistent():
-    # auto picks native exactly when the extension is loaded (CPU tensors)
+def test_auto_follows_the_measured_cpu_preference(native):
+    # On the CPU the native kernel measured slower, so "auto" runs the eager expression (which
+    # saves more than x) while the native backend stays one argument away.
+    from vaebm_fast.ops import _dispatch
+    assert _dispatch.resolve_backend("swish", "auto", "cpu") == "eager"
     x = make((3,), torch.float32).requires_grad_()
-    _, saved = _saved(swish, x)
-    assert (len(saved) == 1) == _native.is_loaded()
+    assert len(_saved(swish, x)[1]) > 1
+    assert len(_saved(lambda t: swish(t, backend="native"), x)[1]) == 1
 
 
 def test_energy_model_native_matches_eager(native):

@@ -44,6 +44,8 @@ class BackendUnavailableError(RuntimeError):
 class _OpSpec:
     name: str  # public name, e.g. "langevin_step_"
     native: Optional[str]  # qualified native op, e.g. "vaebm_fast::langevin_step_", or None
+    # device type -> preference order of "auto" where it differs from BACKENDS (by measurement)
+    auto_order: Dict[str, Tuple[str, ...]]
 
 
 _ops: Dict[str, _OpSpec] = {}
@@ -53,9 +55,14 @@ _cache: Dict[Tuple[str, str], Dict[str, Optional[str]]] = {}
 _cache_status: Optional[_native.NativeStatus] = None
 
 
-def register_op(name: str, *, native: Optional[str] = None) -> None:
-    """Declare an op and, when it has compiled kernels, the qualified name of its native op."""
-    _ops[name] = _OpSpec(name, native)
+def register_op(name: str, *, native: Optional[str] = None,
+                auto_order: Optional[Dict[str, Tuple[str, ...]]] = None) -> None:
+    """Declare an op and, when it has compiled kernels, the qualified name of its native op.
+
+    auto_order: per device type, the order in which "auto" tries the backends when it is not
+    :data:`BACKENDS` -- for ops whose native kernel measured slower there (say where).
+    """
+    _ops[name] = _OpSpec(name, native, dict(auto_order or {}))
     _cache.clear()
 
 
@@ -123,7 +130,8 @@ def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
         backend = _default
     availability = backend_availability(op, device)
     if backend == "auto":
-        return next(b for b in BACKENDS if availability[b] is None)
+        order = _ops[op].auto_order.get(_device_type(device), BACKENDS) if op in _ops else BACKENDS
+        return next(b for b in order if availability[b] is None)
     reason = availability[backend]
     if reason is not None:
         raise BackendUnavailableError(f"backend {backend!r} cannot run {op} on "
