@@ -26,6 +26,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "../langevin_checks.h"
 #include "normals.h"
 
 namespace vaebm_fast {
@@ -97,29 +98,9 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
                        int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                        std::optional<double> grad_clip, std::optional<double> clamp_low,
                        std::optional<double> clamp_high) {
-  // The Python wrapper checks all of this with friendlier messages; these guard direct calls
-  // through torch.ops.
-  TORCH_CHECK(tensors.size() == grads.size(), "langevin_step_: got ", tensors.size(),
-              " tensors but ", grads.size(), " grads");
-  TORCH_CHECK(offset >= 0, "langevin_step_: offset must be >= 0, got ", offset);
-  if (tensors.empty()) return;
+  if (!check_langevin_args(tensors, grads, offset)) return;
+  TORCH_CHECK(tensors[0].device().is_cpu(), "langevin_step_ (CPU kernel): tensors must be on the CPU");
   const at::ScalarType dtype = tensors[0].scalar_type();
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    const at::Tensor& g = grads[i];
-    TORCH_CHECK(t.device().is_cpu() && g.device().is_cpu(),
-                "langevin_step_ (CPU kernel): tensors[", i, "] and grads[", i,
-                "] must be on the CPU");
-    TORCH_CHECK(t.scalar_type() == dtype && g.scalar_type() == dtype,
-                "langevin_step_: all tensors and grads must have dtype ", dtype, "; tensors[", i,
-                "] is ", t.scalar_type(), ", grads[", i, "] is ", g.scalar_type());
-    TORCH_CHECK(t.sizes() == g.sizes(), "langevin_step_: tensors[", i, "] has shape ", t.sizes(),
-                " but grads[", i, "] has shape ", g.sizes());
-    TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes,
-                "langevin_step_: tensors[", i, "] has elements sharing memory (e.g. from expand); "
-                "pass a tensor that owns each element (.clone())");
-  }
-  TORCH_CHECK(at::isFloatingType(dtype), "langevin_step_: tensors must be floating, got ", dtype);
 
   // Flat contiguous views to work on, and where each tensor starts in the concatenation.
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());

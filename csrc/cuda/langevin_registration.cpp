@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../langevin_checks.h"
 #include "langevin_cuda.h"
 
 namespace vaebm_fast {
@@ -30,24 +31,9 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                         int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
                         std::optional<double> clamp_high) {
-  TORCH_CHECK(tensors.size() == grads.size(), "langevin_step_: got ", tensors.size(),
-              " tensors but ", grads.size(), " grads");
-  TORCH_CHECK(offset >= 0, "langevin_step_: offset must be >= 0, got ", offset);
-  if (tensors.empty()) return;
+  if (!check_langevin_args(tensors, grads, offset)) return;
   const at::Device device = tensors[0].device();
   const at::ScalarType dtype = tensors[0].scalar_type();
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    const at::Tensor& g = grads[i];
-    TORCH_CHECK(t.device() == device && g.device() == device, "langevin_step_: tensors[", i,
-                "] and grads[", i, "] must be on ", device);
-    TORCH_CHECK(t.scalar_type() == dtype && g.scalar_type() == dtype,
-                "langevin_step_: all tensors and grads must have dtype ", dtype);
-    TORCH_CHECK(t.sizes() == g.sizes(), "langevin_step_: tensors[", i, "] has shape ",
-                t.sizes(), " but grads[", i, "] has shape ", g.sizes());
-    TORCH_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, "langevin_step_: tensors[",
-                i, "] has elements sharing memory (e.g. from expand); pass a .clone()");
-  }
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
   std::vector<void*> t_ptr(tensors.size());
