@@ -83,10 +83,12 @@ TORCH_LIBRARY(vaebm_fast, m) {
   // In-place unadjusted Langevin step on every tensors[i] (see vaebm_fast/ops/langevin.py):
   //   t <- clamp(t - (step_size / 2) (clip(g) + prior_weight t) + noise_scale xi)
   // Element k of the flattened concatenation of `tensors` uses normal number offset + k.
+  // When `half_sq_norm` (float32 [B], B = dim 0 of every tensor) is given, it is overwritten
+  // with 0.5 * sum over all tensors of ||t[b]||^2 of the updated states.
   m.def(
       "langevin_step_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, int seed, "
       "int offset, float prior_weight, float noise_scale, float? grad_clip, "
-      "float? clamp_low, float? clamp_high) -> ()");
+      "float? clamp_low, float? clamp_high, Tensor(b!)? half_sq_norm=None) -> ()");
 
   // Scaled Swish (see vaebm_fast/ops/swish.py): y = scale * x * sigmoid(x), and its backward
   // dx = scale * grad * (s + x s (1 - s)) with s = sigmoid(x) recomputed from x. New contiguous
@@ -100,6 +102,32 @@ TORCH_LIBRARY(vaebm_fast, m) {
   // replay_scatter_: buffer[index[b]] = values[b] in place (indices must be unique).
   m.def("replay_gather(Tensor buffer, Tensor index, Tensor reinit, int seed, int offset) -> Tensor");
   m.def("replay_scatter_(Tensor(a!) buffer, Tensor index, Tensor values) -> ()");
+
+  // Power iteration (see vaebm_fast/ops/power_iteration.py) on W [G, R, C] with u [G, R] and
+  // v [G, C] updated in place, n_iter times: v = normalize(u^T W), u = normalize(W v),
+  // normalize(x) = x / max(||x||, eps). Returns sigma = u^T W v, [G] (not differentiable;
+  // the Python wrapper supplies d sigma / d W = u v^T). spectral_norms_ does the same for K
+  // groups of different shapes in one call and returns the K sigmas.
+  m.def("power_iteration_(Tensor W, Tensor(a!) u, Tensor(b!) v, int n_iter, float eps) -> Tensor");
+  m.def("spectral_norms_(Tensor[] Ws, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter, float eps) "
+        "-> Tensor[]");
+
+  // Fused epilogues (see vaebm_fast/ops/epilogues.py); NCHW, outputs new and contiguous.
+  // EBM block tail: pre = avg_pool2d(h + skip, 2) if downsample else h + skip,
+  //   out = lip_swish(pre); returns (out, pre) -- pre is what the backward needs.
+  //   The backward returns d(h + skip) = d h = d skip at h's size.
+  m.def("ebm_block_tail(Tensor h, Tensor skip, bool downsample) -> (Tensor, Tensor)");
+  m.def("ebm_block_tail_backward(Tensor grad, Tensor pre, bool downsample) -> Tensor");
+  // NVAE cell tail: out = skip + scale * h * gate[:, :, None, None], gate [B, C].
+  //   The backward returns (d h, d gate); d skip is grad itself.
+  m.def("nvae_cell_tail(Tensor skip, Tensor h, Tensor gate, float scale) -> Tensor");
+  m.def("nvae_cell_tail_backward(Tensor grad, Tensor h, Tensor gate, float scale) "
+        "-> (Tensor, Tensor)");
+  // BatchNorm (eval) + Swish as a per-channel affine map: out = swish(x * scale[c] + shift[c])
+  //   with c the channel (dim 1). The backward returns (d x, d scale, d shift).
+  m.def("affine_swish(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+  m.def("affine_swish_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(vaebm_fast, ADInplaceOrView, m) {
@@ -109,4 +137,6 @@ TORCH_LIBRARY_IMPL(vaebm_fast, ADInplaceOrView, m) {
   m.impl("philox_normal_", bump());
   m.impl("langevin_step_", bump());
   m.impl("replay_scatter_", bump());
+  m.impl("power_iteration_", bump());
+  m.impl("spectral_norms_", bump());
 }

@@ -97,8 +97,10 @@ void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint
 void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step_size,
                        int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                        std::optional<double> grad_clip, std::optional<double> clamp_low,
-                       std::optional<double> clamp_high) {
+                       std::optional<double> clamp_high,
+                       const std::optional<at::Tensor>& half_sq_norm) {
   if (!check_langevin_args(tensors, grads, offset)) return;
+  TORCH_CHECK(!half_sq_norm.has_value(), "langevin_step_: half_sq_norm is not implemented yet");
   TORCH_CHECK(tensors[0].device().is_cpu(), "langevin_step_ (CPU kernel): tensors must be on the CPU");
   const at::ScalarType dtype = tensors[0].scalar_type();
 

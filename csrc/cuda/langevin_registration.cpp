@@ -30,8 +30,10 @@ Dtype to_dtype(at::ScalarType t) {
 void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double step_size,
                         int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
-                        std::optional<double> clamp_high) {
+                        std::optional<double> clamp_high,
+                        const std::optional<at::Tensor>& half_sq_norm) {
   if (!check_langevin_args(tensors, grads, offset)) return;
+  TORCH_CHECK(!half_sq_norm.has_value(), "langevin_step_: half_sq_norm is not implemented yet");
   const at::Device device = tensors[0].device();
   const at::ScalarType dtype = tensors[0].scalar_type();
   const c10::cuda::CUDAGuard guard(device);

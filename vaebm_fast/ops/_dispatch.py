@@ -1,10 +1,20 @@
 """Which backend runs an op: the registry of ops, their backends, and the default backend.
 
-Backends, fastest first:
+Backends, in the order ``"auto"`` tries them unless an op says otherwise:
 
 * ``"native"``: the compiled kernels of ``vaebm_fast._C`` (``torch.ops.vaebm_fast.<op>``),
   available for a device type when the library is loaded and has a kernel for it.
+* ``"triton"``: the Triton kernels of ``vaebm_fast.triton_kernels`` (``torch.ops.
+  vaebm_fast_triton.<op>``), available on CUDA tensors when Triton imports, and on CPU tensors
+  under ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests; ``"auto"`` never picks it on
+  the CPU). See ``vaebm_fast._triton``.
 * ``"eager"``: the plain-PyTorch reference of the op; always available.
+
+Why native before Triton on CUDA: both are single fused kernels with the same memory traffic;
+the native one has no Python launch overhead, which dominates at VAEBM's sizes. This order is
+a default that has not been measured on a GPU yet (no GPU was lent to the sessions that wrote
+it); ``benchmarks/bench_ops.py`` measures both where a GPU is present, and an op whose
+measurement disagrees gives its own order through ``register_op(auto_order=...)``.
 
 An op called with ``backend="auto"`` (the default) uses the global default backend, which is
 itself ``"auto"`` (the fastest available backend for the tensors' device) unless changed with
@@ -22,7 +32,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
-from .. import _native
+from .. import _native, _triton
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "register_op", "registered_ops",
@@ -30,7 +40,9 @@ __all__ = [
     "default_backend",
 ]
 
-BACKENDS: Tuple[str, ...] = ("native", "eager")  # preference order of "auto"
+BACKENDS: Tuple[str, ...] = ("native", "triton", "eager")  # preference order of "auto"
+# "auto" on the CPU: Triton only runs there in its (slow) interpreter, so never by choice.
+_CPU_AUTO_ORDER: Tuple[str, ...] = ("native", "eager")
 _CHOICES = ("auto",) + BACKENDS
 
 DeviceLike = Union[str, torch.device]
@@ -44,6 +56,7 @@ class BackendUnavailableError(RuntimeError):
 class _OpSpec:
     name: str  # public name, e.g. "langevin_step_"
     native: Optional[str]  # qualified native op, e.g. "vaebm_fast::langevin_step_", or None
+    triton: bool  # has a Triton implementation in vaebm_fast.triton_kernels
     # device type -> preference order of "auto" where it differs from BACKENDS (by measurement)
     auto_order: Dict[str, Tuple[str, ...]]
 
@@ -55,14 +68,15 @@ _cache: Dict[Tuple[str, str], Dict[str, Optional[str]]] = {}
 _cache_status: Optional[_native.NativeStatus] = None
 
 
-def register_op(name: str, *, native: Optional[str] = None,
+def register_op(name: str, *, native: Optional[str] = None, triton: bool = False,
                 auto_order: Optional[Dict[str, Tuple[str, ...]]] = None) -> None:
-    """Declare an op and, when it has compiled kernels, the qualified name of its native op.
+    """Declare an op and, when it has compiled kernels, the qualified name of its native op;
+    ``triton=True`` when ``vaebm_fast.triton_kernels`` implements it.
 
     auto_order: per device type, the order in which "auto" tries the backends when it is not
     :data:`BACKENDS` -- for ops whose native kernel measured slower there (say where).
     """
-    _ops[name] = _OpSpec(name, native, dict(auto_order or {}))
+    _ops[name] = _OpSpec(name, native, triton, dict(auto_order or {}))
     _cache.clear()
 
 
@@ -105,7 +119,13 @@ def backend_availability(op: str, device: DeviceLike = "cpu") -> Dict[str, Optio
         _cache_status = st
     key = (op, device_type)
     if key not in _cache:
-        _cache[key] = {"native": _native_reason(_ops[op], device_type, st), "eager": None}
+        spec = _ops[op]
+        _cache[key] = {
+            "native": _native_reason(spec, device_type, st),
+            "triton": (_triton.device_reason(device_type) if spec.triton
+                       else f"{op} has no Triton kernel"),
+            "eager": None,
+        }
     return _cache[key]
 
 
@@ -130,7 +150,9 @@ def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
         backend = _default
     availability = backend_availability(op, device)
     if backend == "auto":
-        order = _ops[op].auto_order.get(_device_type(device), BACKENDS) if op in _ops else BACKENDS
+        device_type = _device_type(device)
+        default = _CPU_AUTO_ORDER if device_type == "cpu" else BACKENDS
+        order = _ops[op].auto_order.get(device_type, default)
         return next(b for b in order if availability[b] is None)
     reason = availability[backend]
     if reason is not None:
@@ -141,7 +163,7 @@ def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
 
 def set_default_backend(backend: str) -> None:
     """Set the backend that ops called with ``backend="auto"`` use: ``"auto"`` (fastest
-    available, the initial setting), ``"native"`` or ``"eager"``."""
+    available, the initial setting), ``"native"``, ``"triton"`` or ``"eager"``."""
     global _default
     _check_choice(backend)
     _default = backend
