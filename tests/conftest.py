@@ -1,10 +1,20 @@
-"""Shared fixtures (opt-in: nothing here is autouse)."""
+"""Shared fixtures (opt-in: nothing here is autouse).
+
+Triton: without a CUDA device the Triton kernels are tested in Triton's CPU interpreter, which
+must be switched on before any kernel module is imported (``triton.jit`` reads the variable
+when it decorates), so it is set here, first. The ``triton_device`` fixture gives the device
+the Triton tests put their tensors on.
+"""
 import os
 
-import pytest
 import torch
 
-from vaebm_fast import _native
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from vaebm_fast import _native, _triton  # noqa: E402
 
 
 @pytest.fixture
@@ -25,3 +35,16 @@ def native():
         if os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") == "1":
             pytest.fail(f"native extension required but unavailable: {st.reason}")
         pytest.skip(f"native extension unavailable: {st.reason}")
+
+
+@pytest.fixture
+def triton_device():
+    """``"cuda"`` when a GPU is present, else ``"cpu"`` (Triton's interpreter); skips (or fails
+    with VAEBM_FAST_REQUIRE_TRITON=1) when Triton cannot run here."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reason = _triton.device_reason(device)
+    if reason is not None:
+        if os.environ.get("VAEBM_FAST_REQUIRE_TRITON") == "1":
+            pytest.fail(f"Triton required but unavailable: {reason}")
+        pytest.skip(f"Triton unavailable: {reason}")
+    return device
