@@ -14,11 +14,17 @@ Cases (timed by ``benchmarks.harness``; torch's thread count is left at its defa
   EBM's conv weights, batched per shape group (``spectral_norms``) vs a per-layer loop.
 * ``swish_16M``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
   ``x * sigmoid(x)`` vs ``F.silu``.
+* ``replay_gather_cifar10``: start states of a pixel-space IGEBM batch (128 chains of
+  [3, 32, 32], 5% fresh) from a 10,000-chain replay buffer, ``replay_gather`` vs
+  ``index_select`` + ``randn`` + ``where``.
+
+``--only REGEX`` runs the cases whose key matches (e.g. ``--only 'langevin|replay'``).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -33,14 +39,16 @@ from benchmarks.harness import Case, Variant, machine_info, run_case, write_repo
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
 from vaebm_fast.ops import (backend_availability, langevin_step_, langevin_step_reference,
-                            philox_normal, spectral_norms, swish)
+                            philox_normal, replay_gather, spectral_norms, swish)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEP_SIZE = 1e-2
 POWER_ITERATIONS = 4
 # Sizes: full, and --quick (a smoke run of every case in a few seconds).
-FULL = {"numel": 16 * 2**20, "batch": 32, "ebm_channels": None}  # None: official width, 128
-QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16}
+FULL = {"numel": 16 * 2**20, "batch": 32, "ebm_channels": None,  # None: official width, 128
+        "replay_rows": 10_000, "replay_batch": 128}
+QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16, "replay_rows": 64, "replay_batch": 8}
+REINIT_PROB = 0.05  # IGEBM's fraction of fresh chains per batch
 TIMING_FULL = {"repeats": 15, "warmup": 2, "min_sample_s": 0.05}
 TIMING_QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.002}
 
@@ -237,6 +245,45 @@ def swish_case(key: str, numel: int, device: str) -> Case:
                 skipped=skipped)
 
 
+# ------------------------------------------------------------------------------ replay_gather
+
+def replay_case(rows: int, batch: int, device: str) -> Case:
+    """Start states of a batch of persistent chains: gather rows, fresh noise where flagged."""
+    shape = (3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    buffer = torch.randn(rows, *shape, generator=gen).to(device)
+    index = torch.randint(rows, (batch,), generator=gen).to(device)
+    reinit = (torch.rand(batch, generator=gen) < REINIT_PROB).to(device)
+    numel, item = batch * math.prod(shape), buffer.element_size()
+
+    def eager():
+        fresh = torch.randn(batch, *shape, device=device)
+        return torch.where(reinit.view(-1, 1, 1, 1), fresh, buffer.index_select(0, index))
+
+    variants, skipped = [], {}
+    why_not = _native_skip("replay_gather", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", lambda: replay_gather(buffer, index, reinit, seed=0, offset=0,
+                                            backend="native"),
+            bytes_moved=2 * item * numel,
+            note=f"one pass: reads a kept row or makes a fresh one in registers, writes the "
+                 f"batch ({2 * item} B/elem at most); no host sync"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", eager, bytes_moved=6 * item * numel,
+        note=f"`torch.where(reinit, torch.randn(...), buffer.index_select(0, index))`: randn "
+             f"(w1), index_select (r1 w1), where (r2 w1) = {6 * item} B/elem; torch's "
+             f"generator, not our stream"))
+    return Case("replay_gather_cifar10",
+                f"replay_gather, {batch} chains of [3, 32, 32] from {rows:,}",
+                f"A pixel-space EBM's start states: rows gathered from the buffer, "
+                f"{REINIT_PROB:.0%} of them fresh N(0, 1) noise (the same reinit mask each call).",
+                variants, baseline="torch eager", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
 # ------------------------------------------------------------------------------ main
 
 def build_cases(sizes: dict, device: str):
@@ -251,6 +298,7 @@ def build_cases(sizes: dict, device: str):
     yield philox_case(f"philox_normal_{label}", numel, device)
     yield power_iteration_case(sizes["ebm_channels"], device)
     yield swish_case(f"swish_{label}", numel, device)
+    yield replay_case(sizes["replay_rows"], sizes["replay_batch"], device)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -260,6 +308,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--name", help="file stem (default ops_<device type>[_quick])")
     parser.add_argument("--repeats", type=int, help="samples per variant (default 15; quick 3)")
+    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
     return parser.parse_args(argv)
 
 
@@ -272,6 +321,8 @@ def main(argv=None) -> Dict[str, Path]:
     machine = machine_info(args.device)
     results = []
     for case in build_cases(sizes, args.device):
+        if args.only and not re.search(args.only, case.key):
+            continue
         print(f"[bench_ops] {case.title} ...", file=sys.stderr, flush=True)
         results.append(run_case(case, **timing))
         del case

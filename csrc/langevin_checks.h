@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
+#include <optional>
+
 namespace vaebm_fast {
 
 // Lists of equal length; every tensor and grad on tensors[0]'s device with its dtype and each
@@ -32,6 +34,30 @@ inline bool check_langevin_args(at::TensorList tensors, at::TensorList grads, in
   }
   TORCH_CHECK(at::isFloatingType(dtype), "langevin_step_: tensors must be floating, got ", dtype);
   return true;
+}
+
+// The optional half_sq_norm output: float32 [B] (float64 for float64 tensors), contiguous, on
+// the tensors' device, where every tensor has dim >= 1 and dim 0 == B. Returns B (0 if absent).
+inline int64_t check_half_sq_norm(at::TensorList tensors,
+                                  const std::optional<at::Tensor>& half_sq_norm) {
+  if (!half_sq_norm.has_value()) return 0;
+  const at::Tensor& out = *half_sq_norm;
+  TORCH_CHECK(tensors[0].dim() >= 1, "langevin_step_: half_sq_norm needs tensors with a batch "
+              "dimension (dim 0); tensors[0] is 0-d");
+  const int64_t batch = tensors[0].size(0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].dim() >= 1 && tensors[i].size(0) == batch, "langevin_step_: "
+                "half_sq_norm needs every tensor to have dim 0 == ", batch, "; tensors[", i,
+                "] has shape ", tensors[i].sizes());
+  }
+  const at::ScalarType want =
+      tensors[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(out.scalar_type() == want && out.dim() == 1 && out.size(0) == batch &&
+                  out.is_contiguous() && out.device() == tensors[0].device(),
+              "langevin_step_: half_sq_norm must be a contiguous ", want, " tensor of shape [",
+              batch, "] on ", tensors[0].device(), " (got ", out.scalar_type(), " ",
+              out.sizes(), " on ", out.device(), ")");
+  return batch;
 }
 
 }  // namespace vaebm_fast

@@ -67,10 +67,33 @@ void update_block(scalar_t* t, const scalar_t* g, const scalar_t* noise, int64_t
   }
 }
 
-// n contiguous elements whose first element uses normal number m0.
+// Adds 0.5 * t[j]^2 of the n updated elements t[0 .. n) into acc[(first + j) / per_sample]:
+// the elements are numbers first .. first + n - 1 of their tensor, whose samples (rows of
+// dim 0) hold per_sample elements each. Called on an L1-resident block right after its update.
+template <typename scalar_t>
+void add_half_sq_norms(const scalar_t* t, int64_t n, int64_t first, int64_t per_sample,
+                       double* acc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t j = 0;
+  while (j < n) {
+    const int64_t b = (first + j) / per_sample;
+    const int64_t stop = std::min(n, (b + 1) * per_sample - first);
+    acc_t sum = 0;
+    for (; j < stop; ++j) {
+      const acc_t v = static_cast<acc_t>(t[j]);
+      sum += v * v;
+    }
+    acc[b] += 0.5 * static_cast<double>(sum);
+  }
+}
+
+// n contiguous elements whose first element uses normal number m0. When `acc` is given, the
+// half squared norms of the updated elements are added to it per sample (see above); `first`
+// is the element number of t[0] within its tensor.
 template <typename scalar_t>
 void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint64_t m0,
-                  const Coeffs<at::opmath_type<scalar_t>>& c) {
+                  const Coeffs<at::opmath_type<scalar_t>>& c, double* acc, int64_t first,
+                  int64_t per_sample) {
   float noise[kNoiseBlock];
   for (int64_t start = 0; start < n; start += kNoiseBlock) {
     const int64_t len = std::min(kNoiseBlock, n - start);
@@ -91,6 +114,7 @@ void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint
         t[start + i] = static_cast<scalar_t>(out);
       }
     }
+    if (acc != nullptr) add_half_sq_norms(t + start, len, first + start, per_sample, acc);
   }
 }
 
@@ -100,9 +124,9 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
                        std::optional<double> clamp_high,
                        const std::optional<at::Tensor>& half_sq_norm) {
   if (!check_langevin_args(tensors, grads, offset)) return;
-  TORCH_CHECK(!half_sq_norm.has_value(), "langevin_step_: half_sq_norm is not implemented yet");
   TORCH_CHECK(tensors[0].device().is_cpu(), "langevin_step_ (CPU kernel): tensors must be on the CPU");
   const at::ScalarType dtype = tensors[0].scalar_type();
+  const int64_t batch = check_half_sq_norm(tensors, half_sq_norm);
 
   // Flat contiguous views to work on, and where each tensor starts in the concatenation.
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
@@ -131,18 +155,30 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
       t_ptr[i] = work[i].mutable_data_ptr<scalar_t>();
       g_ptr[i] = grad[i].const_data_ptr<scalar_t>();
     }
+    // Half squared norms: one row of `batch` double accumulators per thread, summed at the end.
+    std::vector<double> partial(half_sq_norm ? at::get_num_threads() * batch : 0, 0.0);
     // One parallel loop over the concatenation, so many small tensors still share the threads;
     // each task walks the tensors its range [begin, end) overlaps.
     at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
+      double* acc = half_sq_norm ? partial.data() + at::get_thread_num() * batch : nullptr;
       size_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
       for (; i < work.size() && start[i] < end; ++i) {
         const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
         if (lo >= hi) continue;  // empty tensor
         const int64_t local = lo - start[i];
+        const int64_t per_sample = work[i].numel() / std::max<int64_t>(batch, 1);
         update_range<scalar_t>(t_ptr[i] + local, g_ptr[i] + local, hi - lo, key,
-                               static_cast<uint64_t>(offset + lo), c);
+                               static_cast<uint64_t>(offset + lo), c, acc, local, per_sample);
       }
     });
+    if (half_sq_norm) {
+      at::Tensor sums = at::zeros({batch}, half_sq_norm->options().dtype(at::kDouble));
+      double* out = sums.mutable_data_ptr<double>();
+      for (int64_t thread = 0; thread < at::get_num_threads(); ++thread) {
+        for (int64_t b = 0; b < batch; ++b) out[b] += partial[thread * batch + b];
+      }
+      half_sq_norm->copy_(sums);
+    }
   });
 
   for (size_t i = 0; i < tensors.size(); ++i) {
