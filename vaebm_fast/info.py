@@ -71,7 +71,8 @@ def collect_info() -> Dict[str, Any]:
     ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda_devices`` (names),
     ``cpu_threads``, ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
     build_info), ``default_backend`` and ``ops``:
-    ``{op: {device_type: {backend: None if available else reason}}}``.
+    ``{op: {device_type: {backend: None if available else reason}}}`` and ``auto``:
+    ``{op: {device_type: the backend "auto" picks there}}``.
     """
     from . import _native
     from . import ops  # registers every op with the dispatcher
@@ -98,6 +99,8 @@ def collect_info() -> Dict[str, Any]:
         "ops": {op: {dev: dict(_dispatch.backend_availability(op, dev))
                      for dev in _DEVICE_TYPES}
                 for op in _dispatch.registered_ops()},
+        "auto": {op: {dev: _dispatch.resolve_backend(op, "auto", dev) for dev in _DEVICE_TYPES}
+                 for op in _dispatch.registered_ops()},
     }
 
 
@@ -127,7 +130,8 @@ def format_info(info: Optional[Dict[str, Any]] = None) -> str:
         lines.append(f"  {op}")
         for dev, backends in per_device.items():
             ok = [b for b, reason in backends.items() if reason is None]
-            lines.append(f"    {dev:5s} available: {', '.join(ok) or 'none'}")
+            lines.append(f"    {dev:5s} available: {', '.join(ok) or 'none'}; "
+                         f"auto uses {info['auto'][op][dev]}")
             for b, reason in backends.items():
                 if reason is not None:
                     lines.append(f"          {b}: {reason}")
