@@ -1,5 +1,5 @@
-"""Host-side helpers shared by the Triton launchers: grid of normal-aligned blocks, float64
-arguments as bit patterns, the Triton dtype of a torch dtype, and argument checks."""
+"""Host-side helpers shared by the Triton launchers: grid of normal-aligned blocks, 64-bit
+arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype of a torch dtype, and argument checks."""
 from __future__ import annotations
 
 import struct
@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["BLOCK", "aligned_grid", "f64_bits", "tl_dtype", "compute_dtype", "check_device",
+__all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype", "check_device",
            "no_internal_overlap"]
 
 # Elements per program. 1024 elements = 256 Philox calls per program: enough independent work
@@ -27,10 +27,18 @@ def aligned_grid(n: int, offset: int, block: int = BLOCK) -> tuple:
     return (triton.cdiv(n + offset % 4, block),)
 
 
-def f64_bits(x: float) -> int:
-    """The IEEE float64 bit pattern of ``x`` as a signed int64 (``philox.from_f64_bits``
-    undoes it in a kernel), so float64 coefficients reach kernels unrounded."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+def split64(x: int) -> tuple:
+    """The two's-complement halves ``(lo, hi)`` of a 64-bit int as signed int32 values
+    (``philox.join64`` joins them in a kernel): see there why 64-bit arguments are split."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    lo, hi = x & 0xFFFFFFFF, x >> 32
+    return tuple(v - (1 << 32) if v >= 1 << 31 else v for v in (lo, hi))
+
+
+def f64_args(x: float) -> tuple:
+    """The IEEE float64 bit pattern of ``x`` as int32 halves (``philox.from_f64_bits`` undoes
+    it in a kernel), so float64 coefficients reach kernels unrounded."""
+    return split64(struct.unpack("<q", struct.pack("<d", float(x)))[0])
 
 
 def tl_dtype(dtype: torch.dtype):

@@ -49,7 +49,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .philox import aligned_block, from_f64_bits, philox_key, to_storage
+from .philox import aligned_block, from_f64_bits, join64, philox_key, to_storage
 
 __all__ = ["langevin_step_"]
 
@@ -59,14 +59,19 @@ _TABLE_CACHE_SIZE = 64
 _table_cache: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
 
 
-@triton.jit(do_not_specialize=["n_tensors", "n_rows", "seed", "offset", "half_step_bits",
-                               "prior_bits", "sigma_bits", "clip_bits", "low_bits",
-                               "high_bits"])
-def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, seed: tl.int64, offset: tl.int64,
-                     half_step_bits: tl.int64, prior_bits: tl.int64, sigma_bits: tl.int64,
-                     clip_bits: tl.int64, low_bits: tl.int64, high_bits: tl.int64,
+@triton.jit(do_not_specialize=[
+    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "half_step_lo",
+    "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi",
+    "low_lo", "low_hi", "high_lo", "high_hi"])
+def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
+                     seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32, off_hi: tl.int32,
+                     half_step_lo: tl.int32, half_step_hi: tl.int32,
+                     prior_lo: tl.int32, prior_hi: tl.int32,
+                     sigma_lo: tl.int32, sigma_hi: tl.int32, clip_lo: tl.int32, clip_hi: tl.int32,
+                     low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32, high_hi: tl.int32,
                      DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
                      SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    # 64-bit scalars (seed, offset, float64 coefficients) arrive as int32 halves (join64).
     pid = tl.program_id(0)
     # Which tensor: the last i with first_program[i] <= pid (empty tensors share their
     # successor's first program and lose the tie). Branch-free binary lifting over i.
@@ -84,16 +89,17 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, seed: tl.int64, offs
     block_of_tensor = pid - tl.load(first_col + i)
 
     # Element j of this tensor uses normal offset + start + j.
-    k0, k1 = philox_key(seed)
-    j, noise = aligned_block(k0, k1, offset + start, block_of_tensor, BLOCK)
+    k0, k1 = philox_key(seed_lo, seed_hi)
+    j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor, BLOCK)
     mask = (j >= 0) & (j < numel)
 
-    half_step = from_f64_bits(half_step_bits).to(COMPUTE)
-    prior = from_f64_bits(prior_bits).to(COMPUTE)
-    sigma = from_f64_bits(sigma_bits).to(COMPUTE)
-    clip = from_f64_bits(clip_bits).to(COMPUTE)  # +inf: no clip
-    low = from_f64_bits(low_bits).to(COMPUTE)  # -inf / +inf: open sides
-    high = from_f64_bits(high_bits).to(COMPUTE)
+    # Coefficients rounded once to the arithmetic dtype, as torch does with Python scalars.
+    half_step = from_f64_bits(half_step_lo, half_step_hi).to(COMPUTE)
+    prior = from_f64_bits(prior_lo, prior_hi).to(COMPUTE)
+    sigma = from_f64_bits(sigma_lo, sigma_hi).to(COMPUTE)
+    clip = from_f64_bits(clip_lo, clip_hi).to(COMPUTE)  # +inf: no clip
+    low = from_f64_bits(low_lo, low_hi).to(COMPUTE)  # -inf / +inf: open sides
+    high = from_f64_bits(high_lo, high_hi).to(COMPUTE)
 
     x = tl.load(t_ptr + j, mask=mask, other=0.0).to(COMPUTE)
     g = tl.load(g_ptr + j, mask=mask, other=0.0).to(COMPUTE)
@@ -199,14 +205,14 @@ def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float,
         return
     table, programs = _table(work, gwork, n_rows, _launch.BLOCK)
     inf = math.inf
-    f64 = _launch.f64_bits
+    f64 = _launch.f64_args
     dtype = tensors[0].dtype
     _langevin_kernel[(programs,)](
         table, len(work), half_sq_norm if half_sq_norm is not None else table, n_rows,
-        seed, offset, f64(step_size / 2), f64(prior_weight), f64(noise_scale),
-        f64(inf if grad_clip is None else grad_clip),
-        f64(-inf if clamp_low is None else clamp_low),
-        f64(inf if clamp_high is None else clamp_high),
+        *_launch.split64(seed), *_launch.split64(offset), *f64(step_size / 2),
+        *f64(prior_weight), *f64(noise_scale), *f64(inf if grad_clip is None else grad_clip),
+        *f64(-inf if clamp_low is None else clamp_low),
+        *f64(inf if clamp_high is None else clamp_high),
         DTYPE=_launch.tl_dtype(dtype), COMPUTE=_launch.tl_dtype(_launch.compute_dtype(dtype)),
         HAS_HSN=half_sq_norm is not None, SEARCH_STEPS=max(1, (len(work) - 1).bit_length()),
         BLOCK=_launch.BLOCK)

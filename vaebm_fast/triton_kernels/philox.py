@@ -1,4 +1,5 @@
-r"""Philox4x32-10 and the normal transform as ``@triton.jit`` helpers shared by every kernel.
+r"""Philox4x32-10 and the normal transform as ``@triton.jit`` helpers shared by every kernel
+(plus two small numeric helpers: float64 arguments, rounding to the storage dtype).
 
 The same stream as ``vaebm_fast.ops.rng`` (the specification) and ``csrc/philox.h``:
 
@@ -9,11 +10,11 @@ The same stream as ``vaebm_fast.ops.rng`` (the specification) and ``csrc/philox.
 * normal number ``m`` = lane ``m % 4`` of call ``m // 4``; ``u = fl(w) * 2^-32 + 2^-32`` and
   two Box-Muller pairs in float32, lanes (0, 1) from (u0, u1), lanes (2, 3) from (u2, u3).
 
-64-bit quantities (seed, offsets, call indices) are carried as int64: every stream position
-is ``< 2**63`` (checked by the public ops), so ``offset + k`` never overflows, and the 32-bit
-counter words are a truncation (low) and an arithmetic shift + truncation (high) of it. A
-carry from the low into the high word therefore happens in the int64 addition itself, never
-by hand.
+64-bit quantities (stream offsets, call indices) are int64 inside kernels (kernel arguments
+arrive as int32 halves, see :func:`join64`): every stream position is ``< 2**63`` (checked by
+the public ops), so ``offset + k`` never overflows, and the 32-bit counter words are a
+truncation (low) and an arithmetic shift + truncation (high) of the call index. A carry from
+the low into the high word therefore happens in the int64 addition itself, never by hand.
 
 Math functions. On a GPU, ``tl.log`` / ``tl.cos`` / ``tl.sin`` may lower to approximate
 hardware instructions (``*.approx.f32``, errors of ~1e-6 absolute that ``r <= 6.66``
@@ -26,7 +27,8 @@ Kernels obtain normals in one of two ways:
 
 * :func:`normals_of_calls` — ``4 * NCALLS`` consecutive normals starting at a multiple of 4,
   one Philox call per 4 normals (no redundant work). Kernels that walk a flat range
-  ``offset + e`` use "normal-aligned blocks" (:func:`aligned_block`): program ``p`` covers the
+  ``offset + e`` use "normal-aligned blocks" (:func:`aligned_block`, or
+  :func:`aligned_elements` to draw the normals only where needed): program ``p`` covers the
   normals ``4 * (offset // 4) + p * BLOCK ...``, i.e. elements shifted by ``offset % 4``, and
   masks the elements outside ``[0, n)``. Launch ``cdiv(n + offset % 4, BLOCK)`` programs
   (``_launch.aligned_grid``).
@@ -41,8 +43,8 @@ import triton.language as tl
 from .. import _triton
 
 __all__ = ["philox4x32_10", "philox_key", "split_counter", "philox_call", "uniform",
-           "box_muller", "normals_of_calls", "normal_at", "aligned_block", "from_f64_bits",
-           "to_storage"]
+           "box_muller", "normals_of_calls", "normal_at", "aligned_elements", "aligned_block",
+           "join64", "from_f64_bits", "to_storage"]
 
 # libdevice in compiled kernels, tl.* math in Triton's interpreter (which has no libdevice).
 _LIBDEVICE = tl.constexpr(not _triton.interpret_mode())
@@ -76,10 +78,18 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def philox_key(seed):
-    """Key words ``(seed lo 32, seed hi 32)`` of a seed in [0, 2**63) (any integer scalar)."""
-    seed = seed.to(tl.int64)
-    return seed.to(tl.uint32), (seed >> 32).to(tl.uint32)
+def join64(lo, hi):
+    """The int64 whose two's-complement halves are ``lo`` and ``hi`` (int32 scalars from
+    ``_launch.split64``). 64-bit kernel arguments travel as two int32: Triton types a Python
+    int by its value (int32, uint32 or int64), and its interpreter mishandles values in
+    [2**31, 2**32) (uint32 data typed int64), so halves keep one signature and one meaning."""
+    return (hi.to(tl.int64) << 32) | lo.to(tl.uint32).to(tl.int64)
+
+
+@triton.jit
+def philox_key(seed_lo, seed_hi):
+    """Key words ``(seed lo 32, seed hi 32)`` from the halves of the seed (``split64``)."""
+    return seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
 
 
 @triton.jit
@@ -143,23 +153,31 @@ def normal_at(k0, k1, m):
 
 
 @triton.jit
-def aligned_block(k0, k1, offset, pid, BLOCK: tl.constexpr):
+def aligned_elements(offset, pid, BLOCK: tl.constexpr):
     """Normal-aligned block ``pid`` of the flat range whose element ``e`` uses normal number
-    ``offset + e``: returns ``(e, noise)``, int64 [BLOCK] element indices (some may be < 0 or
-    past the end: mask them) and their float32 [BLOCK] normals. ``BLOCK`` is a multiple of 4;
-    the grid is ``cdiv(n + offset % 4, BLOCK)`` programs."""
+    ``offset + e``: returns ``(e, first_call)``, the int64 [BLOCK] element indices of the
+    block (some may be < 0 or past the end: mask them) and the first Philox call of its
+    normals (``normals_of_calls(k0, k1, first_call, BLOCK // 4)`` are the normals of ``e``).
+    ``BLOCK`` is a multiple of 4; the grid is ``cdiv(n + offset % 4, BLOCK)`` programs."""
     offset = offset.to(tl.int64)
     first_call = offset // 4 + pid.to(tl.int64) * (BLOCK // 4)
-    noise = normals_of_calls(k0, k1, first_call, BLOCK // 4)
     e = first_call * 4 + tl.arange(0, BLOCK).to(tl.int64) - offset
-    return e, noise
+    return e, first_call
 
 
 @triton.jit
-def from_f64_bits(bits):
-    """A float64 passed as the int64 of its bit pattern (``_launch.f64_bits``): Triton passes
+def aligned_block(k0, k1, offset, pid, BLOCK: tl.constexpr):
+    """:func:`aligned_elements` and the float32 [BLOCK] normals of the elements:
+    ``(e, noise)``."""
+    e, first_call = aligned_elements(offset, pid, BLOCK)
+    return e, normals_of_calls(k0, k1, first_call, BLOCK // 4)
+
+
+@triton.jit
+def from_f64_bits(lo, hi):
+    """A float64 passed as the halves of its bit pattern (``_launch.f64_args``): Triton passes
     Python floats as float32, which would round float64 coefficients."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+    return join64(lo, hi).to(tl.float64, bitcast=True)
 
 
 @triton.jit

@@ -20,20 +20,20 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .philox import aligned_block, philox_call, philox_key, to_storage
+from .philox import aligned_block, join64, philox_call, philox_key, to_storage
 
 __all__ = ["philox4x32", "philox_normal_"]
 
 
-@triton.jit(do_not_specialize=["seed", "n"])
-def _philox4x32_kernel(offsets_ptr, out_ptr, seed: tl.int64, n: tl.int64,
-                       BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "n"])
+def _philox4x32_kernel(offsets_ptr, out_ptr, seed_lo: tl.int32, seed_hi: tl.int32,
+                       n: tl.int64, BLOCK: tl.constexpr):
     # One call index per element; the [BLOCK, 4] words are written as one contiguous
     # 4 * BLOCK run of int64 (interleaved w0 w1 w2 w3 per call).
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = i < n
     call = tl.load(offsets_ptr + i, mask=mask, other=0)
-    k0, k1 = philox_key(seed)
+    k0, k1 = philox_key(seed_lo, seed_hi)
     w0, w1, w2, w3 = philox_call(k0, k1, call)
     words = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3)).to(tl.int64)  # zext
     j = i * 4  # output position of word 0 of call i, as int64
@@ -42,12 +42,12 @@ def _philox4x32_kernel(offsets_ptr, out_ptr, seed: tl.int64, n: tl.int64,
     tl.store(out_ptr + pos, words, mask=m4)
 
 
-@triton.jit(do_not_specialize=["seed", "offset", "n"])
-def _philox_normal_kernel(out_ptr, seed: tl.int64, offset: tl.int64, n: tl.int64,
-                          BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "n"])
+def _philox_normal_kernel(out_ptr, seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32,
+                          off_hi: tl.int32, n: tl.int64, BLOCK: tl.constexpr):
     # Normal-aligned blocks: element e = normal offset + e; write-only, one store per element.
-    k0, k1 = philox_key(seed)
-    e, noise = aligned_block(k0, k1, offset, tl.program_id(0), BLOCK)
+    k0, k1 = philox_key(seed_lo, seed_hi)
+    e, noise = aligned_block(k0, k1, join64(off_lo, off_hi), tl.program_id(0), BLOCK)
     tl.store(out_ptr + e, to_storage(noise, out_ptr.dtype.element_ty), mask=(e >= 0) & (e < n))
 
 
@@ -61,7 +61,8 @@ def philox4x32(seed: int, offsets: Tensor) -> Tensor:
     n = flat.numel()
     if n:
         block = 256
-        _philox4x32_kernel[(triton.cdiv(n, block),)](flat, out, seed, n, BLOCK=block)
+        _philox4x32_kernel[(triton.cdiv(n, block),)](flat, out, *_launch.split64(seed), n,
+                                                     BLOCK=block)
     return out
 
 
@@ -79,8 +80,8 @@ def philox_normal_(out: Tensor, seed: int, offset: int) -> None:
         raise ValueError("philox_normal_: out must be contiguous")
     n = out.numel()
     if n:
-        _philox_normal_kernel[_launch.aligned_grid(n, offset)](out, seed, offset, n,
-                                                               BLOCK=_launch.BLOCK)
+        _philox_normal_kernel[_launch.aligned_grid(n, offset)](
+            out, *_launch.split64(seed), *_launch.split64(offset), n, BLOCK=_launch.BLOCK)
 
 
 @philox_normal_.register_fake
