@@ -6,14 +6,15 @@ Runs in Triton's CPU interpreter without a GPU (tests/conftest.py sets TRITON_IN
 before anything imports Triton), so sizes are small."""
 import pytest
 import torch
-import triton
-import triton.language as tl
 
-from vaebm_fast.ops import (BackendUnavailableError, philox4x32, philox4x32_reference,
-                            philox_normal, philox_normal_reference)
-from vaebm_fast.triton_kernels._launch import split64
-from vaebm_fast.triton_kernels.philox import normal_at, philox4x32_10, philox_key
-from test_rng import KNOWN_ANSWERS
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from test_rng import KNOWN_ANSWERS  # noqa: E402
+from vaebm_fast.ops import (BackendUnavailableError, philox4x32,  # noqa: E402
+                            philox4x32_reference, philox_normal, philox_normal_reference)
+from vaebm_fast.triton_kernels._launch import split64  # noqa: E402
+from vaebm_fast.triton_kernels.philox import normal_at, philox4x32_10, philox_key  # noqa: E402
 
 # Interpreter (numpy) or libdevice float32 log/cos/sin vs torch's: a few ulps of |n| <= 6.66.
 NORMAL_TOL = dict(atol=2e-6, rtol=1e-6)

@@ -1,5 +1,6 @@
 """Host-side helpers shared by the Triton launchers: grid of normal-aligned blocks, 64-bit
-arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype of a torch dtype, and argument checks."""
+arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype of a torch
+dtype, and argument checks."""
 from __future__ import annotations
 
 import struct
@@ -8,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype", "check_device",
-           "no_internal_overlap"]
+__all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
+           "check_device", "no_internal_overlap"]
 
 # Elements per program. 1024 elements = 256 Philox calls per program: enough independent work
 # per warp to hide memory latency on a GPU, and few programs in the (per-program slow) CPU

@@ -54,7 +54,7 @@ from .philox import aligned_block, from_f64_bits, join64, philox_key, to_storage
 __all__ = ["langevin_step_"]
 
 # Rows of the per-tensor table.
-_T_PTR, _G_PTR, _START, _NUMEL, _FIRST_PROGRAM, _ROW_LEN = range(6)
+_T_PTR, _G_PTR, _START, _NUMEL, _FIRST_PROGRAM, _ROW_LEN = (tl.constexpr(r) for r in range(6))
 _TABLE_CACHE_SIZE = 64
 _table_cache: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
 
