@@ -22,10 +22,17 @@ Arithmetic: float32 for float32/float16/bfloat16 tensors (rounded once when stor
 float64 tensors (with the float32 normals widened), in the order
 ``t - (eta/2) * (clip(g) + lambda * t) + sigma * xi``.
 
+Optional output ``half_sq_norm``: a float32 [B] tensor (float64 for float64 tensors), where
+every tensor has dim >= 1 and the same dim 0, ``B``; it is overwritten with
+``0.5 * sum_i ||t_i[b]||^2`` over all tensors of the updated (stored) states, computed in the
+arithmetic dtype above -- the ``||eps||^2 / 2`` term of the VAEBM potential, for free while
+the states are in registers.
+
 :func:`langevin_step_reference` is the specification (plain PyTorch, any device; it
 materialises the noise). :func:`langevin_step_` validates its inputs and dispatches to the
-native kernel (``torch.ops.vaebm_fast.langevin_step_``: no noise tensor, one pass over memory)
-or to the reference. The update is not differentiable and runs under ``torch.no_grad()``;
+native kernel (``torch.ops.vaebm_fast.langevin_step_``: no noise tensor, one pass over memory),
+the Triton kernel (``vaebm_fast.triton_kernels.langevin``, one launch for the whole list) or
+the reference. The update is not differentiable and runs under ``torch.no_grad()``;
 tensors in the list must not share memory with each other or with the gradients.
 """
 from __future__ import annotations
@@ -43,7 +50,7 @@ from .rng import check_stream_range, philox_normal_reference
 
 __all__ = ["langevin_step_", "langevin_step_reference"]
 
-_dispatch.register_op("langevin_step_", native="vaebm_fast::langevin_step_")
+_dispatch.register_op("langevin_step_", native="vaebm_fast::langevin_step_", triton=True)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TensorOrList = Union[Tensor, Sequence[Tensor]]
@@ -131,17 +138,50 @@ def _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_sca
             total)
 
 
+def _check_half_sq_norm(half_sq_norm, tensors) -> None:
+    """Validate the optional ``half_sq_norm`` output against the (checked) tensors."""
+    if half_sq_norm is None:
+        return
+    if not isinstance(half_sq_norm, Tensor):
+        raise TypeError(f"half_sq_norm must be a torch.Tensor or None "
+                        f"(got {type(half_sq_norm).__name__})")
+    if not tensors:
+        raise ValueError("half_sq_norm needs at least one tensor: B is the tensors' dim 0")
+    for i, t in enumerate(tensors):
+        if t.dim() == 0:
+            raise ValueError(f"half_sq_norm needs tensors with dim >= 1 (tensors[{i}] is 0-d)")
+        if t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(f"half_sq_norm needs every tensor with the same dim 0 "
+                             f"(tensors[0] has {tensors[0].shape[0]}, tensors[{i}] has "
+                             f"{t.shape[0]})")
+    expected = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+    if half_sq_norm.dtype != expected:
+        raise ValueError(f"half_sq_norm must be {expected} for {tensors[0].dtype} tensors "
+                         f"(got {half_sq_norm.dtype})")
+    if half_sq_norm.shape != (tensors[0].shape[0],):
+        raise ValueError(f"half_sq_norm must have shape [B] = [{tensors[0].shape[0]}] "
+                         f"(got {list(half_sq_norm.shape)})")
+    if half_sq_norm.device != tensors[0].device:
+        raise ValueError(f"half_sq_norm is on {half_sq_norm.device} but the tensors are on "
+                         f"{tensors[0].device}")
+    if not half_sq_norm.is_contiguous():
+        raise ValueError("half_sq_norm must be contiguous")
+
+
 def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
                             seed: int, offset: int, prior_weight: float = 1.0,
                             noise_scale: Optional[float] = None,
                             grad_clip: Optional[float] = None,
-                            clamp: Optional[Tuple[Optional[float], Optional[float]]] = None
-                            ) -> int:
+                            clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
+                            half_sq_norm: Optional[Tensor] = None) -> int:
     """Eager reference of :func:`langevin_step_` (same arguments, no ``backend``)."""
     (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
      total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
                           grad_clip, clamp)
+    _check_half_sq_norm(half_sq_norm, tensors)
     if total == 0:
+        if half_sq_norm is not None:
+            half_sq_norm.zero_()
         return offset
     half_step = step_size / 2
     with torch.no_grad():
@@ -160,6 +200,10 @@ def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_
                 new = new.clamp(low, high)
             t.copy_(new)
             start += n
+        if half_sq_norm is not None:  # of the stored states, in the arithmetic dtype
+            compute = half_sq_norm.dtype
+            half_sq_norm.copy_(sum(0.5 * t.to(compute).reshape(t.shape[0], -1).square().sum(1)
+                                   for t in tensors))
     return offset + total
 
 
@@ -167,7 +211,7 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
                    offset: int, prior_weight: float = 1.0, noise_scale: Optional[float] = None,
                    grad_clip: Optional[float] = None,
                    clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
-                   backend: str = "auto") -> int:
+                   half_sq_norm: Optional[Tensor] = None, backend: str = "auto") -> int:
     """One Langevin step on every tensor of ``tensors``, in place (see the module docstring).
 
     Args:
@@ -180,7 +224,11 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
         noise_scale: sigma >= 0; None means sqrt(step_size).
         grad_clip: clip each gradient element to [-grad_clip, grad_clip]; None: no clip.
         clamp: (low, high) applied to the result (either side may be None); None: no clamp.
-        backend: "auto" | "native" | "eager" (see ``vaebm_fast.ops.set_default_backend``).
+        half_sq_norm: optional output, float32 [B] (float64 for float64 tensors), contiguous,
+            on the tensors' device, where every tensor has dim >= 1 and dim 0 == B;
+            overwritten with ``0.5 * sum_i ||tensors[i][b]||^2`` of the updated states.
+        backend: "auto" | "native" | "triton" | "eager" (see
+            ``vaebm_fast.ops.set_default_backend``).
     Returns:
         ``offset + sum(t.numel() for t in tensors)``, the next free offset of the stream.
     Raises:
@@ -190,19 +238,29 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
     (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
      total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
                           grad_clip, clamp)
+    _check_half_sq_norm(half_sq_norm, tensors)
     device = tensors[0].device if tensors else torch.device("cpu")
     chosen = _dispatch.resolve_backend("langevin_step_", backend, device)
     if total == 0:
+        if half_sq_norm is not None:
+            half_sq_norm.zero_()
         return offset
     if chosen == "eager":
         return langevin_step_reference(tensors, grads, step_size=step_size, seed=seed,
                                        offset=offset, prior_weight=prior_weight,
                                        noise_scale=sigma, grad_clip=grad_clip,
                                        clamp=None if low is None and high is None
-                                       else (low, high))
+                                       else (low, high), half_sq_norm=half_sq_norm)
     with torch.no_grad():
-        torch.ops.vaebm_fast.langevin_step_(tensors, grads, step_size, seed, offset,
-                                            prior_weight, sigma, grad_clip, low, high)
+        if chosen == "triton":
+            from ..triton_kernels import langevin as _triton_langevin
+            _triton_langevin.langevin_step_(tensors, grads, step_size, seed, offset,
+                                            prior_weight, sigma, grad_clip, low, high,
+                                            half_sq_norm)
+        else:
+            torch.ops.vaebm_fast.langevin_step_(tensors, grads, step_size, seed, offset,
+                                                prior_weight, sigma, grad_clip, low, high,
+                                                half_sq_norm)
     return offset + total
 
 
@@ -210,10 +268,16 @@ def _register_fakes() -> None:
     # Shape-only implementation for FakeTensor / torch.compile: the op only mutates its inputs.
     @torch.library.register_fake("vaebm_fast::langevin_step_")
     def _langevin_step_fake(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
-                            grad_clip, clamp_low, clamp_high) -> None:
+                            grad_clip, clamp_low, clamp_high, half_sq_norm=None) -> None:
         torch._check(len(tensors) == len(grads), lambda: "tensors and grads differ in length")
         for t, g in zip(tensors, grads):
             torch._check(t.shape == g.shape, lambda: "tensors and grads differ in shape")
+        if half_sq_norm is not None:
+            torch._check(len(tensors) > 0 and half_sq_norm.dim() == 1,
+                         lambda: "half_sq_norm must be [B] with at least one tensor")
+            for t in tensors:
+                torch._check(t.dim() >= 1 and t.shape[0] == half_sq_norm.shape[0],
+                             lambda: "half_sq_norm: every tensor must have dim 0 == B")
         return None
 
 

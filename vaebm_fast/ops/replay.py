@@ -25,7 +25,8 @@ unspecified; the wrapper raises ``ValueError`` instead.
 materialises the noise of all ``B`` rows). The wrappers validate with clear messages (shapes,
 dtypes, devices, index range — the range and uniqueness checks read ``index``, which
 synchronises with a GPU) and dispatch to ``torch.ops.vaebm_fast.replay_gather`` /
-``replay_scatter_`` or to the reference. Neither op is differentiable.
+``replay_scatter_``, to the Triton kernels (``vaebm_fast.triton_kernels.replay``) or to the
+reference. Neither op is differentiable.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ from .rng import check_stream_range, philox_normal_reference
 __all__ = ["replay_gather", "replay_gather_reference", "replay_scatter_",
            "replay_scatter_reference"]
 
-_dispatch.register_op("replay_gather", native="vaebm_fast::replay_gather")
-_dispatch.register_op("replay_scatter_", native="vaebm_fast::replay_scatter_")
+_dispatch.register_op("replay_gather", native="vaebm_fast::replay_gather", triton=True)
+_dispatch.register_op("replay_scatter_", native="vaebm_fast::replay_scatter_", triton=True)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -139,17 +140,22 @@ def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, *, seed: int, o
         index: int64 [B] rows to gather, in [0, N) where ``reinit`` is False.
         reinit: bool [B], True for rows that start from fresh N(0, 1) noise.
         seed: int in [0, 2**63); offset: int >= 0, the normal of row 0's first element.
-        backend: "auto" | "native" | "eager".
+        backend: "auto" | "native" | "triton" | "eager".
     Returns:
         ``(out, offset + B * prod(S))``: out is a new contiguous [B, *S] tensor.
     Raises:
         TypeError / ValueError: invalid arguments; BackendUnavailableError: see ``_dispatch``.
     """
     seed, offset, total = _check_gather(buffer, index, reinit, seed, offset)
-    if _dispatch.resolve_backend("replay_gather", backend, buffer.device) == "eager":
+    chosen = _dispatch.resolve_backend("replay_gather", backend, buffer.device)
+    if chosen == "eager":
         return replay_gather_reference(buffer, index, reinit, seed=seed, offset=offset)
     with torch.no_grad():
-        out = torch.ops.vaebm_fast.replay_gather(buffer, index, reinit, seed, offset)
+        if chosen == "triton":
+            from ..triton_kernels import replay as _triton_replay
+            out = _triton_replay.replay_gather(buffer, index, reinit, seed, offset)
+        else:
+            out = torch.ops.vaebm_fast.replay_gather(buffer, index, reinit, seed, offset)
     return out, offset + total
 
 
@@ -168,16 +174,21 @@ def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor, *,
         buffer: [N, *S] float16/bfloat16/float32/float64 (no elements sharing memory).
         index: int64 [B], unique values in [0, N).
         values: [B, *S] of buffer's dtype and device.
-        backend: "auto" | "native" | "eager".
+        backend: "auto" | "native" | "triton" | "eager".
     Raises:
         TypeError / ValueError: invalid arguments (duplicate indices included).
     """
     _check_scatter(buffer, index, values)
-    if _dispatch.resolve_backend("replay_scatter_", backend, buffer.device) == "eager":
+    chosen = _dispatch.resolve_backend("replay_scatter_", backend, buffer.device)
+    if chosen == "eager":
         replay_scatter_reference(buffer, index, values)
         return
     with torch.no_grad():
-        torch.ops.vaebm_fast.replay_scatter_(buffer, index, values)
+        if chosen == "triton":
+            from ..triton_kernels import replay as _triton_replay
+            _triton_replay.replay_scatter_(buffer, index, values)
+        else:
+            torch.ops.vaebm_fast.replay_scatter_(buffer, index, values)
 
 
 def _register_fakes() -> None:

@@ -32,7 +32,8 @@ Public functions (``seed`` in ``[0, 2**63)``; offsets and counts are Python ints
 * :func:`philox4x32` — the raw words of a set of call indices.
 * :func:`philox_normal` — ``n`` consecutive normals starting at ``offset``.
 
-Both dispatch like every op (``backend="auto" | "native" | "eager"``, see ``_dispatch``);
+Both dispatch like every op (``backend="auto" | "native" | "triton" | "eager"``, see
+``_dispatch``; the Triton kernels are ``vaebm_fast.triton_kernels.rng``);
 ``*_reference`` are the eager specifications, written in plain int64/float32 torch arithmetic
 so they run on any device.
 """
@@ -62,8 +63,8 @@ _ROUNDS = 10
 _TWO_POW_M32 = 2.0**-32
 _TWO_PI = 2 * math.pi  # rounded to float32 (6.2831855) when multiplied with a float32
 
-_dispatch.register_op("philox4x32", native="vaebm_fast::philox4x32")
-_dispatch.register_op("philox_normal", native="vaebm_fast::philox_normal_")
+_dispatch.register_op("philox4x32", native="vaebm_fast::philox4x32", triton=True)
+_dispatch.register_op("philox_normal", native="vaebm_fast::philox_normal_", triton=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
         seed: int in [0, 2**63).
         offsets: int64 [*] call indices (counters), read as their uint64 bit pattern; a list of
             ints is accepted too.
-        backend: "auto" | "native" | "eager".
+        backend: "auto" | "native" | "triton" | "eager".
     Returns:
         int64 [*, 4]: the four 32-bit words of each call, values in [0, 2**32).
     """
@@ -181,8 +182,12 @@ def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
     if offsets.dtype != torch.int64:
         raise ValueError(f"offsets must be an int64 tensor (got {offsets.dtype}); "
                          "convert it with .long()")
-    if _dispatch.resolve_backend("philox4x32", backend, offsets.device) == "native":
+    chosen = _dispatch.resolve_backend("philox4x32", backend, offsets.device)
+    if chosen == "native":
         return torch.ops.vaebm_fast.philox4x32(seed, offsets)
+    if chosen == "triton":
+        from ..triton_kernels import rng as _triton_rng
+        return _triton_rng.philox4x32(seed, offsets)
     return philox4x32_reference(seed, offsets)
 
 
@@ -198,7 +203,7 @@ def philox_normal(n: int, *, seed: int, offset: int,
         offset: index of the first normal (int >= 0). The next free offset is ``offset + n``.
         device: where to put them (default: torch's default device).
         dtype: a floating dtype; normals are computed in float32 and rounded to it.
-        backend: "auto" | "native" | "eager".
+        backend: "auto" | "native" | "triton" | "eager".
     Returns:
         [n] tensor.
     """
@@ -207,9 +212,15 @@ def philox_normal(n: int, *, seed: int, offset: int,
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype (got {dtype})")
     device = torch.device(device) if device is not None else torch.get_default_device()
-    if _dispatch.resolve_backend("philox_normal", backend, device) == "native":
+    chosen = _dispatch.resolve_backend("philox_normal", backend, device)
+    if chosen == "native":
         out = torch.empty(n, dtype=dtype, device=device)
         torch.ops.vaebm_fast.philox_normal_(out, seed, offset)
+        return out
+    if chosen == "triton":
+        from ..triton_kernels import rng as _triton_rng
+        out = torch.empty(n, dtype=dtype, device=device)
+        _triton_rng.philox_normal_(out, seed, offset)
         return out
     return philox_normal_reference(n, seed=seed, offset=offset, device=device, dtype=dtype)
 

@@ -1,0 +1,71 @@
+"""Host-side helpers shared by the Triton launchers: grid of normal-aligned blocks, 64-bit
+arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype of a torch
+dtype, and argument checks."""
+from __future__ import annotations
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
+           "check_device", "no_internal_overlap"]
+
+# Elements per program. 1024 elements = 256 Philox calls per program: enough independent work
+# per warp to hide memory latency on a GPU, and few programs in the (per-program slow) CPU
+# interpreter. A multiple of 4, as normal-aligned blocks need.
+BLOCK = 1024
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+              torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def aligned_grid(n: int, offset: int, block: int = BLOCK) -> tuple:
+    """Grid of normal-aligned blocks (``philox.aligned_block``) covering ``n`` elements whose
+    element ``e`` uses normal ``offset + e``: the first block starts ``offset % 4`` elements
+    early, so ``cdiv(n + offset % 4, block)`` programs."""
+    return (triton.cdiv(n + offset % 4, block),)
+
+
+def split64(x: int) -> tuple:
+    """The two's-complement halves ``(lo, hi)`` of a 64-bit int as signed int32 values
+    (``philox.join64`` joins them in a kernel): see there why 64-bit arguments are split."""
+    x &= 0xFFFFFFFFFFFFFFFF
+    lo, hi = x & 0xFFFFFFFF, x >> 32
+    return tuple(v - (1 << 32) if v >= 1 << 31 else v for v in (lo, hi))
+
+
+def f64_args(x: float) -> tuple:
+    """The IEEE float64 bit pattern of ``x`` as int32 halves (``philox.from_f64_bits`` undoes
+    it in a kernel), so float64 coefficients reach kernels unrounded."""
+    return split64(struct.unpack("<q", struct.pack("<d", float(x)))[0])
+
+
+def tl_dtype(dtype: torch.dtype):
+    """Triton dtype of a floating torch dtype (float16/bfloat16/float32/float64)."""
+    if dtype not in _TL_DTYPES:
+        raise ValueError(f"expected float16, bfloat16, float32 or float64 (got {dtype})")
+    return _TL_DTYPES[dtype]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic dtype of the ops: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_device(op: str, *tensors: torch.Tensor) -> None:
+    """Triton kernels run on CUDA tensors (or CPU tensors in the interpreter), all on one."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: all tensors must be on one device (got "
+                         f"{', '.join(sorted(map(str, devices)))})")
+
+
+def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """Refuse a tensor written in place whose elements share memory (e.g. an ``expand``):
+    which write lands would be unspecified."""
+    # The certain case of ATen's has_internal_overlap: a stride-0 dimension of size > 1.
+    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+        raise RuntimeError(f"{op}: {name} has elements sharing memory (e.g. from expand); "
+                           f"pass a tensor with distinct elements (.clone())")

@@ -1,0 +1,227 @@
+r"""Triton kernel of ``langevin_step_``: the fused in-place Langevin update over a list of
+tensors, in ONE launch for the whole list.
+
+Op ``torch.ops.vaebm_fast_triton.langevin_step_(tensors, grads, step_size, seed, offset,
+prior_weight, noise_scale, grad_clip, clamp_low, clamp_high, half_sq_norm=None)``, the schema
+of ``vaebm_fast::langevin_step_`` (specification: ``vaebm_fast.ops.langevin``):
+
+.. math::  t \leftarrow \mathrm{clamp}(t - h\,(\mathrm{clip}(g) + \lambda t) + \sigma \xi),
+           \qquad h = \eta / 2
+
+for every tensor ``t`` [*] of the list with its gradient ``g`` [same shape], where element
+``k`` of the flattened concatenation uses normal number ``offset + k``. Arithmetic in float32
+for float16/bfloat16/float32 tensors (one rounding on store), float64 for float64 (float32
+normals widened); NaN passes through clip and clamp. ``half_sq_norm`` (optional, float32 [B],
+float64 for float64 tensors, B = dim 0 of every tensor) is overwritten with
+``0.5 * sum_i ||t_i[b]||^2`` of the stored (updated) states.
+
+One launch for the list. Per-launch overhead (~5-20 us of Python and driver per Triton launch)
+would dominate VAEBM's many small latent groups if each tensor had its own launch, so a
+device table describes the list and one grid covers it:
+
+* ``table`` int64 [6, n]: per tensor its data pointer, its gradient's pointer, its start in
+  the concatenation, its numel, the first program that works on it, and its row length
+  ``numel / B`` (for ``half_sq_norm``). Tensor ``i`` gets ``cdiv(numel + 3, BLOCK)``
+  programs (room for any alignment of its first normal; empty tensors get none).
+* Program ``p`` finds its tensor by a binary search over the first-program column
+  (``ceil(log2 n)`` scalar loads, cached), then handles a normal-aligned block of it
+  (``philox.aligned_block``: one Philox call per four elements, no redundant noise).
+* The table depends only on the pointers, numels and B, so it is cached (a chain updates the
+  same tensors every step); a miss costs one small host-to-device copy. A CUDA graph must be
+  captured after a warm-up call with the same tensors (as usual), so that the capture hits
+  the cache.
+
+Memory traffic per element: read t and g, write t (3 x dtype size; 12 bytes in float32); the
+noise never touches memory. ``half_sq_norm`` adds a block-level reduction and one or two
+atomic adds per program when a row is at least a block long (a per-element atomic add
+otherwise). Non-contiguous tensors are updated on a contiguous copy that is copied back (and
+non-contiguous gradients read through a copy): 2 extra passes for those tensors only.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from typing import List, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _launch
+from .philox import aligned_block, from_f64_bits, join64, philox_key, to_storage
+
+__all__ = ["langevin_step_"]
+
+# Rows of the per-tensor table.
+_T_PTR, _G_PTR, _START, _NUMEL, _FIRST_PROGRAM, _ROW_LEN = (tl.constexpr(r) for r in range(6))
+_TABLE_CACHE_SIZE = 64
+_table_cache: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
+
+
+@triton.jit(do_not_specialize=[
+    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "half_step_lo",
+    "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi",
+    "low_lo", "low_hi", "high_lo", "high_hi"])
+def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
+                     seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32, off_hi: tl.int32,
+                     half_step_lo: tl.int32, half_step_hi: tl.int32,
+                     prior_lo: tl.int32, prior_hi: tl.int32,
+                     sigma_lo: tl.int32, sigma_hi: tl.int32, clip_lo: tl.int32, clip_hi: tl.int32,
+                     low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32, high_hi: tl.int32,
+                     DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
+                     SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    # 64-bit scalars (seed, offset, float64 coefficients) arrive as int32 halves (join64).
+    pid = tl.program_id(0)
+    # Which tensor: the last i with first_program[i] <= pid (empty tensors share their
+    # successor's first program and lose the tie). Branch-free binary lifting over i.
+    first_col = table_ptr + _FIRST_PROGRAM * n_tensors
+    i = 0
+    for s in tl.static_range(SEARCH_STEPS):
+        cand = i + (1 << (SEARCH_STEPS - 1 - s))
+        ok = cand < n_tensors
+        first = tl.load(first_col + tl.where(ok, cand, 0))
+        i = tl.where(ok & (first <= pid), cand, i)
+    t_ptr = tl.load(table_ptr + _T_PTR * n_tensors + i).to(tl.pointer_type(DTYPE))
+    g_ptr = tl.load(table_ptr + _G_PTR * n_tensors + i).to(tl.pointer_type(DTYPE))
+    start = tl.load(table_ptr + _START * n_tensors + i)
+    numel = tl.load(table_ptr + _NUMEL * n_tensors + i)
+    block_of_tensor = pid - tl.load(first_col + i)
+
+    # Element j of this tensor uses normal offset + start + j.
+    k0, k1 = philox_key(seed_lo, seed_hi)
+    j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor, BLOCK)
+    mask = (j >= 0) & (j < numel)
+
+    # Coefficients rounded once to the arithmetic dtype, as torch does with Python scalars.
+    half_step = from_f64_bits(half_step_lo, half_step_hi).to(COMPUTE)
+    prior = from_f64_bits(prior_lo, prior_hi).to(COMPUTE)
+    sigma = from_f64_bits(sigma_lo, sigma_hi).to(COMPUTE)
+    clip = from_f64_bits(clip_lo, clip_hi).to(COMPUTE)  # +inf: no clip
+    low = from_f64_bits(low_lo, low_hi).to(COMPUTE)  # -inf / +inf: open sides
+    high = from_f64_bits(high_lo, high_hi).to(COMPUTE)
+
+    x = tl.load(t_ptr + j, mask=mask, other=0.0).to(COMPUTE)
+    g = tl.load(g_ptr + j, mask=mask, other=0.0).to(COMPUTE)
+    # Comparisons written so that NaN passes through (as torch.clamp).
+    g = tl.where(g < -clip, -clip, tl.where(g > clip, clip, g))
+    new = x - half_step * (g + prior * x) + sigma * noise.to(COMPUTE)
+    new = tl.where(new < low, low, tl.where(new > high, high, new))
+    stored = to_storage(new, DTYPE)
+    tl.store(t_ptr + j, stored, mask=mask)
+
+    if HAS_HSN:
+        # 0.5 * ||t[b]||^2 of the stored values; rows of this tensor are row_len long.
+        v = stored.to(COMPUTE)
+        sq = tl.where(mask, 0.5 * v * v, 0.0)
+        row_len = tl.load(table_ptr + _ROW_LEN * n_tensors + i)
+        row = tl.where(mask, j, 0) // row_len
+        if row_len >= BLOCK:
+            # The block's elements lie in at most two consecutive rows: two reductions, two
+            # atomics per program.
+            row0 = tl.min(tl.where(mask, row, n_rows), axis=0)
+            s0 = tl.sum(tl.where(row == row0, sq, 0.0), axis=0)
+            s1 = tl.sum(tl.where(row == row0 + 1, sq, 0.0), axis=0)
+            tl.atomic_add(hsn_ptr + row0, s0, mask=row0 < n_rows)
+            tl.atomic_add(hsn_ptr + row0 + 1, s1, mask=row0 + 1 < n_rows)
+        else:
+            tl.atomic_add(hsn_ptr + row, sq, mask=mask)
+
+
+def _table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:
+    """(device table int64 [6, n], number of programs); cached on pointers/numels/B."""
+    numels = [t.numel() for t in work]
+    key = (work[0].device, tuple(t.data_ptr() for t in work),
+           tuple(g.data_ptr() for g in grads), tuple(numels), n_rows, block)
+    programs = [triton.cdiv(n + 3, block) if n else 0 for n in numels]
+    total_programs = sum(programs)
+    table = _table_cache.get(key)
+    if table is not None:
+        _table_cache.move_to_end(key)
+        return table, total_programs
+    starts, firsts, s, f = [], [], 0, 0
+    for n, p in zip(numels, programs):
+        starts.append(s)
+        firsts.append(f)
+        s, f = s + n, f + p
+    row_lens = [n // n_rows if n_rows else 1 for n in numels]
+    host = torch.tensor([list(key[1]), list(key[2]), starts, numels, firsts, row_lens],
+                        dtype=torch.int64)
+    if work[0].device.type == "cuda":
+        host = host.pin_memory()  # lets the copy below run asynchronously
+    table = host.to(work[0].device, non_blocking=True)
+    _table_cache[key] = table
+    while len(_table_cache) > _TABLE_CACHE_SIZE:
+        _table_cache.popitem(last=False)
+    return table, total_programs
+
+
+def _check(tensors, grads, half_sq_norm) -> int:
+    """Minimal checks that keep the kernel in bounds; returns B (0 without half_sq_norm).
+    The public op (vaebm_fast.ops.langevin) validates everything with friendlier messages."""
+    if len(tensors) != len(grads):
+        raise ValueError("langevin_step_: tensors and grads must have the same length")
+    dtype = tensors[0].dtype
+    _launch.tl_dtype(dtype)
+    _launch.check_device("langevin_step_", *tensors, *grads,
+                         *([half_sq_norm] if half_sq_norm is not None else []))
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        if t.shape != g.shape or t.dtype != dtype or g.dtype != dtype:
+            raise ValueError(f"langevin_step_: grads[{i}] must have the shape and dtype of "
+                             f"tensors[{i}], and all tensors one dtype")
+        _launch.no_internal_overlap("langevin_step_", f"tensors[{i}]", t)
+    if half_sq_norm is None:
+        return 0
+    n_rows = tensors[0].shape[0] if tensors[0].dim() else -1
+    if any(t.dim() == 0 or t.shape[0] != n_rows for t in tensors):
+        raise ValueError("langevin_step_: half_sq_norm needs every tensor with dim >= 1 and "
+                         "the same dim 0")
+    if (half_sq_norm.dtype != _launch.compute_dtype(dtype) or half_sq_norm.dim() != 1
+            or half_sq_norm.shape[0] != n_rows or not half_sq_norm.is_contiguous()):
+        raise ValueError(f"langevin_step_: half_sq_norm must be a contiguous "
+                         f"{_launch.compute_dtype(dtype)} tensor of shape [{n_rows}]")
+    return n_rows
+
+
+@torch.library.custom_op("vaebm_fast_triton::langevin_step_",
+                         mutates_args=("tensors", "half_sq_norm"))
+def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float, seed: int,
+                   offset: int, prior_weight: float, noise_scale: float,
+                   grad_clip: Optional[float], clamp_low: Optional[float],
+                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor] = None) -> None:
+    """In-place Langevin step on every ``tensors[i]`` [*] given ``grads[i]`` [same shape]
+    (module docstring); ``half_sq_norm`` [B] optional output."""
+    if not tensors:
+        if half_sq_norm is not None:
+            raise ValueError("langevin_step_: half_sq_norm needs at least one tensor (B is "
+                             "their dim 0)")
+        return
+    n_rows = _check(tensors, grads, half_sq_norm)
+    if half_sq_norm is not None:
+        half_sq_norm.zero_()  # the kernel accumulates into it
+    work = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    gwork = [g.contiguous() for g in grads]
+    if sum(t.numel() for t in work) == 0:
+        return
+    table, programs = _table(work, gwork, n_rows, _launch.BLOCK)
+    inf = math.inf
+    f64 = _launch.f64_args
+    dtype = tensors[0].dtype
+    _langevin_kernel[(programs,)](
+        table, len(work), half_sq_norm if half_sq_norm is not None else table, n_rows,
+        *_launch.split64(seed), *_launch.split64(offset), *f64(step_size / 2),
+        *f64(prior_weight), *f64(noise_scale), *f64(inf if grad_clip is None else grad_clip),
+        *f64(-inf if clamp_low is None else clamp_low),
+        *f64(inf if clamp_high is None else clamp_high),
+        DTYPE=_launch.tl_dtype(dtype), COMPUTE=_launch.tl_dtype(_launch.compute_dtype(dtype)),
+        HAS_HSN=half_sq_norm is not None, SEARCH_STEPS=max(1, (len(work) - 1).bit_length()),
+        BLOCK=_launch.BLOCK)
+    for t, w in zip(tensors, work):
+        if w is not t:
+            t.copy_(w)
+
+
+@langevin_step_.register_fake
+def _(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
+      clamp_low, clamp_high, half_sq_norm=None):
+    return None
