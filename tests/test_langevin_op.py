@@ -51,6 +51,40 @@ def test_native_matches_reference(native, dtype, opts):
     assert any(not torch.equal(n, t) for n, t in zip(nat_ts, ts) if n.numel())
 
 
+# Shapes sharing dim 0 (B = 3) for half_sq_norm: odd rows, an empty tensor, and enough elements
+# (~60k) that the CPU kernel's thread chunks split rows and tensors.
+BATCHED_SHAPES = [(3, 7), (3,), (3, 0), (3, 2, 401), (3, 1), (3, 19031)]
+HSN_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-5), torch.float64: dict(atol=1e-9, rtol=1e-9),
+           torch.float16: dict(atol=1e-2, rtol=1e-3), torch.bfloat16: dict(atol=0.2, rtol=1e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_native_half_sq_norm(native, dtype):
+    ts, gs = make(BATCHED_SHAPES, dtype, scale=3.0)
+    ref_ts, nat_ts = clone(ts), clone(ts)
+    hsn_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    ref_hsn, nat_hsn = torch.full((3,), 7.0, dtype=hsn_dtype), torch.full((3,), 7.0, dtype=hsn_dtype)
+    args = dict(step_size=0.02, seed=5, offset=11, grad_clip=1.0)
+    langevin_step_reference(ref_ts, gs, half_sq_norm=ref_hsn, **args)
+    langevin_step_(nat_ts, gs, half_sq_norm=nat_hsn, backend="native", **args)
+    for r, n in zip(ref_ts, nat_ts):
+        torch.testing.assert_close(n, r, **TOL[dtype])
+    torch.testing.assert_close(nat_hsn, ref_hsn, **HSN_TOL[dtype])  # overwritten, not added to
+    own = sum(0.5 * t.to(hsn_dtype).reshape(3, -1).square().sum(1) for t in nat_ts)
+    torch.testing.assert_close(nat_hsn, own, **HSN_TOL[hsn_dtype])
+
+
+def test_native_half_sq_norm_of_non_contiguous_state(native):
+    # A transposed state is updated through a contiguous copy; the norms are of its rows.
+    t = torch.randn(5, 4).t()  # [4, 5], rows are not contiguous in memory
+    g = torch.randn(4, 5)
+    ref_t, hsn, ref_hsn = t.clone(), torch.empty(4), torch.empty(4)
+    langevin_step_reference([ref_t], [g], step_size=0.1, seed=1, offset=0, half_sq_norm=ref_hsn)
+    langevin_step_([t], [g], step_size=0.1, seed=1, offset=0, half_sq_norm=hsn, backend="native")
+    torch.testing.assert_close(t, ref_t, **TOL[torch.float32])
+    torch.testing.assert_close(hsn, 0.5 * ref_t.square().sum(1), atol=1e-5, rtol=1e-6)
+
+
 def many_shapes(count=40, seed=0):
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.randint(0, 3000, (count,), generator=gen).tolist()
@@ -276,3 +310,5 @@ def test_opcheck(native):
         torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 0.0, 0.3, 0.5, -1.0, 1.0))
     ts, gs = make([(4, 4)], torch.float32)
     torch.library.opcheck(op, ([ts[0].t()], [gs[0]], 0.2, 0, 0, 1.0, 0.1, None, None, 0.0))
+    ts, gs = make([(3, 5), (3, 2, 2)], torch.float32)
+    torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None, torch.empty(3)))
