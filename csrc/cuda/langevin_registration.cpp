@@ -15,31 +15,30 @@ namespace vaebm_fast {
 namespace cuda {
 namespace {
 
-// half_sq_norm: 1-D [B] of float32 (float64 for float64 tensors) on the tensors' device, where
-// B = dim 0 of every tensor (each must have dim >= 1). Returns B.
-int64_t check_half_sq_norm(at::TensorList tensors, const at::Tensor& norm) {
-  constexpr const char* op = "langevin_step_";
-  const at::Tensor& t0 = tensors[0];
-  TORCH_CHECK(norm.device() == t0.device(), op, ": half_sq_norm is on ", norm.device(),
-              " but the tensors are on ", t0.device());
-  const at::ScalarType want = t0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(norm.scalar_type() == want, op, ": half_sq_norm must be ", want, " for ",
-              t0.scalar_type(), " tensors, got ", norm.scalar_type());
+// The optional half_sq_norm output: float32 [B] (float64 for float64 tensors), contiguous, on
+// the tensors' device, where every tensor has dim >= 1 and dim 0 == B. Returns B (0 if absent).
+// The same checks and messages as the CPU kernel's check_half_sq_norm, which is being added to
+// csrc/langevin_checks.h in parallel: after the merge this function can be replaced by it.
+int64_t check_half_sq_norm_cuda(at::TensorList tensors,
+                                const std::optional<at::Tensor>& half_sq_norm) {
+  if (!half_sq_norm.has_value()) return 0;
+  const at::Tensor& out = *half_sq_norm;
+  TORCH_CHECK(tensors[0].dim() >= 1, "langevin_step_: half_sq_norm needs tensors with a batch "
+              "dimension (dim 0); tensors[0] is 0-d");
+  const int64_t batch = tensors[0].size(0);
   for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].dim() >= 1, op, ": with half_sq_norm every tensor needs a batch "
-                "dimension (dim 0); tensors[", i, "] is 0-d");
+    TORCH_CHECK(tensors[i].dim() >= 1 && tensors[i].size(0) == batch, "langevin_step_: "
+                "half_sq_norm needs every tensor to have dim 0 == ", batch, "; tensors[", i,
+                "] has shape ", tensors[i].sizes());
   }
-  const int64_t B = t0.size(0);
-  for (size_t i = 1; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].size(0) == B, op, ": with half_sq_norm every tensor must have the "
-                "batch size B = ", B, " of tensors[0] along dim 0; tensors[", i, "] has shape ",
-                tensors[i].sizes());
-  }
-  TORCH_CHECK(norm.dim() == 1 && norm.size(0) == B, op, ": half_sq_norm must have shape [B] = [",
-              B, "], got ", norm.sizes());
-  TORCH_CHECK(at::has_internal_overlap(norm) != at::MemOverlap::Yes, op,
-              ": half_sq_norm has elements sharing memory (e.g. from expand)");
-  return B;
+  const at::ScalarType want =
+      tensors[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(out.scalar_type() == want && out.dim() == 1 && out.size(0) == batch &&
+                  out.is_contiguous() && out.device() == tensors[0].device(),
+              "langevin_step_: half_sq_norm must be a contiguous ", want, " tensor of shape [",
+              batch, "] on ", tensors[0].device(), " (got ", out.scalar_type(), " ",
+              out.sizes(), " on ", out.device(), ")");
+  return batch;
 }
 
 void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double step_size,
@@ -47,16 +46,12 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
                         std::optional<double> clamp_high,
                         const std::optional<at::Tensor>& half_sq_norm) {
-  if (!check_langevin_args(tensors, grads, offset)) {
-    // No tensors: the sum over them is 0 for every row.
-    if (half_sq_norm.has_value()) half_sq_norm->zero_();
-    return;
-  }
+  // No tensors: nothing to do, half_sq_norm untouched (as the CPU kernel).
+  if (!check_langevin_args(tensors, grads, offset)) return;
   const at::Device device = tensors[0].device();
   check_cuda(tensors[0], "langevin_step_", "tensors[0]");
   const at::ScalarType dtype = tensors[0].scalar_type();
-  int64_t batch = 0;
-  if (half_sq_norm.has_value()) batch = check_half_sq_norm(tensors, *half_sq_norm);
+  const int64_t batch = check_half_sq_norm_cuda(tensors, half_sq_norm);
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
   std::vector<void*> t_ptr(tensors.size());
@@ -73,10 +68,6 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
   }
   TORCH_CHECK(total <= std::numeric_limits<int64_t>::max() - offset,
               "langevin_step_: offset + numel overflows int64");
-  at::Tensor norm_work;
-  if (half_sq_norm.has_value()) {
-    norm_work = half_sq_norm->is_contiguous() ? *half_sq_norm : half_sq_norm->contiguous();
-  }
   constexpr double kInf = std::numeric_limits<double>::infinity();
   const LangevinArgs args{step_size * 0.5,
                           prior_weight,
@@ -86,14 +77,14 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                           clamp_high.value_or(kInf),
                           static_cast<uint64_t>(seed),
                           static_cast<uint64_t>(offset)};
-  VAEBM_FAST_CUDA_LAUNCH(langevin_step(
-      to_dtype(dtype, "langevin_step_"), static_cast<int64_t>(tensors.size()), t_ptr.data(),
-      g_ptr.data(), numels.data(), args, norm_work.defined() ? norm_work.data_ptr() : nullptr,
-      batch, current_stream()));
+  void* norm = half_sq_norm.has_value() ? half_sq_norm->data_ptr() : nullptr;
+  VAEBM_FAST_CUDA_LAUNCH(langevin_step(to_dtype(dtype, "langevin_step_"),
+                                       static_cast<int64_t>(tensors.size()), t_ptr.data(),
+                                       g_ptr.data(), numels.data(), args, norm, batch,
+                                       current_stream()));
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!work[i].is_same(tensors[i])) tensors[i].copy_(work[i]);
   }
-  if (norm_work.defined() && !norm_work.is_same(*half_sq_norm)) half_sq_norm->copy_(norm_work);
 }
 
 }  // namespace
