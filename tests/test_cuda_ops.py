@@ -274,10 +274,11 @@ def test_power_iteration(ops, dtype, shape, n_iter):
 
 
 def test_power_iteration_converges(ops):
-    # A matrix with known singular values: sigma -> 3.
+    # A matrix with known singular values 3 > 2 > ... > 0.1: sigma -> 3.
     q1, _ = torch.linalg.qr(randn((40, 40), torch.float64, seed=9))
     q2, _ = torch.linalg.qr(randn((70, 40), torch.float64, seed=10))
-    s = torch.linspace(3.0, 0.1, 40, dtype=torch.float64, device="cuda")
+    s = torch.cat([torch.tensor([3.0], dtype=torch.float64, device="cuda"),
+                   torch.linspace(2.0, 0.1, 39, dtype=torch.float64, device="cuda")])
     W = (q1 @ torch.diag(s) @ q2.t()).unsqueeze(0).float()
     u, v = _unit_rows((1, 40), torch.float32, 11), _unit_rows((1, 70), torch.float32, 12)
     sigma = ops.power_iteration_(W, u, v, 200, 1e-3)

@@ -110,11 +110,15 @@ ebm_tail_pool_kernel(const T* __restrict__ h, const T* __restrict__ skip, T* __r
     const int64_t bottom = top + 2 * Wo;
     A sum;
     if constexpr (kPair) {
-      const dev::Pack<T, 2> h0 = dev::load_pack<T, 2>(h + top), h1 = dev::load_pack<T, 2>(h + bottom);
-      const dev::Pack<T, 2> s0 = dev::load_pack<T, 2>(skip + top),
-                            s1 = dev::load_pack<T, 2>(skip + bottom);
-      sum = ((dev::to_acc(h0.v[0]) + dev::to_acc(s0.v[0])) + (dev::to_acc(h0.v[1]) + dev::to_acc(s0.v[1]))) +
-            ((dev::to_acc(h1.v[0]) + dev::to_acc(s1.v[0])) + (dev::to_acc(h1.v[1]) + dev::to_acc(s1.v[1])));
+      const dev::Pack<T, 2> h0 = dev::load_pack<T, 2>(h + top);
+      const dev::Pack<T, 2> h1 = dev::load_pack<T, 2>(h + bottom);
+      const dev::Pack<T, 2> s0 = dev::load_pack<T, 2>(skip + top);
+      const dev::Pack<T, 2> s1 = dev::load_pack<T, 2>(skip + bottom);
+      const A x00 = dev::to_acc(h0.v[0]) + dev::to_acc(s0.v[0]);
+      const A x01 = dev::to_acc(h0.v[1]) + dev::to_acc(s0.v[1]);
+      const A x10 = dev::to_acc(h1.v[0]) + dev::to_acc(s1.v[0]);
+      const A x11 = dev::to_acc(h1.v[1]) + dev::to_acc(s1.v[1]);
+      sum = (x00 + x01) + (x10 + x11);
     } else {
       sum = ((dev::load(h + top) + dev::load(skip + top)) +
              (dev::load(h + top + 1) + dev::load(skip + top + 1))) +
@@ -201,7 +205,8 @@ nvae_tail_backward_kernel(const T* __restrict__ grad, const T* __restrict__ h,
                           int64_t planes, int64_t HW, dev::Acc<T> scale) {
   using A = dev::Acc<T>;
   const int lane = threadIdx.x % dev::kWarpSize;
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / dev::kWarpSize;
+  const int64_t warp =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / dev::kWarpSize;
   const int64_t n_warps = static_cast<int64_t>(gridDim.x) * blockDim.x / dev::kWarpSize;
   const int64_t hw_vec = HW / V;
   for (int64_t plane = warp; plane < planes; plane += n_warps) {  // warp-uniform loop
@@ -297,7 +302,8 @@ affine_swish_finish_kernel(const dev::Acc<T>* __restrict__ ws, T* __restrict__ d
                            T* __restrict__ dshift, int64_t C, int64_t splits) {
   using A = dev::Acc<T>;
   const int lane = threadIdx.x % dev::kWarpSize;
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / dev::kWarpSize;
+  const int64_t warp =
+      (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / dev::kWarpSize;
   const int64_t n_warps = static_cast<int64_t>(gridDim.x) * blockDim.x / dev::kWarpSize;
   for (int64_t c = warp; c < C; c += n_warps) {
     A a = 0, b = 0;

@@ -102,10 +102,11 @@ langevin_kernel(Chunk chunk, int64_t first_call, int64_t n_calls, LangevinArgs a
         while (k >= chunk.begin[tensor + 1]) ++tensor;  // next tensor (past empty ones)
         const int64_t local = k - chunk.begin[tensor];
         T* t = static_cast<T*>(chunk.t[tensor]) + local;
-        const A g = clamp_nan(dev::load(static_cast<const T*>(chunk.g[tensor]) + local), -clip, clip);
+        const A g =
+            clamp_nan(dev::load(static_cast<const T*>(chunk.g[tensor]) + local), -clip, clip);
         const A x = dev::load(t);
-        const T stored =
-            dev::from_acc<T>(clamp_nan(x - h * (g + lam * x) + sig * static_cast<A>(xi[lane]), lo, hi));
+        const A updated = x - h * (g + lam * x) + sig * static_cast<A>(xi[lane]);
+        const T stored = dev::from_acc<T>(clamp_nan(updated, lo, hi));
         *t = stored;
         if constexpr (kNorm) {
           const int64_t b = dev::div64(local, chunk.row[tensor]);

@@ -115,7 +115,9 @@ power_iteration_kernel(Table table, int64_t n_iter, dev::Acc<T> eps) {
         if (c < C) {
           A acc = 0;
 #pragma unroll 4
-          for (int r = 0; r < R; ++r) acc += u_s[r] * dev::load(W + static_cast<int64_t>(r) * C + c);
+          for (int r = 0; r < R; ++r) {
+            acc += u_s[r] * dev::load(W + static_cast<int64_t>(r) * C + c);
+          }
           v_s[c] = acc;
         }
       }

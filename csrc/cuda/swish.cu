@@ -44,7 +44,9 @@ swish_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, dev:
     const dev::Pack<T, V> in = dev::load_pack<T, V>(x + i * V);
     dev::Pack<T, V> out;
 #pragma unroll
-    for (int j = 0; j < V; ++j) out.v[j] = dev::from_acc<T>(swish_fwd<A>(dev::to_acc(in.v[j]), scale));
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = dev::from_acc<T>(swish_fwd<A>(dev::to_acc(in.v[j]), scale));
+    }
     dev::store_pack<T, V>(y + i * V, out);
   }
   const int64_t tail = n_vec * V + tid;
