@@ -5,26 +5,40 @@
 #include <vector>
 
 #include <ATen/MemoryOverlap.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "../langevin_checks.h"
+#include "glue.h"
 #include "langevin_cuda.h"
 
 namespace vaebm_fast {
 namespace cuda {
 namespace {
 
-Dtype to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return Dtype::kFloat32;
-    case at::kDouble: return Dtype::kFloat64;
-    case at::kHalf: return Dtype::kFloat16;
-    case at::kBFloat16: return Dtype::kBFloat16;
-    default: TORCH_CHECK(false, "langevin_step_: unsupported dtype ", t);
+// The optional half_sq_norm output: float32 [B] (float64 for float64 tensors), contiguous, on
+// the tensors' device, where every tensor has dim >= 1 and dim 0 == B. Returns B (0 if absent).
+// The same checks and messages as the CPU kernel's check_half_sq_norm, which is being added to
+// csrc/langevin_checks.h in parallel: after the merge this function can be replaced by it.
+int64_t check_half_sq_norm_cuda(at::TensorList tensors,
+                                const std::optional<at::Tensor>& half_sq_norm) {
+  if (!half_sq_norm.has_value()) return 0;
+  const at::Tensor& out = *half_sq_norm;
+  TORCH_CHECK(tensors[0].dim() >= 1, "langevin_step_: half_sq_norm needs tensors with a batch "
+              "dimension (dim 0); tensors[0] is 0-d");
+  const int64_t batch = tensors[0].size(0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].dim() >= 1 && tensors[i].size(0) == batch, "langevin_step_: "
+                "half_sq_norm needs every tensor to have dim 0 == ", batch, "; tensors[", i,
+                "] has shape ", tensors[i].sizes());
   }
+  const at::ScalarType want =
+      tensors[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(out.scalar_type() == want && out.dim() == 1 && out.size(0) == batch &&
+                  out.is_contiguous() && out.device() == tensors[0].device(),
+              "langevin_step_: half_sq_norm must be a contiguous ", want, " tensor of shape [",
+              batch, "] on ", tensors[0].device(), " (got ", out.scalar_type(), " ",
+              out.sizes(), " on ", out.device(), ")");
+  return batch;
 }
 
 void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double step_size,
@@ -32,10 +46,12 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
                         std::optional<double> clamp_high,
                         const std::optional<at::Tensor>& half_sq_norm) {
+  // No tensors: nothing to do, half_sq_norm untouched (as the CPU kernel).
   if (!check_langevin_args(tensors, grads, offset)) return;
-  TORCH_CHECK(!half_sq_norm.has_value(), "langevin_step_: half_sq_norm is not implemented yet");
   const at::Device device = tensors[0].device();
+  check_cuda(tensors[0], "langevin_step_", "tensors[0]");
   const at::ScalarType dtype = tensors[0].scalar_type();
+  const int64_t batch = check_half_sq_norm_cuda(tensors, half_sq_norm);
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
   std::vector<void*> t_ptr(tensors.size());
@@ -61,9 +77,11 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                           clamp_high.value_or(kInf),
                           static_cast<uint64_t>(seed),
                           static_cast<uint64_t>(offset)};
-  C10_CUDA_CHECK(langevin_step(to_dtype(dtype), static_cast<int64_t>(tensors.size()),
-                               t_ptr.data(), g_ptr.data(), numels.data(), args,
-                               c10::cuda::getCurrentCUDAStream()));
+  void* norm = half_sq_norm.has_value() ? half_sq_norm->data_ptr() : nullptr;
+  VAEBM_FAST_CUDA_LAUNCH(langevin_step(to_dtype(dtype, "langevin_step_"),
+                                       static_cast<int64_t>(tensors.size()), t_ptr.data(),
+                                       g_ptr.data(), numels.data(), args, norm, batch,
+                                       current_stream()));
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!work[i].is_same(tensors[i])) tensors[i].copy_(work[i]);
   }

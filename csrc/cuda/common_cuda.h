@@ -1,0 +1,18 @@
+// Types shared by every CUDA launcher interface (csrc/cuda/*_cuda.h). Plain C++ plus the CUDA
+// runtime types: no torch, so the .cu files compile with nvcc alone. The torch-side
+// counterpart (ScalarType -> Dtype, checks, streams) is glue.h.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace vaebm_fast {
+namespace cuda {
+
+// Element types of the floating kernels. float16 / bfloat16 / float32 are computed in float32
+// and rounded once when stored; float64 is computed in float64.
+enum class Dtype { kFloat32, kFloat64, kFloat16, kBFloat16 };
+
+}  // namespace cuda
+}  // namespace vaebm_fast

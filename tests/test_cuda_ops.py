@@ -1,0 +1,577 @@
+"""CUDA kernels of every vaebm_fast op (csrc/cuda) vs the eager references and the CPU kernels.
+
+Skipped, with the reason, when there is no CUDA device or when the loaded library was built
+without CUDA kernels (``vaebm_fast._native.status().has_cuda_kernels``; a CPU-only torch or no
+nvcc at build time). ``VAEBM_FAST_REQUIRE_NATIVE=1`` turns the second skip into a failure.
+
+Covered: Philox words bit-exact; normals within 1e-5; every dtype (float16 / bfloat16 /
+float32 / float64); odd sizes; non-contiguous and misaligned (storage offset 1, the kernels'
+scalar paths) inputs; empty tensors; langevin_step_ with half_sq_norm; torch.library.opcheck.
+"""
+import inspect
+import math
+import os
+
+import pytest
+import torch
+
+from vaebm_fast import _native
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Kernel (fp32 math, one rounding) vs the reference computed in float64 and rounded.
+TOL = {torch.float32: dict(atol=2e-6, rtol=2e-6), torch.float64: dict(atol=1e-12, rtol=1e-12),
+       torch.float16: dict(atol=2e-3, rtol=2e-3), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+NORMAL_ATOL = 1e-5
+
+
+@pytest.fixture
+def ops():
+    """torch.ops.vaebm_fast when the loaded library has CUDA kernels, else skip (or fail with
+    VAEBM_FAST_REQUIRE_NATIVE=1)."""
+    import vaebm_fast.ops  # noqa: F401  (the op modules register fakes and autograd on load)
+    st = _native.status()
+    if not st.has_cuda_kernels:
+        reason = (f"native extension unavailable: {st.reason}" if not st.loaded else
+                  f"the native library {st.path} was built without CUDA kernels "
+                  f"(build info cuda={st.build_info.get('cuda')!r}: CPU-only torch or no nvcc)")
+        if os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return torch.ops.vaebm_fast
+
+
+def randn(shape, dtype=torch.float32, seed=0, scale=1.0, device="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(
+        device=device, dtype=dtype)
+
+
+def misaligned(t):
+    """A contiguous copy of t whose data starts one element into its storage."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = flat[1:].view(t.shape)
+    out.copy_(t)
+    assert out.is_contiguous() and out.storage_offset() == 1
+    return out
+
+
+def non_contiguous(t):
+    """The values of t (dim >= 2) in a transposed (non-contiguous) layout."""
+    out = t.transpose(0, 1).contiguous().transpose(0, 1)
+    assert t.dim() < 2 or t.shape[0] <= 1 or t.shape[1] <= 1 or not out.is_contiguous()
+    return out
+
+
+def layouts(t):
+    """(name, tensor) pairs with the values of t: contiguous, misaligned, non-contiguous."""
+    out = [("contiguous", t), ("misaligned", misaligned(t))]
+    if t.dim() >= 2:
+        out.append(("transposed", non_contiguous(t)))
+    return out
+
+
+def _fake_kernel(qualname):
+    try:
+        from torch._library.simple_registry import singleton
+        return singleton.find(qualname).fake_impl.kernel
+    except Exception:  # private API moved: assume registered
+        return True
+
+
+def opcheck(op, args):
+    """torch.library.opcheck, without the fake-tensor tests when no fake is registered yet
+    (the Python wrappers register the fakes)."""
+    qualname = op._schema.name
+    if _fake_kernel(qualname) is None:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
+    else:
+        torch.library.opcheck(op, args)
+
+
+# ------------------------------------------------------------------------------------ Philox
+
+def test_philox_words_bit_exact(ops):
+    from vaebm_fast.ops import philox4x32_reference
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.cat([
+        torch.arange(0, 4099, dtype=torch.int64),
+        torch.arange(2**32 - 1000, 2**32 + 1000, dtype=torch.int64),
+        torch.randint(-2**63, 2**63 - 1, (10_001,), dtype=torch.int64, generator=gen),
+    ])
+    for seed in (0, 1, 0x123456789ABCDEF, 2**32 - 1, 2**32, 2**63 - 1):
+        expected = philox4x32_reference(seed, offsets)
+        got = ops.philox4x32(seed, offsets.cuda())
+        assert got.dtype == torch.int64 and got.shape == (offsets.numel(), 4)
+        assert torch.equal(got.cpu(), expected)
+        assert torch.equal(got.cpu(), ops.philox4x32(seed, offsets))  # the CPU kernel
+    # Known answer, shapes, non-contiguous offsets, empty.
+    assert ops.philox4x32(0, torch.zeros(1, dtype=torch.int64, device="cuda"))[0].tolist() == [
+        0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+    grid = offsets[:35].view(5, 7).t()
+    assert torch.equal(ops.philox4x32(9, grid.cuda()).cpu(), philox4x32_reference(9, grid))
+    assert ops.philox4x32(9, torch.empty(0, 3, dtype=torch.int64, device="cuda")).shape == (0, 3, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_philox_normal(ops, dtype):
+    from vaebm_fast.ops import philox_normal_reference
+    tol = dict(atol=NORMAL_ATOL, rtol=0) if dtype in (torch.float32, torch.float64) else TOL[dtype]
+    for n in (1, 3, 1031, 4096):
+        for offset in (0, 1, 2, 3, 2**33 + 1):
+            expected = philox_normal_reference(n, seed=2**40 + 7, offset=offset, dtype=torch.float64)
+            for name, out in (("aligned", torch.empty(n, dtype=dtype, device="cuda")),
+                              ("misaligned", torch.empty(n + 1, dtype=dtype, device="cuda")[1:])):
+                ops.philox_normal_(out, 2**40 + 7, offset)
+                torch.testing.assert_close(out.cpu().double(), expected.to(dtype).double(),
+                                           **tol, msg=lambda m: f"{name} n={n} offset={offset}: {m}")
+    ops.philox_normal_(torch.empty(0, dtype=dtype, device="cuda"), 1, 5)  # empty: no launch
+
+
+def test_philox_normal_large_matches_cpu_kernel(ops):
+    n = (1 << 20) + 3
+    gpu = torch.empty(n, device="cuda")
+    cpu = torch.empty(n)
+    ops.philox_normal_(gpu, 12345, 7)
+    ops.philox_normal_(cpu, 12345, 7)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=NORMAL_ATOL, rtol=0)
+    assert abs(gpu.mean().item()) < 5e-3 and abs(gpu.std().item() - 1) < 5e-3
+
+
+# ------------------------------------------------------------------------------------ Swish
+
+SWISH_SHAPES = [(1031,), (3, 5, 7), (2, 64), (0, 4), (1,)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SWISH_SHAPES, ids=str)
+def test_swish(ops, dtype, shape):
+    from vaebm_fast.ops import swish_backward_reference, swish_reference
+    x64 = randn(shape, torch.float64, seed=1, scale=4.0)
+    g64 = randn(shape, torch.float64, seed=2)
+    x, g = x64.to(dtype), g64.to(dtype)
+    for scale in (1.0, 1 / 1.1):
+        y_ref = swish_reference(x.double(), scale).to(dtype)
+        dx_ref = swish_backward_reference(g.double(), x.double(), scale).to(dtype)
+        for name, xl in layouts(x):
+            y = ops.swish_forward(xl, scale)
+            assert y.is_contiguous() and y.dtype == dtype and y.shape == x.shape
+            torch.testing.assert_close(y, y_ref, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+            for gname, gl in layouts(g):
+                dx = ops.swish_backward(gl, xl, scale)
+                assert dx.is_contiguous() and dx.shape == x.shape
+                torch.testing.assert_close(dx, dx_ref, **TOL[dtype],
+                                           msg=lambda m: f"x {name}, grad {gname}: {m}")
+
+
+def test_swish_extremes(ops):
+    x = torch.tensor([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4, float("inf"), float("-inf"),
+                      float("nan")], device="cuda")
+    from vaebm_fast.ops import swish_reference
+    torch.testing.assert_close(ops.swish_forward(x, 1.0), swish_reference(x), equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------ replay
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row_shape", [(3, 5), (4, 8), (1,), (2, 2)], ids=str)
+def test_replay_gather(ops, dtype, row_shape):
+    from vaebm_fast.ops import replay_gather_reference
+    N, B = 7, 9
+    buffer = randn((N, *row_shape), dtype, seed=3)
+    index = torch.tensor([6, 0, 2, 2, 5, 1, 3, 4, 0], device="cuda")
+    reinit = torch.tensor([False, True, False, False, True, True, False, False, True],
+                          device="cuda")
+    index[reinit] = 123456  # not read for reinit rows
+    P = math.prod(row_shape)
+    tol = dict(atol=NORMAL_ATOL, rtol=0) if dtype in (torch.float32, torch.float64) else TOL[dtype]
+    views = [("contiguous", buffer), ("row-strided", torch.stack([buffer, buffer], dim=1)[:, 0]),
+             ("misaligned", misaligned(buffer))]
+    if len(row_shape) == 2:
+        views.append(("transposed rows", buffer.transpose(1, 2).contiguous().transpose(1, 2)))
+    for offset in (0, 1, 2**33 + 3):
+        expected, end = replay_gather_reference(buffer, index.masked_fill(reinit, 0), reinit,
+                                                seed=11, offset=offset)
+        assert end == offset + B * P
+        for name, buf in views:
+            out = ops.replay_gather(buf, index, reinit, 11, offset)
+            assert out.is_contiguous() and out.shape == (B, *row_shape) and out.dtype == dtype
+            keep = ~reinit
+            assert torch.equal(out[keep], expected[keep]), name  # copies are bit-exact
+            torch.testing.assert_close(out[reinit].double(), expected[reinit].double(), **tol,
+                                       msg=lambda m: f"{name}, offset {offset}: {m}")
+    # Empty batch and empty rows.
+    assert ops.replay_gather(buffer, index[:0], reinit[:0], 1, 0).shape == (0, *row_shape)
+    empty_rows = torch.empty(N, 0, dtype=dtype, device="cuda")
+    assert ops.replay_gather(empty_rows, index, reinit, 1, 0).shape == (B, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row_shape", [(3, 5), (4, 8), (1,)], ids=str)
+def test_replay_scatter(ops, dtype, row_shape):
+    N = 11
+    index = torch.tensor([10, 0, 3, 7, 4], device="cuda")
+    values = randn((5, *row_shape), dtype, seed=4)
+    base = randn((N, *row_shape), dtype, seed=5)
+    expected = base.clone().index_copy_(0, index, values)
+    for vname, vals in layouts(values):
+        for bname in ("contiguous", "misaligned", "row-strided", "transposed"):
+            if bname == "contiguous":
+                buf = base.clone()
+            elif bname == "misaligned":
+                buf = misaligned(base)
+            elif bname == "row-strided":
+                buf = torch.stack([base, base], dim=1)[:, 0]
+            elif len(row_shape) == 2:
+                buf = base.transpose(1, 2).contiguous().transpose(1, 2)
+            else:
+                continue
+            ops.replay_scatter_(buf, index, vals)
+            assert torch.equal(buf, expected), (vname, bname)
+    buf = base.clone()
+    ops.replay_scatter_(buf, index[:0], values[:0])
+    assert torch.equal(buf, base)
+
+
+# ------------------------------------------------------------------------------------ power iteration
+
+def _unit_rows(shape, dtype, seed):
+    v = randn(shape, torch.float64, seed=seed)
+    return torch.nn.functional.normalize(v, dim=1).to(dtype)
+
+
+PI_TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10),
+          torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+PI_SHAPES = [(3, 5, 7), (2, 64, 300), (1, 1, 1), (4, 33, 3), (2, 300, 20), (2, 0, 5), (0, 4, 4)]
+
+
+def _eager_power_iteration(W, u, v, n_iter, eps=1e-3):
+    from vaebm_fast.ops.power_iteration import _power_iteration_eager
+    return _power_iteration_eager(W, u, v, n_iter, eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", PI_SHAPES, ids=str)
+@pytest.mark.parametrize("n_iter", [0, 1, 5])
+def test_power_iteration(ops, dtype, shape, n_iter):
+    G, R, C = shape
+    W = randn(shape, torch.float64, seed=6).to(dtype)
+    u0, v0 = _unit_rows((G, R), dtype, 7), _unit_rows((G, C), dtype, 8)
+    # Reference in float64 from the same (rounded) inputs: the kernel computes in float32 or
+    # float64 and rounds u, v once per iteration, as the reference does in its dtype.
+    u_ref, v_ref = u0.double().clone(), v0.double().clone()
+    sigma_ref = _eager_power_iteration(W.double(), u_ref, v_ref, n_iter)
+    for name, (u, v) in (("contiguous", (u0.clone(), v0.clone())),
+                         ("transposed u/v", (non_contiguous(u0.clone()), non_contiguous(v0.clone())))):
+        sigma = ops.power_iteration_(W, u, v, n_iter, 1e-3)
+        assert sigma.shape == (G,) and sigma.dtype == dtype
+        tol = PI_TOL[dtype]
+        torch.testing.assert_close(sigma.double(), sigma_ref, **tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(u.double(), u_ref, **tol, msg=lambda m: f"{name} u: {m}")
+        torch.testing.assert_close(v.double(), v_ref, **tol, msg=lambda m: f"{name} v: {m}")
+
+
+def test_power_iteration_converges(ops):
+    # A matrix with known singular values 3 > 2 > ... > 0.1: sigma -> 3.
+    q1, _ = torch.linalg.qr(randn((40, 40), torch.float64, seed=9))
+    q2, _ = torch.linalg.qr(randn((70, 40), torch.float64, seed=10))
+    s = torch.cat([torch.tensor([3.0], dtype=torch.float64, device="cuda"),
+                   torch.linspace(2.0, 0.1, 39, dtype=torch.float64, device="cuda")])
+    W = (q1 @ torch.diag(s) @ q2.t()).unsqueeze(0).float()
+    u, v = _unit_rows((1, 40), torch.float32, 11), _unit_rows((1, 70), torch.float32, 12)
+    sigma = ops.power_iteration_(W, u, v, 200, 1e-3)
+    assert abs(sigma.item() - 3.0) < 1e-4
+
+
+def test_spectral_norms_one_launch_many_groups(ops):
+    # 70 groups (> 64 per launch), mixed shapes and dtypes, some empty.
+    gen = torch.Generator().manual_seed(13)
+    shapes = [(int(g), int(r), int(c)) for g, r, c in
+              torch.randint(0, 5, (70, 3), generator=gen).add(torch.tensor([0, 1, 1])).tolist()]
+    dtypes = [torch.float32 if k % 3 else torch.float64 for k in range(70)]
+    Ws = [randn(s, d, seed=k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
+    us = [_unit_rows(s[:2], d, 100 + k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
+    vs = [_unit_rows((s[0], s[2]), d, 200 + k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
+    refs = []
+    for W, u, v in zip(Ws, us, vs):
+        u_ref, v_ref = u.double().clone(), v.double().clone()
+        refs.append((_eager_power_iteration(W.double(), u_ref, v_ref, 3), u_ref, v_ref))
+    sigmas = ops.spectral_norms_(Ws, us, vs, 3, 1e-3)
+    assert len(sigmas) == 70
+    for k, (sigma, (s_ref, u_ref, v_ref)) in enumerate(zip(sigmas, refs)):
+        tol = PI_TOL[dtypes[k]]
+        assert sigma.dtype == dtypes[k] and sigma.shape == (shapes[k][0],)
+        torch.testing.assert_close(sigma.double(), s_ref, **tol, msg=lambda m: f"group {k}: {m}")
+        torch.testing.assert_close(us[k].double(), u_ref, **tol)
+        torch.testing.assert_close(vs[k].double(), v_ref, **tol)
+    assert ops.spectral_norms_([], [], [], 3, 1e-3) == []
+
+
+def test_power_iteration_too_large_for_shared_memory_falls_back(ops):
+    # R + C = 70001 float32 accumulators exceed every GPU's shared memory: ATen fallback.
+    W = randn((1, 1, 70000), torch.float32, seed=14)
+    u, v = torch.ones(1, 1, device="cuda"), _unit_rows((1, 70000), torch.float32, 15)
+    u_ref, v_ref = u.double().clone(), v.double().clone()
+    s_ref = _eager_power_iteration(W.double(), u_ref, v_ref, 2)
+    sigma = ops.power_iteration_(W, u, v, 2, 1e-3)
+    torch.testing.assert_close(sigma.double(), s_ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ epilogues
+
+def _epilogues():
+    return pytest.importorskip("vaebm_fast.ops.epilogues",
+                               reason="vaebm_fast.ops.epilogues (the eager references) is missing")
+
+
+def _grads_of(fn, inputs, grad_outputs):
+    """Gradients of fn(*inputs) (float64 copies) w.r.t. the inputs, by autograd."""
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    outs = fn(*leaves)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    pairs = [(o, g.double()) for o, g in zip(outs, grad_outputs) if g is not None]
+    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                               allow_unused=True)
+
+
+EBM_SHAPES = [((2, 3, 6, 10), True), ((2, 3, 6, 10), False), ((3, 5, 7, 9), False),
+              ((1, 1, 2, 2), True), ((2, 4, 8, 16), True), ((0, 3, 4, 4), True),
+              ((0, 3, 4, 4), False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, downsample", EBM_SHAPES, ids=str)
+def test_ebm_block_tail(ops, dtype, shape, downsample):
+    epi = _epilogues()
+    h, skip = randn(shape, dtype, seed=16, scale=2.0), randn(shape, dtype, seed=17)
+    out_ref, pre_ref = epi.ebm_block_tail_reference(h.double(), skip.double(), downsample)
+    for hname, hl in layouts(h) + [("channels_last", h.contiguous(memory_format=torch.channels_last))]:
+        out, pre = ops.ebm_block_tail(hl, non_contiguous(skip), downsample)
+        assert out.is_contiguous() and pre.is_contiguous() and out.dtype == dtype
+        assert out.shape == pre.shape == pre_ref.shape
+        torch.testing.assert_close(pre, pre_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{hname}: {m}")
+        torch.testing.assert_close(out, out_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{hname}: {m}")
+    # Backward at the kernel's pre; reference: autograd through the eager forward in float64
+    # (d h; d skip is the same), computed at float64 h + skip of the rounded inputs.
+    grad = randn(pre_ref.shape, dtype, seed=18)
+    (dh_ref,) = _grads_of(lambda a: epi.ebm_block_tail_reference(a, skip.double(), downsample)[0],
+                          [h], [grad])
+    pre_k = pre_ref.to(dtype)
+    for name, gl in layouts(grad):
+        d = ops.ebm_block_tail_backward(gl, pre_k, downsample)
+        assert d.shape == h.shape and d.is_contiguous()
+        # The kernel differentiates at the rounded pre; compare against the reference formula
+        # at that pre (exact in float64) and against autograd for float32 / float64.
+        d_formula = epi.ebm_block_tail_backward_reference(grad.double(), pre_k.double(), downsample)
+        torch.testing.assert_close(d, d_formula.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        if dtype in (torch.float32, torch.float64) and dh_ref is not None:
+            torch.testing.assert_close(d.double(), dh_ref, atol=1e-5, rtol=1e-5)
+
+
+NVAE_SHAPES = [(2, 3, 5, 7), (2, 4, 8, 8), (1, 1, 1, 1), (3, 2, 16, 16), (0, 3, 4, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", NVAE_SHAPES, ids=str)
+def test_nvae_cell_tail(ops, dtype, shape):
+    epi = _epilogues()
+    skip, h = randn(shape, dtype, seed=19), randn(shape, dtype, seed=20)
+    gate = torch.sigmoid(randn(shape[:2], torch.float64, seed=21)).to(dtype)
+    scale = 0.1
+    ref = epi.nvae_cell_tail_reference(skip.double(), h.double(), gate.double(), scale)
+    for name, hl in layouts(h):
+        out = ops.nvae_cell_tail(non_contiguous(skip), hl, gate, scale)
+        assert out.is_contiguous() and out.shape == h.shape and out.dtype == dtype
+        torch.testing.assert_close(out, ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    grad = randn(shape, dtype, seed=22)
+    _, dh_ref, dgate_ref = _grads_of(lambda s, a, g: epi.nvae_cell_tail_reference(s, a, g, scale),
+                                     [skip, h, gate], [grad])
+    for name, gl in layouts(grad):
+        for hname, hl in layouts(h):
+            dh, dgate = ops.nvae_cell_tail_backward(gl, hl, non_contiguous(gate), scale)
+            assert dh.shape == h.shape and dgate.shape == gate.shape and dgate.dtype == dtype
+            torch.testing.assert_close(dh, dh_ref.to(dtype), **TOL[dtype],
+                                       msg=lambda m: f"grad {name}, h {hname}: {m}")
+            # dgate sums H*W products: tolerance grows with the sum's length.
+            tol = dict(TOL[dtype])
+            tol["atol"] *= max(1.0, math.sqrt(shape[2] * shape[3]))
+            torch.testing.assert_close(dgate, dgate_ref.to(dtype), **tol,
+                                       msg=lambda m: f"dgate, grad {name}, h {hname}: {m}")
+
+
+AFFINE_SHAPES = [(2, 3, 5, 7), (4, 6), (2, 8, 4, 4), (3, 2, 2, 3, 5), (0, 3, 4), (64, 4, 32, 32)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", AFFINE_SHAPES, ids=str)
+def test_affine_swish(ops, dtype, shape):
+    epi = _epilogues()
+    C = shape[1]
+    x = randn(shape, dtype, seed=23, scale=2.0)
+    scale = (1 + 0.3 * randn((C,), torch.float64, seed=24)).to(dtype)
+    shift = (0.5 * randn((C,), torch.float64, seed=25)).to(dtype)
+    ref = epi.affine_swish_reference(x.double(), scale.double(), shift.double())
+    xs = layouts(x)
+    if x.dim() == 4:
+        xs.append(("channels_last", x.contiguous(memory_format=torch.channels_last)))
+    for name, xl in xs:
+        out = ops.affine_swish(xl, scale, shift)
+        assert out.is_contiguous() and out.shape == x.shape and out.dtype == dtype
+        torch.testing.assert_close(out, ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+    grad = randn(shape, dtype, seed=26)
+    dx_ref, dscale_ref, dshift_ref = epi.affine_swish_backward_reference(
+        grad.double(), x.double(), scale.double(), shift.double())
+    per_channel = max(1, x.numel() // max(C, 1))
+    sum_tol = dict(TOL[dtype])
+    sum_tol["atol"] *= max(1.0, math.sqrt(per_channel))
+    for name, xl in xs:
+        dx, dscale, dshift = ops.affine_swish_backward(non_contiguous(grad) if grad.dim() >= 2
+                                                       else grad, xl, scale, shift)
+        assert dx.shape == x.shape and dscale.shape == dshift.shape == (C,)
+        assert dscale.dtype == dshift.dtype == dtype
+        torch.testing.assert_close(dx, dx_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(dscale, dscale_ref.to(dtype), **sum_tol,
+                                   msg=lambda m: f"dscale {name}: {m}")
+        torch.testing.assert_close(dshift, dshift_ref.to(dtype), **sum_tol,
+                                   msg=lambda m: f"dshift {name}: {m}")
+
+
+def test_affine_swish_backward_deterministic(ops):
+    x = randn((16, 8, 32, 32), torch.float32, seed=27)
+    grad = randn(x.shape, torch.float32, seed=28)
+    scale, shift = torch.ones(8, device="cuda"), torch.zeros(8, device="cuda")
+    first = ops.affine_swish_backward(grad, x, scale, shift)
+    for _ in range(3):
+        again = ops.affine_swish_backward(grad, x, scale, shift)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------ Langevin
+
+LANGEVIN_TOL = {torch.float32: dict(atol=2e-6, rtol=1e-6), torch.float64: dict(atol=2e-6, rtol=0),
+                torch.float16: dict(atol=2e-3, rtol=1e-3),
+                torch.bfloat16: dict(atol=1.6e-2, rtol=1e-2)}
+
+
+def _langevin_case(shapes, dtype, B):
+    ts = [randn(s, dtype, seed=30 + i, scale=0.5) for i, s in enumerate(shapes)]
+    gs = [randn(s, dtype, seed=60 + i, scale=3.0) for i, s in enumerate(shapes)]
+    return ts, gs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", [4, 1])
+def test_langevin_half_sq_norm(ops, dtype, B):
+    from vaebm_fast.ops import langevin_step_reference
+    shapes = [(B, 3, 5), (B, 7), (B, 1), (B, 33, 3), (B, 0), (B, 1000), (B, 2, 2)]
+    shapes += [(B, 1 + (7 * i) % 50) for i in range(30)]  # > 32 tensors: two launches
+    ts, gs = _langevin_case(shapes, dtype, B)
+    ts[3] = non_contiguous(ts[3])
+    args = dict(step_size=0.02, seed=2**40 + 3, offset=2**33 + 1, prior_weight=0.5,
+                grad_clip=1.0, clamp=(-0.7, 0.8))
+    ref = [t.clone() for t in ts]
+    langevin_step_reference(ref, gs, **args)
+    expected = 0.5 * sum(t.double().reshape(B, -1).pow(2).sum(1) for t in ref)
+    norm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    nat = [t.clone() for t in ts]
+    nat[3] = non_contiguous(nat[3])
+    norm = torch.full((B,), float("nan"), dtype=norm_dtype, device="cuda")
+    ops.langevin_step_(nat, gs, 0.02, args["seed"], args["offset"], 0.5, math.sqrt(0.02),
+                       1.0, -0.7, 0.8, norm)
+    for r, n in zip(ref, nat):
+        torch.testing.assert_close(n, r, **LANGEVIN_TOL[dtype])
+    # The norm is of the stored values: exact up to the kernel-vs-reference rounding.
+    mine = 0.5 * sum(t.double().reshape(B, -1).pow(2).sum(1) for t in nat)
+    torch.testing.assert_close(norm.double(), mine, atol=1e-4, rtol=1e-5)
+    close = (dict(atol=1e-4, rtol=1e-5) if dtype in (torch.float32, torch.float64)
+             else dict(atol=1e-1, rtol=1e-2))
+    torch.testing.assert_close(norm.double(), expected, **close)
+
+
+def test_langevin_half_sq_norm_edge_cases(ops):
+    # Rows without elements: zeros. Wrong dtype / shape / layout / batch size: errors (the
+    # messages of the CPU kernel's checks).
+    t = torch.empty(3, 0, device="cuda")
+    norm = torch.full((3,), 7.0, device="cuda")
+    ops.langevin_step_([t], [t.clone()], 0.1, 0, 0, 1.0, 0.3, None, None, None, norm)
+    assert torch.equal(norm, torch.zeros(3, device="cuda"))
+    ts = [torch.zeros(3, 4, device="cuda"), torch.zeros(3, 2, device="cuda")]
+    gs = [t.clone() for t in ts]
+    for bad in (torch.zeros(3, dtype=torch.float64, device="cuda"),  # dtype
+                torch.zeros(4, device="cuda"),  # shape
+                torch.zeros(6, device="cuda")[::2]):  # not contiguous
+        with pytest.raises(RuntimeError, match="half_sq_norm must be a contiguous"):
+            ops.langevin_step_(ts, gs, 0.1, 0, 0, 1.0, 0.3, None, None, None, bad)
+    with pytest.raises(RuntimeError, match="dim 0 =="):
+        ops.langevin_step_([ts[0], torch.zeros(2, 4, device="cuda")],
+                           [gs[0], torch.zeros(2, 4, device="cuda")], 0.1, 0, 0, 1.0, 0.3,
+                           None, None, None, torch.zeros(3, device="cuda"))
+    # Without half_sq_norm the op is unchanged (and still matches the reference).
+    from vaebm_fast.ops import langevin_step_reference
+    a = [randn((5, 9), seed=1), randn((5, 3), seed=2)]
+    g = [randn((5, 9), seed=3), randn((5, 3), seed=4)]
+    b = [t.clone() for t in a]
+    langevin_step_reference(a, g, step_size=0.1, seed=3, offset=1)
+    ops.langevin_step_(b, g, 0.1, 3, 1, 1.0, math.sqrt(0.1), None, None, None)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=2e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ opcheck
+
+def test_opcheck_rng_swish_replay(ops):
+    opcheck(ops.philox4x32.default, (5, torch.arange(7, device="cuda")))
+    opcheck(ops.philox_normal_.default, (torch.empty(9, device="cuda"), 3, 2))
+    x = randn((3, 5), torch.float32, seed=1).requires_grad_()
+    opcheck(ops.swish_forward.default, (x, 1.0))
+    opcheck(ops.swish_backward.default, (randn((3, 5), seed=2), x.detach(), 1 / 1.1))
+    buffer = randn((6, 2, 3), torch.float32, seed=3)
+    index = torch.tensor([5, 0, 2], device="cuda")
+    reinit = torch.tensor([False, True, False], device="cuda")
+    opcheck(ops.replay_gather.default, (buffer, index, reinit, 3, 5))
+    opcheck(ops.replay_scatter_.default, (buffer.clone(), index, randn((3, 2, 3), seed=4)))
+
+
+def test_opcheck_power_iteration(ops):
+    W = randn((2, 5, 7), torch.float32, seed=5)
+    u, v = _unit_rows((2, 5), torch.float32, 6), _unit_rows((2, 7), torch.float32, 7)
+    opcheck(ops.power_iteration_.default, (W, u, v, 2, 1e-3))
+    W2 = randn((3, 4, 4), torch.float32, seed=8)
+    opcheck(ops.spectral_norms_.default,
+            ([W, W2], [u, _unit_rows((3, 4), torch.float32, 9)],
+             [v, _unit_rows((3, 4), torch.float32, 10)], 2, 1e-3))
+
+
+def test_opcheck_epilogues(ops):
+    _epilogues()  # registers the fakes and autograd of the epilogue ops
+    h = randn((2, 3, 4, 6), seed=11).requires_grad_()
+    skip = randn((2, 3, 4, 6), seed=12).requires_grad_()
+    opcheck(ops.ebm_block_tail.default, (h, skip, True))
+    opcheck(ops.ebm_block_tail.default, (h, skip, False))
+    opcheck(ops.ebm_block_tail_backward.default, (randn((2, 3, 2, 3), seed=13),
+                                                  randn((2, 3, 2, 3), seed=14), True))
+    gate = torch.rand(2, 3, device="cuda", requires_grad=True)
+    opcheck(ops.nvae_cell_tail.default, (skip, h, gate, 0.1))
+    opcheck(ops.nvae_cell_tail_backward.default, (randn((2, 3, 4, 6), seed=15), h.detach(),
+                                                  gate.detach(), 0.1))
+    scale = torch.rand(3, device="cuda", requires_grad=True)
+    shift = torch.rand(3, device="cuda", requires_grad=True)
+    opcheck(ops.affine_swish.default, (h, scale, shift))
+    opcheck(ops.affine_swish_backward.default, (randn((2, 3, 4, 6), seed=16), h.detach(),
+                                                scale.detach(), shift.detach()))
+
+
+def test_opcheck_langevin(ops):
+    op = ops.langevin_step_.default
+    ts = [randn((3, 5), seed=17), randn((3, 7), seed=18)]
+    gs = [randn((3, 5), seed=19), randn((3, 7), seed=20)]
+    opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None))
+    opcheck(op, (ts, gs, 0.1, 3, 5, 0.0, 0.3, 0.5, -1.0, 1.0))
+    fake = _fake_kernel("vaebm_fast::langevin_step_")
+    if callable(fake) and len(inspect.signature(fake).parameters) < 11:
+        pytest.skip("the registered fake of langevin_step_ does not take half_sq_norm yet")
+    opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None, torch.zeros(3, device="cuda")))
