@@ -69,6 +69,10 @@ def test_extreme_values(native, dtype):
                                swish_backward_reference(g, x), atol=1e-6, rtol=1e-6)
     nan = torch.full((9,), float("nan"), dtype=dtype)
     assert torch.isnan(swish(nan, backend="native")).all()
+    # Infinities as in torch: swish(inf) = inf, swish(-inf) = -inf * 0 = NaN (9 of each, so the
+    # vectorised loop sees them, not only the scalar tail).
+    inf = torch.tensor([float("inf"), float("-inf")] * 9, dtype=dtype)
+    torch.testing.assert_close(swish(inf, backend="native"), swish_reference(inf), equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", ["eager", "native"])

@@ -33,8 +33,9 @@ inline float bits_float(uint32_t i) {
   return x;
 }
 
-// exp(x) to ~2 float32 ulp for x in [-87, 88] (clamped outside, so no inf/NaN from finite x;
-// NaN stays NaN). x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite: ln 2 split in two floats so
+// exp(x) to ~2 float32 ulp for x in [-87, 88.3]; below, x is clamped to -87 (exp(-87) ~ 2e-38
+// stands for anything smaller), above 88.4 the result is +inf (as for +inf itself); NaN stays
+// NaN. So sigmoid(-inf) = 0 and swish(-inf) = NaN, as in torch. x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite: ln 2 split in two floats so
 // n * kLn2Hi is exact), exp(r) by its Taylor series to r^7 (truncation < 2e-8 relative), and
 // 2^n put into the exponent bits. n is rounded with the 1.5 * 2^23 trick, which vectorises.
 inline float exp_f32(float x) {
@@ -42,7 +43,7 @@ inline float exp_f32(float x) {
   constexpr float kLn2Hi = 0.693145752f;   // 16 significant bits
   constexpr float kLn2Lo = 1.42860677e-06f;  // ln 2 - kLn2Hi
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = x < -87.0f ? -87.0f : (x > 89.0f ? 89.0f : x);  // 89: n = 128, 2^n = inf
   const float shifted = x * kLog2e + kRound;
   const float n = shifted - kRound;
   const int32_t ni = static_cast<int32_t>(float_bits(shifted) - float_bits(kRound));

@@ -15,32 +15,6 @@ namespace vaebm_fast {
 namespace cuda {
 namespace {
 
-// The optional half_sq_norm output: float32 [B] (float64 for float64 tensors), contiguous, on
-// the tensors' device, where every tensor has dim >= 1 and dim 0 == B. Returns B (0 if absent).
-// The same checks and messages as the CPU kernel's check_half_sq_norm, which is being added to
-// csrc/langevin_checks.h in parallel: after the merge this function can be replaced by it.
-int64_t check_half_sq_norm_cuda(at::TensorList tensors,
-                                const std::optional<at::Tensor>& half_sq_norm) {
-  if (!half_sq_norm.has_value()) return 0;
-  const at::Tensor& out = *half_sq_norm;
-  TORCH_CHECK(tensors[0].dim() >= 1, "langevin_step_: half_sq_norm needs tensors with a batch "
-              "dimension (dim 0); tensors[0] is 0-d");
-  const int64_t batch = tensors[0].size(0);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].dim() >= 1 && tensors[i].size(0) == batch, "langevin_step_: "
-                "half_sq_norm needs every tensor to have dim 0 == ", batch, "; tensors[", i,
-                "] has shape ", tensors[i].sizes());
-  }
-  const at::ScalarType want =
-      tensors[0].scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(out.scalar_type() == want && out.dim() == 1 && out.size(0) == batch &&
-                  out.is_contiguous() && out.device() == tensors[0].device(),
-              "langevin_step_: half_sq_norm must be a contiguous ", want, " tensor of shape [",
-              batch, "] on ", tensors[0].device(), " (got ", out.scalar_type(), " ",
-              out.sizes(), " on ", out.device(), ")");
-  return batch;
-}
-
 void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double step_size,
                         int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
@@ -51,7 +25,7 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
   const at::Device device = tensors[0].device();
   check_cuda(tensors[0], "langevin_step_", "tensors[0]");
   const at::ScalarType dtype = tensors[0].scalar_type();
-  const int64_t batch = check_half_sq_norm_cuda(tensors, half_sq_norm);
+  const int64_t batch = check_half_sq_norm(tensors, half_sq_norm);
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
   std::vector<void*> t_ptr(tensors.size());
