@@ -59,7 +59,7 @@ from .. import _native
 from . import _dispatch
 
 __all__ = [
-    "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval",
+    "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
     "ebm_block_tail_reference", "nvae_cell_tail_reference", "affine_swish_reference",
     "ebm_block_tail_backward_reference", "nvae_cell_tail_backward_reference",
     "affine_swish_backward_reference",
