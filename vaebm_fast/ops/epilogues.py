@@ -89,7 +89,10 @@ def ebm_block_tail_reference(h: Tensor, skip: Tensor, downsample: bool) -> Tuple
     2)`` if ``downsample`` else ``h + skip``; ``out = pre * sigmoid(pre) / 1.1``."""
     pre = h + skip
     if downsample:
-        pre = F.avg_pool2d(pre, 2)
+        b, c, hh, ww = pre.shape
+        # avg_pool2d rejects C == 0; the window mean is the same maths for empty tensors.
+        pre = (F.avg_pool2d(pre, 2) if pre.numel() else
+               pre.reshape(b, c, hh // 2, 2, ww // 2, 2).mean(dim=(3, 5)))
     return pre * torch.sigmoid(pre) * LIPSWISH_SCALE, pre
 
 
