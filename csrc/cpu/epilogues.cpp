@@ -45,6 +45,13 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kGrain = 32768;  // elements per parallel task
+// The flat loops run over chunks of kChunk elements: one long loop per task measured ~4x slower
+// (fp32, 1M elements, AMD EPYC) than the same code over short chunks.
+constexpr int64_t kChunk = 1024;
+
+// Pointers of the float loops are __restrict: without it GCC versions the loops on a runtime
+// alias check, and the scalar fallback (branchy sigmoid) measured ~4x slower.
+#define VAEBM_RESTRICT __restrict
 constexpr double kLip = 1.0 / 1.1;
 
 // exp for float without a libm call, so that the float loops below auto-vectorise (the
@@ -121,8 +128,8 @@ at::Tensor new_contiguous(const at::Tensor& like, at::IntArrayRef sizes) {
 // ----------------------------------------------------------------------- ebm_block_tail
 
 template <typename scalar_t>
-void ebm_tail_flat(const scalar_t* h, const scalar_t* sk, scalar_t* out, scalar_t* pre,
-                   int64_t n) {
+void ebm_tail_flat(const scalar_t* VAEBM_RESTRICT h, const scalar_t* VAEBM_RESTRICT sk,
+                   scalar_t* VAEBM_RESTRICT out, scalar_t* VAEBM_RESTRICT pre, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t k = static_cast<acc_t>(kLip);
   int64_t i = 0;
@@ -144,8 +151,9 @@ void ebm_tail_flat(const scalar_t* h, const scalar_t* sk, scalar_t* out, scalar_
 
 // One output row (Wo elements) of the downsampling tail from input rows r0 = 2y, r1 = 2y + 1.
 template <typename scalar_t>
-void ebm_tail_pool_row(const scalar_t* h0, const scalar_t* h1, const scalar_t* s0,
-                       const scalar_t* s1, scalar_t* out, scalar_t* pre, int64_t wo) {
+void ebm_tail_pool_row(const scalar_t* VAEBM_RESTRICT h0, const scalar_t* VAEBM_RESTRICT h1,
+                       const scalar_t* VAEBM_RESTRICT s0, const scalar_t* VAEBM_RESTRICT s1,
+                       scalar_t* VAEBM_RESTRICT out, scalar_t* VAEBM_RESTRICT pre, int64_t wo) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t k = static_cast<acc_t>(kLip);
   for (int64_t x = 0; x < wo; ++x) {
@@ -186,7 +194,10 @@ std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cpu(const at::Tensor& h, const
     scalar_t* pp = pre.mutable_data_ptr<scalar_t>();
     if (!downsample) {
       at::parallel_for(0, hc.numel(), kGrain, [&](int64_t b, int64_t e) {
-        ebm_tail_flat<scalar_t>(hp + b, sp + b, op_ + b, pp + b, e - b);
+        for (int64_t c = b; c < e; c += kChunk) {
+          const int64_t m = std::min(kChunk, e - c);
+          ebm_tail_flat<scalar_t>(hp + c, sp + c, op_ + c, pp + c, m);
+        }
       });
     } else {
       const int64_t rows = B * C * Ho;  // output rows; row r = (plane, y)
@@ -203,8 +214,8 @@ std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cpu(const at::Tensor& h, const
 }
 
 template <typename scalar_t>
-void lipswish_grad_flat(const scalar_t* g, const scalar_t* pre, scalar_t* d, int64_t n,
-                        double factor) {
+void lipswish_grad_flat(const scalar_t* VAEBM_RESTRICT g, const scalar_t* VAEBM_RESTRICT pre,
+                        scalar_t* VAEBM_RESTRICT d, int64_t n, double factor) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t k = static_cast<acc_t>(kLip * factor);
   int64_t i = 0;
@@ -243,7 +254,10 @@ at::Tensor ebm_block_tail_backward_cpu(const at::Tensor& grad, const at::Tensor&
     scalar_t* dp = d.mutable_data_ptr<scalar_t>();
     if (!downsample) {
       at::parallel_for(0, pc.numel(), kGrain, [&](int64_t b, int64_t e) {
-        lipswish_grad_flat<scalar_t>(gp + b, pp + b, dp + b, e - b, 1.0);
+        for (int64_t c = b; c < e; c += kChunk) {
+          const int64_t m = std::min(kChunk, e - c);
+          lipswish_grad_flat<scalar_t>(gp + c, pp + c, dp + c, m, 1.0);
+        }
       });
     } else {
       const int64_t rows = B * C * Ho;
@@ -411,8 +425,8 @@ at::Tensor affine_swish_cpu(const at::Tensor& x, const at::Tensor& scale,
     at::parallel_for(0, dims.N * C, row_grain(inner), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const acc_t a = static_cast<acc_t>(ap[p % C]), sh = static_cast<acc_t>(bp[p % C]);
-        const scalar_t* xr = xp + p * inner;
-        scalar_t* o = op_ + p * inner;
+        const scalar_t* VAEBM_RESTRICT xr = xp + p * inner;
+        scalar_t* VAEBM_RESTRICT o = op_ + p * inner;
         int64_t i = 0;
         if constexpr (kVecExp<scalar_t>) {
           using Vec = at::vec::Vectorized<scalar_t>;
@@ -464,9 +478,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
     at::parallel_for(0, N * C, row_grain(inner), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const acc_t a = static_cast<acc_t>(ap[p % C]), sh = static_cast<acc_t>(bp[p % C]);
-        const scalar_t* g = gp + p * inner;
-        const scalar_t* xr = xp + p * inner;
-        scalar_t* o = dxp + p * inner;
+        const scalar_t* VAEBM_RESTRICT g = gp + p * inner;
+        const scalar_t* VAEBM_RESTRICT xr = xp + p * inner;
+        scalar_t* VAEBM_RESTRICT o = dxp + p * inner;
         acc_t sum_qx = 0, sum_q = 0;
         int64_t i = 0;
         if constexpr (kVecExp<scalar_t>) {
