@@ -1,7 +1,9 @@
 """CPU measurement behind the ``auto_order`` of the fused epilogues (vaebm_fast/ops/epilogues.py).
 
 Forward + backward of each op, native kernel vs the eager reference, interleaved (A B A B ...)
-after warm-up, medians in ms, at VAEBM's CIFAR sizes. Run from the repository root:
+after warm-up, medians in ms, at VAEBM's CIFAR sizes. The backward gets a random contiguous
+output gradient (as from the next conv's backward) and computes the input and parameter
+gradients with torch.autograd.grad. Run from the repository root:
 
     python -m benchmarks.bench_epilogues_cpu [--reps 30] [--threads N]
 """
@@ -20,21 +22,27 @@ def _cases():
             def ebm(backend, shape=shape, ds=ds):
                 h = torch.randn(shape, requires_grad=True)
                 s = torch.randn(shape, requires_grad=True)
-                return lambda: ebm_block_tail(h, s, downsample=ds, backend=backend).sum().backward()
+                g = torch.randn(shape[:2] + ((shape[2] // 2, shape[3] // 2) if ds else shape[2:]))
+                return lambda: torch.autograd.grad(
+                    ebm_block_tail(h, s, downsample=ds, backend=backend), (h, s), g)
             yield f"ebm_block_tail {list(shape)} ds={ds}", ebm
     for shape in ((32, 64, 16, 16), (32, 128, 16, 16), (32, 384, 16, 16)):
         def cell(backend, shape=shape):
             s = torch.randn(shape, requires_grad=True)
             h = torch.randn(shape, requires_grad=True)
             g = torch.rand(shape[:2], requires_grad=True)
-            return lambda: nvae_cell_tail(s, h, g, scale=0.1, backend=backend).sum().backward()
+            go = torch.randn(shape)
+            return lambda: torch.autograd.grad(
+                nvae_cell_tail(s, h, g, scale=0.1, backend=backend), (s, h, g), go)
         yield f"nvae_cell_tail {list(shape)}", cell
 
         def aff(backend, shape=shape):
             x = torch.randn(shape, requires_grad=True)
             a = torch.rand(shape[1], requires_grad=True)
             b = torch.randn(shape[1], requires_grad=True)
-            return lambda: affine_swish(x, a, b, backend=backend).sum().backward()
+            go = torch.randn(shape)
+            return lambda: torch.autograd.grad(affine_swish(x, a, b, backend=backend), (x, a, b),
+                                               go)
         yield f"affine_swish {list(shape)}", aff
 
 

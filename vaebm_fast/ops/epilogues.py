@@ -65,12 +65,25 @@ __all__ = [
     "affine_swish_backward_reference",
 ]
 
-# CPU forward+backward medians, native vs eager (interleaved, 2-core AMD EPYC shared with
-# other jobs, torch 2.13, 2 threads; benchmarks would say more -- see the measurement command
-# in the report of the commit that set these). Filled in from the measurement below.
-_AUTO_ORDER_EBM = {"cpu": ("native", "eager")}
+# "auto" on the CPU, by measurement: forward + backward (torch.autograd.grad with a random
+# contiguous output gradient), native vs eager, interleaved medians of 40 reps after warm-up, 1 torch
+# thread (`python -m benchmarks.bench_epilogues_cpu --reps 40 --threads 1`; 2-core AMD EPYC
+# shared with other jobs -- with 2 threads the runs were dominated by contention; torch 2.13,
+# extension built for baseline x86-64, i.e. SSE2, while ATen's own kernels use AVX2/AVX-512).
+# eager/native time ratios (> 1: native faster); run A as above, run B the same but with
+# `.sum().backward()` (an expanded output gradient):
+#   ebm_block_tail  [32,128,16,16] flat A 0.91 / B 0.88, down A 1.45 / B 0.89;
+#                   [32,64,32,32]  flat 0.86 / 0.73, down 1.69 / 1.34;
+#                   [32,256,8,8]   flat 0.57 / 0.61, down 1.40 / 1.01   -> eager first
+#   nvae_cell_tail  [32,64,16,16] 1.17 / 1.06, [32,128,16,16] 1.30 / 1.69,
+#                   [32,384,16,16] 2.09 / 2.09                          -> native first
+#   affine_swish    [32,64,16,16] 0.54 / 0.32, [32,128,16,16] 1.09 / 0.77,
+#                   [32,384,16,16] 1.67 / 0.95                          -> eager first
+# The sigmoid-bound kernels lose to ATen's wider vector units on the CPU; the cell tail (no
+# transcendental, one pass instead of three) wins. backend="native" still runs every kernel.
+_AUTO_ORDER_EBM = {"cpu": ("eager", "native")}
 _AUTO_ORDER_CELL = {"cpu": ("native", "eager")}
-_AUTO_ORDER_AFFINE = {"cpu": ("native", "eager")}
+_AUTO_ORDER_AFFINE = {"cpu": ("eager", "native")}
 _dispatch.register_op("ebm_block_tail", native="vaebm_fast::ebm_block_tail", triton=True,
                       auto_order=_AUTO_ORDER_EBM)
 _dispatch.register_op("nvae_cell_tail", native="vaebm_fast::nvae_cell_tail", triton=True,
