@@ -153,6 +153,15 @@ def test_ebm_block_tail_extreme_values(native):
         torch.testing.assert_close(d, ebm_block_tail_backward_reference(torch.ones_like(pre),
                                                                         pre, ds))
         assert torch.isfinite(d).all()
+    nan = torch.full((1, 2, 2, 10), float("nan"))
+    for ds in (False, True):
+        assert torch.isnan(torch.ops.vaebm_fast.ebm_block_tail(nan, nan, ds)[0]).all()
+    assert torch.isnan(torch.ops.vaebm_fast.affine_swish(nan, torch.ones(2),
+                                                         torch.zeros(2))).all()
+    x = v.reshape(1, 1, 10).repeat(2, 3, 1)
+    torch.testing.assert_close(
+        torch.ops.vaebm_fast.affine_swish(x, torch.ones(3), torch.zeros(3)),
+        affine_swish_reference(x, torch.ones(3), torch.zeros(3)), atol=1e-6, rtol=1e-6)
 
 
 # ------------------------------------------------------------------- nvae_cell_tail
