@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import LipSwish, Swish, WNConv2d, lip_swish
+from ..ops.epilogues import ebm_block_tail
 from ..nn.spectral import SpectralRegularizer
 
 __all__ = ["BlockSpec", "ResBlock", "ResNetEnergy", "MLPEnergy", "official_ebm",
@@ -65,7 +65,8 @@ class ResBlock(nn.Module):
 
     The skip is ``Sequential(WNConv2d 1x1, no bias)`` (key ``skip.0``) when channels change
     or the block downsamples, else the identity. The avg-pool acts on the sum, i.e. on both
-    branches alike.
+    branches alike. The tail (add, [avg-pool], LipSwish) is one fused op,
+    :func:`vaebm_fast.ops.ebm_block_tail`, whose backward saves only the pre-activation.
 
     x: [B, c_in, H, W] -> [B, c_out, H/2, W/2] if downsample else [B, c_out, H, W].
     """
@@ -81,10 +82,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(lip_swish(self.conv1(x)))
-        out = out + (x if self.skip is None else self.skip(x))
-        if self.downsample:
-            out = F.avg_pool2d(out, 2)
-        return lip_swish(out)
+        skip = x if self.skip is None else self.skip(x)
+        return ebm_block_tail(out, skip, downsample=self.downsample)
 
 
 class ResNetEnergy(nn.Module):

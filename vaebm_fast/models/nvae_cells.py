@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import SE, BNSwish, WNConv2d, swish
+from ..ops.epilogues import nvae_cell_tail
 
 # NVAE's BatchNorm settings, used by every BN in the model.
 BN_MOMENTUM = 0.05
@@ -197,6 +198,8 @@ class Cell(nn.Module):
     Attributes (NVAE's names): ``skip``, ``_ops`` (ModuleList), ``se`` (if ``use_se``),
     ``cell_type``. s: [B, C_in, H, W] -> [B, C_out, H', W'] where the stride of the cell type
     fixes H' and C_out (normal: C_out = C_in; down: 2*C_in at H/2; up: C_in/2 at 2H).
+    The tail (SE multiply, scale, residual add) is one fused op,
+    :func:`vaebm_fast.ops.nvae_cell_tail`, fed with the SE gate ([B, C_out]).
     """
 
     def __init__(self, c_in: int, c_out: int, cell_type: str, use_se: bool):
@@ -213,9 +216,8 @@ class Cell(nn.Module):
         skip = self.skip(s)
         for op in self._ops:
             s = op(s)
-        if self.use_se:
-            s = self.se(s)
-        return skip + RESIDUAL_SCALE * s
+        gate = self.se.gate(s) if self.use_se else None
+        return nvae_cell_tail(skip, s, gate, scale=RESIDUAL_SCALE)
 
 
 class EncCombinerCell(nn.Module):

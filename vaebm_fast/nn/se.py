@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..ops.epilogues import bn_swish_eval
 from .activations import swish
 
 
@@ -14,7 +15,9 @@ class SE(nn.Module):
     state-dict keys ``se.se.0.*`` and ``se.se.2.*``.
 
     x: [B, C_in, H, W] -> [B, C_out, H, W] (the gate broadcasts, so C_out must equal C_in
-    unless C_in == 1).
+    unless C_in == 1). :meth:`gate` gives the gate alone ([B, C_out]), for callers that fuse
+    the multiply into a later op (NVAE's :class:`~vaebm_fast.models.nvae_cells.Cell` does,
+    with :func:`vaebm_fast.ops.nvae_cell_tail`).
     """
 
     def __init__(self, channels_in: int, channels_out: int):
@@ -27,13 +30,20 @@ class SE(nn.Module):
             nn.Sigmoid(),
         )
 
+    def gate(self, x: Tensor) -> Tensor:
+        """``sigmoid(MLP(mean_hw(x)))``: [B, C_in, H, W] -> [B, C_out]."""
+        return self.se(x.mean(dim=(2, 3)))
+
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.se(x.mean(dim=(2, 3)))  # [B, C_out]
-        return x * gate[:, :, None, None]
+        return x * self.gate(x)[:, :, None, None]
 
 
 class BNSwish(nn.Module):
     """BatchNorm2d followed by Swish. x: [B, C, H, W] -> [B, C, H, W].
+
+    In eval mode (running statistics) the BatchNorm is a per-channel affine map, and BN + Swish
+    run as one fused op (:func:`vaebm_fast.ops.bn_swish_eval` -> ``affine_swish``); in training
+    mode (batch statistics, running-stat updates) it is ``swish(bn(x))``.
 
     The BatchNorm is the attribute ``bn`` (keys ``bn.weight``, ``bn.bias``,
     ``bn.running_mean``, ``bn.running_var``, ``bn.num_batches_tracked``). Official
@@ -45,7 +55,10 @@ class BNSwish(nn.Module):
         self.bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
 
     def forward(self, x: Tensor) -> Tensor:
-        return swish(self.bn(x))
+        bn = self.bn
+        if bn.training or bn.running_mean is None or bn.running_var is None:
+            return swish(bn(x))
+        return bn_swish_eval(x, bn)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The official fused BN-Swish module *is* the BatchNorm, so its keys sit one level up

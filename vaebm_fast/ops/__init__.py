@@ -36,3 +36,14 @@ from .replay import (replay_gather, replay_gather_reference, replay_scatter_,
 
 __all__ += ["replay_gather", "replay_gather_reference", "replay_scatter_",
             "replay_scatter_reference"]
+
+from .epilogues import (affine_swish, affine_swish_backward_reference, affine_swish_reference,
+                        bn_fold, bn_swish_eval, ebm_block_tail,
+                        ebm_block_tail_backward_reference, ebm_block_tail_reference,
+                        nvae_cell_tail, nvae_cell_tail_backward_reference,
+                        nvae_cell_tail_reference)
+
+__all__ += ["ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
+            "ebm_block_tail_reference", "nvae_cell_tail_reference", "affine_swish_reference",
+            "ebm_block_tail_backward_reference", "nvae_cell_tail_backward_reference",
+            "affine_swish_backward_reference"]

@@ -1,0 +1,334 @@
+"""Triton kernels of the fused epilogues (see :mod:`vaebm_fast.ops.epilogues` for the maths,
+the references and the autograd formulas, shared with the native ops).
+
+``torch.ops.vaebm_fast_triton.{ebm_block_tail, ebm_block_tail_backward, nvae_cell_tail,
+nvae_cell_tail_backward, affine_swish, affine_swish_backward}``: the same schemas as the
+native ``torch.ops.vaebm_fast.*`` ops, as ``torch.library.custom_op`` s with fake kernels and
+autograd. One program per BLOCK output elements (element-wise kernels) or per (n, c) plane
+(kernels with a per-channel reduction). ``ebm_block_tail`` / ``nvae_cell_tail`` read their
+NCHW inputs through their strides (no copies); ``affine_swish`` reads contiguous copies.
+float16 / bfloat16 / float32 are computed in float32, float64 in float64.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..ops import epilogues as _ops
+
+__all__ = ["ebm_block_tail", "ebm_block_tail_backward", "nvae_cell_tail",
+           "nvae_cell_tail_backward", "affine_swish", "affine_swish_backward"]
+
+_BLOCK = 1024
+_LIP = 1.0 / 1.1
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ------------------------------------------------------------------------------- kernels
+
+@triton.jit
+def _sigmoid(t):
+    return 1.0 / (1.0 + tl.exp(-t))
+
+
+@triton.jit
+def _ebm_fwd_kernel(h_ptr, s_ptr, out_ptr, pre_ptr, n, C, Ho, Wo,
+                    hs0, hs1, hs2, hs3, ss0, ss1, ss2, ss3, k,
+                    DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    xo = offs % Wo
+    t = offs // Wo
+    yo = t % Ho
+    t = t // Ho
+    c = t % C
+    b = t // C
+    hb = b * hs0 + c * hs1
+    sb = b * ss0 + c * ss1
+    if DOWNSAMPLE:
+        y0 = 2 * yo
+        x0 = 2 * xo
+        a00 = (tl.load(h_ptr + hb + y0 * hs2 + x0 * hs3, mask=mask).to(ACC)
+               + tl.load(s_ptr + sb + y0 * ss2 + x0 * ss3, mask=mask).to(ACC))
+        a01 = (tl.load(h_ptr + hb + y0 * hs2 + (x0 + 1) * hs3, mask=mask).to(ACC)
+               + tl.load(s_ptr + sb + y0 * ss2 + (x0 + 1) * ss3, mask=mask).to(ACC))
+        a10 = (tl.load(h_ptr + hb + (y0 + 1) * hs2 + x0 * hs3, mask=mask).to(ACC)
+               + tl.load(s_ptr + sb + (y0 + 1) * ss2 + x0 * ss3, mask=mask).to(ACC))
+        a11 = (tl.load(h_ptr + hb + (y0 + 1) * hs2 + (x0 + 1) * hs3, mask=mask).to(ACC)
+               + tl.load(s_ptr + sb + (y0 + 1) * ss2 + (x0 + 1) * ss3, mask=mask).to(ACC))
+        p = (a00 + a01 + a10 + a11) * 0.25
+    else:
+        p = (tl.load(h_ptr + hb + yo * hs2 + xo * hs3, mask=mask).to(ACC)
+             + tl.load(s_ptr + sb + yo * ss2 + xo * ss3, mask=mask).to(ACC))
+    tl.store(pre_ptr + offs, p.to(pre_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, (k * p * _sigmoid(p)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
+                    gs0, gs1, gs2, gs3, ps0, ps1, ps2, ps3, k,
+                    DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per BLOCK elements of d (h's size); each reads its pooled position.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = offs % W
+    t = offs // W
+    y = t % H
+    t = t // H
+    c = t % C
+    b = t // C
+    if DOWNSAMPLE:
+        y = y // 2
+        x = x // 2
+    g = tl.load(g_ptr + b * gs0 + c * gs1 + y * gs2 + x * gs3, mask=mask).to(ACC)
+    p = tl.load(p_ptr + b * ps0 + c * ps1 + y * ps2 + x * ps3, mask=mask).to(ACC)
+    s = _sigmoid(p)
+    d = k * g * (s + p * s * (1.0 - s))
+    tl.store(d_ptr + offs, d.to(d_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cell_fwd_kernel(s_ptr, h_ptr, gate_ptr, out_ptr, n, C, H, W,
+                     ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1, scale,
+                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = offs % W
+    t = offs // W
+    y = t % H
+    t = t // H
+    c = t % C
+    b = t // C
+    s = tl.load(s_ptr + b * ss0 + c * ss1 + y * ss2 + x * ss3, mask=mask).to(ACC)
+    h = tl.load(h_ptr + b * hs0 + c * hs1 + y * hs2 + x * hs3, mask=mask).to(ACC)
+    g = tl.load(gate_ptr + b * gs0 + c * gs1, mask=mask).to(ACC)
+    tl.store(out_ptr + offs, (s + (scale * g) * h).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cell_bwd_kernel(g_ptr, h_ptr, gate_ptr, dh_ptr, dgate_ptr, C, H, W,
+                     gs0, gs1, gs2, gs3, hs0, hs1, hs2, hs3, ts0, ts1, scale,
+                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per (b, c) plane: dh over the plane and dgate[b, c] = scale * sum(g * h).
+    plane = tl.program_id(0).to(tl.int64)
+    c = plane % C
+    b = plane // C
+    m = scale * tl.load(gate_ptr + b * ts0 + c * ts1).to(ACC)
+    hw = H * W
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, hw, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < hw
+        y = i // W
+        x = i % W
+        g = tl.load(g_ptr + b * gs0 + c * gs1 + y * gs2 + x * gs3, mask=mask, other=0).to(ACC)
+        h = tl.load(h_ptr + b * hs0 + c * hs1 + y * hs2 + x * hs3, mask=mask, other=0).to(ACC)
+        tl.store(dh_ptr + plane * hw + i, (m * g).to(dh_ptr.dtype.element_ty), mask=mask)
+        acc += g * h
+    tl.store(dgate_ptr + plane, (scale * tl.sum(acc, axis=0)).to(dgate_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _affine_fwd_kernel(x_ptr, a_ptr, b_ptr, out_ptr, n, C, inner,
+                       ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    c = (offs // inner) % C
+    x = tl.load(x_ptr + offs, mask=mask).to(ACC)
+    a = tl.load(a_ptr + c, mask=mask).to(ACC)
+    b = tl.load(b_ptr + c, mask=mask).to(ACC)
+    t = x * a + b
+    tl.store(out_ptr + offs, (t * _sigmoid(t)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _affine_bwd_kernel(g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_a_ptr, part_b_ptr, C, inner,
+                       ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per (n, c) plane of `inner` elements: dx, and the plane's partial sums of
+    # q * x and q (q = grad * swish'(t)) into part_a / part_b [N * C].
+    plane = tl.program_id(0).to(tl.int64)
+    c = plane % C
+    a = tl.load(a_ptr + c).to(ACC)
+    b = tl.load(b_ptr + c).to(ACC)
+    base = plane * inner
+    acc_a = tl.zeros([BLOCK], dtype=ACC)
+    acc_b = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, inner, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < inner
+        x = tl.load(x_ptr + base + i, mask=mask, other=0).to(ACC)
+        g = tl.load(g_ptr + base + i, mask=mask, other=0).to(ACC)
+        t = x * a + b
+        s = _sigmoid(t)
+        q = g * (s + t * s * (1.0 - s))
+        tl.store(dx_ptr + base + i, (q * a).to(dx_ptr.dtype.element_ty), mask=mask)
+        acc_a += q * x
+        acc_b += q
+    tl.store(part_a_ptr + plane, tl.sum(acc_a, axis=0))
+    tl.store(part_b_ptr + plane, tl.sum(acc_b, axis=0))
+
+
+# ------------------------------------------------------------------------------- launchers
+
+def _check(op: str, ref: Tensor, ref_name: str, **others: Tensor) -> None:
+    if ref.dtype not in _DTYPES:
+        raise ValueError(f"{op} (Triton): {ref_name} must be float16, bfloat16, float32 or "
+                         f"float64 (got {ref.dtype})")
+    for name, t in others.items():
+        if t.dtype != ref.dtype:
+            raise ValueError(f"{op} (Triton): {name} has dtype {t.dtype} but {ref_name} has "
+                             f"{ref.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{op} (Triton): {name} is on {t.device} but {ref_name} is on "
+                             f"{ref.device}")
+
+
+def _check_4d_same(op: str, a: Tensor, a_name: str, h: Tensor) -> None:
+    if h.dim() != 4:
+        raise ValueError(f"{op} (Triton): expected [B, C, H, W] tensors (got {tuple(h.shape)})")
+    if a.shape != h.shape:
+        raise ValueError(f"{op} (Triton): {a_name} has shape {tuple(a.shape)} but the other "
+                         f"input has {tuple(h.shape)}")
+
+
+def _grid(n: int):
+    return (triton.cdiv(n, _BLOCK),)
+
+
+@torch.library.custom_op("vaebm_fast_triton::ebm_block_tail", mutates_args=())
+def ebm_block_tail(h: Tensor, skip: Tensor, downsample: bool) -> Tuple[Tensor, Tensor]:
+    op = "ebm_block_tail"
+    _check(op, h, "h", skip=skip)
+    _check_4d_same(op, skip, "skip", h)
+    B, C, H, W = h.shape
+    if downsample and (H % 2 or W % 2):
+        raise ValueError(f"{op} (Triton): downsample needs even H and W (got {H}x{W})")
+    Ho, Wo = (H // 2, W // 2) if downsample else (H, W)
+    out = h.new_empty((B, C, Ho, Wo))
+    pre = h.new_empty((B, C, Ho, Wo))
+    n = out.numel()
+    if n:
+        _ebm_fwd_kernel[_grid(n)](h, skip, out, pre, n, C, Ho, Wo, *h.stride(), *skip.stride(),
+                                  _LIP, DOWNSAMPLE=bool(downsample), ACC=_acc(h.dtype),
+                                  BLOCK=_BLOCK)
+    return out, pre
+
+
+@torch.library.custom_op("vaebm_fast_triton::ebm_block_tail_backward", mutates_args=())
+def ebm_block_tail_backward(grad: Tensor, pre: Tensor, downsample: bool) -> Tensor:
+    op = "ebm_block_tail_backward"
+    _check(op, pre, "pre", grad=grad)
+    _check_4d_same(op, grad, "grad", pre)
+    B, C, Ho, Wo = pre.shape
+    H, W = (2 * Ho, 2 * Wo) if downsample else (Ho, Wo)
+    d = pre.new_empty((B, C, H, W))
+    n = d.numel()
+    if n:
+        _ebm_bwd_kernel[_grid(n)](grad, pre, d, n, C, H, W, *grad.stride(), *pre.stride(),
+                                  _LIP * (0.25 if downsample else 1.0),
+                                  DOWNSAMPLE=bool(downsample), ACC=_acc(pre.dtype),
+                                  BLOCK=_BLOCK)
+    return d
+
+
+def _check_gate(op: str, gate: Tensor, h: Tensor) -> None:
+    if gate.shape != h.shape[:2]:
+        raise ValueError(f"{op} (Triton): gate must have shape [B, C] = {tuple(h.shape[:2])} "
+                         f"(got {tuple(gate.shape)})")
+
+
+@torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail", mutates_args=())
+def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Tensor, scale: float) -> Tensor:
+    op = "nvae_cell_tail"
+    _check(op, h, "h", skip=skip, gate=gate)
+    _check_4d_same(op, skip, "skip", h)
+    _check_gate(op, gate, h)
+    B, C, H, W = h.shape
+    out = h.new_empty((B, C, H, W))
+    n = out.numel()
+    if n:
+        _cell_fwd_kernel[_grid(n)](skip, h, gate, out, n, C, H, W, *skip.stride(), *h.stride(),
+                                   *gate.stride(), float(scale), ACC=_acc(h.dtype),
+                                   BLOCK=_BLOCK)
+    return out
+
+
+@torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail_backward", mutates_args=())
+def nvae_cell_tail_backward(grad: Tensor, h: Tensor, gate: Tensor,
+                            scale: float) -> Tuple[Tensor, Tensor]:
+    op = "nvae_cell_tail_backward"
+    _check(op, h, "h", grad=grad, gate=gate)
+    _check_4d_same(op, grad, "grad", h)
+    _check_gate(op, gate, h)
+    B, C, H, W = h.shape
+    dh = h.new_empty((B, C, H, W))
+    dgate = gate.new_empty((B, C))
+    if B * C:
+        if H * W == 0:
+            dgate.zero_()
+        else:
+            block = min(_BLOCK, triton.next_power_of_2(H * W))
+            _cell_bwd_kernel[(B * C,)](grad, h, gate, dh, dgate, C, H, W, *grad.stride(),
+                                       *h.stride(), *gate.stride(), float(scale),
+                                       ACC=_acc(h.dtype), BLOCK=block)
+    return dh, dgate
+
+
+def _check_affine(op: str, x: Tensor, scale: Tensor, shift: Tensor) -> Tuple[int, int, int]:
+    _check(op, x, "x", scale=scale, shift=shift)
+    if x.dim() < 2:
+        raise ValueError(f"{op} (Triton): x must have at least 2 dims (got {tuple(x.shape)})")
+    N, C = x.shape[0], x.shape[1]
+    for name, v in (("scale", scale), ("shift", shift)):
+        if v.shape != (C,):
+            raise ValueError(f"{op} (Triton): {name} must have shape [{C}] (got "
+                             f"{tuple(v.shape)})")
+    inner = x.numel() // (N * C) if N * C else 0
+    return N, C, inner
+
+
+@torch.library.custom_op("vaebm_fast_triton::affine_swish", mutates_args=())
+def affine_swish(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    N, C, inner = _check_affine("affine_swish", x, scale, shift)
+    xc = x.contiguous()
+    out = torch.empty_like(xc)
+    n = out.numel()
+    if n:
+        _affine_fwd_kernel[_grid(n)](xc, scale.contiguous(), shift.contiguous(), out, n, C,
+                                     inner, ACC=_acc(x.dtype), BLOCK=_BLOCK)
+    return out
+
+
+@torch.library.custom_op("vaebm_fast_triton::affine_swish_backward", mutates_args=())
+def affine_swish_backward(grad: Tensor, x: Tensor, scale: Tensor,
+                          shift: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    op = "affine_swish_backward"
+    N, C, inner = _check_affine(op, x, scale, shift)
+    _check(op, x, "x", grad=grad)
+    if grad.shape != x.shape:
+        raise ValueError(f"{op} (Triton): grad has shape {tuple(grad.shape)} but x has "
+                         f"{tuple(x.shape)}")
+    xc, gc = x.contiguous(), grad.contiguous()
+    dx = torch.empty_like(xc)
+    part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    part_a = torch.zeros((N, C), dtype=part_dtype, device=x.device)
+    part_b = torch.zeros((N, C), dtype=part_dtype, device=x.device)
+    if N * C and inner:
+        block = min(_BLOCK, triton.next_power_of_2(inner))
+        _affine_bwd_kernel[(N * C,)](gc, xc, scale.contiguous(), shift.contiguous(), dx,
+                                     part_a, part_b, C, inner, ACC=_acc(x.dtype), BLOCK=block)
+    # Deterministic sum of the per-plane partials over n (tiny: [N, C]).
+    return dx, part_a.sum(0).to(scale.dtype), part_b.sum(0).to(shift.dtype)
+
+
+for _name, _fake in _ops.FAKES.items():
+    torch.library.register_fake(f"vaebm_fast_triton::{_name}", _fake)
+_ops.register_epilogue_autograd("vaebm_fast_triton")
