@@ -27,11 +27,12 @@
 // row). One scratch block per matrix, no allocation per iteration.
 //
 // Parallelism: one task per matrix, over all matrices of all groups of the call (one call of
-// spectral_norms_ covers every shape group of a model). Tasks are taken largest first from a
+// spectral_norms_ covers every shape group of a model; it returns their sigmas concatenated). Tasks are taken largest first from a
 // shared counter by at most at::get_num_threads() workers, which balances the CIFAR-32 EBM's
 // 16 matrices (27 to 590K elements) on a few cores; a matrix is never split between threads.
 //
-// Dtypes: float32 and float64, arithmetic in the tensor's dtype (like the reference's bmm).
+// Dtypes: float32 and float64 (one for all groups of a call), arithmetic in that dtype (like the
+// reference's bmm).
 // Layout: rows of W must have unit column stride (any row and matrix strides); otherwise the
 // kernel reads a contiguous copy of W. u and v may have any strides.
 //
@@ -49,8 +50,8 @@
 #include <numeric>
 #include <vector>
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/List.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -269,54 +270,63 @@ void check_group(const char* op, int64_t k, const at::Tensor& W, const at::Tenso
               k, ": W must be float32 or float64, got ", W.scalar_type());
 }
 
+// One job per matrix of the group W [G, R, C]; sigma[g] receives matrix g's result.
 template <typename T>
 void add_jobs(std::vector<MatrixJob<T>>& jobs, const at::Tensor& W, const at::Tensor& u,
-              const at::Tensor& v, at::Tensor& sigma) {
+              const at::Tensor& v, T* sigma) {
   const int64_t G = W.size(0), R = W.size(1), C = W.size(2);
   const T* w = W.const_data_ptr<T>();
   T* up = u.mutable_data_ptr<T>();
   T* vp = v.mutable_data_ptr<T>();
-  T* sp = sigma.mutable_data_ptr<T>();
   for (int64_t g = 0; g < G; ++g) {
     jobs.push_back({w + g * W.stride(0), R, C, W.stride(1), up + g * u.stride(0), u.stride(1),
-                    vp + g * v.stride(0), v.stride(1), sp + g});
+                    vp + g * v.stride(0), v.stride(1), sigma + g});
   }
 }
 
 // Shared by both ops: checks, then all matrices of all groups in one parallel region.
-std::vector<at::Tensor> run_groups(const char* op, at::TensorList Ws, at::TensorList us,
-                                   at::TensorList vs, int64_t n_iter, double eps) {
+// Returns the sigmas of all groups concatenated, [G_1 + ... + G_K], in W's dtype (all groups
+// must then share one dtype, float32 or float64).
+at::Tensor run_groups(const char* op, at::TensorList Ws, at::TensorList us, at::TensorList vs,
+                      int64_t n_iter, double eps) {
   TORCH_CHECK(Ws.size() == us.size() && Ws.size() == vs.size(), op,
               ": need one u and one v per weight group, got ", Ws.size(), " groups, ",
               us.size(), " u's and ", vs.size(), " v's");
   TORCH_CHECK(n_iter >= 0, op, ": n_iter must be >= 0, got ", n_iter);
-  std::vector<at::Tensor> sigmas, kept;  // kept: contiguous copies of W that jobs point into
-  std::vector<MatrixJob<float>> jobs_f;
-  std::vector<MatrixJob<double>> jobs_d;
+  int64_t total = 0;
   for (size_t k = 0; k < Ws.size(); ++k) {
     check_group(op, static_cast<int64_t>(k), Ws[k], us[k], vs[k]);
-    const bool rows_ok = Ws[k].size(2) <= 1 || Ws[k].stride(2) == 1;
-    kept.push_back(rows_ok ? Ws[k] : Ws[k].contiguous());
-    const at::Tensor& W = kept.back();
-    sigmas.push_back(at::empty({W.size(0)}, W.options()));
-    if (W.scalar_type() == at::kFloat) {
-      add_jobs<float>(jobs_f, W, us[k], vs[k], sigmas.back());
-    } else {
-      add_jobs<double>(jobs_d, W, us[k], vs[k], sigmas.back());
-    }
+    TORCH_CHECK(Ws[k].scalar_type() == Ws[0].scalar_type(), op, ": every group must have one "
+                "dtype, got ", Ws[0].scalar_type(), " (group 0) and ", Ws[k].scalar_type(),
+                " (group ", k, ")");
+    total += Ws[k].size(0);
   }
-  run_jobs(jobs_f, n_iter, eps);
-  run_jobs(jobs_d, n_iter, eps);
-  return sigmas;
+  const at::TensorOptions options =
+      Ws.empty() ? at::TensorOptions().dtype(at::kFloat) : Ws[0].options();
+  at::Tensor sigma = at::empty({total}, options);
+  std::vector<at::Tensor> kept;  // contiguous copies of W that jobs point into
+  AT_DISPATCH_FLOATING_TYPES(sigma.scalar_type(), "power_iteration_cpu", [&] {
+    std::vector<MatrixJob<scalar_t>> jobs;
+    int64_t first = 0;
+    for (size_t k = 0; k < Ws.size(); ++k) {
+      const bool rows_ok = Ws[k].size(2) <= 1 || Ws[k].stride(2) == 1;
+      kept.push_back(rows_ok ? Ws[k] : Ws[k].contiguous());
+      add_jobs<scalar_t>(jobs, kept.back(), us[k], vs[k],
+                         sigma.mutable_data_ptr<scalar_t>() + first);
+      first += Ws[k].size(0);
+    }
+    run_jobs(jobs, n_iter, eps);
+  });
+  return sigma;
 }
 
 at::Tensor power_iteration_cpu(const at::Tensor& W, const at::Tensor& u, const at::Tensor& v,
                                int64_t n_iter, double eps) {
-  return run_groups("power_iteration_", {W}, {u}, {v}, n_iter, eps)[0];
+  return run_groups("power_iteration_", {W}, {u}, {v}, n_iter, eps);
 }
 
-std::vector<at::Tensor> spectral_norms_cpu(at::TensorList Ws, at::TensorList us,
-                                           at::TensorList vs, int64_t n_iter, double eps) {
+at::Tensor spectral_norms_cpu(at::TensorList Ws, at::TensorList us, at::TensorList vs,
+                              int64_t n_iter, double eps) {
   return run_groups("spectral_norms_", Ws, us, vs, n_iter, eps);
 }
 

@@ -105,8 +105,8 @@ def _kernel_reason(Ws: Sequence[Tensor]) -> Optional[str]:
     """Why the native / Triton kernels cannot take these groups (None: they can)."""
     if any(W.dtype not in _KERNEL_DTYPES for W in Ws):
         return f"the kernels take float32 or float64 (got {sorted({str(W.dtype) for W in Ws})})"
-    if len({W.device for W in Ws}) > 1:
-        return "the kernels need every group on one device"
+    if len({(W.device, W.dtype) for W in Ws}) > 1:
+        return "the kernels need every group on one device and of one dtype"
     return None
 
 
@@ -131,8 +131,9 @@ def _run(op: str, Ws: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tenso
             ops = torch.ops.vaebm_fast_triton
         if op == "power_iteration_":
             sigmas = [ops.power_iteration_(Wd[0], us[0], vs[0], n_iter, float(eps))]
-        else:
-            sigmas = list(ops.spectral_norms_(Wd, list(us), list(vs), n_iter, float(eps)))
+        else:  # one tensor [G_1 + ... + G_K]
+            sigma = ops.spectral_norms_(Wd, list(us), list(vs), n_iter, float(eps))
+            sigmas = list(sigma.split([W.shape[0] for W in Ws]))
     if not torch.is_grad_enabled():
         return sigmas
     # Snapshots: the caller's u, v will be overwritten by the next call, maybe before backward.
@@ -175,6 +176,7 @@ def spectral_norms(weights_by_group: Sequence[Tensor], us: Sequence[Tensor],
         us, vs: K tensors each, [G_k, R_k] and [G_k, C_k], updated in place.
         n_iter, eps, backend: as for :func:`power_iteration_`. The native kernel runs all
             matrices of all groups in one call; the Triton backend launches once per group.
+            Both need all groups of one dtype ("auto" runs the reference otherwise).
 
     Returns:
         K tensors, the k-th sigma_k [G_k].
@@ -196,7 +198,8 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("vaebm_fast::spectral_norms_")
     def _spectral_norms_fake(Ws, us, vs, n_iter, eps):
-        return [W.new_empty(W.shape[0]) for W in Ws]
+        torch._check(len(Ws) > 0, lambda: "spectral_norms_: needs at least one group")
+        return Ws[0].new_empty(sum(W.shape[0] for W in Ws))
 
 
 _native.on_load(_register_fakes)

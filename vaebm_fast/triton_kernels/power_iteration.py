@@ -6,7 +6,8 @@ of a group W [G, R, C], with u [G, R] and v [G, C] updated in place, ``n_iter`` 
 
     v <- normalize(W^T u),   u <- normalize(W v),   normalize(x) = x / max(||x||_2, eps),
 
-then sigma = u^T W v ([G], returned without a graph: the wrapper in ``vaebm_fast.ops`` attaches
+then sigma = u^T W v ([G]; ``spectral_norms_`` returns the sigmas of its K groups
+concatenated, [G_1 + ... + G_K], as the native op does; returned without a graph: the wrapper in ``vaebm_fast.ops`` attaches
 d sigma / d W = u v^T).
 
 Kernel: one program per matrix (grid = (G,)); the program loops over the ``n_iter`` iterations
@@ -112,24 +113,23 @@ def _check(W: Tensor, u: Tensor, v: Tensor, n_iter: int) -> None:
     torch._check(n_iter >= 0, lambda: f"n_iter must be >= 0, got {n_iter}")
 
 
-def _launch(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float) -> Tensor:
-    """Power-iterate one group W [G, R, C] (u [G, R], v [G, C] in place); sigma [G]."""
+def _launch(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float, sigma: Tensor) -> Tensor:
+    """Power-iterate one group W [G, R, C] (u [G, R], v [G, C] in place) into sigma [G]."""
     _check(W, u, v, n_iter)
     G, R, C = W.shape
-    sigma = torch.empty(G, dtype=W.dtype, device=W.device)
-    if G == 0:
-        return sigma
-    block_r = min(_MAX_BLOCK_OUT, triton.next_power_of_2(max(R, 1)))
-    block_c = min(_MAX_BLOCK_IN, triton.next_power_of_2(max(C, 1)))
-    _power_iteration_kernel[(G,)](W, u, v, sigma, R, C, *W.stride(), *u.stride(), *v.stride(),
-                                  n_iter, eps, BLOCK_R=block_r, BLOCK_C=block_c)
+    if G > 0:
+        block_r = min(_MAX_BLOCK_OUT, triton.next_power_of_2(max(R, 1)))
+        block_c = min(_MAX_BLOCK_IN, triton.next_power_of_2(max(C, 1)))
+        _power_iteration_kernel[(G,)](W, u, v, sigma, R, C, *W.stride(), *u.stride(),
+                                      *v.stride(), n_iter, eps, BLOCK_R=block_r,
+                                      BLOCK_C=block_c)
     return sigma
 
 
 @torch.library.custom_op("vaebm_fast_triton::power_iteration_", mutates_args=("u", "v"))
 def power_iteration_(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float) -> Tensor:
     """W [G, R, C], u [G, R], v [G, C] (updated in place) -> sigma [G]; one launch."""
-    return _launch(W, u, v, n_iter, eps)
+    return _launch(W, u, v, n_iter, eps, W.new_empty(W.shape[0]))
 
 
 @power_iteration_.register_fake
@@ -139,14 +139,21 @@ def _power_iteration_fake(W, u, v, n_iter, eps):
 
 @torch.library.custom_op("vaebm_fast_triton::spectral_norms_", mutates_args=("us", "vs"))
 def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter: int,
-                    eps: float) -> List[Tensor]:
-    """K groups Ws[k] [G_k, R_k, C_k] with us[k], vs[k] in place -> K sigmas [G_k]; one launch
-    per group."""
-    torch._check(len(Ws) == len(us) == len(vs),
-                 lambda: f"need one u and one v per group, got {len(Ws)}, {len(us)}, {len(vs)}")
-    return [_launch(W, u, v, n_iter, eps) for W, u, v in zip(Ws, us, vs)]
+                    eps: float) -> Tensor:
+    """K groups Ws[k] [G_k, R_k, C_k] with us[k], vs[k] in place -> the K sigmas concatenated,
+    [G_1 + ... + G_K] (like the native op: a mutating op returning a list could not be
+    functionalized); one launch per group."""
+    torch._check(len(Ws) == len(us) == len(vs) and len(Ws) > 0,
+                 lambda: f"need one u and one v per group and at least one group, got "
+                         f"{len(Ws)}, {len(us)}, {len(vs)}")
+    torch._check(all(W.dtype == Ws[0].dtype for W in Ws),
+                 lambda: "spectral_norms_: every group must have one dtype")
+    sigma = Ws[0].new_empty(sum(W.shape[0] for W in Ws))
+    for W, u, v, out in zip(Ws, us, vs, sigma.split([W.shape[0] for W in Ws])):
+        _launch(W, u, v, n_iter, eps, out)
+    return sigma
 
 
 @spectral_norms_.register_fake
 def _spectral_norms_fake(Ws, us, vs, n_iter, eps):
-    return [W.new_empty(W.shape[0]) for W in Ws]
+    return Ws[0].new_empty(sum(W.shape[0] for W in Ws))
