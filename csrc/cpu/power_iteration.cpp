@@ -38,7 +38,7 @@
 //
 // Vectorisation: the extension is compiled for baseline x86-64, where at::vec is its generic
 // implementation (arrays; GCC 12 turned its fmadd loops into scalar multiply-adds through the
-// stack, 4x slower than the eager reference). The helpers below use 32-byte GCC/Clang vector
+// stack, 3x slower than the eager reference). The helpers below use 32-byte GCC/Clang vector
 // types instead, and the per-matrix kernel is compiled twice on x86-64: for the baseline (each
 // vector op becomes two SSE ops) and with target("avx2,fma") (one AVX2 FMA), the latter chosen
 // at run time when the CPU has it. Everything is inlined into the two copies (flatten), so each
@@ -47,7 +47,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
 #include <ATen/Dispatch.h>
