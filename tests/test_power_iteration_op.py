@@ -247,6 +247,8 @@ def test_dispatch(native):
     sigma = power_iteration_(Wb, ub, vb, 2)
     torch.testing.assert_close(sigma, eager_result(Wb, ub0, vb0, 2)[0])
     assert spectral_norms([], [], [], 3, backend="native") == []
+    with pytest.raises(ValueError, match="backend must be one of"):
+        spectral_norms([], [], [], 3, backend="bogus")
 
 
 def test_triton_unavailable_on_cpu_without_interpreter(monkeypatch, native):

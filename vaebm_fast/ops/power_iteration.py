@@ -116,7 +116,9 @@ def _kernel_reason(Ws: Sequence[Tensor]) -> Optional[str]:
 def _run(op: str, Ws: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor],
          n_iter: int, eps: float, backend: str) -> List[Tensor]:
     """Power-iterate every group on the backend ``backend`` resolves to; sigma per group."""
-    chosen = _dispatch.resolve_backend(op, backend, Ws[0].device) if Ws else "eager"
+    chosen = _dispatch.resolve_backend(op, backend, Ws[0].device if Ws else "cpu")
+    if not Ws:
+        return []
     if chosen != "eager":
         reason = _kernel_reason(Ws)
         if reason is not None:
