@@ -76,7 +76,7 @@ struct MatrixJob {
 
 // ---------------------------------------------------------------- vector helpers (inlined)
 
-// 32 bytes of T as one vector value: arithmetic is elementwise, a scalar operand broadcasts.
+// 32 bytes of T as one vector value (GCC / Clang vector extension): arithmetic is elementwise.
 template <typename T>
 struct Simd;
 template <>
@@ -93,7 +93,9 @@ constexpr int64_t kLanes = 32 / sizeof(T);
 // GCC warns (-Wpsabi) that returning a 32-byte vector by value has a different ABI with and
 // without AVX; these helpers are always inlined inside one translation unit, so no call with
 // either ABI exists.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 template <typename T>
 C10_ALWAYS_INLINE typename Simd<T>::V load(const T* p) {
@@ -105,6 +107,13 @@ C10_ALWAYS_INLINE typename Simd<T>::V load(const T* p) {
 template <typename T>
 C10_ALWAYS_INLINE void store(T* p, typename Simd<T>::V x) {
   std::memcpy(p, &x, sizeof(x));
+}
+
+template <typename T>
+C10_ALWAYS_INLINE typename Simd<T>::V splat(T x) {
+  typename Simd<T>::V v;
+  for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = x;
+  return v;
 }
 
 template <typename T>
@@ -132,8 +141,9 @@ C10_ALWAYS_INLINE T dot(const T* a, const T* b, int64_t n) {
 template <typename T>
 C10_ALWAYS_INLINE void axpy(T alpha, const T* x, T* y, int64_t n) {
   constexpr int64_t L = kLanes<T>;
+  const typename Simd<T>::V a = splat(alpha);
   int64_t i = 0;
-  for (; i + L <= n; i += L) store(y + i, load(y + i) + alpha * load(x + i));
+  for (; i + L <= n; i += L) store(y + i, load(y + i) + a * load(x + i));
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
