@@ -6,9 +6,9 @@ of a group W [G, R, C], with u [G, R] and v [G, C] updated in place, ``n_iter`` 
 
     v <- normalize(W^T u),   u <- normalize(W v),   normalize(x) = x / max(||x||_2, eps),
 
-then sigma = u^T W v ([G]; ``spectral_norms_`` returns the sigmas of its K groups
-concatenated, [G_1 + ... + G_K], as the native op does; returned without a graph: the wrapper in ``vaebm_fast.ops`` attaches
-d sigma / d W = u v^T).
+then sigma = u^T W v, [G]. ``spectral_norms_`` returns the sigmas of its K groups concatenated,
+[G_1 + ... + G_K], as the native op does. Sigma has no graph: the wrapper in
+``vaebm_fast.ops.power_iteration`` attaches d sigma / d W = u v^T.
 
 Kernel: one program per matrix (grid = (G,)); the program loops over the ``n_iter`` iterations
 itself, so a whole group is one launch. ``spectral_norms_`` launches once per shape group (K
