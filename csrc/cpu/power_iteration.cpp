@@ -27,9 +27,10 @@
 // row). One scratch block per matrix, no allocation per iteration.
 //
 // Parallelism: one task per matrix, over all matrices of all groups of the call (one call of
-// spectral_norms_ covers every shape group of a model; it returns their sigmas concatenated). Tasks are taken largest first from a
-// shared counter by at most at::get_num_threads() workers, which balances the CIFAR-32 EBM's
-// 16 matrices (27 to 590K elements) on a few cores; a matrix is never split between threads.
+// spectral_norms_ covers every shape group of a model; it returns their sigmas concatenated).
+// Tasks are taken largest first from a shared counter by at most at::get_num_threads()
+// workers, which balances the CIFAR-32 EBM's 16 matrices (27 to 590K elements) on a few
+// cores; a matrix is never split between threads.
 //
 // Dtypes: float32 and float64 (one for all groups of a call), arithmetic in that dtype (like the
 // reference's bmm).
