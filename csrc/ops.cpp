@@ -107,10 +107,12 @@ TORCH_LIBRARY(vaebm_fast, m) {
   // v [G, C] updated in place, n_iter times: v = normalize(u^T W), u = normalize(W v),
   // normalize(x) = x / max(||x||, eps). Returns sigma = u^T W v, [G] (not differentiable;
   // the Python wrapper supplies d sigma / d W = u v^T). spectral_norms_ does the same for K
-  // groups of different shapes in one call and returns the K sigmas.
+  // groups of different shapes in one call and returns the K sigmas concatenated,
+  // [G_1 + ... + G_K] (one Tensor, not Tensor[]: torch.compile's auto_functionalize does not
+  // take a mutating op that returns a list).
   m.def("power_iteration_(Tensor W, Tensor(a!) u, Tensor(b!) v, int n_iter, float eps) -> Tensor");
   m.def("spectral_norms_(Tensor[] Ws, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter, float eps) "
-        "-> Tensor[]");
+        "-> Tensor");
 
   // Fused epilogues (see vaebm_fast/ops/epilogues.py); NCHW, outputs new and contiguous.
   // EBM block tail: pre = avg_pool2d(h + skip, 2) if downsample else h + skip,

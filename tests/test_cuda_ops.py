@@ -285,28 +285,32 @@ def test_power_iteration_converges(ops):
     assert abs(sigma.item() - 3.0) < 1e-4
 
 
-def test_spectral_norms_one_launch_many_groups(ops):
-    # 70 groups (> 64 per launch), mixed shapes and dtypes, some empty.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectral_norms_one_launch_many_groups(ops, dtype):
+    # 70 groups (> 64 per launch) of mixed shapes, some empty; the sigmas come back
+    # concatenated in group order, [G_1 + ... + G_K].
     gen = torch.Generator().manual_seed(13)
     shapes = [(int(g), int(r), int(c)) for g, r, c in
               torch.randint(0, 5, (70, 3), generator=gen).add(torch.tensor([0, 1, 1])).tolist()]
-    dtypes = [torch.float32 if k % 3 else torch.float64 for k in range(70)]
-    Ws = [randn(s, d, seed=k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
-    us = [_unit_rows(s[:2], d, 100 + k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
-    vs = [_unit_rows((s[0], s[2]), d, 200 + k) for k, (s, d) in enumerate(zip(shapes, dtypes))]
+    Ws = [randn(s, dtype, seed=k) for k, s in enumerate(shapes)]
+    us = [_unit_rows(s[:2], dtype, 100 + k) for k, s in enumerate(shapes)]
+    vs = [_unit_rows((s[0], s[2]), dtype, 200 + k) for k, s in enumerate(shapes)]
     refs = []
     for W, u, v in zip(Ws, us, vs):
         u_ref, v_ref = u.double().clone(), v.double().clone()
         refs.append((_eager_power_iteration(W.double(), u_ref, v_ref, 3), u_ref, v_ref))
     sigmas = ops.spectral_norms_(Ws, us, vs, 3, 1e-3)
-    assert len(sigmas) == 70
-    for k, (sigma, (s_ref, u_ref, v_ref)) in enumerate(zip(sigmas, refs)):
-        tol = PI_TOL[dtypes[k]]
-        assert sigma.dtype == dtypes[k] and sigma.shape == (shapes[k][0],)
+    assert sigmas.dtype == dtype and sigmas.shape == (sum(s[0] for s in shapes),)
+    tol = PI_TOL[dtype]
+    for k, (sigma, (s_ref, u_ref, v_ref)) in enumerate(
+            zip(sigmas.split([s[0] for s in shapes]), refs)):
         torch.testing.assert_close(sigma.double(), s_ref, **tol, msg=lambda m: f"group {k}: {m}")
         torch.testing.assert_close(us[k].double(), u_ref, **tol)
         torch.testing.assert_close(vs[k].double(), v_ref, **tol)
-    assert ops.spectral_norms_([], [], [], 3, 1e-3) == []
+    assert ops.spectral_norms_([], [], [], 3, 1e-3).numel() == 0
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.spectral_norms_([Ws[0], Ws[1].double() if dtype == torch.float32 else Ws[1].float()],
+                            us[:2], vs[:2], 1, 1e-3)
 
 
 def test_power_iteration_too_large_for_shared_memory_falls_back(ops):

@@ -50,31 +50,39 @@ void power_iteration_aten(const Work& w, int64_t n_iter, double eps) {
   w.sigma.copy_(at::einsum("gr,grc,gc->g", {w.u, w.W, w.v}));
 }
 
-// Runs every group (checked) and returns the sigmas; u / v updated in place.
-std::vector<at::Tensor> run(const char* op, at::TensorList Ws, at::TensorList us,
-                            at::TensorList vs, int64_t n_iter, double eps) {
+// Runs every group (checked; one dtype for all, as the CPU kernel) and returns the sigmas of all
+// groups concatenated, [G_1 + ... + G_K]; u / v updated in place.
+at::Tensor run(const char* op, at::TensorList Ws, at::TensorList us, at::TensorList vs,
+               int64_t n_iter, double eps) {
   TORCH_CHECK(Ws.size() == us.size() && Ws.size() == vs.size(), op,
               ": need one u and one v per weight group, got ", Ws.size(), " groups, ",
               us.size(), " u's and ", vs.size(), " v's");
   TORCH_CHECK(n_iter >= 0, op, ": n_iter must be >= 0, got ", n_iter);
-  std::vector<at::Tensor> sigmas;
-  if (Ws.empty()) return sigmas;
+  if (Ws.empty()) return at::empty({0}, at::TensorOptions().dtype(at::kFloat));
   const at::Device device = Ws[0].device();
+  int64_t total = 0;
   for (size_t k = 0; k < Ws.size(); ++k) {
     check_group(Ws.size() == 1 ? std::string(op)
                                : std::string(op) + ": group " + std::to_string(k),
                 Ws[k], us[k], vs[k], device);
+    TORCH_CHECK(Ws[k].scalar_type() == Ws[0].scalar_type(), op, ": every group must have one "
+                "dtype, got ", Ws[0].scalar_type(), " (group 0) and ", Ws[k].scalar_type(),
+                " (group ", k, ")");
+    total += Ws[k].size(0);
   }
   const c10::cuda::CUDAGuard guard(device);
+  const at::Tensor sigmas = empty_contiguous({total}, Ws[0]);
   std::vector<Work> work(Ws.size());
   // Kernel groups per dtype, in the order of the Dtype enum.
   std::vector<PowerIterationGroup> launch[4];
+  int64_t first = 0;
   for (size_t k = 0; k < Ws.size(); ++k) {
     Work& w = work[k];
     w.W = Ws[k].contiguous();
     w.u = us[k].is_contiguous() ? us[k] : us[k].contiguous();
     w.v = vs[k].is_contiguous() ? vs[k] : vs[k].contiguous();
-    w.sigma = empty_contiguous({Ws[k].size(0)}, Ws[k]);
+    w.sigma = sigmas.narrow(0, first, Ws[k].size(0));  // a contiguous slice
+    first += Ws[k].size(0);
     const Dtype dtype = to_dtype(Ws[k].scalar_type(), op);
     const int64_t G = w.W.size(0), R = w.W.size(1), C = w.W.size(2);
     if (G == 0) continue;
@@ -93,22 +101,20 @@ std::vector<at::Tensor> run(const char* op, at::TensorList Ws, at::TensorList us
                                            static_cast<int64_t>(launch[d].size()), n_iter, eps,
                                            stream));
   }
-  sigmas.reserve(Ws.size());
   for (size_t k = 0; k < Ws.size(); ++k) {
     if (!work[k].u.is_same(us[k])) us[k].copy_(work[k].u);
     if (!work[k].v.is_same(vs[k])) vs[k].copy_(work[k].v);
-    sigmas.push_back(work[k].sigma);
   }
   return sigmas;
 }
 
 at::Tensor power_iteration_cuda(const at::Tensor& W, const at::Tensor& u, const at::Tensor& v,
                                 int64_t n_iter, double eps) {
-  return run("power_iteration_", {W}, {u}, {v}, n_iter, eps)[0];
+  return run("power_iteration_", {W}, {u}, {v}, n_iter, eps);
 }
 
-std::vector<at::Tensor> spectral_norms_cuda(at::TensorList Ws, at::TensorList us,
-                                            at::TensorList vs, int64_t n_iter, double eps) {
+at::Tensor spectral_norms_cuda(at::TensorList Ws, at::TensorList us, at::TensorList vs,
+                               int64_t n_iter, double eps) {
   return run("spectral_norms_", Ws, us, vs, n_iter, eps);
 }
 

@@ -2,7 +2,8 @@
 
 Each layer's effective weight is viewed as a matrix W_eff.view(C_out, -1) ([C_out, C_in*kh*kw]
 for a conv); layers whose matrices share a shape form one group and are power-iterated together
-(:func:`vaebm_fast.ops.power_iteration.spectral_norms`). The running vectors u [G, R] and
+(:func:`vaebm_fast.ops.power_iteration.spectral_norms`, one call for all groups: on the CPU the
+native kernel, which reads each matrix once per iteration). The running vectors u [G, R] and
 v [G, C] of each group are persistent buffers ``u_{k}`` / ``v_{k}`` (k = group index in order of
 first appearance), so they are saved with the model and survive a restart (the official code
 kept them in plain dicts and lost them).

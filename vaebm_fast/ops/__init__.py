@@ -21,11 +21,8 @@ __all__ = [
 ]
 
 from .power_iteration import power_iteration_, spectral_norms
-from ._dispatch import register_op as _register_op
 
 __all__ += ["power_iteration_", "spectral_norms"]
-_register_op("power_iteration_")  # listed by vaebm_fast.info; eager only until the kernels issue
-_register_op("spectral_norms")
 
 from .swish import lip_swish, swish, swish_backward_reference, swish_reference
 

@@ -13,7 +13,10 @@ with ``c = 1`` for :func:`swish` (SiLU) and ``c = 1/1.1`` for :func:`lip_swish` 
   recomputes the sigmoid in ``torch.ops.vaebm_fast.swish_backward(grad, x, scale)``: one saved
   tensor per activation instead of x and sigmoid(x). The backward op is itself differentiable
   (its derivative is written in torch ops), so double backward works on the native path too.
-* Dtypes of the native kernel: float16 / bfloat16 / float32 (computed in float32, rounded once)
+* The Triton backend (``vaebm_fast/triton_kernels/swish.py``) runs custom ops
+  ``torch.ops.vaebm_fast_triton.swish_forward`` / ``swish_backward`` with the same semantics
+  and the same autograd (:func:`register_swish_autograd`).
+* Dtypes of the kernels: float16 / bfloat16 / float32 (computed in float32, rounded once)
   and float64. Outputs are new contiguous tensors; non-contiguous inputs are accepted.
 
 ``backend="auto"`` follows the measured preference (``_AUTO_ORDER`` below: eager first on the
@@ -35,12 +38,14 @@ __all__ = ["swish", "lip_swish", "swish_reference", "swish_backward_reference",
 # backward at every size from 4K to 2M elements (2-core AMD EPYC, torch 2.13), so "auto" keeps
 # the eager path there; backend="native" still runs it. Speeding it up is the kernels issue's.
 _AUTO_ORDER = {"cpu": ("eager", "native")}
-_dispatch.register_op("swish", native="vaebm_fast::swish_forward", auto_order=_AUTO_ORDER)
-_dispatch.register_op("lip_swish", native="vaebm_fast::swish_forward", auto_order=_AUTO_ORDER)
+_dispatch.register_op("swish", native="vaebm_fast::swish_forward", triton=True,
+                      auto_order=_AUTO_ORDER)
+_dispatch.register_op("lip_swish", native="vaebm_fast::swish_forward", triton=True,
+                      auto_order=_AUTO_ORDER)
 
 # LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
 LIPSWISH_SCALE = 1.0 / 1.1
-_NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def swish_reference(x: Tensor, scale: float = 1.0) -> Tensor:
@@ -59,11 +64,14 @@ def _apply(op: str, x: Tensor, scale: float, backend: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor (got {type(x).__name__})")
     chosen = _dispatch.resolve_backend(op, backend, x.device)
-    if chosen == "native":
-        if x.dtype in _NATIVE_DTYPES:
-            return torch.ops.vaebm_fast.swish_forward(x, scale)
-        if backend == "native":
-            raise ValueError(f"{op}: the native kernel takes float16, bfloat16, float32 or "
+    if chosen != "eager":
+        if x.dtype in _KERNEL_DTYPES:
+            if chosen == "native":
+                return torch.ops.vaebm_fast.swish_forward(x, scale)
+            from ..triton_kernels import swish as _triton_swish  # noqa: F401 (registers the op)
+            return torch.ops.vaebm_fast_triton.swish_forward(x, scale)
+        if backend == chosen:
+            raise ValueError(f"{op}: the {chosen} kernel takes float16, bfloat16, float32 or "
                              f"float64 tensors (got {x.dtype}); use backend='eager'")
     return swish_reference(x, scale)
 
@@ -85,33 +93,43 @@ def lip_swish(x: Tensor, backend: str = "auto") -> Tensor:
 
 # ------------------------------------------------------------------ autograd and fake kernels
 
-def _forward_setup_context(ctx, inputs, output) -> None:
-    x, scale = inputs
-    ctx.scale = scale
-    ctx.save_for_backward(x)  # only the input: the sigmoid is recomputed in the backward
+def register_swish_autograd(namespace: str) -> None:
+    """Autograd of ``<namespace>::swish_forward`` / ``swish_backward`` (the native ops and the
+    Triton custom ops share it): the forward saves only x and its backward is the backward op;
+    the backward op is differentiable in turn (double backward), with
+    d/dgrad = the backward op itself (it is linear in grad) and
+    d/dx = scale * gg * grad * s (1 - s) (2 + x (1 - 2 s)).
+    """
+    ops = getattr(torch.ops, namespace)
 
+    def forward_setup_context(ctx, inputs, output) -> None:
+        x, scale = inputs
+        ctx.scale = scale
+        ctx.save_for_backward(x)  # only the input: the sigmoid is recomputed in the backward
 
-def _forward_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.vaebm_fast.swish_backward(grad, x, ctx.scale), None
+    def forward_backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return ops.swish_backward(grad, x, ctx.scale), None
 
+    def backward_setup_context(ctx, inputs, output) -> None:
+        grad, x, scale = inputs
+        ctx.scale = scale
+        ctx.save_for_backward(grad, x)
 
-def _backward_setup_context(ctx, inputs, output) -> None:
-    grad, x, scale = inputs
-    ctx.scale = scale
-    ctx.save_for_backward(grad, x)
+    def backward_backward(ctx, gg):
+        grad, x = ctx.saved_tensors
+        d_grad = d_x = None
+        if ctx.needs_input_grad[0]:
+            d_grad = ops.swish_backward(gg, x, ctx.scale)
+        if ctx.needs_input_grad[1]:
+            s = torch.sigmoid(x)
+            d_x = gg * grad * (ctx.scale * s * (1 - s) * (2 + x * (1 - 2 * s)))
+        return d_grad, d_x, None
 
-
-def _backward_backward(ctx, gg):
-    # d/dgrad: linear, the same op; d/dx: scale * gg * grad * s(1-s)(2 + x(1-2s)).
-    grad, x = ctx.saved_tensors
-    d_grad = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad = torch.ops.vaebm_fast.swish_backward(gg, x, ctx.scale)
-    if ctx.needs_input_grad[1]:
-        s = torch.sigmoid(x)
-        d_x = gg * grad * (ctx.scale * s * (1 - s) * (2 + x * (1 - 2 * s)))
-    return d_grad, d_x, None
+    torch.library.register_autograd(f"{namespace}::swish_forward", forward_backward,
+                                    setup_context=forward_setup_context)
+    torch.library.register_autograd(f"{namespace}::swish_backward", backward_backward,
+                                    setup_context=backward_setup_context)
 
 
 def _register() -> None:
@@ -124,10 +142,7 @@ def _register() -> None:
         torch._check(grad.shape == x.shape, lambda: "swish_backward: grad and x differ in shape")
         return x.new_empty(x.shape)
 
-    torch.library.register_autograd("vaebm_fast::swish_forward", _forward_backward,
-                                    setup_context=_forward_setup_context)
-    torch.library.register_autograd("vaebm_fast::swish_backward", _backward_backward,
-                                    setup_context=_backward_setup_context)
+    register_swish_autograd("vaebm_fast")
 
 
 _native.on_load(_register)

@@ -1,0 +1,110 @@
+r"""Triton Swish: ``vaebm_fast_triton::swish_forward`` and ``::swish_backward``.
+
+Same semantics as the native kernels (csrc/cpu/swish.cpp) and the references in
+``vaebm_fast/ops/swish.py``, for x (and grad) of any shape:
+
+    forward:   y  = scale * x * s,                      s = sigmoid(x) = 1 / (1 + exp(-x))
+    backward:  dx = scale * grad * (s + x s (1 - s))    (s recomputed from x)
+
+Arithmetic in float32 for float16 / bfloat16 / float32 inputs (rounded once when stored) and in
+float64 for float64. Outputs are new contiguous tensors; non-contiguous inputs are read through
+contiguous copies. Autograd is the native ops' (``register_swish_autograd``): the forward saves
+only x, and the backward op is itself differentiable (double backward).
+
+Kernels: elementwise over the flattened tensor, one program per BLOCK elements (int64
+offsets). Memory traffic: forward reads x and writes y (2 * itemsize B/elem), backward reads
+grad and x and writes dx (3 * itemsize B/elem); one exp and one division per element.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..ops.swish import register_swish_autograd
+
+__all__ = ["swish_forward", "swish_backward"]
+
+_BLOCK = 1024
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@triton.jit
+def _load_math(ptr, offs, ok, F64: tl.constexpr):
+    """Elements ptr[offs] in the math dtype (float64 for float64 tensors, else float32)."""
+    x = tl.load(ptr + offs, mask=ok, other=0.0)
+    if F64:
+        return x.to(tl.float64)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _swish_forward_kernel(x, y, n, scale, BLOCK: tl.constexpr, F64: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    xv = _load_math(x, offs, ok, F64)
+    s = 1.0 / (1.0 + tl.exp(-xv))
+    tl.store(y + offs, (scale * (xv * s)).to(y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _swish_backward_kernel(g, x, dx, n, scale, BLOCK: tl.constexpr, F64: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    xv = _load_math(x, offs, ok, F64)
+    gv = _load_math(g, offs, ok, F64)
+    s = 1.0 / (1.0 + tl.exp(-xv))
+    tl.store(dx + offs, (scale * gv * (s + xv * s * (1.0 - s))).to(dx.dtype.element_ty),
+             mask=ok)
+
+
+def _check(t: Tensor, op: str, name: str) -> None:
+    torch._check(t.dtype in _DTYPES, lambda: f"{op}: {name} must be float16, bfloat16, float32 "
+                                             f"or float64, got {t.dtype}")
+
+
+def _launch(kernel, out: Tensor, *inputs: Tensor, scale: float) -> Tensor:
+    """Run an elementwise kernel over contiguous copies of ``inputs`` into ``out``."""
+    n = out.numel()
+    if n:
+        args = [t.contiguous() for t in inputs]
+        kernel[(triton.cdiv(n, _BLOCK),)](*args, out, n, scale, BLOCK=_BLOCK,
+                                          F64=out.dtype == torch.float64)
+    return out
+
+
+@torch.library.custom_op("vaebm_fast_triton::swish_forward", mutates_args=())
+def swish_forward(x: Tensor, scale: float) -> Tensor:
+    """y = scale * x * sigmoid(x), a new contiguous tensor of x's shape and dtype."""
+    _check(x, "swish_forward", "x")
+    return _launch(_swish_forward_kernel, torch.empty(x.shape, dtype=x.dtype, device=x.device),
+                   x, scale=scale)
+
+
+@swish_forward.register_fake
+def _swish_forward_fake(x, scale):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("vaebm_fast_triton::swish_backward", mutates_args=())
+def swish_backward(grad: Tensor, x: Tensor, scale: float) -> Tensor:
+    """dx = scale * grad * (s + x s (1 - s)), s = sigmoid(x); new contiguous tensor."""
+    _check(x, "swish_backward", "x")
+    _check(grad, "swish_backward", "grad")
+    torch._check(grad.dtype == x.dtype, lambda: f"swish_backward: grad has dtype {grad.dtype} "
+                                                f"but x has dtype {x.dtype}")
+    torch._check(grad.shape == x.shape, lambda: f"swish_backward: grad has shape "
+                                                f"{tuple(grad.shape)} but x has shape "
+                                                f"{tuple(x.shape)}")
+    return _launch(_swish_backward_kernel, torch.empty(x.shape, dtype=x.dtype, device=x.device),
+                   grad, x, scale=scale)
+
+
+@swish_backward.register_fake
+def _swish_backward_fake(grad, x, scale):
+    torch._check(grad.shape == x.shape, lambda: "swish_backward: grad and x differ in shape")
+    return x.new_empty(x.shape)
+
+
+register_swish_autograd("vaebm_fast_triton")
