@@ -308,9 +308,10 @@ def test_spectral_norms_one_launch_many_groups(ops, dtype):
         torch.testing.assert_close(us[k].double(), u_ref, **tol)
         torch.testing.assert_close(vs[k].double(), v_ref, **tol)
     assert ops.spectral_norms_([], [], [], 3, 1e-3).numel() == 0
+    other = torch.float64 if dtype == torch.float32 else torch.float32
     with pytest.raises(RuntimeError, match="one dtype"):
-        ops.spectral_norms_([Ws[0], Ws[1].double() if dtype == torch.float32 else Ws[1].float()],
-                            us[:2], vs[:2], 1, 1e-3)
+        ops.spectral_norms_([Ws[0], Ws[1].to(other)], [us[0], us[1].to(other)],
+                            [vs[0], vs[1].to(other)], 1, 1e-3)
 
 
 def test_power_iteration_too_large_for_shared_memory_falls_back(ops):
