@@ -58,13 +58,12 @@ def status() -> TritonStatus:
 
 
 def device_reason(device_type: str) -> Optional[str]:
-    """None when Triton kernels can run on tensors of ``device_type``, else why not."""
+    """None when Triton kernels can run on tensors of ``device_type``, else why not.
+
+    The device type is checked first, so CPU-only use never imports Triton.
+    """
+    if not (device_type == "cuda" or (device_type == "cpu" and interpret_mode())):
+        return (f"Triton kernels run on CUDA tensors (or on CPU tensors under "
+                f"TRITON_INTERPRET=1, for testing), not on {device_type!r} tensors")
     st = status()
-    if not st.available:
-        return st.reason
-    if device_type == "cuda":
-        return None
-    if device_type == "cpu" and interpret_mode():
-        return None
-    return (f"Triton kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1, "
-            f"for testing), not on {device_type!r} tensors")
+    return None if st.available else st.reason
