@@ -209,13 +209,18 @@ def test_opcheck(native):
 
 
 def test_auto_follows_the_measured_cpu_preference(native):
-    # On the CPU the native kernel measured slower, so "auto" runs the eager expression (which
-    # saves more than x) while the native backend stays one argument away.
-    from vaebm_fast.ops import _dispatch
-    assert _dispatch.resolve_backend("swish", "auto", "cpu") == "eager"
-    x = make((3,), torch.float32).requires_grad_()
-    assert len(_saved(swish, x)[1]) > 1
-    assert len(_saved(lambda t: swish(t, backend="native"), x)[1]) == 1
+    # On the CPU the native kernel measured slower below 64K elements, so "auto" runs the eager
+    # expression there (it saves more than x) and the native kernel from 64K elements on (it
+    # saves only x); a named backend or default overrides the size rule.
+    from vaebm_fast.ops import swish as swish_module
+    threshold = swish_module._CPU_NATIVE_MIN_NUMEL
+    small = make((3,), torch.float32).requires_grad_()
+    large = make((threshold,), torch.float32).requires_grad_()
+    assert len(_saved(swish, small)[1]) > 1
+    assert len(_saved(swish, large)[1]) == 1
+    assert len(_saved(lambda t: swish(t, backend="native"), small)[1]) == 1
+    with default_backend("native"):
+        assert len(_saved(swish, small)[1]) == 1
 
 
 def test_energy_model_native_matches_eager(native):
