@@ -212,8 +212,7 @@ def test_auto_follows_the_measured_cpu_preference(native):
     # On the CPU the native kernel measured slower below 64K elements, so "auto" runs the eager
     # expression there (it saves more than x) and the native kernel from 64K elements on (it
     # saves only x); a named backend or default overrides the size rule.
-    from vaebm_fast.ops import swish as swish_module
-    threshold = swish_module._CPU_NATIVE_MIN_NUMEL
+    threshold = sys.modules["vaebm_fast.ops.swish"]._CPU_NATIVE_MIN_NUMEL  # the module
     small = make((3,), torch.float32).requires_grad_()
     large = make((threshold,), torch.float32).requires_grad_()
     assert len(_saved(swish, small)[1]) > 1
