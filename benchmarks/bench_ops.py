@@ -15,6 +15,8 @@ Cases (timed by ``benchmarks.harness``; torch's thread count is left at its defa
   shape group) vs a per-layer loop.
 * ``swish_16M``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
   ``x * sigmoid(x)`` vs ``F.silu``.
+* ``ebm_block_tail`` / ``nvae_cell_tail`` / ``affine_swish``: the fused epilogues, forward +
+  backward, native vs their eager references, at the CIFAR-32 EBM's and NVAE's sizes.
 * ``replay_gather_cifar10``: start states of a pixel-space IGEBM batch (128 chains of
   [3, 32, 32], 5% fresh) from a 10,000-chain replay buffer, ``replay_gather`` vs
   ``index_select`` + ``randn`` + ``where``.
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from benchmarks.harness import Case, Variant, machine_info, run_case, write_report
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
-from vaebm_fast.ops import (backend_availability, langevin_step_, langevin_step_reference,
+from vaebm_fast.ops import (affine_swish, backend_availability, ebm_block_tail,
+                            langevin_step_, langevin_step_reference, nvae_cell_tail,
                             philox_normal, replay_gather, spectral_norms, swish)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,8 +50,9 @@ STEP_SIZE = 1e-2
 POWER_ITERATIONS = 4
 # Sizes: full, and --quick (a smoke run of every case in a few seconds).
 FULL = {"numel": 16 * 2**20, "batch": 32, "ebm_channels": None,  # None: official width, 128
-        "replay_rows": 10_000, "replay_batch": 128}
-QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16, "replay_rows": 64, "replay_batch": 8}
+        "replay_rows": 10_000, "replay_batch": 128, "epilogue_shape": (32, 128, 16, 16)}
+QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16, "replay_rows": 64, "replay_batch": 8,
+         "epilogue_shape": (2, 8, 8, 8)}
 REINIT_PROB = 0.05  # IGEBM's fraction of fresh chains per batch
 TIMING_FULL = {"repeats": 15, "warmup": 2, "min_sample_s": 0.05}
 TIMING_QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.002}
@@ -263,6 +267,62 @@ def swish_case(key: str, numel: int, device: str) -> Case:
                 skipped=skipped)
 
 
+# ------------------------------------------------------------------------------ epilogues
+
+def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
+    """One fused epilogue, forward + backward (all input gradients), native vs eager reference.
+
+    ``key`` picks the op: ``ebm_block_tail`` (with 2x2 pooling: the EBM's downsampling blocks),
+    ``nvae_cell_tail`` (with the SE gate) or ``affine_swish`` (BN-Swish in eval mode).
+    """
+    gen = torch.Generator().manual_seed(0)
+    B, C, H, W = shape
+
+    def randn(*size, grad=True):
+        return torch.randn(*size, generator=gen).to(device).requires_grad_(grad)
+
+    if key == "ebm_block_tail":
+        inputs = (randn(*shape), randn(*shape))
+        out_grad = randn(B, C, H // 2, W // 2, grad=False)
+        call = lambda backend: ebm_block_tail(*inputs, downsample=True, backend=backend)
+        bytes_fused = (2 + 2 / 4 + 2 / 4 + 1) * 4  # fwd: h, skip -> out, pre (1/4 size); bwd:
+        # grad, pre (1/4 size) -> d
+        what = "lip_swish(avg_pool2d(h + skip, 2))"
+    elif key == "nvae_cell_tail":
+        inputs = (randn(*shape), randn(*shape), randn(B, C).sigmoid().detach().requires_grad_())
+        out_grad = randn(*shape, grad=False)
+        call = lambda backend: nvae_cell_tail(*inputs, scale=0.1, backend=backend)
+        bytes_fused = (3 + 3) * 4  # fwd: skip, h -> out; bwd: grad, h -> dh (dskip = grad)
+        what = "skip + 0.1 * h * gate[:, :, None, None]"
+    elif key == "affine_swish":
+        inputs = (randn(*shape), randn(C), randn(C))
+        out_grad = randn(*shape, grad=False)
+        call = lambda backend: affine_swish(*inputs, backend=backend)
+        bytes_fused = (2 + 3) * 4  # fwd: x -> out; bwd: grad, x -> dx (+ per-channel sums)
+        what = "swish(x * scale[c] + shift[c]) (BatchNorm folded, eval mode)"
+    else:
+        raise ValueError(f"unknown epilogue {key!r}")
+    numel = math.prod(shape)
+
+    def fwd_bwd(backend):
+        return lambda: torch.autograd.grad(call(backend), inputs, out_grad)
+
+    variants, skipped = [], {}
+    why_not = _native_skip(key, device)
+    if why_not is None:
+        variants.append(Variant("native", fwd_bwd("native"), bytes_moved=int(bytes_fused * numel),
+                                note="one kernel each way; autograd saves only what the "
+                                     "backward reads"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant("eager reference", fwd_bwd("eager"),
+                            note="the reference in torch ops (what the model computed before "
+                                 "the fused op); several kernels each way, bytes not counted"))
+    return Case(key, f"{key} forward + backward, {list(shape)} fp32", f"{what}; "
+                f"torch.autograd.grad with a random output gradient.", variants,
+                baseline="eager reference", ceiling_numel=numel, device=device, skipped=skipped)
+
+
 # ------------------------------------------------------------------------------ replay_gather
 
 def replay_case(rows: int, batch: int, device: str) -> Case:
@@ -316,6 +376,8 @@ def build_cases(sizes: dict, device: str):
     yield philox_case(f"philox_normal_{label}", numel, device)
     yield power_iteration_case(sizes["ebm_channels"], device)
     yield swish_case(f"swish_{label}", numel, device)
+    for key in ("ebm_block_tail", "nvae_cell_tail", "affine_swish"):
+        yield epilogue_case(key, sizes["epilogue_shape"], device)
     yield replay_case(sizes["replay_rows"], sizes["replay_batch"], device)
 
 

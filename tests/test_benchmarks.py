@@ -10,7 +10,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ["langevin_65536", "langevin_cifar10", "philox_normal_65536", "power_iteration_cifar32",
-         "swish_65536", "replay_gather_cifar10"]
+         "swish_65536", "ebm_block_tail", "nvae_cell_tail", "affine_swish",
+         "replay_gather_cifar10"]
 
 
 @pytest.fixture(scope="module")
