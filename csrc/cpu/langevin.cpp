@@ -28,6 +28,7 @@
 
 #include "../langevin_checks.h"
 #include "normals.h"
+#include "simd_math.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -44,7 +45,8 @@ struct Coeffs {
   acc_t half_step, prior_weight, sigma, clip_low, clip_high, low, high;
 };
 
-// Vectorised update of n contiguous elements; `noise` holds their normals in acc_t.
+// Vectorised update of n contiguous elements (used for double; float has update_block_f32
+// below); `noise` holds their normals in acc_t.
 // Same operation order as the Python reference: t - h * (clip(g) + lambda t) + sigma xi.
 template <typename scalar_t>
 void update_block(scalar_t* t, const scalar_t* g, const scalar_t* noise, int64_t n,
@@ -87,6 +89,21 @@ void add_half_sq_norms(const scalar_t* t, int64_t n, int64_t first, int64_t per_
   }
 }
 
+// The float32 update as a plain loop compiled per instruction set (simd_math.h): at::vec is
+// its generic, non-SIMD fallback in this baseline-x86-64 build. Same operation order as above.
+VAEBM_FAST_TARGET_CLONES
+void update_block_f32(float* t, const float* g, const float* noise, int64_t n,
+                      const Coeffs<float>& c) {
+  const float h = c.half_step, lam = c.prior_weight, sig = c.sigma;
+  const float clip_lo = c.clip_low, clip_hi = c.clip_high, lo = c.low, hi = c.high;
+  for (int64_t i = 0; i < n; ++i) {
+    float gv = g[i];
+    gv = gv < clip_lo ? clip_lo : (gv > clip_hi ? clip_hi : gv);  // NaN passes through
+    const float out = t[i] - h * (gv + lam * t[i]) + sig * noise[i];
+    t[i] = out < lo ? lo : (out > hi ? hi : out);
+  }
+}
+
 // n contiguous elements whose first element uses normal number m0. When `acc` is given, the
 // half squared norms of the updated elements are added to it per sample (see above); `first`
 // is the element number of t[0] within its tensor.
@@ -99,7 +116,7 @@ void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint
     const int64_t len = std::min(kNoiseBlock, n - start);
     fill_normals(noise, len, seed, m0 + static_cast<uint64_t>(start));
     if constexpr (std::is_same_v<scalar_t, float>) {
-      update_block<float>(t + start, g + start, noise, len, c);
+      update_block_f32(t + start, g + start, noise, len, c);
     } else if constexpr (std::is_same_v<scalar_t, double>) {
       double noise_d[kNoiseBlock];  // fp32 normals widened, as the reference does
       for (int64_t i = 0; i < len; ++i) noise_d[i] = noise[i];
