@@ -3,13 +3,14 @@ the latent-space EBM and the pixel-space EBM, with fused kernels for the MCMC ho
 
 Drop-in sampling for your own models::
 
-    from vaebm_fast import LangevinSampler
-    sampler = LangevinSampler(energy, vae, space="eps", step_size=8e-5, n_steps=16)
+    from vaebm_fast import FastSampler   # or LangevinSampler, the eager reference
+    sampler = FastSampler(energy, vae, space="eps", step_size=8e-5, n_steps=16)
     images = sampler.sample(64, seed=0)
 
 Importing loads no native code and queries no device (the extension loads on first use).
 """
-from .sampling import ChainDivergedError, ChainResult, LangevinSampler, ReplayBuffer
+from .sampling import (ChainDivergedError, ChainResult, FastSampler, LangevinSampler,
+                       ReplayBuffer, prepare_for_sampling)
 
 __version__ = "0.1.0"
-__all__ = ["LangevinSampler", "ChainResult", "ChainDivergedError", "ReplayBuffer", "__version__"]
+__all__ = ["LangevinSampler", "FastSampler", "prepare_for_sampling", "ChainResult", "ChainDivergedError", "ReplayBuffer", "__version__"]

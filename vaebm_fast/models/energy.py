@@ -146,6 +146,15 @@ class ResNetEnergy(nn.Module):
         """Σ sigma_max(W_eff) over all convs (not the linear head); scalar, differentiable."""
         return self.spectral(n_iter)
 
+    def prepare_for_sampling(self) -> "ResNetEnergy":
+        """A frozen snapshot for Langevin chains (:func:`vaebm_fast.sampling.prepare.
+        prepare_for_sampling`): eval mode, no parameter gradients, every weight-normalised conv
+        a plain conv with its effective weight computed once; the spectral regulariser (a
+        training-only term) is dropped. ``self`` is not modified. Same forward, x: [B, C, H, W]
+        -> [B]."""
+        from ..sampling.prepare import prepare_for_sampling
+        return prepare_for_sampling(self, drop=("spectral",))
+
     def official_state_dict(self) -> dict[str, Tensor]:
         """The state dict with the official keys only (no power-iteration vectors)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("spectral.")}
@@ -228,3 +237,9 @@ class MLPEnergy(nn.Module):
     def spectral_norm_loss(self, n_iter: int | None = None) -> Tensor:
         """Σ sigma_max over the hidden Linear weights (not the output head); scalar."""
         return self.spectral(n_iter)
+
+    def prepare_for_sampling(self) -> "MLPEnergy":
+        """A frozen snapshot for Langevin chains (eval, no parameter gradients, no spectral
+        regulariser); ``self`` is not modified. x: [B, in_dim] -> [B]."""
+        from ..sampling.prepare import prepare_for_sampling
+        return prepare_for_sampling(self, drop=("spectral",))

@@ -56,6 +56,13 @@ class MLPVAE(nn.Module):
             return mean
         return mean + self.decoder_log_std.exp() * eps_x
 
+    def prepare_for_sampling(self) -> "MLPVAE":
+        """A frozen snapshot for Langevin chains: eval, no parameter gradients, the encoder
+        dropped (``decode_eps`` only; ``elbo_terms`` needs the original). ``self`` is not
+        modified."""
+        from ..sampling.prepare import prepare_for_sampling
+        return prepare_for_sampling(self, drop=("encoder",))
+
     # -- training ---------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, data_dim] -> (recon_nll [B], [kl [B]]), both in nats, one posterior sample."""

@@ -465,6 +465,19 @@ class HierarchicalVAE(nn.Module):
         (mu_x, sigma_x); see :class:`DecodeOutput`."""
         return self._decode(eps_z, eps_x, with_log_p=True)
 
+    def prepare_for_sampling(self) -> "HierarchicalVAE":
+        """A frozen snapshot of the decoder for Langevin chains
+        (:func:`vaebm_fast.sampling.prepare.prepare_for_sampling`): eval mode, no parameter
+        gradients, weight norms computed once, every BatchNorm folded into its adjacent conv
+        (``conv -> BN`` and ``conv -> BN-Swish`` into the conv's output, the ``BN`` opening
+        each inverted residual into its 1x1 expansion conv), the remaining BN-Swish pairs as
+        one precomputed ``affine_swish``. The encoder and the spectral regulariser are dropped:
+        the snapshot supports ``decode_eps`` / ``decode_eps_details`` / ``prior_params`` /
+        ``sample`` only. ``self`` is not modified."""
+        from ..sampling.prepare import prepare_for_sampling
+        return prepare_for_sampling(self, drop=("stem", "pre_process", "enc_tower", "enc0",
+                                                "enc_sampler", "spectral_regularizer"))
+
     def _decode(self, eps_z: Sequence[Tensor], eps_x: Optional[Tensor], with_log_p: bool
                 ) -> DecodeOutput:
         batch_size = self._check_eps(eps_z, eps_x)

@@ -165,14 +165,16 @@ class LangevinSampler:
             shapes.append(tuple(self.generator.data_shape))
         return shapes
 
-    def decode(self, states: list[torch.Tensor], mean: bool = False) -> torch.Tensor:
-        """Chain state -> data-space x. mean=True uses the decoder mean (final images)."""
+    def decode(self, states: list[torch.Tensor], mean: bool = False, generator=None) -> torch.Tensor:
+        """Chain state -> data-space x. mean=True uses the decoder mean (final images).
+        ``generator`` overrides ``self.generator`` (FastSampler passes its prepared copy)."""
         if self.space == "data":
             return states[0]
+        generator = self.generator if generator is None else generator
         if self.space == "latent" or mean:
-            n_latent = len(self.generator.latent_shapes)
-            return self.generator.decode_eps(list(states[:n_latent]), None)
-        return self.generator.decode_eps(list(states[:-1]), states[-1])
+            n_latent = len(generator.latent_shapes)
+            return generator.decode_eps(list(states[:n_latent]), None)
+        return generator.decode_eps(list(states[:-1]), states[-1])
 
     def potential(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U [B], E [B], x) at the given states, x the decoded sample the energy saw; the prior

@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..sampling.fast import FastSampler
 from ..sampling.langevin import LangevinSampler
 from ..sampling.replay import ReplayBuffer, reinit_probability
 from .loop import run_training
@@ -45,6 +46,7 @@ class EBMTrainConfig:
     replay_max_p: float = 0.6
     replay_anneal_steps: int = 5000
     seed: int = 0                     # Philox seed of the chains
+    sampler: str = "fast"             # negative phase: "fast" (FastSampler) or "eager"
     checkpoint_every: int = 200
 
 
@@ -65,9 +67,16 @@ def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, f
 
 def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None = None,
                  clamp=None, data_shape=None, replay: ReplayBuffer | None = None) -> LangevinSampler:
+    """The negative-phase sampler: a FastSampler (prepared snapshots of the energy, re-made
+    after every optimizer step, and of the frozen generator, made once; CUDA graphs on a GPU)
+    or, with ``cfg.sampler == "eager"``, the reference LangevinSampler. Same chains either way
+    (same seed and offsets), to float tolerance."""
+    if cfg.sampler not in ("fast", "eager"):
+        raise ValueError(f"EBMTrainConfig.sampler must be 'fast' or 'eager' (got {cfg.sampler!r})")
+    cls = FastSampler if cfg.sampler == "fast" else LangevinSampler
     # output="sample": the negatives are draws x = T(eps_z, eps_x) of h, which the chain's last
     # potential has already decoded; the decoder mean would cost another decoder pass.
-    return LangevinSampler(
+    return cls(
         energy, generator if cfg.space != "data" else None, space=cfg.space, step_size=cfg.step_size,
         n_steps=cfg.langevin_steps if n_steps is None else n_steps, noise_scale=cfg.noise_scale,
         grad_clip=cfg.grad_clip, clamp=clamp, data_shape=data_shape, replay_buffer=replay,

@@ -1,0 +1,355 @@
+"""FastSampler against the eager LangevinSampler: same seed, same chains, in every space;
+replay buffer; divergence; snapshot caching; CUDA graphs (skipped without a GPU); a user's
+own energy and generator through the one public import."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from vaebm_fast import ChainDivergedError, ChainResult, FastSampler, LangevinSampler, ReplayBuffer
+from vaebm_fast.models import MLPEnergy, MLPVAE, HierarchicalVAE, small_image_ebm
+from vaebm_fast.training import EBMTrainConfig, train_ebm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def mlp_models(seed=0):
+    torch.manual_seed(seed)
+    return MLPVAE(data_dim=2, latent_dim=2, hidden=16, depth=2), MLPEnergy(in_dim=2, hidden=16,
+                                                                            depth=2)
+
+
+def assert_same_chain(a: ChainResult, b: ChainResult, rtol=1e-5, atol=1e-5):
+    assert a.next_offset == b.next_offset
+    assert a.potentials.shape == b.potentials.shape and a.energies.shape == b.energies.shape
+    assert torch.allclose(a.x, b.x, rtol=rtol, atol=atol)
+    assert torch.allclose(a.energies, b.energies, rtol=rtol, atol=atol)
+    assert torch.allclose(a.potentials, b.potentials, rtol=rtol, atol=atol)
+    assert len(a.states) == len(b.states)
+    for s, t in zip(a.states, b.states):
+        assert torch.allclose(s, t, rtol=rtol, atol=atol)
+        assert not t.requires_grad
+
+
+@pytest.mark.parametrize("space", ["eps", "latent", "data"])
+@pytest.mark.parametrize("output", ["mean", "sample"])
+def test_fast_matches_eager_mlp(space, output):
+    vae, energy = mlp_models()
+    gen = vae if space != "data" else None
+    kw = dict(space=space, step_size=0.05, n_steps=8, data_shape=(2,), output=output,
+              grad_clip=2.0, clamp=(-3.0, None) if space == "data" else None)
+    a = LangevinSampler(energy, gen, **kw).sample(32, seed=3, offset=11, return_chain=True)
+    fast = FastSampler(energy, gen, **kw)
+    b = fast.sample(32, seed=3, offset=11, return_chain=True)
+    assert fast.last_path == "fast"
+    assert_same_chain(a, b)
+    # Plain samples, a different seed differs.
+    assert torch.allclose(fast.sample(32, seed=3, offset=11), a.x, atol=1e-5)
+    assert not torch.allclose(fast.sample(32, seed=4, offset=11), a.x, atol=1e-3)
+
+
+@pytest.mark.parametrize("space", ["eps", "latent"])
+def test_fast_matches_eager_nvae(space):
+    """The NVAE decoder with folded BatchNorms and an image EBM: same chain within tolerance."""
+    torch.manual_seed(0)
+    vae = HierarchicalVAE("tiny")
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    vae.train()  # the samplers must use eval-mode BN either way
+    energy = small_image_ebm(in_channels=1, n_channel=8)
+    kw = dict(space=space, step_size=1e-3, n_steps=4)
+    a = LangevinSampler(energy, vae, **kw).sample(6, seed=1, return_chain=True)
+    b = FastSampler(energy, vae, **kw).sample(6, seed=1, return_chain=True)
+    assert_same_chain(a, b, rtol=1e-4, atol=1e-4)
+    assert vae.training  # the original's mode is untouched
+
+
+def test_zero_steps_and_explicit_initial_states():
+    vae, energy = mlp_models()
+    for n_steps in (0, 3):
+        kw = dict(space="eps", step_size=0.05, n_steps=n_steps)
+        x0 = [torch.randn(5, 2), torch.randn(5, 2)]
+        a = LangevinSampler(energy, vae, **kw).sample(x0, seed=0, return_chain=True)
+        b = FastSampler(energy, vae, **kw).sample(x0, seed=0, return_chain=True)
+        assert_same_chain(a, b)
+    x0 = torch.rand(4, 2)
+    kw = dict(space="data", step_size=0.05, n_steps=3)
+    a = LangevinSampler(energy, **kw).sample(x0, seed=2, return_chain=True)
+    b = FastSampler(energy, **kw).sample(x0, seed=2, return_chain=True)
+    assert_same_chain(a, b)
+    assert torch.equal(x0, x0.clone())  # the caller's x0 is not updated in place
+
+
+@pytest.mark.parametrize("space", ["eps", "data"])
+def test_fast_matches_eager_with_replay_buffer(space):
+    vae, energy = mlp_models()
+    gen = vae if space != "data" else None
+    shapes = [tuple(s) for s in vae.latent_shapes] if space != "data" else [(2,)]
+    bufs = [ReplayBuffer(48, shapes), ReplayBuffer(48, shapes)]
+    kw = dict(space=space, step_size=0.05, n_steps=4, data_shape=(2,), reuse_prob=0.5)
+    eager = LangevinSampler(energy, gen, replay_buffer=bufs[0], **kw)
+    fast = FastSampler(energy, gen, replay_buffer=bufs[1], **kw)
+    offset_a = offset_b = 0
+    for _ in range(4):  # the buffer fills, then chains restart from it
+        a = eager.sample(16, seed=5, offset=offset_a, return_chain=True)
+        b = fast.sample(16, seed=5, offset=offset_b, return_chain=True)
+        assert_same_chain(a, b)
+        offset_a, offset_b = a.next_offset, b.next_offset
+    assert len(bufs[0]) == len(bufs[1]) == 48
+    for s, t in zip(bufs[0].storage, bufs[1].storage):
+        assert torch.allclose(s, t, atol=1e-5)
+
+
+def test_divergence_is_reported_with_its_step():
+    """As the eager test: E = -2 x_0 pushes x_0 up by 0.1 per step; NaN once x_0 > 0.45."""
+
+    def energy(x):
+        e = -2.0 * x[:, 0]
+        return torch.where(x[:, 0] > 0.45, torch.full_like(e, float("nan")), e)
+
+    x0 = torch.zeros(5, 2)
+    x0[3:, 0] = -10.0
+    sampler = FastSampler(energy, space="data", step_size=0.1, n_steps=20, noise_scale=0.0)
+    with pytest.raises(ChainDivergedError, match=r"3 of 5 chains became NaN/Inf at step 5") as e:
+        sampler.sample(x0, seed=0)
+    assert e.value.step == 5 and e.value.n_chains == 3
+    late = FastSampler(energy, space="data", step_size=0.1, n_steps=5, noise_scale=0.0)
+    with pytest.raises(ChainDivergedError, match="at step 5"):
+        late.sample(x0, seed=0, return_chain=True)
+    ok = FastSampler(energy, space="data", step_size=0.1, n_steps=4, noise_scale=0.0)
+    assert torch.isfinite(ok.sample(x0, seed=0)).all()
+
+
+def test_inf_from_a_huge_step_is_reported():
+    vae, energy = mlp_models()
+
+    class Steep(nn.Module):
+        def forward(self, x):
+            return 1e3 * x.square().sum(1)
+
+    sampler = FastSampler(Steep(), vae, space="eps", step_size=10.0, n_steps=100)
+    with pytest.raises(ChainDivergedError, match="Lower step_size"):
+        sampler.sample(8, seed=0)
+    x = sampler.sample(8, seed=0, check_finite=False)
+    assert not torch.isfinite(x).all()
+
+
+def test_originals_untouched_and_snapshots_follow_training():
+    vae, energy = mlp_models()
+    vae.train()
+    sampler = FastSampler(energy, vae, space="eps", step_size=0.05, n_steps=3)
+    flags = [p.requires_grad for p in energy.parameters()]
+    a = sampler.sample(8, seed=0)
+    assert [p.requires_grad for p in energy.parameters()] == flags and vae.training
+    assert all(p.grad is None for p in energy.parameters())
+    e_snap, g_snap = sampler.prepared_models()
+    assert sampler.prepared_models()[1] is g_snap  # cached while nothing changed
+    # An optimizer step on the energy is seen by the next chain, as by the eager sampler.
+    opt = torch.optim.SGD(energy.parameters(), lr=0.5)
+    energy(torch.randn(4, 2)).sum().backward()
+    opt.step()
+    e_new = sampler.prepared_models()[0]
+    assert torch.equal(e_new.out.weight, energy.out.weight)  # re-snapshotted (in place)
+    assert sampler.prepared_models()[1] is g_snap
+    b = sampler.sample(8, seed=0)
+    ref = LangevinSampler(energy, vae, space="eps", step_size=0.05, n_steps=3).sample(8, seed=0)
+    assert torch.allclose(b, ref, atol=1e-6) and not torch.allclose(a, b, atol=1e-6)
+    # load_state_dict is an in-place change too.
+    energy.load_state_dict(MLPEnergy(in_dim=2, hidden=16, depth=2).state_dict())
+    c = sampler.sample(8, seed=0)
+    ref = LangevinSampler(energy, vae, space="eps", step_size=0.05, n_steps=3).sample(8, seed=0)
+    assert torch.allclose(c, ref, atol=1e-5)
+
+
+def test_user_energy_and_generator_with_one_import():
+    """A user's own modules (conv + BatchNorm energy, linear generator): one import, the
+    eager sampler's samples."""
+
+    class MyEnergy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(),
+                                     nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU())
+
+        def forward(self, x):
+            return self.net(x).square().mean(dim=(1, 2, 3))
+
+    class MyGenerator(nn.Module):
+        latent_shapes = [(3,)]
+        data_shape = (1, 4, 4)
+
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 16)
+            self.log_s = nn.Parameter(torch.tensor(-1.0))
+
+        def decode_eps(self, eps_z, eps_x=None):
+            x = torch.sigmoid(self.lin(eps_z[0])).view(-1, *self.data_shape)
+            return x if eps_x is None else x + self.log_s.exp() * eps_x
+
+    torch.manual_seed(7)
+    energy, gen = MyEnergy(), MyGenerator()
+    with torch.no_grad():
+        for m in energy.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    energy.eval()  # the eager sampler does not change the energy's mode
+    kw = dict(space="eps", step_size=0.01, n_steps=5, output="sample")
+    a = LangevinSampler(energy, gen, **kw).sample(10, seed=9, return_chain=True)
+    b = FastSampler(energy, gen, **kw).sample(10, seed=9, return_chain=True)
+    assert_same_chain(a, b, rtol=1e-5, atol=1e-5)
+    fast_energy, _ = FastSampler(energy, gen, **kw).prepared_models()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast_energy.modules())
+
+
+def test_unpreparable_module_falls_back_to_eager_with_one_warning():
+    class Uncopyable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x).squeeze(1)
+
+        def __deepcopy__(self, memo):
+            raise TypeError("cannot copy me")
+
+    energy = Uncopyable()
+    sampler = FastSampler(energy, space="data", step_size=0.05, n_steps=2, data_shape=(2,))
+    with pytest.warns(RuntimeWarning, match="cannot copy me"):
+        a = sampler.sample(4, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = sampler.sample(4, seed=0)  # no second warning
+    assert sampler.last_path == "eager" and torch.equal(a, b)
+
+
+def test_train_ebm_fast_and_eager_negative_phase_agree():
+    """Stage 2 with the fast negative phase gives the eager run's trajectory."""
+    from vaebm_fast.data import TwentyFiveGaussians, batches
+
+    toy = TwentyFiveGaussians()
+    results = {}
+    for kind in ("eager", "fast"):
+        torch.manual_seed(0)
+        vae = MLPVAE(data_dim=2, latent_dim=2, hidden=16, depth=2)
+        energy = MLPEnergy(in_dim=2, hidden=16, depth=2)
+        cfg = EBMTrainConfig(steps=5, batch_size=16, lr=1e-3, beta1=0.5, langevin_steps=3,
+                             step_size=2e-3, alpha_s=0.1, replay_capacity=32,
+                             replay_anneal_steps=2, checkpoint_every=100, sampler=kind)
+        torch.manual_seed(1)
+        metrics = train_ebm(energy, vae, batches(toy, 16), cfg)
+        results[kind] = (metrics, {k: v.clone() for k, v in energy.state_dict().items()})
+    (m_e, sd_e), (m_f, sd_f) = results["eager"], results["fast"]
+    # The final weights depend on every step's negatives: equal weights, equal trajectory.
+    assert m_e.keys() == m_f.keys()
+    for k in m_e:
+        assert math.isclose(m_e[k], m_f[k], rel_tol=1e-4, abs_tol=1e-5), (k, m_e, m_f)
+    for k in sd_e:
+        assert torch.allclose(sd_e[k], sd_f[k], rtol=1e-4, atol=1e-6), k
+
+
+# --------------------------------------------------------------------------------------------
+# The device-offset Langevin kernel (Triton; its interpreter on the CPU)
+# --------------------------------------------------------------------------------------------
+def test_device_offset_kernel_matches_the_op(triton_device):
+    from vaebm_fast.ops import langevin_step_reference
+    from vaebm_fast.triton_kernels.langevin_device import langevin_step_device_
+
+    torch.manual_seed(0)
+    ts = [torch.randn(3, 5, device=triton_device), torch.randn(3, 2, 7, device=triton_device)]
+    gs = [torch.randn_like(t) for t in ts]
+    a, b = [t.clone() for t in ts], [t.clone() for t in ts]
+    ha = torch.empty(3, device=triton_device)
+    hb = torch.empty(3, device=triton_device)
+    seed = 2 ** 40 + 5
+    langevin_step_reference(a, gs, step_size=0.1, seed=seed, offset=1237, grad_clip=0.5,
+                            clamp=(-1.0, None), half_sq_norm=ha)
+    rng = torch.tensor([seed, 1200], device=triton_device)
+    langevin_step_device_(b, gs, step_size=0.1, rng_state=rng, offset_add=37, grad_clip=0.5,
+                          clamp=(-1.0, None), half_sq_norm=hb)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-6)
+    assert torch.allclose(ha, hb, rtol=1e-5)
+    assert rng.tolist() == [seed, 1200]  # the caller advances it
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA graphs
+# --------------------------------------------------------------------------------------------
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("space", ["eps", "latent", "data"])
+def test_cuda_graph_chain_matches_eager(space):
+    vae, energy = mlp_models()
+    vae, energy = vae.cuda(), energy.cuda()
+    gen = vae if space != "data" else None
+    kw = dict(space=space, step_size=0.05, n_steps=6, data_shape=(2,), output="sample")
+    a = LangevinSampler(energy, gen, **kw).sample(64, seed=3, return_chain=True)
+    fast = FastSampler(energy, gen, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # capture must succeed here
+        b = fast.sample(64, seed=3, return_chain=True)
+    assert fast.last_path == "graph"
+    assert_same_chain(a, b, rtol=1e-4, atol=1e-4)
+    c = fast.sample(64, seed=3, return_chain=True)  # a replay: same seed, same samples
+    assert_same_chain(b, c, rtol=0, atol=0)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_graph_replay_advances_the_noise():
+    vae, energy = mlp_models()
+    vae, energy = vae.cuda(), energy.cuda()
+    kw = dict(space="eps", step_size=0.05, n_steps=4, output="sample")
+    fast = FastSampler(energy, vae, **kw)
+    x0 = [torch.zeros(32, 2, device="cuda"), torch.zeros(32, 2, device="cuda")]
+    first = fast.sample(x0, seed=1, offset=0, return_chain=True)
+    again = fast.replay(x0).clone()  # same start, offset advanced on the device
+    assert not torch.allclose(first.x, again, atol=1e-3)
+    # ... and it is exactly the chain that starts at the advanced offset.
+    ref = LangevinSampler(energy, vae, **kw).sample(x0, seed=1, offset=first.next_offset)
+    assert torch.allclose(again, ref, atol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_graph_sees_training_between_chains_without_recapture():
+    vae, energy = mlp_models()
+    vae, energy = vae.cuda(), energy.cuda()
+    kw = dict(space="eps", step_size=0.05, n_steps=3)
+    fast = FastSampler(energy, vae, **kw)
+    fast.sample(16, seed=0)
+    chains = dict(fast._graph_chains)
+    with torch.no_grad():
+        for p in energy.parameters():
+            p.mul_(1.1)
+    b = fast.sample(16, seed=0)
+    assert fast._graph_chains == chains  # refreshed in place, not recaptured
+    ref = LangevinSampler(energy, vae, **kw).sample(16, seed=0)
+    assert torch.allclose(b, ref, atol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_uncapturable_energy_runs_eagerly_and_says_why_once():
+    def energy(x):
+        if float(x.sum()) > 1e30:  # a host sync: cannot be captured
+            return x.sum(1) * 0
+        return 0.5 * x.square().sum(1)
+
+    fast = FastSampler(energy, space="data", step_size=0.05, n_steps=3, data_shape=(2,))
+    with pytest.warns(RuntimeWarning, match="eagerly"):
+        a = fast.sample(8, seed=0, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = fast.sample(8, seed=0, device="cuda")
+    assert fast.last_path == "fast" and torch.allclose(a, b)

@@ -1,0 +1,414 @@
+"""FastSampler: LangevinSampler's chains with prepared networks, preallocated buffers and, on
+CUDA, the whole K-step chain as one CUDA graph.
+
+Same constructor, same ``sample(...)``, same samples for the same (seed, offset) as
+:class:`~vaebm_fast.sampling.langevin.LangevinSampler` (to float tolerance: BatchNorm folding
+and the fused prior term round differently), in every space and with a replay buffer.
+
+What it does differently:
+
+* **Prepared networks.** The energy and the generator run as frozen snapshots
+  (:func:`vaebm_fast.sampling.prepare.prepared`: ``model.prepare_for_sampling()`` or the
+  generic path): eval mode, no parameter gradients, weight norms computed once, BatchNorms
+  folded into convs. Snapshots are cached per model and rebuilt only when a parameter or
+  buffer of the original changed (:func:`~vaebm_fast.sampling.prepare.state_key`: version
+  counters, storage, shapes), so training the energy between chains is seen by the next chain
+  and a frozen generator is prepared once. Note: the energy runs in eval mode too (the eager
+  sampler leaves the energy's mode alone; the two differ only for energies with BatchNorm or
+  dropout).
+* **No per-step allocation of its own.** The chain state tensors are updated in place by the
+  fused ``langevin_step_`` (native kernel on the CPU); energies per step are written into a
+  preallocated [K + 1, B] buffer and the prior term ``||eps||^2 / 2`` comes out of the update
+  kernel itself (its ``half_sq_norm`` output, written into a preallocated [K + 1, B] buffer)
+  instead of a separate reduction per group. Only autograd's own buffers are allocated per
+  step. Divergence is checked with one host sync per chain.
+* **CUDA graphs** (``graphs=True``, the default, CUDA tensors only). The K steps (decoder
+  forward, energy forward, gradient with respect to the state, fused update) plus the final
+  potential and decode are captured once per (batch, state shapes, dtype, device, K, options)
+  key and replayed. The update inside the graph is the Triton kernel of
+  :mod:`vaebm_fast.triton_kernels.langevin_device`, which reads the Philox seed and offset from
+  a device int64 [2] tensor; the graph advances that offset by the noise it drew, so a graph
+  replayed again without new host input draws fresh noise (:meth:`FastSampler.replay`).
+  ``sample`` writes (seed, offset) into it before each replay, which gives the eager chain's
+  samples. Initial states (fresh draws, replay-buffer gathers) are made outside the graph and
+  copied into its static state buffers. When capture is impossible (no Triton on the device,
+  a host sync or an uncapturable op inside the energy/decoder, ...) the chain runs eagerly and
+  a warning says why, once per key. Network weights are copied into the captured snapshot in
+  place when the originals change, so training between chains does not force a recapture.
+
+Divergence: :class:`~vaebm_fast.sampling.langevin.ChainDivergedError` with the first step at
+which a potential or the final sample was NaN/Inf, as the eager sampler.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .langevin import ChainDivergedError, ChainResult, LangevinSampler, _module_device, frozen
+from .prepare import prepared, state_key
+
+__all__ = ["FastSampler"]
+
+
+class _Snapshot:
+    """A cached prepared copy of one model and the key it was made from."""
+
+    __slots__ = ("source", "key", "module")
+
+    def __init__(self, source, key, module):
+        self.source, self.key, self.module = source, key, module
+
+
+def _refresh_in_place(old: nn.Module, new: nn.Module) -> bool:
+    """Copy ``new``'s tensors into ``old``'s (same names, shapes, dtypes); True on success.
+    Keeps every address of ``old`` (which a captured graph reads) valid."""
+    if not isinstance(old, nn.Module) or not isinstance(new, nn.Module):
+        return False
+    a = dict(old.named_parameters())
+    a.update(old.named_buffers())
+    b = dict(new.named_parameters())
+    b.update(new.named_buffers())
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape or a[k].dtype != b[k].dtype
+                                   or a[k].device != b[k].device for k in a):
+        return False
+    with torch.no_grad():
+        for k in a:
+            a[k].copy_(b[k])
+    return True
+
+
+class FastSampler(LangevinSampler):
+    """Drop-in replacement of :class:`LangevinSampler` (same arguments, same ``sample``).
+
+    Extra keyword-only argument:
+        graphs: capture and replay the chain as a CUDA graph on CUDA tensors (default True;
+            ignored on the CPU).
+
+    ``sample(x0_or_n, *, seed, offset=0, return_chain=False, device=None, dtype=float32,
+    check_finite=True, progress=False)`` returns samples [B, *data_shape] or a
+    :class:`ChainResult` (potentials/energies [K + 1, B], states, next_offset), exactly as the
+    eager sampler. ``progress`` shows nothing for a graph replay (one launch).
+    """
+
+    def __init__(self, energy, generator=None, *, graphs: bool = True, **kwargs):
+        super().__init__(energy, generator, **kwargs)
+        self.graphs = bool(graphs)
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._graph_chains: dict[tuple, object] = {}
+        self._graph_failures: dict[tuple, str] = {}
+        self._prepare_failed: Optional[str] = None
+        self.last_path: Optional[str] = None  # "graph", "fast" or "eager" (for tests and logs)
+
+    # -- prepared networks -------------------------------------------------------------------
+    def _snapshot(self, name: str, source):
+        """The prepared copy of ``source`` (cached; rebuilt when its state key changes)."""
+        if not isinstance(source, nn.Module):
+            return source
+        key = state_key(source)
+        snap = self._snapshots.get(name)
+        if snap is not None and snap.source is source and snap.key == key:
+            return snap.module
+        module = prepared(source)
+        if snap is not None and snap.source is source and _refresh_in_place(snap.module, module):
+            module = snap.module  # same addresses: captured graphs stay valid
+        self._snapshots[name] = _Snapshot(source, key, module)
+        return module
+
+    def prepared_models(self):
+        """(energy, generator) as the chain runs them: prepared snapshots of the modules (the
+        originals are not modified), non-module callables as given."""
+        energy = self._snapshot("energy", self.energy)
+        generator = self._snapshot("generator", self.generator) if self.space != "data" else None
+        return energy, generator
+
+    def invalidate(self) -> None:
+        """Drop the cached snapshots and graphs (after changing weights through ``.data``)."""
+        self._snapshots.clear()
+        self._graph_chains.clear()
+
+    # -- the chain ---------------------------------------------------------------------------
+    def sample(self, x0_or_n, *, seed: int, offset: int = 0, return_chain: bool = False,
+               device=None, dtype: torch.dtype = torch.float32, check_finite: bool = True,
+               progress: bool = False):
+        """Run the chain; arguments and results as :meth:`LangevinSampler.sample`."""
+        if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        try:
+            energy, generator = self.prepared_models()
+        except Exception as exc:  # noqa: BLE001  (e.g. a module that cannot be deep-copied)
+            if self._prepare_failed is None:
+                self._prepare_failed = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"FastSampler: could not prepare the networks "
+                              f"({self._prepare_failed}); running the eager LangevinSampler "
+                              f"chain instead", RuntimeWarning, stacklevel=2)
+            self.last_path = "eager"
+            return super().sample(x0_or_n, seed=seed, offset=offset, return_chain=return_chain,
+                                  device=device, dtype=dtype, check_finite=check_finite,
+                                  progress=progress)
+        device = device if device is not None else _module_device(self.generator, self.energy)
+        states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
+                                             dtype=dtype)
+        states = [s.contiguous() for s in states]
+        run = None
+        if self.graphs and states[0].device.type == "cuda":
+            run = self._run_graph(energy, generator, states, seed, offset)
+        if run is None:
+            run = self._run_fast(energy, generator, states, seed, offset, progress)
+        states, x, energies, half_sq, offset = run
+        return self._finish(states, x, energies, half_sq, offset, return_chain, check_finite)
+
+    def _steps_total(self, states) -> int:
+        return sum(s.numel() for s in states)
+
+    def _run_fast(self, energy, generator, states, seed, offset, progress):
+        """The K steps with the prepared networks, eagerly (any device)."""
+        from ..ops import langevin_step_
+
+        batch, n_steps = states[0].shape[0], self.n_steps
+        use_prior = self.prior_weight != 0
+        energies = half_sq = None
+        steps = range(n_steps)
+        if progress:
+            from tqdm.auto import tqdm
+            steps = tqdm(steps, desc=f"langevin ({self.space}, fast)", leave=False)
+        # Untracked non-module energies (plain functions closing over modules) still get the
+        # eager sampler's freeze of whatever modules they are given as.
+        guard = frozen(*(m for m in (energy, generator) if isinstance(m, nn.Module)
+                         and any(p.requires_grad for p in m.parameters())))
+        with guard, torch.enable_grad():
+            for s in states:
+                s.requires_grad_(True)
+            for step in steps:
+                x = self.decode(states, generator=generator)
+                E = energy(x)
+                if energies is None:
+                    self._check_energy(E, batch)
+                    energies = torch.empty(n_steps + 1, batch, dtype=E.dtype, device=E.device)
+                    if use_prior:
+                        half_sq = _half_sq_buffer(states, n_steps)
+                        half_sq[0].copy_(_half_sq_norm(states))
+                energies[step].copy_(E.detach())
+                grads = torch.autograd.grad(E.sum(), states)
+                offset = langevin_step_(
+                    states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
+                    prior_weight=self.prior_weight, noise_scale=self.noise_scale,
+                    grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend,
+                    half_sq_norm=half_sq[step + 1] if use_prior else None)
+                del x, E, grads
+            for s in states:
+                s.requires_grad_(False)
+        states = [s.detach() for s in states]
+        with torch.no_grad():
+            x = self.decode(states, generator=generator)
+            E = energy(x)
+            if energies is None:  # n_steps == 0
+                self._check_energy(E, batch)
+                energies = torch.empty(1, batch, dtype=E.dtype, device=E.device)
+                if use_prior:
+                    half_sq = _half_sq_buffer(states, 0)
+                    half_sq[0].copy_(_half_sq_norm(states))
+            energies[n_steps].copy_(E)
+            if self.space == "eps" and self.output == "mean":
+                x = self.decode(states, mean=True, generator=generator)
+        self.last_path = "fast"
+        return states, x, energies, half_sq, offset
+
+    def _check_energy(self, E, batch) -> None:
+        if E.dim() != 1 or E.shape[0] != batch:
+            raise ValueError(f"energy must return shape [B] = [{batch}] (got {list(E.shape)})")
+
+    def _finish(self, states, x, energies, half_sq, offset, return_chain, check_finite):
+        batch = states[0].shape[0]
+        potentials = energies if half_sq is None else energies + half_sq.to(energies.dtype)
+        if check_finite:
+            # One host sync per chain: the first step whose potential is not finite, per chain.
+            n_rows = potentials.shape[0]
+            rows = torch.arange(n_rows, device=potentials.device)[:, None].expand_as(potentials)
+            first = torch.where(~torch.isfinite(potentials), rows, n_rows).amin(0)
+            final_bad = ~torch.isfinite(x.flatten(1)).all(1)
+            first = torch.where((first == n_rows) & final_bad, self.n_steps, first)
+            diverged = first < n_rows
+            n_bad = int(diverged.sum())
+            if n_bad:
+                raise ChainDivergedError(int(first[diverged].min()), n_bad, batch)
+        if self.replay_buffer is not None:
+            self.replay_buffer.push(states[: len(self.replay_buffer.shapes)])
+        if not return_chain:
+            return x
+        return ChainResult(x=x, states=states, potentials=potentials, energies=energies,
+                           next_offset=offset)
+
+    # -- CUDA graphs ---------------------------------------------------------------------------
+    def _graph_key(self, states, energy, generator) -> tuple:
+        return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device,
+                self.space, self.n_steps, self.step_size, self.noise_scale, self.grad_clip,
+                self.clamp, self.prior_weight, self.output, id(energy), id(generator))
+
+    def _run_graph(self, energy, generator, states, seed, offset):
+        """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly."""
+        key = self._graph_key(states, energy, generator)
+        # Graphs of snapshots that were replaced (not refreshed in place) are dead weight.
+        for old in [k for k in self._graph_chains if k[-2:] != key[-2:]]:
+            del self._graph_chains[old]
+        if key in self._graph_failures:
+            return None
+        chain = self._graph_chains.get(key)
+        if chain is None:
+            reason = _graph_unavailable_reason(states[0].device)
+            if reason is None:
+                try:
+                    chain = _GraphChain(self, energy, generator, states)
+                except Exception as exc:  # noqa: BLE001
+                    reason = f"capture failed: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                self._graph_failures[key] = reason
+                warnings.warn(f"FastSampler: running the chain eagerly instead of as a CUDA "
+                              f"graph ({reason})", RuntimeWarning, stacklevel=3)
+                return None
+            self._graph_chains[key] = chain
+        out = chain.run(states, seed, offset)
+        self.last_path = "graph"
+        return out
+
+    def replay(self, states=None):
+        """Replay the most recently used captured chain once more *without* resetting its
+        (seed, offset): the device-side offset the previous replay advanced is used, so the
+        noise is fresh. ``states`` (list of [B, ...]) restarts from given states, else the chain
+        continues from its last states. Returns the samples (a view of the graph's output
+        buffer, overwritten by the next replay: clone to keep)."""
+        if not self._graph_chains:
+            raise RuntimeError("no captured chain: call sample() on CUDA tensors first")
+        chain = list(self._graph_chains.values())[-1]
+        return chain.replay(states)
+
+
+def _graph_unavailable_reason(device) -> Optional[str]:
+    from .. import _triton
+
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    reason = _triton.device_reason("cuda")
+    if reason is not None:
+        return f"the device-offset Langevin kernel needs Triton ({reason})"
+    return None
+
+
+def _half_sq_buffer(states, n_steps):
+    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
+    return torch.empty(n_steps + 1, states[0].shape[0], dtype=dtype, device=states[0].device)
+
+
+def _half_sq_norm(states):
+    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
+    return sum(0.5 * s.detach().to(dtype).flatten(1).square().sum(1) for s in states)
+
+
+class _GraphChain:
+    """One captured chain: static state buffers, a device (seed, offset), static outputs.
+
+    Captured body (K steps, then the final potential and the reported samples)::
+
+        for k in range(K):
+            x = decode(states); E = energy(x); energies[k] = E
+            grads = d E.sum() / d states
+            update states in place, noise at (rng[0], rng[1] + k * n), half_sq[k + 1]
+        x = decode(states) [decoder mean for eps/"mean"]; energies[K] = energy(decode(states))
+        rng[1] += K * n
+
+    with n the number of state elements. ``run`` copies the start states and (seed, offset)
+    in, replays, and returns copies of the outputs.
+    """
+
+    def __init__(self, sampler: FastSampler, energy, generator, like):
+        from ..triton_kernels.langevin_device import langevin_step_device_
+
+        self.sampler, self.energy, self.generator = sampler, energy, generator
+        self.update = langevin_step_device_
+        device = like[0].device
+        self.n_steps, self.batch = sampler.n_steps, like[0].shape[0]
+        self.numel = sum(s.numel() for s in like)
+        self.states = [torch.zeros_like(s).requires_grad_(True) for s in like]
+        self.rng = torch.zeros(2, dtype=torch.int64, device=device)
+        self.use_prior = sampler.prior_weight != 0
+        self.half_sq = _half_sq_buffer(like, self.n_steps) if self.use_prior else None
+        # Gradients are copied into static buffers, so one pointer table (built here, before
+        # the capture: no host-to-device copy inside the graph) serves every step.
+        self.grads = [torch.zeros_like(s) for s in like]
+        from ..triton_kernels.langevin_device import build_table
+        self.table = build_table(self.states, self.grads, self.batch if self.use_prior else 0)
+        torch.cuda.synchronize(device)
+        self.energies = None
+        self.x = None
+        self.graph = torch.cuda.CUDAGraph()
+
+        # Warm up on a side stream (lazy init, cuDNN autotuning, Triton compilation), then
+        # capture.
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
+        with torch.cuda.graph(self.graph):
+            self._body()
+        torch.cuda.synchronize(device)
+
+    def _body(self) -> None:
+        s = self.sampler
+        states = self.states
+        if self.use_prior:
+            self.half_sq[0].copy_(_half_sq_norm(states))
+        with torch.enable_grad():
+            energies = []
+            for k in range(self.n_steps):
+                x = s.decode(states, generator=self.generator)
+                E = self.energy(x)
+                energies.append(E.detach())
+                grads = torch.autograd.grad(E.sum(), states)
+                with torch.no_grad():
+                    for buf, g in zip(self.grads, grads):
+                        buf.copy_(g)
+                with torch.no_grad():
+                    self.update(states, self.grads, step_size=s.step_size, rng_state=self.rng,
+                                offset_add=k * self.numel, prior_weight=s.prior_weight,
+                                noise_scale=s.noise_scale, grad_clip=s.grad_clip,
+                                clamp=s.clamp,
+                                half_sq_norm=self.half_sq[k + 1] if self.use_prior else None,
+                                table=self.table)
+                del x, E, grads
+        with torch.no_grad():
+            x = s.decode(states, generator=self.generator)
+            E = self.energy(x)
+            energies.append(E)
+            if s.space == "eps" and s.output == "mean":
+                x = s.decode(states, mean=True, generator=self.generator)
+            if self.energies is None:
+                self.energies = torch.empty(self.n_steps + 1, self.batch, dtype=E.dtype,
+                                            device=E.device)
+                self.x = torch.empty_like(x)
+            torch.stack(energies, out=self.energies)
+            self.x.copy_(x)
+            self.rng[1].add_(self.n_steps * self.numel)
+
+    def run(self, states, seed: int, offset: int):
+        with torch.no_grad():
+            for buf, s in zip(self.states, states):
+                buf.copy_(s)
+            self.rng.copy_(torch.tensor([seed, offset], dtype=torch.int64), non_blocking=False)
+        self.graph.replay()
+        out_states = [b.detach().clone() for b in self.states]
+        half_sq = None if self.half_sq is None else self.half_sq.clone()
+        return (out_states, self.x.clone(), self.energies.clone(), half_sq,
+                offset + self.n_steps * self.numel)
+
+    def replay(self, states=None):
+        if states is not None:
+            with torch.no_grad():
+                for buf, s in zip(self.states, states):
+                    buf.copy_(s)
+        self.graph.replay()
+        return self.x
