@@ -69,7 +69,9 @@ def _extensions():
     # -fopenmp: at::parallel_for is a header template that only runs in parallel when the
     # including file is compiled with OpenMP (torch's CPU build uses the OpenMP backend).
     # -fno-math-errno -fno-trapping-math: as torch itself; lets the noise loops vectorise.
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"] + defines
+    # -Wno-psabi: silences GCC's note that passing 32-byte vectors changed ABI in GCC 4.6
+    # (the vector-typed helpers are internal, so no ABI crosses a boundary).
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"] + defines
     if not with_cuda:
         ext = CppExtension("vaebm_fast._C", sources, extra_compile_args={"cxx": cxx},
                            extra_link_args=["-fopenmp"])
