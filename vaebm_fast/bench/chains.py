@@ -71,10 +71,11 @@ VARIANTS = (OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH)
 FULL = {"toy_batch": 5000, "cifar_batches": (32, 64), "cifar_channels": 128,
         "cifar_ebm_channels": 128, "cifar_groups": 30, "igebm_batch": 64, "igebm_channels": 32,
         "replay_capacity": 10_000, "n_steps": N_STEPS,
-        "repeats_toy": 7, "repeats_igebm": 3, "repeats_cifar": 1}
+        "repeats_toy": 7, "repeats_igebm": 3, "repeats_cifar": 1, "compile_setups": ".*"}
 QUICK = {"toy_batch": 64, "cifar_batches": (2,), "cifar_channels": 8, "cifar_ebm_channels": 8,
          "cifar_groups": 3, "igebm_batch": 4, "igebm_channels": 4, "replay_capacity": 64,
-         "n_steps": N_STEPS, "repeats_toy": 3, "repeats_igebm": 2, "repeats_cifar": 2}
+         "n_steps": N_STEPS, "repeats_toy": 3, "repeats_igebm": 2, "repeats_cifar": 2,
+         "compile_setups": ".*"}
 TIMING_FULL = {"warmup": 1, "min_sample_s": 0.2}
 TIMING_QUICK = {"warmup": 1, "min_sample_s": 0.001}
 COMPILE_TIMEOUT_S = 300.0
@@ -754,10 +755,14 @@ def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
         setup = make()
         if wanted(keys[0]):
             yield update_case(setup)
+        timeout = compile_timeout
+        if timeout and not re.search(sizes["compile_setups"], key):
+            setup.compiled["error"] = (f"not attempted for this model (--set compile_setups="
+                                       f"{sizes['compile_setups']!r})")
         if wanted(keys[1]):
-            yield step_case(setup, compile_timeout, compile_backend)
+            yield step_case(setup, timeout, compile_backend)
         if wanted(keys[2]):
-            yield chain_case(setup, n, compile_timeout, compile_backend)
+            yield chain_case(setup, n, timeout, compile_backend)
         del setup
         gc.collect()
 
@@ -894,6 +899,17 @@ def run(args, argv=None) -> Dict[str, Path]:
               flush=True)
         results.append(run_chain_case(cc, timing, repeats))
         del cc
+        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
+                       started)  # after every case: a long run killed midway keeps its results
+    if not results:
+        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
+                       started)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return paths
+
+
+def _write(args, argv, name, results, machine, sizes, timing, compile_timeout, started):
     settings = dict(timing, repeats="per setup: " + ", ".join(
         f"{k[8:]} {v}" for k, v in sizes.items() if k.startswith("repeats_"))
         if args.repeats is None else args.repeats,
@@ -906,8 +922,6 @@ def run(args, argv=None) -> Dict[str, Path]:
     paths = write_report(name, "Chain benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
                          results, args.out, machine=machine, settings=settings,
                          render=render_chains_markdown)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return paths
 
 
