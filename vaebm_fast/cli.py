@@ -5,6 +5,7 @@
     vaebm-fast train-ebm --out DIR                  stage 2 (reads DIR/vae.pt) -> DIR/ebm.pt
     vaebm-fast sample --out DIR                     VAE and VAEBM samples side by side
     vaebm-fast info                                 versions and available backends
+    vaebm-fast bench ops|chains [--quick] [--only RE]  benchmarks -> benchmarks/results/
 
 Training options come from the dataset's preset (``vaebm_fast.presets``), then a JSON config
 file (``--config``: {"vae": {...}, "energy": {...}, "train": {...}}), then flags: every field
@@ -178,6 +179,15 @@ def cmd_info(args) -> None:
     print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
 
 
+def cmd_bench(args) -> None:
+    if args.suite == "ops":
+        from .bench import ops
+        ops.main(args.rest)
+    else:
+        from .bench import chains
+        chains.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaebm-fast", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, help="Langevin steps (default: the preset's test steps)")
     p.add_argument("--step-size", type=float, help="default: the preset's test step size")
+
+    p = command("bench", cmd_bench, "benchmarks: fused vs eager ops ('ops') or Langevin steps "
+                "and whole chains vs eager and official-style loops ('chains'); "
+                "writes JSON, markdown and a PNG chart")
+    p.add_argument("suite", choices=["ops", "chains"])
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="options of the suite: --quick, --device cuda, --only REGEX, --out DIR, "
+                        "--repeats N; chains also --set KEY=VALUE, --compile-timeout S "
+                        "(see `vaebm-fast bench SUITE --help`)")
 
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
     p.add_argument("--json", action="store_true")

@@ -1,0 +1,141 @@
+"""The chain benchmark, smoke-tested: a --quick run of the toy and IGEBM setups into a temporary
+directory, the structure of what it writes, the official-style loop's samples, and the
+`vaebm-fast bench` subcommand. No timing assertions (DESIGN.md §5)."""
+import json
+import math
+
+import pytest
+import torch
+
+from vaebm_fast.bench import chains
+from vaebm_fast.cli import main as cli_main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ONLY = "toy|igebm"
+CASES = ["update_toy", "step_toy", "chain16_toy", "update_igebm", "step_igebm", "chain16_igebm"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("chains")
+        paths = chains.main(["--quick", "--only", ONLY, "--repeats", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return out, paths, json.loads(paths["json"].read_text())
+
+
+def test_writes_json_markdown_and_png(quick_run):
+    out, paths, _ = quick_run
+    assert sorted(p.name for p in out.iterdir()) == [
+        "chains_cpu_quick.json", "chains_cpu_quick.md", "chains_cpu_quick.png"]
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cases_and_variants(quick_run):
+    _, paths, report = quick_run
+    assert [case["key"] for case in report["cases"]] == CASES
+    text = paths["md"].read_text()
+    for case in report["cases"]:
+        names = [row["name"] for row in case["variants"] if row["role"] != "ceiling"]
+        skipped = {s["name"]: s["reason"] for s in case["skipped"]}
+        # Every variant is either timed or listed as not run, with a reason.
+        assert sorted(names + list(skipped)) == sorted(chains.VARIANTS)
+        assert all(reason for reason in skipped.values())
+        assert case["baseline"] == "eager" and "official-style" in names
+        assert "fast + CUDA graph" in skipped  # CPU run
+        assert f"(`{case['key']}`)" in text
+        rows = {row["name"]: row for row in case["variants"]}
+        for row in case["variants"]:
+            if row["role"] == "ceiling":
+                continue
+            assert math.isclose(row["speedup_vs_eager"],
+                                rows["eager"]["median_s"] / row["median_s"])
+            assert math.isclose(row["speedup_vs_official"],
+                                rows["official-style"]["median_s"] / row["median_s"])
+            assert math.isclose(row["ms_per_step"],
+                                row["median_s"] * 1e3 / case["steps_per_call"])
+            assert math.isclose(row["samples_per_s"], case["batch"] / row["median_s"])
+            assert row["peak_mb"] is not None
+        assert case["steps_per_call"] == (16 if case["key"].startswith("chain16") else 1)
+        assert ("copy_ (ceiling)" in rows) == case["key"].startswith("update")
+    assert "Whole chains at a glance" in text
+
+
+def _toy(batch=16):
+    sizes = dict(chains.QUICK, toy_batch=batch)
+    return chains.toy_setup(sizes, "cpu")
+
+
+class CountingEnergy(torch.nn.Module):
+    def __init__(self, energy):
+        super().__init__()
+        self.inner, self.grad_calls = energy, 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("setup_name", ["toy", "igebm", "cifar"])
+def test_official_style_chain_matches_the_sampler_in_shape_and_steps(setup_name):
+    from vaebm_fast.sampling import LangevinSampler
+    sizes = dict(chains.QUICK, toy_batch=8, igebm_batch=3)
+    setup = {"toy": lambda: chains.toy_setup(sizes, "cpu"),
+             "igebm": lambda: chains.igebm_setup(sizes, "cpu"),
+             "cifar": lambda: chains.cifar_setup(sizes, 2, "cpu")}[setup_name]()
+    k = 3
+    energy = CountingEnergy(setup.energy)
+    replay = chains._official_replay(setup)
+    x_off = chains.official_style_chain(
+        energy, setup.generator, setup.batch, n_steps=k, replay=replay,
+        replay_capacity=setup.replay_capacity, reuse_prob=setup.reuse_prob, **setup.sampler)
+    assert energy.grad_calls == k  # one gradient of the potential per step
+    counted = CountingEnergy(setup.energy)
+    x_ours = LangevinSampler(counted, setup.generator, n_steps=k, backend="native",
+                             **setup.sampler).sample(setup.batch, seed=0)
+    assert counted.grad_calls == k
+    assert x_off.shape == x_ours.shape and x_off.dtype == x_ours.dtype
+    assert torch.isfinite(x_off).all()
+    if setup.space == "data":
+        assert 0 <= x_off.min() and x_off.max() <= 1
+        assert len(replay) == setup.replay_capacity  # pushed back, trimmed FIFO
+    # The official loop leaves no gradients behind and restores the VAE's flags.
+    assert all(p.grad is None for p in setup.energy.parameters())
+    if setup.generator is not None:
+        assert all(p.grad is None for p in setup.generator.parameters())
+
+
+def test_compile_skip_reason_and_timeout():
+    setup = _toy()
+    fn, why = chains._compile_variant(setup, "step", 1, 0.0, "inductor")
+    assert fn is None and "--compile-timeout 0" in why
+    with pytest.raises(chains._Timeout):
+        with chains.time_limit(0.05):
+            while True:
+                pass
+
+
+def test_cli_bench_chains_quick(tmp_path, capsys):
+    assert cli_main(["bench", "chains", "--quick", "--only", "update_toy", "--repeats", "1",
+                     "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "chains_cpu_quick.json").read_text())
+    assert [c["key"] for c in report["cases"]] == ["update_toy"]
+    assert "update_toy" in capsys.readouterr().out
+
+
+def test_cli_bench_ops_quick(tmp_path):
+    assert cli_main(["bench", "ops", "--quick", "--only", "replay", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ops_cpu_quick.json").read_text())
+    assert [c["key"] for c in report["cases"]] == ["replay_gather_cifar10"]
+
+
+def test_set_overrides_sizes():
+    sizes = chains._parse_set(["cifar_batches=32,64", "cifar_channels=16"], chains.FULL)
+    assert sizes["cifar_batches"] == (32, 64) and sizes["cifar_channels"] == 16
+    with pytest.raises(SystemExit):
+        chains._parse_set(["nope=1"], chains.FULL)

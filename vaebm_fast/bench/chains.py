@@ -1,0 +1,929 @@
+"""Chain benchmarks: the Langevin update alone, one Langevin step and a whole 16-step chain.
+
+    vaebm-fast bench chains [--quick] [--only REGEX] [--set KEY=VALUE ...]
+    python -m benchmarks.bench_chains --quick          # the same, from a checkout
+
+Models (``setups``):
+
+* ``toy``: the 2-D toy VAEBM as ``vaebm_fast.presets`` builds it for "25gaussians" (MLPVAE +
+  MLPEnergy, hidden 128, depth 3), eps space, the preset's sampling step size, as many chains
+  as the demo samples (5,000).
+* ``cifar_b32`` / ``cifar_b64``: the official CIFAR-32 EBM (``official_ebm("cifar32")``) on a
+  CIFAR-scale hierarchical VAE (``HierarchicalVAEConfig.preset("cifar10")``: 30 latent groups
+  [20, 16, 16], 129M parameters at the official width 128), eps space, step size 8e-5 (the
+  official CIFAR-10 test setting), batch 32 and 64. ``--set cifar_channels=N`` narrows both
+  networks (the state shapes stay CIFAR-10's): at width 128 one step at batch 32 takes minutes
+  on a 2-core CPU.
+* ``igebm``: a pixel-space IGEBM chain (data space, [3, 32, 32] images, the CIFAR-32 EBM
+  architecture at width ``igebm_channels``), x <- clamp(x - lambda clip(grad E, 0.01) + 0.005
+  xi, 0, 1) with lambda = 10, started from a replay buffer of 10,000 chains (95% reused).
+
+Cases: ``update_<setup>`` (the update op alone, on that setup's chain state), ``step_<setup>``
+(one Langevin step: potential, gradient, update, on a persistent state) and ``chain16_<setup>``
+(a whole chain as a user calls it: start draws, 16 steps, the returned samples).
+
+Variants (every case lists all of them, timed or "not run" with the reason):
+
+* ``official-style``: :func:`official_style_chain`, the official VAEBM loop's per-step waste
+  (DESIGN.md §3) reproduced with our models;
+* ``eager``: ``LangevinSampler(backend="eager")`` -- the baseline of every ratio "vs eager";
+* ``fused``: ``LangevinSampler(backend="native")`` (the fused C++/CUDA update);
+* ``fast``: ``vaebm_fast.FastSampler`` when it can be imported;
+* ``torch.compile``: ``torch.compile`` of the eager step written as a user would (autograd
+  gradient + ``sub_``/``add_`` update with ``torch.randn_like`` noise); skipped with the
+  reason when compiling fails or takes longer than ``--compile-timeout`` seconds;
+* ``fast + CUDA graph``: FastSampler with ``cuda_graph=True``, CUDA only.
+
+Peak memory: on the CPU, the growth of the process's peak resident set (VmHWM, reset through
+``/proc/self/clear_refs`` after ``malloc_trim``) during the variant's first (warm-up) call; on
+CUDA, ``torch.cuda.max_memory_allocated`` over that call minus the memory allocated before it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import math
+import re
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .harness import (RESULTS, Case, Variant, _fmt, describe_machine, machine_info, run_case,
+                      write_report)
+
+N_STEPS = 16
+OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH = (
+    "official-style", "eager", "fused", "fast", "torch.compile", "fast + CUDA graph")
+VARIANTS = (OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH)
+
+# Sizes: full, and --quick (every case and variant in a few seconds). --set KEY=VALUE overrides.
+FULL = {"toy_batch": 5000, "cifar_batches": (32, 64), "cifar_channels": 128,
+        "cifar_ebm_channels": 128, "cifar_groups": 30, "igebm_batch": 64, "igebm_channels": 32,
+        "replay_capacity": 10_000, "n_steps": N_STEPS,
+        "repeats_toy": 7, "repeats_igebm": 3, "repeats_cifar": 1, "compile_setups": ".*"}
+QUICK = {"toy_batch": 64, "cifar_batches": (2,), "cifar_channels": 8, "cifar_ebm_channels": 8,
+         "cifar_groups": 3, "igebm_batch": 4, "igebm_channels": 4, "replay_capacity": 64,
+         "n_steps": N_STEPS, "repeats_toy": 3, "repeats_igebm": 2, "repeats_cifar": 2,
+         "compile_setups": ".*"}
+TIMING_FULL = {"warmup": 1, "min_sample_s": 0.2}
+TIMING_QUICK = {"warmup": 1, "min_sample_s": 0.001}
+COMPILE_TIMEOUT_S = 300.0
+
+
+# ------------------------------------------------------------------------------ models
+
+@dataclass
+class Setup:
+    """One model configuration and how to sample it (``sampler`` kwargs of LangevinSampler)."""
+
+    key: str
+    title: str
+    energy: nn.Module
+    generator: Optional[nn.Module]
+    batch: int
+    sampler: Dict[str, Any]
+    repeats: int
+    device: str = "cpu"
+    replay_capacity: int = 0
+    reuse_prob: float = 0.0
+    notes: List[str] = field(default_factory=list)
+    compiled: Dict[str, Any] = field(default_factory=dict)  # cache shared by step/chain cases
+
+    @property
+    def space(self) -> str:
+        return self.sampler["space"]
+
+    def state_shapes(self) -> List[Tuple[int, ...]]:
+        if self.space == "data":
+            return [tuple(self.sampler["data_shape"])]
+        return [tuple(s) for s in self.generator.latent_shapes] + [tuple(self.generator.data_shape)]
+
+    def make_buffer(self):
+        """A replay buffer filled with uniform [0, 1] images (each variant gets its own)."""
+        from ..sampling import ReplayBuffer
+        if not self.replay_capacity:
+            return None
+        buffer = ReplayBuffer(self.replay_capacity, self.state_shapes(), device=self.device)
+        gen = torch.Generator().manual_seed(1)
+        buffer.push([torch.rand(self.replay_capacity, *s, generator=gen).to(self.device)
+                     for s in self.state_shapes()])
+        return buffer
+
+
+def toy_setup(sizes: dict, device: str) -> Setup:
+    from ..presets import build_energy, build_vae, preset
+    p = preset("25gaussians")
+    vae, energy = build_vae(p["vae"]).to(device).eval(), build_energy(p["energy"]).to(device).eval()
+    return Setup("toy", f"2-D toy VAEBM (25gaussians preset), batch {sizes['toy_batch']}",
+                 energy, vae, sizes["toy_batch"],
+                 dict(space="eps", step_size=p["sample_step_size"], output="sample"),
+                 sizes["repeats_toy"], device,
+                 notes=[f"MLPVAE {p['vae']} + MLPEnergy {p['energy']}, untrained weights; "
+                        f"step size {p['sample_step_size']} (the preset's sampling setting)"])
+
+
+def cifar_setup(sizes: dict, batch: int, device: str) -> Setup:
+    from ..models import HierarchicalVAE, HierarchicalVAEConfig, official_ebm
+    c, ce, groups = sizes["cifar_channels"], sizes["cifar_ebm_channels"], sizes["cifar_groups"]
+    config = HierarchicalVAEConfig.preset("cifar10", num_channels_enc=c, num_channels_dec=c,
+                                          num_groups_per_scale=groups)
+    vae = HierarchicalVAE(config).to(device).eval()
+    energy = official_ebm("cifar32", n_channel=ce).to(device).eval()
+    n_vae = sum(p.numel() for p in vae.parameters())
+    n_ebm = sum(p.numel() for p in energy.parameters())
+    official = c == 128 and ce == 128 and groups == 30
+    title = (f"CIFAR-32 EBM + CIFAR-scale hierarchical VAE, batch {batch}"
+             + ("" if official else f" (narrowed: VAE width {c}, EBM width {ce}, {groups} groups)"))
+    return Setup(f"cifar_b{batch}", title, energy, vae, batch,
+                 dict(space="eps", step_size=8e-5, output="mean"), sizes["repeats_cifar"], device,
+                 notes=[f"HierarchicalVAE preset cifar10 with num_channels_enc/dec={c}, "
+                        f"num_groups_per_scale={groups} ({n_vae:,} parameters; the official "
+                        f"width 128 with 30 groups has 129,107,204); official_ebm('cifar32', "
+                        f"n_channel={ce}) ({n_ebm:,} parameters; 128 is official); untrained "
+                        f"weights; step size 8e-5 (official CIFAR-10 test setting)"])
+
+
+def igebm_setup(sizes: dict, device: str) -> Setup:
+    from ..models import official_ebm
+    c = sizes["igebm_channels"]
+    energy = official_ebm("cifar32", n_channel=c).to(device).eval()
+    lam = 10.0
+    return Setup("igebm", f"pixel-space IGEBM chain with a replay buffer, batch "
+                 f"{sizes['igebm_batch']}", energy, None, sizes["igebm_batch"],
+                 dict(space="data", step_size=2 * lam, noise_scale=0.005, grad_clip=0.01,
+                      clamp=(0.0, 1.0), data_shape=(3, 32, 32)),
+                 sizes["repeats_igebm"], device, replay_capacity=sizes["replay_capacity"],
+                 reuse_prob=0.95,
+                 notes=[f"official_ebm('cifar32', n_channel={c}) on [3, 32, 32] images in data "
+                        f"space: x <- clamp(x - {lam:g} clip(grad E, 0.01) + 0.005 xi, 0, 1); "
+                        f"start states from a {sizes['replay_capacity']:,}-chain replay buffer "
+                        f"(95% reused, the rest fresh uniform), final states pushed back"])
+
+
+# ------------------------------------------------------------------------------ the official loop
+
+def official_style_chain(energy: nn.Module, generator: Optional[nn.Module], n: int, *,
+                         space: str, n_steps: int, step_size: float,
+                         noise_scale: Optional[float] = None, grad_clip: Optional[float] = None,
+                         clamp: Optional[Tuple[float, float]] = None,
+                         data_shape: Optional[Sequence[int]] = None, output: str = "mean",
+                         replay: Optional[list] = None, replay_capacity: int = 10_000,
+                         reuse_prob: float = 0.0, device="cpu") -> torch.Tensor:
+    """A Langevin chain written the way the official VAEBM code writes it, with the per-step
+    waste DESIGN.md §3 ("Waste in the official loop") lists, so the benchmark shows what a
+    user gains over the code they know. Same chain as ``LangevinSampler`` (same K = n_steps
+    gradient steps, same output shape); the noise comes from torch's global generator.
+
+    Reproduced, per step:
+
+    * §3 waste 1, EBM weight gradients in every Langevin backward: the energy's parameters
+      keep ``requires_grad=True`` (the official freeze loops over a consumed parameter
+      generator) and the step calls ``.backward()`` on the potential, which also accumulates
+      the EBM's weight gradients (the VAE's parameters are frozen, as §3 lists only the EBM).
+    * §3 waste 2, weight-norm weights recomputed at every step: no ``frozen_normalized_weights``;
+      every WNConv2d recomputes W_eff = exp(g) W / ||W|| in every forward, and for the EBM the
+      backward flows through that computation too.
+    * §3 waste 3, two host-device syncs per step: ``x.min().item()`` and ``x.max().item()``
+      asserting the decoded images' range ([0, 1] for images; finite for the toy).
+    * §3 waste 4, noise drawn on the host and copied: ``torch.randn(shape).to(device)`` per
+      state group and step (and for the start states).
+    * §3 waste 5 (data space with ``replay``): a Python list of per-sample CPU tensors, read with
+      ``torch.stack`` of list items, trimmed with ``pop(0)``, written one sample at a time.
+    * The update as the official code writes it: per state tensor, separate in-place passes
+      for the gradient term, the noise term, [the clip,] [the clamp], on ``.data``.
+    * eps space with a hierarchical VAE: the official potential (DESIGN.md §2),
+      E(x) - log p(z) - log p(x|z) at the reparameterised point via ``decode_eps_details``
+      (log p(x|z) with log sigma_x clamped at -2); other generators: E(T(eps)) + 1/2 ||eps||^2,
+      the prior differentiated by autograd.
+
+    Not reproduced (they cost nothing in a single-process sampling chain): waste 6 (ranks
+    seeded alike) and 7 (data-dependent init over loaded weights).
+
+    Returns the samples: data space x; eps space the decoder mean at the final eps_z
+    (``output="mean"``) or T(eps_z, eps_x) (``output="sample"``).
+    """
+    sigma = math.sqrt(step_size) if noise_scale is None else noise_scale
+
+    def host_randn(*shape):
+        return torch.randn(*shape).to(device)  # waste 4: drawn on the CPU, then copied
+
+    if space == "data":
+        shapes = [tuple(data_shape)]
+    else:
+        shapes = [tuple(s) for s in generator.latent_shapes] + [tuple(generator.data_shape)]
+
+    # Start states.
+    if space == "data":
+        n_reused = 0
+        if replay is not None and replay and reuse_prob > 0:
+            n_reused = int(torch.distributions.Binomial(n, torch.tensor(reuse_prob)).sample())
+        fresh = torch.rand(n - n_reused, *shapes[0]).to(device)
+        if n_reused:
+            index = torch.randint(len(replay), (n_reused,)).tolist()
+            old = torch.stack([replay[i] for i in index]).to(device)  # waste 5
+            states = [torch.cat([old, fresh])]
+        else:
+            states = [fresh]
+    else:
+        states = [host_randn(n, *s) for s in shapes]
+
+    for p in energy.parameters():  # waste 1: the freeze does not happen
+        p.requires_grad_(True)
+    frozen_vae = []
+    if generator is not None:
+        for p in generator.parameters():
+            frozen_vae.append((p, p.requires_grad))
+            p.requires_grad_(False)
+    try:
+        for _ in range(n_steps):
+            _official_step(energy, generator, states, space=space, step_size=step_size,
+                           sigma=sigma, grad_clip=grad_clip, clamp=clamp, device=device)
+        energy.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            if space == "data":
+                x = states[0].detach()
+            elif output == "mean":
+                x = generator.decode_eps(states[:-1], None)
+            else:
+                x = generator.decode_eps(states[:-1], states[-1])
+    finally:
+        for p, flag in frozen_vae:
+            p.requires_grad_(flag)
+    if replay is not None and space == "data":
+        for row in states[0].detach().cpu():  # waste 5: one list item per sample
+            replay.append(row.clone())
+        while len(replay) > replay_capacity:
+            replay.pop(0)
+    return x
+
+
+def _official_step(energy, generator, states, *, space, step_size, sigma, grad_clip, clamp,
+                   device) -> None:
+    """One step of :func:`official_style_chain` (its docstring lists what is reproduced)."""
+    for s in states:
+        s.requires_grad_(True)
+    x, potential = _official_potential(energy, generator, states, space)
+    lo, hi = x.min().item(), x.max().item()  # waste 3: two host syncs per step
+    if x.dim() == 4:
+        assert 0.0 <= lo and hi <= 1.0, (lo, hi)
+    else:
+        assert math.isfinite(lo) and math.isfinite(hi), (lo, hi)
+    potential.sum().backward()  # waste 1: also the EBM's weight gradients
+    for s in states:
+        grad = s.grad.data
+        if grad_clip is not None:
+            grad.clamp_(-grad_clip, grad_clip)
+        s.data.add_(grad, alpha=-step_size / 2)  # separate passes per term
+        s.data.add_(torch.randn(s.shape).to(device), alpha=sigma)  # waste 4
+        if clamp is not None:
+            s.data.clamp_(clamp[0], clamp[1])
+        s.grad = None
+        s.requires_grad_(False)
+
+
+def _official_potential(energy, generator, states, space):
+    """(x, U [B]) as the official code differentiates it (see official_style_chain)."""
+    if space == "data":
+        x = states[0]
+        return x, energy(x)
+    eps_z, eps_x = states[:-1], states[-1]
+    if hasattr(generator, "decode_eps_details"):
+        out = generator.decode_eps_details(eps_z, eps_x)
+        log_sigma = torch.log(out.x_sigma).clamp(min=-2.0)  # the second sigma_x (§2)
+        x_pm = out.x_mu + out.x_sigma * eps_x
+        log_p_x = (-0.5 * ((x_pm - out.x_mu) / log_sigma.exp()) ** 2 - log_sigma
+                   - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+        return out.x, energy(out.x) - out.log_p_z - log_p_x
+    x = generator.decode_eps(eps_z, eps_x)
+    prior = sum(0.5 * s.pow(2).flatten(1).sum(1) for s in states)
+    return x, energy(x) + prior
+
+
+def official_style_update(states: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
+                          step_size: float, noise_scale: Optional[float] = None,
+                          device="cpu") -> None:
+    """The update step of :func:`official_style_chain` alone: per tensor, a pass for the
+    gradient term and one for host-drawn noise (``grads`` already hold the prior term)."""
+    sigma = math.sqrt(step_size) if noise_scale is None else noise_scale
+    with torch.no_grad():
+        for s, g in zip(states, grads):
+            s.add_(g, alpha=-step_size / 2)
+            s.add_(torch.randn(s.shape).to(device), alpha=sigma)
+
+
+# ------------------------------------------------------------------------------ our variants
+
+def _sampler(setup: Setup, backend: str, n_steps: int, buffer=None):
+    from ..sampling import LangevinSampler
+    return LangevinSampler(setup.energy, setup.generator, n_steps=n_steps, backend=backend,
+                           replay_buffer=buffer, reuse_prob=setup.reuse_prob if buffer else 0.0,
+                           **setup.sampler)
+
+
+def _start_states(setup: Setup, seed: int = 0) -> List[torch.Tensor]:
+    sampler = _sampler(setup, "auto", 1, setup.make_buffer())
+    states, _ = sampler.initial_states(setup.batch, seed=seed, offset=0, device=setup.device,
+                                       dtype=torch.float32)
+    return states
+
+
+def sampler_step_fn(setup: Setup, backend: str) -> Callable[[], None]:
+    """One step of ``LangevinSampler(backend=...)`` on a persistent state: the body of its
+    chain loop (potential, gradient of E, fused update). Call inside ``frozen(...)``."""
+    from ..ops import langevin_step_
+    sampler = _sampler(setup, backend, 1)
+    states = _start_states(setup)
+    offset = [sum(s.numel() for s in states)]
+
+    def step():
+        with torch.enable_grad():
+            for s in states:
+                s.requires_grad_(True)
+            _, energy, _ = sampler.potential(states)
+            grads = torch.autograd.grad(energy.sum(), states)
+        for s in states:
+            s.requires_grad_(False)
+        offset[0] = langevin_step_(
+            states, list(grads), step_size=sampler.step_size, seed=0, offset=offset[0],
+            prior_weight=sampler.prior_weight, noise_scale=sampler.noise_scale,
+            grad_clip=sampler.grad_clip, clamp=sampler.clamp, backend=backend)
+    return step
+
+
+def user_eager_step(setup: Setup) -> Callable[[List[torch.Tensor]], None]:
+    """The eager step as a user writes it (what ``torch.compile`` is given): autograd for the
+    gradient of E, then ``t.sub_(eta/2 (clip(g) + lambda t)).add_(sigma randn_like(t))``
+    [.clamp_] per tensor. Updates ``states`` in place."""
+    kw = setup.sampler
+    eta = kw["step_size"]
+    sigma = math.sqrt(eta) if kw.get("noise_scale") is None else kw["noise_scale"]
+    lam = 0.0 if setup.space == "data" else 1.0
+    clip, clamp = kw.get("grad_clip"), kw.get("clamp")
+    energy, generator = setup.energy, setup.generator
+
+    def step(states: List[torch.Tensor]) -> None:
+        with torch.enable_grad():
+            leaves = [s.detach().requires_grad_(True) for s in states]
+            x = leaves[0] if generator is None else generator.decode_eps(leaves[:-1], leaves[-1])
+            grads = torch.autograd.grad(energy(x).sum(), leaves)
+        with torch.no_grad():
+            for s, g in zip(states, grads):
+                if clip is not None:
+                    g = g.clamp(-clip, clip)
+                s.sub_(eta / 2 * (g + lam * s)).add_(sigma * torch.randn_like(s))
+                if clamp is not None:
+                    s.clamp_(clamp[0], clamp[1])
+    return step
+
+
+def compiled_chain_fn(setup: Setup, step: Callable, n_steps: int) -> Callable[[], torch.Tensor]:
+    """A whole chain around a (compiled) step: start draws, ``n_steps`` steps, the samples
+    (decoder mean / sample as the sampler returns), under ``frozen`` as the sampler runs."""
+    from ..sampling.langevin import frozen
+    output = setup.sampler.get("output", "mean")
+
+    def chain():
+        states = [torch.randn(setup.batch, *s, device=setup.device) for s in setup.state_shapes()]
+        if setup.space == "data":
+            states[0].uniform_()
+        with frozen(setup.energy, setup.generator):
+            for _ in range(n_steps):
+                step(states)
+            with torch.no_grad():
+                if setup.space == "data":
+                    return states[0]
+                return setup.generator.decode_eps(states[:-1],
+                                                  None if output == "mean" else states[-1])
+    return chain
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: Optional[float]) -> Iterator[None]:
+    """Raise :class:`_Timeout` in the main thread after ``seconds`` (no limit elsewhere)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout(f"took longer than {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _fast_sampler_class():
+    """(FastSampler, None) or (None, why it cannot be imported)."""
+    try:
+        from vaebm_fast import FastSampler
+    except ImportError as e:
+        return None, f"vaebm_fast.FastSampler is not importable here ({_first_line(e)})"
+    return FastSampler, None
+
+
+# ------------------------------------------------------------------------------ peak memory
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kb(name: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def measure_peak_mb(fn: Callable[[], Any], device: str) -> Tuple[Optional[float], str]:
+    """Run ``fn`` once; return (peak memory growth in MB during the call, how it was measured)."""
+    dev = torch.device(device)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return (torch.cuda.max_memory_allocated(dev) - before) / 2**20, "cuda max_memory_allocated"
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        before = _status_kb("VmRSS")
+        fn()
+        peak = _status_kb("VmHWM")
+        if before is not None and peak is not None:
+            return (peak - before) / 1024, "VmHWM growth"
+    except OSError:
+        pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024, "ru_maxrss growth (lower bound)"
+
+
+class _MemoryProbe:
+    """Wraps variant callables so the first call (the harness's warm-up) measures peak memory."""
+
+    def __init__(self, device: str):
+        self.device, self.peaks, self.how = device, {}, None
+
+    def wrap(self, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call():
+            if name in self.peaks:
+                return fn()
+            result = []
+            self.peaks[name], self.how = measure_peak_mb(lambda: result.append(fn()), self.device)
+            return result[0]
+        return call
+
+
+# ------------------------------------------------------------------------------ cases
+
+@dataclass
+class ChainCase:
+    """A harness Case plus what the chain report needs: samples per call, steps per call, the
+    peak-memory probe, and a context to hold open while it runs."""
+
+    case: Case
+    batch: int
+    steps_per_call: int
+    probe: _MemoryProbe
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def _gpu_only(device: str) -> Optional[str]:
+    if torch.device(device).type != "cuda":
+        return "CUDA graphs need a CUDA device (this run is on the CPU)"
+    return None
+
+
+def update_case(setup: Setup) -> ChainCase:
+    """The update op alone on the setup's chain state, random gradients."""
+    from ..ops import backend_availability, langevin_step_
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(setup.batch, *s) for s in setup.state_shapes()]
+    grads = [torch.randn(s, generator=gen).to(setup.device) for s in shapes]
+    start = [torch.randn(s, generator=gen).to(setup.device) for s in shapes]
+    numel = sum(g.numel() for g in grads)
+    kw = setup.sampler
+    lam = 0.0 if setup.space == "data" else 1.0
+    common = dict(step_size=kw["step_size"], noise_scale=kw.get("noise_scale"), seed=0,
+                  prior_weight=lam, grad_clip=kw.get("grad_clip"), clamp=kw.get("clamp"))
+    probe = _MemoryProbe(setup.device)
+
+    def ours(backend):
+        xs, offset = [x.clone() for x in start], [0]
+
+        def call():
+            offset[0] = langevin_step_(xs, grads, offset=offset[0], backend=backend, **common)
+        return call
+
+    official_xs = [x.clone() for x in start]
+    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, lambda: official_style_update(
+        official_xs, grads, step_size=kw["step_size"], noise_scale=kw.get("noise_scale"),
+        device=setup.device)), note="per tensor: add_(grad, alpha=-eta/2), then add_ of "
+        "torch.randn(shape).to(device) (host noise, §3 waste 4); the prior term is in grads")]
+    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
+                            note="langevin_step_(backend='eager'): the reference (Philox in "
+                                 "int64 torch ops), what LangevinSampler(backend='eager') runs"))
+    skipped = {}
+    why = backend_availability("langevin_step_", setup.device)["native"]
+    if why is None:
+        variants.append(Variant(FUSED, probe.wrap(FUSED, ours("native")),
+                                note="langevin_step_(backend='native'): one pass, noise in "
+                                     "registers"))
+    else:
+        skipped[FUSED] = why
+    skipped[FAST] = "FastSampler is a chain API; the update it runs is the fused op"
+    skipped[COMPILE] = "compiled as part of the step (step_ / chain16_ cases)"
+    skipped[GRAPH] = _gpu_only(setup.device) or "a graph of the update alone is not offered"
+    case = Case(f"update_{setup.key}", f"Langevin update alone: {setup.title}",
+                f"{len(shapes)} fp32 tensors, {numel:,} elements in all; each variant updates "
+                f"its own copy of the state with fixed random gradients.",
+                variants, baseline=EAGER, ceiling_numel=numel, device=setup.device,
+                skipped=skipped)
+    return ChainCase(case, setup.batch, 1, probe)
+
+
+def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Optional[float],
+                     compile_backend: str) -> Tuple[Optional[Callable], str]:
+    """(callable, note) or (None, reason it was skipped). The compiled step is shared by the
+    setup's step and chain cases; compiling (and the first call) must end within the timeout."""
+    if not compile_timeout:
+        return None, ("not attempted (--compile-timeout 0; the --quick default: compiling "
+                      "takes 10+ s per model on a 2-core CPU)")
+    cache = setup.compiled
+    if "error" in cache:
+        return None, cache["error"]
+    if "step" not in cache:
+        torch._dynamo.reset()
+        cache["step"] = torch.compile(user_eager_step(setup), backend=compile_backend)
+        cache["seconds"] = 0.0
+    step = cache["step"]
+    if kind == "step":
+        from ..sampling.langevin import frozen
+        states = _start_states(setup)
+
+        def fn():
+            step(states)
+        context = frozen(setup.energy, setup.generator)
+    else:
+        fn, context = compiled_chain_fn(setup, step, n_steps), contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        with time_limit(max(1.0, compile_timeout - cache["seconds"])), context:
+            fn()  # compiles (or recompiles for the chain's guards)
+    except _Timeout as e:
+        cache["error"] = (f"torch.compile({compile_backend}) of the eager step did not finish "
+                          f"within --compile-timeout {compile_timeout:g} s ({e})")
+        torch._dynamo.reset()
+        return None, cache["error"]
+    except Exception as e:  # noqa: BLE001 -- any compile failure is reported, not raised
+        cache["error"] = f"torch.compile({compile_backend}) failed: {_first_line(e)}"
+        torch._dynamo.reset()
+        return None, cache["error"]
+    cache["seconds"] += time.perf_counter() - start
+    return fn, (f"torch.compile(step, backend={compile_backend!r}) of the eager step as a user "
+                f"writes it (autograd gradient, sub_/add_ update, torch.randn_like noise); "
+                f"dynamo breaks the graph at torch.autograd.grad; compile + first call took "
+                f"{cache['seconds']:.0f} s in all (not timed)")
+
+
+def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
+    from ..sampling.langevin import frozen
+    probe = _MemoryProbe(setup.device)
+    official_energy = copy.deepcopy(setup.energy)
+    official_generator = copy.deepcopy(setup.generator)
+    for p in official_energy.parameters():  # as official_style_chain: EBM not frozen,
+        p.requires_grad_(True)
+    for p in (official_generator.parameters() if official_generator is not None else ()):
+        p.requires_grad_(False)  # the VAE frozen
+    kw = setup.sampler
+    off_states = _start_states(setup)
+    sigma = math.sqrt(kw["step_size"]) if kw.get("noise_scale") is None else kw["noise_scale"]
+
+    def official_step():
+        # The loop body of official_style_chain on a persistent state.
+        _official_step(official_energy, official_generator, off_states, space=setup.space,
+                       step_size=kw["step_size"], sigma=sigma, grad_clip=kw.get("grad_clip"),
+                       clamp=kw.get("clamp"), device=setup.device)
+        official_energy.zero_grad(set_to_none=True)
+
+    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, official_step),
+                        note="the loop body of official_style_chain (its own model copies, "
+                             "weights not frozen): see the chain16 note")]
+    variants.append(Variant(EAGER, probe.wrap(EAGER, sampler_step_fn(setup, "eager")),
+                            note="LangevinSampler's step body, backend='eager' (models frozen "
+                                 "once for the case, as a chain does)"))
+    variants.append(Variant(FUSED, probe.wrap(FUSED, sampler_step_fn(setup, "native")),
+                            note="LangevinSampler's step body, backend='native'"))
+    skipped = {}
+    fast_cls, why = _fast_sampler_class()
+    skipped[FAST] = why or "FastSampler has no single-step API; see the chain16 case"
+    fn, note = _compile_variant(setup, "step", 1, compile_timeout, compile_backend)
+    if fn is None:
+        skipped[COMPILE] = note
+    else:
+        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note))
+    skipped[GRAPH] = _gpu_only(setup.device) or "see the chain16 case"
+    case = Case(f"step_{setup.key}", f"One Langevin step: {setup.title}",
+                "; ".join(setup.notes) + ". Each variant steps its own persistent state "
+                "(potential, gradient, update); no start draws, no output decode.",
+                variants, baseline=EAGER, ceiling_numel=None, device=setup.device,
+                skipped=skipped)
+    return ChainCase(case, setup.batch, 1, probe,
+                     context=lambda: frozen(setup.energy, setup.generator))
+
+
+def _official_replay(setup: Setup) -> Optional[list]:
+    """The official-style replay buffer: a Python list of per-sample CPU tensors."""
+    if not setup.replay_capacity:
+        return None
+    gen = torch.Generator().manual_seed(1)
+    return list(torch.rand(setup.replay_capacity, *setup.state_shapes()[0], generator=gen))
+
+
+def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> ChainCase:
+    probe = _MemoryProbe(setup.device)
+    official_energy = copy.deepcopy(setup.energy)
+    official_generator = copy.deepcopy(setup.generator)
+    replay = _official_replay(setup)
+    kw = dict(setup.sampler)
+
+    def official():
+        return official_style_chain(
+            official_energy, official_generator, setup.batch, n_steps=n_steps, replay=replay,
+            replay_capacity=setup.replay_capacity, reuse_prob=setup.reuse_prob,
+            device=setup.device, **kw)
+
+    def ours(backend, cls=None, **extra):
+        buffer = setup.make_buffer()
+        if cls is None:
+            sampler = _sampler(setup, backend, n_steps, buffer)
+        else:
+            sampler = cls(setup.energy, setup.generator, n_steps=n_steps, replay_buffer=buffer,
+                          reuse_prob=setup.reuse_prob if buffer else 0.0, **setup.sampler,
+                          **extra)
+        return lambda: sampler.sample(setup.batch, seed=0)
+
+    replay_note = ("; replay: official_style list of per-sample CPU tensors vs our on-device "
+                   "ReplayBuffer" if setup.replay_capacity else "")
+    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, official),
+                        note="official_style_chain: §3 wastes 1-5 (EBM weight gradients via "
+                             ".backward(), weight norm recomputed every forward, 2 host syncs "
+                             "per step, host-drawn noise, list replay buffer), separate update "
+                             "passes, the official potential" + replay_note)]
+    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
+                            note="LangevinSampler(backend='eager').sample(B, seed=0)"))
+    variants.append(Variant(FUSED, probe.wrap(FUSED, ours("native")),
+                            note="LangevinSampler(backend='native').sample(B, seed=0)"))
+    skipped = {}
+    fast_cls, why = _fast_sampler_class()
+    graph_why = _gpu_only(setup.device)
+    for name, extra, reason in ((FAST, {}, why), (GRAPH, {"cuda_graph": True}, why or graph_why)):
+        if reason is not None:
+            skipped[name] = reason
+            continue
+        try:
+            fn = ours("auto", fast_cls, **extra)
+            with time_limit(compile_timeout):
+                fn()  # the first call prepares (and captures) outside the timing
+            variants.append(Variant(name, probe.wrap(name, fn),
+                                    note=f"FastSampler(..., {', '.join(f'{k}={v}' for k, v in extra.items()) or 'defaults'}).sample(B, seed=0)"))
+        except Exception as e:  # noqa: BLE001 -- an API mismatch is reported, not raised
+            skipped[name] = f"FastSampler could not run here: {_first_line(e)}"
+    fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_backend)
+    if fn is None:
+        skipped[COMPILE] = note
+    else:
+        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note))
+    case = Case(f"chain{n_steps}_{setup.key}", f"{n_steps}-step chain: {setup.title}",
+                "; ".join(setup.notes) + f". One call = a whole chain as a user runs it: "
+                f"start states, {n_steps} Langevin steps, the returned samples.",
+                variants, baseline=EAGER, ceiling_numel=None, device=setup.device,
+                skipped=skipped)
+    return ChainCase(case, setup.batch, n_steps, probe)
+
+
+def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
+                only: Optional[str] = None) -> Iterator[ChainCase]:
+    """Yield the cases one setup at a time (one setup's models alive at once)."""
+    n = sizes["n_steps"]
+
+    def wanted(key):
+        return not only or re.search(only, key)
+
+    makers = [("toy", lambda: toy_setup(sizes, device))]
+    for batch in sizes["cifar_batches"]:
+        makers.append((f"cifar_b{batch}", lambda b=batch: cifar_setup(sizes, b, device)))
+    makers.append(("igebm", lambda: igebm_setup(sizes, device)))
+    for key, make in makers:
+        keys = [f"update_{key}", f"step_{key}", f"chain{n}_{key}"]
+        if not any(wanted(k) for k in keys):
+            continue
+        setup = make()
+        if wanted(keys[0]):
+            yield update_case(setup)
+        timeout = compile_timeout
+        if timeout and not re.search(sizes["compile_setups"], key):
+            setup.compiled["error"] = (f"not attempted for this model (--set compile_setups="
+                                       f"{sizes['compile_setups']!r})")
+        if wanted(keys[1]):
+            yield step_case(setup, timeout, compile_backend)
+        if wanted(keys[2]):
+            yield chain_case(setup, n, timeout, compile_backend)
+        del setup
+        gc.collect()
+
+
+def run_chain_case(cc: ChainCase, timing: dict, repeats: int) -> Dict[str, Any]:
+    """run_case plus the chain columns: ms per step, samples/s, ratios, peak memory."""
+    with cc.context():
+        result = run_case(cc.case, repeats=repeats, **timing)
+    rows = {row["name"]: row for row in result["variants"]}
+    official = rows.get(OFFICIAL)
+    for row in result["variants"]:
+        median = row["median_s"]
+        row["ms_per_step"] = median * 1e3 / cc.steps_per_call
+        row["samples_per_s"] = cc.batch / median if row["role"] != "ceiling" else None
+        row["speedup_vs_eager"] = row["speedup_vs_baseline"]
+        row["speedup_vs_official"] = (None if official is None or row["role"] == "ceiling"
+                                      else official["median_s"] / median)
+        row["peak_mb"] = cc.probe.peaks.get(row["name"])
+    result.update(batch=cc.batch, steps_per_call=cc.steps_per_call,
+                  peak_memory_method=cc.probe.how)
+    return result
+
+
+# ------------------------------------------------------------------------------ report
+
+def render_chains_markdown(report: Dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        f"# {report['title']}", "",
+        f"Measured {report['created']} on {describe_machine(report['machine'])}. "
+        f"Commit: {report['machine']['git'] or 'unknown'}. Command: `{s['command'].strip()}`."
+        + (f" {s['machine_note']}" if s.get("machine_note") else ""), "",
+        f"Method: per case, variants interleaved round-robin in one process after "
+        f"{s['warmup']} warm-up call(s) each (the first call also measures peak memory); "
+        f"median (and IQR) of the per-call time over the samples. ms/step = ms per call / steps "
+        f"per call; samples/s = batch / seconds per call (for step and update cases: "
+        f"sample-steps per second). Ratios: eager median / variant median (\"vs eager\", "
+        f"eager = `LangevinSampler(backend=\"eager\")`), official-style median / variant median "
+        f"(\"vs official\"). Peak MB: growth of the peak resident set during the first call "
+        f"(CPU: VmHWM after malloc_trim and a reset through /proc/self/clear_refs; CUDA: "
+        f"max_memory_allocated minus allocated before).", "",
+    ]
+    headline = [case for case in report["cases"] if case["key"].startswith("chain")]
+    if headline:
+        lines += ["## Whole chains at a glance", "",
+                  "| case | " + " | ".join(f"{v} ms/step" for v in VARIANTS[:5])
+                  + " | best vs eager | best vs official |", "|" + "---|" * 8]
+        for case in headline:
+            rows = {r["name"]: r for r in case["variants"]}
+            cells = [_fmt(rows[v]["ms_per_step"], ".3g") if v in rows else "not run"
+                     for v in VARIANTS[:5]]
+            ours = [r for r in case["variants"] if r["name"] not in (OFFICIAL, EAGER)]
+            best = max(ours, key=lambda r: r["speedup_vs_eager"]) if ours else None
+            lines.append(f"| {case['key']} | " + " | ".join(cells) + " | "
+                         + (f"{best['speedup_vs_eager']:.2f}× ({best['name']})" if best else "—")
+                         + " | " + (f"{best['speedup_vs_official']:.2f}× ({best['name']})"
+                                    if best and best["speedup_vs_official"] else "—") + " |")
+        lines.append("")
+    for case in report["cases"]:
+        lines += [f"## {case['title']} (`{case['key']}`)", "", case["description"], ""]
+        header = ["variant", "median ms/call", "IQR ms", "ms/step", "samples/s", "vs eager",
+                  "vs official", "peak MB"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in case["variants"]:
+            name = row["name"] + (" (baseline)" if row["role"] == "baseline" else "")
+            lines.append("| " + " | ".join([
+                name, _fmt(row["median_s"] * 1e3, ".3g"), _fmt(row["iqr_s"] * 1e3, ".2g"),
+                _fmt(row["ms_per_step"], ".3g"), _fmt(row["samples_per_s"], ".3g"),
+                _fmt(row["speedup_vs_eager"], ".3g") + "×",
+                (_fmt(row["speedup_vs_official"], ".3g") + "×"
+                 if row["speedup_vs_official"] is not None else "—"),
+                _fmt(row["peak_mb"], ".3g")]) + " |")
+        lines.append("")
+        lines += [f"- **{row['name']}**: {row['note']}" for row in case["variants"] if row["note"]]
+        lines += [f"- **{skip['name']}**: not run ({skip['reason']})" for skip in case["skipped"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _parse_set(items: Sequence[str], sizes: dict) -> dict:
+    sizes = dict(sizes)
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or key not in sizes:
+            raise SystemExit(f"error: --set wants KEY=VALUE with KEY one of {', '.join(sizes)} "
+                             f"(got {item!r})")
+        if isinstance(sizes[key], tuple):
+            sizes[key] = tuple(int(v) for v in value.split(",") if v)
+        else:
+            sizes[key] = type(sizes[key])(value)
+    return sizes
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--name", help="file stem (default chains_<device type>[_quick])")
+    parser.add_argument("--repeats", type=int, help="samples per variant (default: per setup)")
+    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help="override a size, e.g. cifar_channels=32 or cifar_batches=32,64")
+    parser.add_argument("--compile-timeout", type=float, metavar="S",
+                        help=f"seconds torch.compile may take per model (default "
+                             f"{COMPILE_TIMEOUT_S:g}; 0 in --quick: not attempted)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default inductor)")
+    parser.add_argument("--machine-note", default="", help="a sentence for the report, e.g. "
+                        "'The machine was shared with other jobs.'")
+    return parser
+
+
+def main(argv=None) -> Dict[str, Path]:
+    args = build_parser().parse_args(argv)
+    return run(args, argv)
+
+
+def run(args, argv=None) -> Dict[str, Path]:
+    sizes = _parse_set(args.set, QUICK if args.quick else FULL)
+    timing = dict(TIMING_QUICK if args.quick else TIMING_FULL)
+    compile_timeout = (args.compile_timeout if args.compile_timeout is not None
+                       else 0.0 if args.quick else COMPILE_TIMEOUT_S)
+    name = args.name or f"chains_{torch.device(args.device).type}" + ("_quick" if args.quick else "")
+    machine = machine_info(args.device)
+    results = []
+    started = time.perf_counter()
+    for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, args.only):
+        if args.only and not re.search(args.only, cc.case.key):
+            continue
+        setup_key = cc.case.key.split("_", 1)[1]
+        repeats = args.repeats or sizes["repeats_" + setup_key.split("_")[0]]
+        print(f"[bench_chains] {cc.case.title} ({repeats} repeats) ...", file=sys.stderr,
+              flush=True)
+        results.append(run_chain_case(cc, timing, repeats))
+        del cc
+        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
+                       started)  # after every case: a long run killed midway keeps its results
+    if not results:
+        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
+                       started)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return paths
+
+
+def _write(args, argv, name, results, machine, sizes, timing, compile_timeout, started):
+    settings = dict(timing, repeats="per setup: " + ", ".join(
+        f"{k[8:]} {v}" for k, v in sizes.items() if k.startswith("repeats_"))
+        if args.repeats is None else args.repeats,
+        quick=args.quick, sizes={k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in sizes.items()},
+        compile_timeout_s=compile_timeout, compile_backend=args.compile_backend,
+        wall_s=round(time.perf_counter() - started, 1), machine_note=args.machine_note,
+        command=" ".join(["vaebm-fast bench chains"]
+                         + list(sys.argv[1:] if argv is None else argv)))
+    paths = write_report(name, "Chain benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
+                         results, args.out, machine=machine, settings=settings,
+                         render=render_chains_markdown)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Op benchmarks: the fused Langevin step, Philox normals, grouped power iteration.
+
+    vaebm-fast bench ops [--quick]            # full sizes -> benchmarks/results/ops_cpu.*
+    python -m benchmarks.bench_ops --quick    # the same, from a source checkout
+
+Cases (timed by ``benchmarks.harness``; torch's thread count is left at its default):
+
+* ``langevin_16M``: ``langevin_step_`` on one 16M-element fp32 tensor, native kernel vs the
+  update as a user would write it in eager torch vs our eager reference (Philox in torch).
+* ``langevin_cifar10``: the same on the CIFAR-10 VAEBM sampling state, ε_x [32, 3, 32, 32] plus
+  30 latent groups [32, 20, 16, 16] (NVAE's CIFAR-10 model), 31 tensors in one call.
+* ``philox_normal_16M``: 16M normals, native vs eager reference vs ``torch.randn``.
+* ``power_iteration_cifar32``: the spectral regulariser's 4 power iterations over the CIFAR-32
+  EBM's conv weights: ``spectral_norms`` native (all groups in one call) and eager (batched per
+  shape group) vs a per-layer loop.
+* ``swish_16M``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
+  ``x * sigmoid(x)`` vs ``F.silu``.
+* ``ebm_block_tail`` / ``nvae_cell_tail`` / ``affine_swish``: the fused epilogues, forward +
+  backward, native vs their eager references, at the CIFAR-32 EBM's and NVAE's sizes.
+* ``replay_gather_cifar10``: start states of a pixel-space IGEBM batch (128 chains of
+  [3, 32, 32], 5% fresh) from a 10,000-chain replay buffer, ``replay_gather`` vs
+  ``index_select`` + ``randn`` + ``where``.
+
+``--only REGEX`` runs the cases whose key matches (e.g. ``--only 'langevin|replay'``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .harness import RESULTS, Case, Variant, machine_info, run_case, write_report
+from vaebm_fast.models import official_ebm
+from vaebm_fast.nn import WNConv2d
+from vaebm_fast.ops import (affine_swish, backend_availability, ebm_block_tail,
+                            langevin_step_, langevin_step_reference, nvae_cell_tail,
+                            philox_normal, replay_gather, spectral_norms, swish)
+
+STEP_SIZE = 1e-2
+POWER_ITERATIONS = 4
+# Sizes: full, and --quick (a smoke run of every case in a few seconds).
+FULL = {"numel": 16 * 2**20, "batch": 32, "ebm_channels": None,  # None: official width, 128
+        "replay_rows": 10_000, "replay_batch": 128, "epilogue_shape": (32, 128, 16, 16)}
+QUICK = {"numel": 2**16, "batch": 2, "ebm_channels": 16, "replay_rows": 64, "replay_batch": 8,
+         "epilogue_shape": (2, 8, 8, 8)}
+REINIT_PROB = 0.05  # IGEBM's fraction of fresh chains per batch
+TIMING_FULL = {"repeats": 15, "warmup": 2, "min_sample_s": 0.05}
+TIMING_QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.002}
+
+
+def _native_skip(op: str, device: str) -> Optional[str]:
+    """Why the native backend of ``op`` cannot run on ``device`` (None: it can)."""
+    return backend_availability(op, device)["native"]
+
+
+# ------------------------------------------------------------------------------ langevin_step_
+
+def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device: str) -> Case:
+    """t <- t - eta/2 (g + t) + sqrt(eta) xi on every tensor of ``shapes``, in one call."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    start = [torch.randn(s, generator=gen).to(device) for s in shapes]
+    numel = sum(g.numel() for g in grads)
+    item = grads[0].element_size()
+    eta, sigma = STEP_SIZE, math.sqrt(STEP_SIZE)
+
+    def fused(backend_fn):
+        """A variant that advances its own chain (own tensors, own stream offset)."""
+        xs, state = [x.clone() for x in start], {"offset": 0}
+
+        def call():
+            state["offset"] = backend_fn(xs, grads, step_size=eta, seed=0,
+                                         offset=state["offset"])
+        return call
+
+    user_xs = [x.clone() for x in start]
+
+    def user_eager():
+        for x, g in zip(user_xs, grads):
+            x.sub_(eta / 2 * (g + x)).add_(sigma * torch.randn_like(x))
+
+    variants, skipped = [], {}
+    why_not = _native_skip("langevin_step_", device)
+    if why_not is None:
+        native = fused(lambda *a, **k: langevin_step_(*a, **k, backend="native"))
+        variants.append(Variant(
+            "native", native, bytes_moved=3 * item * numel,
+            note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are "
+                 f"made in registers (Philox + Box-Muller), never stored"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", user_eager, bytes_moved=14 * item * numel,
+        note=f"`x.sub_(eta / 2 * (g + x)).add_(sqrt(eta) * torch.randn_like(x))` per tensor: "
+             f"6 kernels, 14 passes over N elements = {14 * item} B/elem (g + x: r2 w1; "
+             f"× eta/2: r1 w1; sub_: r2 w1; randn_like: w1; × sqrt(eta): r1 w1; add_: r2 w1). "
+             f"Noise from torch's generator, not our Philox stream"))
+    variants.append(Variant(
+        "eager reference", fused(langevin_step_reference),
+        note="`langevin_step_reference`, the specification: Philox4x32-10 in int64 torch ops "
+             "(dozens of full-size int64 temporaries), then the update in float32; "
+             "compute-bound, bytes not counted"))
+    description = (f"{len(shapes)} fp32 tensor(s), {numel:,} elements in all; eta = {eta}, "
+                   f"prior weight 1, sigma = sqrt(eta), no clip/clamp. Each variant steps its "
+                   f"own copy of the state; the gradients are shared and read-only.")
+    return Case(key, title, description, variants, baseline="torch eager",
+                ceiling_numel=numel, device=device, skipped=skipped)
+
+
+def cifar10_state_shapes(batch: int) -> List[List[int]]:
+    """VAEBM's CIFAR-10 chain state: eps_x [B, 3, 32, 32] and 30 groups eps_z [B, 20, 16, 16]."""
+    return [[batch, 3, 32, 32]] + [[batch, 20, 16, 16]] * 30
+
+
+# ------------------------------------------------------------------------------ philox_normal
+
+def philox_case(key: str, numel: int, device: str) -> Case:
+    variants, skipped = [], {}
+    why_not = _native_skip("philox_normal", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", lambda: philox_normal(numel, seed=0, offset=0, device=device,
+                                            backend="native"),
+            bytes_moved=4 * numel, note="writes 4 B/elem (into a fresh tensor each call)"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "eager reference", lambda: philox_normal(numel, seed=0, offset=0, device=device,
+                                                 backend="eager"),
+        note="`philox_normal_reference`: Philox4x32-10 in int64 torch ops, Box-Muller in "
+             "float32; compute-bound, bytes not counted"))
+    variants.append(Variant(
+        "torch.randn", lambda: torch.randn(numel, device=device), bytes_moved=4 * numel,
+        note="torch's default generator (a different stream); writes 4 B/elem into a fresh "
+             "tensor each call"))
+    return Case(key, f"philox_normal, {numel:,} fp32 normals",
+                "Standard normals from offset 0 of seed 0's stream (native and eager reference "
+                "give the same numbers to ~1e-6).",
+                variants, baseline="torch.randn", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ power iteration
+
+def conv_weight_groups(model: torch.nn.Module) -> List[List[torch.Tensor]]:
+    """The effective weights W_eff.view(C_out, -1) of ``model``'s WNConv2d layers, grouped by
+    matrix shape in order of first appearance (how ``SpectralRegularizer`` groups them)."""
+    groups: Dict[tuple, List[torch.Tensor]] = {}
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, WNConv2d):
+                w = layer.normalized_weight()
+                groups.setdefault((w.shape[0], w[0].numel()), []).append(
+                    w.reshape(w.shape[0], -1).clone())
+    return list(groups.values())
+
+
+def power_iteration_case(channels: Optional[int], device: str) -> Case:
+    model = official_ebm("cifar32", n_channel=channels).to(device)
+    reg = model.spectral
+    groups = conv_weight_groups(model)
+    shapes = [(len(g), *g[0].shape) for g in groups]
+    if shapes != [tuple(s) for s in reg.group_shapes]:
+        raise RuntimeError(f"grouping differs from SpectralRegularizer's: {shapes} vs "
+                           f"{reg.group_shapes}")
+    eps, n_iter = reg.eps, POWER_ITERATIONS
+    stacked = [torch.stack(g) for g in groups]  # [G, R, C]
+    us = [getattr(reg, f"u_{k}").clone() for k in range(len(groups))]
+    vs = [getattr(reg, f"v_{k}").clone() for k in range(len(groups))]
+    layers = [(W, u.clone(), v.clone())  # per layer: W [R, C], u [R], v [C]
+              for Ws, U, V in zip(stacked, us, vs) for W, u, v in zip(Ws, U, V)]
+
+    def per_layer_loop():
+        with torch.no_grad():
+            for W, u, v in layers:
+                for _ in range(n_iter):
+                    v.copy_(F.normalize(torch.mv(W.t(), u), dim=0, eps=eps))
+                    u.copy_(F.normalize(torch.mv(W, v), dim=0, eps=eps))
+        return [torch.dot(u, torch.mv(W, v)) for W, u, v in layers]
+
+    numel = sum(W.numel() for W in stacked)
+    item = stacked[0].element_size()
+    passes = 2 * n_iter + 1  # W is read twice per iteration, once more for sigma
+    traffic = dict(bytes_moved=passes * item * numel, flops=2 * passes * numel)
+
+    def grouped(backend):
+        """spectral_norms on ``backend`` with its own copies of the vectors."""
+        own_us, own_vs = [u.clone() for u in us], [v.clone() for v in vs]
+        return lambda: spectral_norms(stacked, own_us, own_vs, n_iter, eps, backend=backend)
+
+    variants, skipped = [], {}
+    why_not = _native_skip("spectral_norms", device)
+    if why_not is None:
+        variants.append(Variant(
+            f"native spectral_norms ({len(groups)} groups)", grouped("native"),
+            bytes_moved=(n_iter + 1) * item * numel, flops=4 * n_iter * numel,
+            note=f"one parallel region over all {len(layers)} matrices; W read {n_iter + 1}× "
+                 f"(one pass per iteration computes W v and the next W^T u from each row while "
+                 f"it is in L1, sigma from the last pass), 4 FLOPs per weight and fused pass"))
+    else:
+        skipped[f"native spectral_norms ({len(groups)} groups)"] = why_not
+    variants += [
+        Variant(f"eager spectral_norms ({len(groups)} groups)", grouped("eager"), **traffic,
+                note=f"the eager reference, one bmm pair per shape group and iteration; "
+                     f"counted: W read {passes}× ({n_iter} iterations × 2 + sigma), vectors "
+                     f"ignored"),
+        Variant(f"per-layer loop ({len(layers)} layers)", per_layer_loop, **traffic,
+                note="the same maths with torch.mv per layer; same bytes and FLOPs"),
+    ]
+    description = (f"{n_iter} power iterations + sigma on the {len(layers)} WNConv2d weights of "
+                   f"official_ebm('cifar32'"
+                   f"{'' if channels is None else f', n_channel={channels}'}), "
+                   f"{numel:,} fp32 weights in {len(groups)} shape groups "
+                   f"[G, R, C] = {', '.join(str(list(s)) for s in shapes)}. Weights are "
+                   f"stacked once beforehand (not timed), no autograd. W is re-read "
+                   f"{2 * n_iter + 1}×: if it fits in the last-level cache, those re-reads can "
+                   f"beat the streaming copy_ ceiling.")
+    return Case("power_iteration_cifar32", "power iteration, CIFAR-32 EBM spectral regulariser",
+                description, variants, baseline=variants[-1].name, ceiling_numel=numel,
+                device=device, skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ swish
+
+def swish_case(key: str, numel: int, device: str) -> Case:
+    """Swish forward + backward (dy -> dx) on one fp32 tensor: native op vs eager expressions."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(numel, generator=gen).to(device).requires_grad_()
+    g = torch.randn(numel, generator=gen).to(device)
+    item = x.element_size()
+
+    def fwd_bwd(fn):
+        def call():
+            return torch.autograd.grad(fn(x), x, g)
+        return call
+
+    variants, skipped = [], {}
+    why_not = _native_skip("swish", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", fwd_bwd(lambda t: swish(t, backend="native")),
+            bytes_moved=5 * item * numel,
+            note=f"swish_forward (reads x, writes y) + swish_backward (reads g and x, writes "
+                 f"dx): {5 * item} B/elem; autograd saves only x, the sigmoid is recomputed"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", fwd_bwd(lambda t: t * torch.sigmoid(t)),
+        note="`x * torch.sigmoid(x)` (the eager reference): saves x and sigmoid(x); several "
+             "kernels each way, bytes not counted"))
+    variants.append(Variant(
+        "F.silu", fwd_bwd(F.silu), bytes_moved=5 * item * numel,
+        note="torch's fused SiLU (same maths, scale 1), counted like native"))
+    return Case(key, f"swish forward + backward, one fp32 tensor of {numel:,}",
+                "y = x * sigmoid(x), then dx = torch.autograd.grad(y, x, g); one call does both.",
+                variants, baseline="torch eager", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ epilogues
+
+def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
+    """One fused epilogue, forward + backward (all input gradients), native vs eager reference.
+
+    ``key`` picks the op: ``ebm_block_tail`` (with 2x2 pooling: the EBM's downsampling blocks),
+    ``nvae_cell_tail`` (with the SE gate) or ``affine_swish`` (BN-Swish in eval mode).
+    """
+    gen = torch.Generator().manual_seed(0)
+    B, C, H, W = shape
+
+    def randn(*size, grad=True):
+        return torch.randn(*size, generator=gen).to(device).requires_grad_(grad)
+
+    if key == "ebm_block_tail":
+        inputs = (randn(*shape), randn(*shape))
+        out_grad = randn(B, C, H // 2, W // 2, grad=False)
+        call = lambda backend: ebm_block_tail(*inputs, downsample=True, backend=backend)
+        bytes_fused = (2 + 2 / 4 + 2 / 4 + 1) * 4  # fwd: h, skip -> out, pre (1/4 size); bwd:
+        # grad, pre (1/4 size) -> d
+        what = "lip_swish(avg_pool2d(h + skip, 2))"
+    elif key == "nvae_cell_tail":
+        inputs = (randn(*shape), randn(*shape), randn(B, C).sigmoid().detach().requires_grad_())
+        out_grad = randn(*shape, grad=False)
+        call = lambda backend: nvae_cell_tail(*inputs, scale=0.1, backend=backend)
+        bytes_fused = (3 + 3) * 4  # fwd: skip, h -> out; bwd: grad, h -> dh (dskip = grad)
+        what = "skip + 0.1 * h * gate[:, :, None, None]"
+    elif key == "affine_swish":
+        inputs = (randn(*shape), randn(C), randn(C))
+        out_grad = randn(*shape, grad=False)
+        call = lambda backend: affine_swish(*inputs, backend=backend)
+        bytes_fused = (2 + 3) * 4  # fwd: x -> out; bwd: grad, x -> dx (+ per-channel sums)
+        what = "swish(x * scale[c] + shift[c]) (BatchNorm folded, eval mode)"
+    else:
+        raise ValueError(f"unknown epilogue {key!r}")
+    numel = math.prod(shape)
+
+    def fwd_bwd(backend):
+        return lambda: torch.autograd.grad(call(backend), inputs, out_grad)
+
+    variants, skipped = [], {}
+    why_not = _native_skip(key, device)
+    if why_not is None:
+        variants.append(Variant("native", fwd_bwd("native"), bytes_moved=int(bytes_fused * numel),
+                                note="one kernel each way; autograd saves only what the "
+                                     "backward reads"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant("eager reference", fwd_bwd("eager"),
+                            note="the reference in torch ops (what the model computed before "
+                                 "the fused op); several kernels each way, bytes not counted"))
+    return Case(key, f"{key} forward + backward, {list(shape)} fp32", f"{what}; "
+                f"torch.autograd.grad with a random output gradient.", variants,
+                baseline="eager reference", ceiling_numel=numel, device=device, skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ replay_gather
+
+def replay_case(rows: int, batch: int, device: str) -> Case:
+    """Start states of a batch of persistent chains: gather rows, fresh noise where flagged."""
+    shape = (3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    buffer = torch.randn(rows, *shape, generator=gen).to(device)
+    index = torch.randint(rows, (batch,), generator=gen).to(device)
+    reinit = (torch.rand(batch, generator=gen) < REINIT_PROB).to(device)
+    numel, item = batch * math.prod(shape), buffer.element_size()
+
+    def eager():
+        fresh = torch.randn(batch, *shape, device=device)
+        return torch.where(reinit.view(-1, 1, 1, 1), fresh, buffer.index_select(0, index))
+
+    variants, skipped = [], {}
+    why_not = _native_skip("replay_gather", device)
+    if why_not is None:
+        variants.append(Variant(
+            "native", lambda: replay_gather(buffer, index, reinit, seed=0, offset=0,
+                                            backend="native"),
+            bytes_moved=2 * item * numel,
+            note=f"one pass: reads a kept row or makes a fresh one in registers, writes the "
+                 f"batch ({2 * item} B/elem at most); no host sync"))
+    else:
+        skipped["native"] = why_not
+    variants.append(Variant(
+        "torch eager", eager, bytes_moved=6 * item * numel,
+        note=f"`torch.where(reinit, torch.randn(...), buffer.index_select(0, index))`: randn "
+             f"(w1), index_select (r1 w1), where (r2 w1) = {6 * item} B/elem; torch's "
+             f"generator, not our stream"))
+    return Case("replay_gather_cifar10",
+                f"replay_gather, {batch} chains of [3, 32, 32] from {rows:,}",
+                f"A pixel-space EBM's start states: rows gathered from the buffer, "
+                f"{REINIT_PROB:.0%} of them fresh N(0, 1) noise (the same reinit mask each call).",
+                variants, baseline="torch eager", ceiling_numel=numel, device=device,
+                skipped=skipped)
+
+
+# ------------------------------------------------------------------------------ main
+
+def build_cases(sizes: dict, device: str):
+    """Yield the cases one at a time, so only one case's tensors are alive at once."""
+    numel = sizes["numel"]
+    label = "16M" if numel == FULL["numel"] else str(numel)
+    yield langevin_case(f"langevin_{label}", f"langevin_step_, one fp32 tensor of {numel:,}",
+                        [[numel]], device)
+    yield langevin_case("langevin_cifar10",
+                        f"langevin_step_, CIFAR-10 VAEBM state (batch {sizes['batch']}, "
+                        f"31 tensors)", cifar10_state_shapes(sizes["batch"]), device)
+    yield philox_case(f"philox_normal_{label}", numel, device)
+    yield power_iteration_case(sizes["ebm_channels"], device)
+    yield swish_case(f"swish_{label}", numel, device)
+    for key in ("ebm_block_tail", "nvae_cell_tail", "affine_swish"):
+        yield epilogue_case(key, sizes["epilogue_shape"], device)
+    yield replay_case(sizes["replay_rows"], sizes["replay_batch"], device)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--name", help="file stem (default ops_<device type>[_quick])")
+    parser.add_argument("--repeats", type=int, help="samples per variant (default 15; quick 3)")
+    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Dict[str, Path]:
+    args = parse_args(argv)
+    sizes, timing = (QUICK, dict(TIMING_QUICK)) if args.quick else (FULL, dict(TIMING_FULL))
+    if args.repeats is not None:
+        timing["repeats"] = args.repeats
+    name = args.name or f"ops_{torch.device(args.device).type}" + ("_quick" if args.quick else "")
+    machine = machine_info(args.device)
+    results = []
+    for case in build_cases(sizes, args.device):
+        if args.only and not re.search(args.only, case.key):
+            continue
+        print(f"[bench_ops] {case.title} ...", file=sys.stderr, flush=True)
+        results.append(run_case(case, **timing))
+        del case
+    settings = dict(timing, quick=args.quick, step_size=STEP_SIZE,
+                    command=" ".join(["vaebm-fast bench ops"]
+                                     + list(sys.argv[1:] if argv is None else argv)),
+                    threads_note="torch.set_num_threads left at its default")
+    paths = write_report(name, "Op benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
+                         results, args.out, machine=machine, settings=settings)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
