@@ -32,7 +32,8 @@ Variants (every case lists all of them, timed or "not run" with the reason):
 * ``torch.compile``: ``torch.compile`` of the eager step written as a user would (autograd
   gradient + ``sub_``/``add_`` update with ``torch.randn_like`` noise); skipped with the
   reason when compiling fails or takes longer than ``--compile-timeout`` seconds;
-* ``fast + CUDA graph``: FastSampler with ``cuda_graph=True``, CUDA only.
+* ``fast + CUDA graph``: FastSampler with ``graphs=True`` (its default), CUDA only; the
+  ``fast`` variant runs with ``graphs=False``.
 
 Peak memory: on the CPU, the growth of the process's peak resident set (VmHWM, reset through
 ``/proc/self/clear_refs`` after ``malloc_trim``) during the variant's first (warm-up) call; on
@@ -711,7 +712,8 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
     skipped = {}
     fast_cls, why = _fast_sampler_class()
     graph_why = _gpu_only(setup.device)
-    for name, extra, reason in ((FAST, {}, why), (GRAPH, {"cuda_graph": True}, why or graph_why)):
+    for name, extra, reason in ((FAST, {"graphs": False}, why),
+                                (GRAPH, {"graphs": True}, why or graph_why)):
         if reason is not None:
             skipped[name] = reason
             continue
