@@ -59,22 +59,12 @@ _TABLE_CACHE_SIZE = 64
 _table_cache: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
 
 
-@triton.jit(do_not_specialize=[
-    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "half_step_lo",
-    "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi",
-    "low_lo", "low_hi", "high_lo", "high_hi"])
-def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
-                     seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32, off_hi: tl.int32,
-                     half_step_lo: tl.int32, half_step_hi: tl.int32,
-                     prior_lo: tl.int32, prior_hi: tl.int32,
-                     sigma_lo: tl.int32, sigma_hi: tl.int32, clip_lo: tl.int32, clip_hi: tl.int32,
-                     low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32, high_hi: tl.int32,
-                     DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
-                     SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
-    # 64-bit scalars (seed, offset, float64 coefficients) arrive as int32 halves (join64).
-    pid = tl.program_id(0)
-    # Which tensor: the last i with first_program[i] <= pid (empty tensors share their
-    # successor's first program and lose the tie). Branch-free binary lifting over i.
+@triton.jit
+def find_tensor(table_ptr, n_tensors, pid, DTYPE: tl.constexpr, SEARCH_STEPS: tl.constexpr):
+    """The tensor program ``pid`` works on: (index i, t pointer, g pointer, start of i in the
+    concatenation, numel of i, block number of pid within i)."""
+    # The last i with first_program[i] <= pid (empty tensors share their successor's first
+    # program and lose the tie). Branch-free binary lifting over i.
     first_col = table_ptr + _FIRST_PROGRAM * n_tensors
     i = 0
     for s in tl.static_range(SEARCH_STEPS):
@@ -86,13 +76,17 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
     g_ptr = tl.load(table_ptr + _G_PTR * n_tensors + i).to(tl.pointer_type(DTYPE))
     start = tl.load(table_ptr + _START * n_tensors + i)
     numel = tl.load(table_ptr + _NUMEL * n_tensors + i)
-    block_of_tensor = pid - tl.load(first_col + i)
+    return i, t_ptr, g_ptr, start, numel, pid - tl.load(first_col + i)
 
-    # Element j of this tensor uses normal offset + start + j.
-    k0, k1 = philox_key(seed_lo, seed_hi)
-    j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor, BLOCK)
-    mask = (j >= 0) & (j < numel)
 
+@triton.jit
+def update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
+                 half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
+                 clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
+                 DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """The update of elements ``j`` (where ``mask``) of tensor ``i`` with their normals, and
+    their share of ``half_sq_norm``; coefficients arrive as float64 bit halves."""
     # Coefficients rounded once to the arithmetic dtype, as torch does with Python scalars.
     half_step = from_f64_bits(half_step_lo, half_step_hi).to(COMPUTE)
     prior = from_f64_bits(prior_lo, prior_hi).to(COMPUTE)
@@ -126,6 +120,31 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
             tl.atomic_add(hsn_ptr + row0 + 1, s1, mask=row0 + 1 < n_rows)
         else:
             tl.atomic_add(hsn_ptr + row, sq, mask=mask)
+
+
+@triton.jit(do_not_specialize=[
+    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "half_step_lo",
+    "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi",
+    "low_lo", "low_hi", "high_lo", "high_hi"])
+def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
+                     seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32, off_hi: tl.int32,
+                     half_step_lo: tl.int32, half_step_hi: tl.int32,
+                     prior_lo: tl.int32, prior_hi: tl.int32,
+                     sigma_lo: tl.int32, sigma_hi: tl.int32, clip_lo: tl.int32, clip_hi: tl.int32,
+                     low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32, high_hi: tl.int32,
+                     DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
+                     SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    # 64-bit scalars (seed, offset, float64 coefficients) arrive as int32 halves (join64).
+    i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
+        table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
+    # Element j of this tensor uses normal offset + start + j.
+    k0, k1 = philox_key(seed_lo, seed_hi)
+    j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor, BLOCK)
+    mask = (j >= 0) & (j < numel)
+    update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
+                 half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
+                 clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
+                 DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
 def _table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:

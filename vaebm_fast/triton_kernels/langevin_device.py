@@ -39,8 +39,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .langevin import _FIRST_PROGRAM, _G_PTR, _NUMEL, _ROW_LEN, _START, _T_PTR, _check
-from .philox import aligned_block, from_f64_bits, join64, to_storage
+from .langevin import _check, find_tensor, update_block
+from .philox import aligned_block, join64
 
 __all__ = ["langevin_step_device_", "build_table"]
 
@@ -59,20 +59,8 @@ def _langevin_device_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
                             high_hi: tl.int32,
                             DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
                             SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    first_col = table_ptr + _FIRST_PROGRAM * n_tensors
-    i = 0
-    for s in tl.static_range(SEARCH_STEPS):
-        cand = i + (1 << (SEARCH_STEPS - 1 - s))
-        ok = cand < n_tensors
-        first = tl.load(first_col + tl.where(ok, cand, 0))
-        i = tl.where(ok & (first <= pid), cand, i)
-    t_ptr = tl.load(table_ptr + _T_PTR * n_tensors + i).to(tl.pointer_type(DTYPE))
-    g_ptr = tl.load(table_ptr + _G_PTR * n_tensors + i).to(tl.pointer_type(DTYPE))
-    start = tl.load(table_ptr + _START * n_tensors + i)
-    numel = tl.load(table_ptr + _NUMEL * n_tensors + i)
-    block_of_tensor = pid - tl.load(first_col + i)
-
+    i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
+        table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
     # The stream address from device memory: key = (seed lo, seed hi), offset + offset_add.
     seed = tl.load(rng_ptr)
     k0 = seed.to(tl.uint32)
@@ -80,35 +68,10 @@ def _langevin_device_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
     offset = tl.load(rng_ptr + 1) + join64(add_lo, add_hi)
     j, noise = aligned_block(k0, k1, offset + start, block_of_tensor, BLOCK)
     mask = (j >= 0) & (j < numel)
-
-    half_step = from_f64_bits(half_step_lo, half_step_hi).to(COMPUTE)
-    prior = from_f64_bits(prior_lo, prior_hi).to(COMPUTE)
-    sigma = from_f64_bits(sigma_lo, sigma_hi).to(COMPUTE)
-    clip = from_f64_bits(clip_lo, clip_hi).to(COMPUTE)
-    low = from_f64_bits(low_lo, low_hi).to(COMPUTE)
-    high = from_f64_bits(high_lo, high_hi).to(COMPUTE)
-
-    x = tl.load(t_ptr + j, mask=mask, other=0.0).to(COMPUTE)
-    g = tl.load(g_ptr + j, mask=mask, other=0.0).to(COMPUTE)
-    g = tl.where(g < -clip, -clip, tl.where(g > clip, clip, g))
-    new = x - half_step * (g + prior * x) + sigma * noise.to(COMPUTE)
-    new = tl.where(new < low, low, tl.where(new > high, high, new))
-    stored = to_storage(new, DTYPE)
-    tl.store(t_ptr + j, stored, mask=mask)
-
-    if HAS_HSN:
-        v = stored.to(COMPUTE)
-        sq = tl.where(mask, 0.5 * v * v, 0.0)
-        row_len = tl.load(table_ptr + _ROW_LEN * n_tensors + i)
-        row = tl.where(mask, j, 0) // row_len
-        if row_len >= BLOCK:
-            row0 = tl.min(tl.where(mask, row, n_rows), axis=0)
-            s0 = tl.sum(tl.where(row == row0, sq, 0.0), axis=0)
-            s1 = tl.sum(tl.where(row == row0 + 1, sq, 0.0), axis=0)
-            tl.atomic_add(hsn_ptr + row0, s0, mask=row0 < n_rows)
-            tl.atomic_add(hsn_ptr + row0 + 1, s1, mask=row0 + 1 < n_rows)
-        else:
-            tl.atomic_add(hsn_ptr + row, sq, mask=mask)
+    update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
+                 half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
+                 clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
+                 DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
 def build_table(tensors: List[Tensor], grads: List[Tensor], n_rows: int,
