@@ -24,6 +24,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../replay_checks.h"
+
 #include "normals.h"
 
 namespace vaebm_fast {
@@ -37,36 +39,17 @@ int64_t row_grain(int64_t row_numel) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(row_numel, 1));
 }
 
-// True when every buffer[i] is a contiguous block (rows may be strided against each other).
-bool rows_contiguous(const at::Tensor& buffer) {
-  int64_t expected = 1;
-  for (int64_t d = buffer.dim() - 1; d >= 1; --d) {
-    if (buffer.size(d) != 1 && buffer.stride(d) != expected) return false;
-    expected *= buffer.size(d);
-  }
-  return true;
-}
-
-void check_common(const char* op, const at::Tensor& buffer, const at::Tensor& index) {
+void check_cpu(const char* op, const at::Tensor& buffer, const at::Tensor& index) {
   TORCH_CHECK(buffer.device().is_cpu() && index.device().is_cpu(), op,
               " (CPU kernel): buffer and index must be on the CPU");
-  TORCH_CHECK(buffer.dim() >= 1, op, ": buffer must have at least one dimension [N, *S]");
-  TORCH_CHECK(at::isFloatingType(buffer.scalar_type()), op, ": buffer must be floating, got ",
-              buffer.scalar_type());
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.dim() == 1, op,
-              ": index must be a 1-D int64 tensor, got ", index.scalar_type(), " of shape ",
-              index.sizes());
+  check_replay_buffer_index(op, buffer, index);
 }
 
 at::Tensor replay_gather_cpu(const at::Tensor& buffer_in, const at::Tensor& index_in,
                              const at::Tensor& reinit_in, int64_t seed, int64_t offset) {
-  check_common("replay_gather", buffer_in, index_in);
-  TORCH_CHECK(reinit_in.device().is_cpu(), "replay_gather (CPU kernel): reinit must be on the CPU");
-  TORCH_CHECK(reinit_in.scalar_type() == at::kBool && reinit_in.sizes() == index_in.sizes(),
-              "replay_gather: reinit must be a bool tensor of the shape of index ",
-              index_in.sizes(), ", got ", reinit_in.scalar_type(), " ", reinit_in.sizes());
-  TORCH_CHECK(offset >= 0, "replay_gather: offset must be >= 0, got ", offset);
-  const at::Tensor buffer = rows_contiguous(buffer_in) ? buffer_in : buffer_in.contiguous();
+  check_cpu("replay_gather", buffer_in, index_in);
+  check_replay_reinit(buffer_in, index_in, reinit_in, offset);
+  const at::Tensor buffer = replay_rows_contiguous(buffer_in) ? buffer_in : buffer_in.contiguous();
   const at::Tensor index = index_in.contiguous(), reinit = reinit_in.contiguous();
   const int64_t B = index.numel(), N = buffer.size(0);
   std::vector<int64_t> out_shape = buffer.sizes().vec();
@@ -103,16 +86,8 @@ at::Tensor replay_gather_cpu(const at::Tensor& buffer_in, const at::Tensor& inde
 
 void replay_scatter_cpu(const at::Tensor& buffer, const at::Tensor& index_in,
                         const at::Tensor& values_in) {
-  check_common("replay_scatter_", buffer, index_in);
-  TORCH_CHECK(values_in.device().is_cpu(), "replay_scatter_ (CPU kernel): values must be on the CPU");
-  TORCH_CHECK(values_in.scalar_type() == buffer.scalar_type(), "replay_scatter_: values have dtype ",
-              values_in.scalar_type(), " but buffer has ", buffer.scalar_type());
-  TORCH_CHECK(values_in.dim() == buffer.dim() && values_in.size(0) == index_in.numel() &&
-                  values_in.sizes().slice(1) == buffer.sizes().slice(1),
-              "replay_scatter_: values must have shape [B, *S] with B = index.numel(); got ",
-              values_in.sizes(), " for buffer ", buffer.sizes(), " and index ", index_in.sizes());
-  TORCH_CHECK(at::has_internal_overlap(buffer) != at::MemOverlap::Yes,
-              "replay_scatter_: buffer has elements sharing memory (e.g. from expand)");
+  check_cpu("replay_scatter_", buffer, index_in);
+  check_replay_values(buffer, index_in, values_in);
   const int64_t B = index_in.numel(), N = buffer.size(0);
   if (B == 0) return;
   const at::Tensor index = index_in.contiguous();
@@ -122,7 +97,7 @@ void replay_scatter_cpu(const at::Tensor& buffer, const at::Tensor& index_in,
                 " is out of range for a buffer of ", N, " rows");
   }
   const at::Tensor values = values_in.contiguous();
-  const at::Tensor work = rows_contiguous(buffer) ? buffer : buffer.contiguous();
+  const at::Tensor work = replay_rows_contiguous(buffer) ? buffer : buffer.contiguous();
   const int64_t P = values.numel() / B;
   const int64_t row_stride = work.stride(0);
   const size_t row_bytes = static_cast<size_t>(P) * values.element_size();

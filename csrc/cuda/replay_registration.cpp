@@ -9,49 +9,27 @@
 #include <torch/library.h>
 
 #include "glue.h"
+#include "../replay_checks.h"
 #include "replay_cuda.h"
 
 namespace vaebm_fast {
 namespace cuda {
 namespace {
 
-// True when every buffer[i] is a contiguous block (rows may be strided against each other).
-bool rows_contiguous(const at::Tensor& buffer) {
-  int64_t expected = 1;
-  for (int64_t d = buffer.dim() - 1; d >= 1; --d) {
-    if (buffer.size(d) != 1 && buffer.stride(d) != expected) return false;
-    expected *= buffer.size(d);
-  }
-  return true;
-}
-
 void check_common(const char* op, const at::Tensor& buffer, const at::Tensor& index) {
   check_cuda(buffer, op, "buffer");
   check_cuda(index, op, "index");
-  TORCH_CHECK(index.device() == buffer.device(), op, ": index is on ", index.device(),
-              " but buffer is on ", buffer.device());
-  TORCH_CHECK(buffer.dim() >= 1, op, ": buffer must have at least one dimension [N, *S]");
-  TORCH_CHECK(at::isFloatingType(buffer.scalar_type()), op, ": buffer must be floating, got ",
-              buffer.scalar_type());
+  check_replay_buffer_index(op, buffer, index);
   TORCH_CHECK(is_kernel_dtype(buffer.scalar_type()), op, ": the CUDA kernel takes float16, "
               "bfloat16, float32 or float64 buffers, got ", buffer.scalar_type());
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.dim() == 1, op,
-              ": index must be a 1-D int64 tensor, got ", index.scalar_type(), " of shape ",
-              index.sizes());
 }
 
 at::Tensor replay_gather_cuda(const at::Tensor& buffer_in, const at::Tensor& index_in,
                               const at::Tensor& reinit_in, int64_t seed, int64_t offset) {
   check_common("replay_gather", buffer_in, index_in);
-  check_cuda(reinit_in, "replay_gather", "reinit");
-  TORCH_CHECK(reinit_in.device() == buffer_in.device(), "replay_gather: reinit is on ",
-              reinit_in.device(), " but buffer is on ", buffer_in.device());
-  TORCH_CHECK(reinit_in.scalar_type() == at::kBool && reinit_in.sizes() == index_in.sizes(),
-              "replay_gather: reinit must be a bool tensor of the shape of index ",
-              index_in.sizes(), ", got ", reinit_in.scalar_type(), " ", reinit_in.sizes());
-  TORCH_CHECK(offset >= 0, "replay_gather: offset must be >= 0, got ", offset);
+  check_replay_reinit(buffer_in, index_in, reinit_in, offset);
   const c10::cuda::CUDAGuard guard(buffer_in.device());
-  const at::Tensor buffer = rows_contiguous(buffer_in) ? buffer_in : buffer_in.contiguous();
+  const at::Tensor buffer = replay_rows_contiguous(buffer_in) ? buffer_in : buffer_in.contiguous();
   const at::Tensor index = index_in.contiguous(), reinit = reinit_in.contiguous();
   const int64_t B = index.numel(), N = buffer.size(0);
   std::vector<int64_t> out_shape = buffer.sizes().vec();
@@ -71,20 +49,13 @@ at::Tensor replay_gather_cuda(const at::Tensor& buffer_in, const at::Tensor& ind
 void replay_scatter_cuda(const at::Tensor& buffer, const at::Tensor& index_in,
                          const at::Tensor& values_in) {
   check_common("replay_scatter_", buffer, index_in);
-  check_cuda(values_in, "replay_scatter_", "values");
-  check_like(values_in, buffer, "replay_scatter_", "values", "buffer");
-  TORCH_CHECK(values_in.dim() == buffer.dim() && values_in.size(0) == index_in.numel() &&
-                  values_in.sizes().slice(1) == buffer.sizes().slice(1),
-              "replay_scatter_: values must have shape [B, *S] with B = index.numel(); got ",
-              values_in.sizes(), " for buffer ", buffer.sizes(), " and index ", index_in.sizes());
-  TORCH_CHECK(at::has_internal_overlap(buffer) != at::MemOverlap::Yes,
-              "replay_scatter_: buffer has elements sharing memory (e.g. from expand)");
+  check_replay_values(buffer, index_in, values_in);
   const int64_t B = index_in.numel(), N = buffer.size(0);
   if (B == 0 || values_in.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(buffer.device());
   const at::Tensor index = index_in.contiguous();
   const at::Tensor values = values_in.contiguous();
-  const at::Tensor work = rows_contiguous(buffer) ? buffer : buffer.contiguous();
+  const at::Tensor work = replay_rows_contiguous(buffer) ? buffer : buffer.contiguous();
   VAEBM_FAST_CUDA_LAUNCH(replay_scatter(
       to_dtype(buffer.scalar_type(), "replay_scatter_"), work.mutable_data_ptr(), work.stride(0),
       N, index.const_data_ptr<int64_t>(), values.const_data_ptr(), B, values.numel() / B,
