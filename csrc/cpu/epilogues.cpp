@@ -29,7 +29,8 @@
 // fp64 path calls directly (scalar std::exp). fp16 / bf16 are widened to L1-sized float blocks,
 // run through the fp32 functions and rounded back. Sums (dgate, da, db) use kLanes fixed
 // partial sums per plane, so they vectorise without reassociation and do not depend on the
-// thread count. Parallelism: at::parallel_for over elements, rows or planes.
+// thread count (results are reproducible on a machine; the AVX2 / AVX-512 copies contract
+// a * b + c into FMAs, so another CPU may differ in the last bit). Parallelism: at::parallel_for over elements, rows or planes.
 // Layout: inputs are read through contiguous copies (free when already contiguous); outputs
 // are new contiguous tensors.
 #include <algorithm>
