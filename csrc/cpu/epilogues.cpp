@@ -7,103 +7,282 @@
 //   downsampling). Eager: add, [pool], sigmoid, mul, mul -> ~40 B/element and 4-5 kernels.
 // ebm_block_tail_backward(grad, pre, downsample) -> d          d at h's size
 //   dp = grad * k * (s + pre s (1 - s)) (sigmoid recomputed from pre);
-//   d[2y+i, 2x+j] = dp[y, x] / 4 if downsample else dp. Reads grad, pre; writes d.
+//   d[2y+i, 2x+j] = dp[y, x] / 4 if downsample else dp. Reads grad, pre (8 B per pre element);
+//   writes d (4 B per d element).
 // nvae_cell_tail(skip, h, gate, c) -> out                      gate: [B, C]
 //   out = skip + (c * gate[b, ch]) * h. Reads skip, h (8 B); writes out (4 B).
 // nvae_cell_tail_backward(grad, h, gate, c) -> (dh, dgate)
 //   dh = (c * gate[b, ch]) * grad;  dgate[b, ch] = c * sum_hw grad * h  (one pass per plane,
-//   reads grad, h; writes dh).
+//   reads grad, h (8 B); writes dh (4 B)).
 // affine_swish(x, a, b) -> out                                 x: [N, C, *], a, b: [C]
 //   t = x * a[ch] + b[ch]; out = t * s(t). Reads x, writes out (8 B).
 // affine_swish_backward(grad, x, a, b) -> (dx, da, db)
 //   q = grad * (s + t s (1 - s)); dx = q * a[ch]; da[ch] = sum q x; db[ch] = sum q, sums over
 //   every dim but 1: per-(n, ch) plane partial sums in parallel, then a deterministic sum
-//   over n in double. Reads grad, x; writes dx.
+//   over n in double. Reads grad, x; writes dx (12 B).
 //
 // Arithmetic: float for fp32 / fp16 / bf16 (stored values rounded once), double for fp64.
-// Vectorisation: at::vec for fp64 and for the exp-free fp32 loops; the fp32 loops with a
-// sigmoid are plain loops over exp_nonpos_f (below) that the compiler vectorises; fp16/bf16 convert
-// element by element. Parallelism: at::parallel_for
-// over rows/planes. Layout: inputs are read through contiguous copies (free when already
-// contiguous); outputs are new contiguous tensors.
+// Vectorisation: every fp32 loop is a non-template function below marked
+// VAEBM_FAST_TARGET_CLONES (compiled for AVX-512, AVX2 and baseline x86-64, the copy for the
+// running CPU picked at load time) over plain code the compiler vectorises, the sigmoid being
+// simd_math.h's sigmoid_f32. The bodies are written once as inline templates (*_loop) that the
+// fp64 path calls directly (scalar std::exp). fp16 / bf16 are widened to L1-sized float blocks,
+// run through the fp32 functions and rounded back. Sums (dgate, da, db) use kLanes fixed
+// partial sums per plane, so they vectorise without reassociation and do not depend on the
+// thread count (results are reproducible on a machine; the AVX2 / AVX-512 copies contract
+// a * b + c into FMAs, so another CPU may differ in the last bit). Parallelism: at::parallel_for over elements, rows or planes.
+// Layout: inputs are read through contiguous copies (free when already contiguous); outputs
+// are new contiguous tensors.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "simd_math.h"
 
 namespace vaebm_fast {
 namespace cpu {
 namespace {
 
 constexpr int64_t kGrain = 32768;  // elements per parallel task
-// The flat loops run over chunks of kChunk elements: one long loop per task measured ~4x slower
-// (fp32, 1M elements, AMD EPYC) than the same code over short chunks.
-constexpr int64_t kChunk = 1024;
-
-// Pointers of the float loops are __restrict: without it GCC versions the loops on a runtime
-// alias check, and the scalar fallback (branchy sigmoid) measured ~4x slower.
-#define VAEBM_RESTRICT __restrict
+// Elements per float block (fp16 / bf16 widening, and the fp32 pooled rows): 4 KiB of floats
+// per operand, so a block's operands stay in L1.
+constexpr int64_t kBlock = 1024;
+// Partial sums per plane in the reductions: one AVX-512 register of floats.
+constexpr int kLanes = 16;
 constexpr double kLip = 1.0 / 1.1;
 
-// exp for float without a libm call, so that the float loops below auto-vectorise (the
-// extension is compiled for baseline x86-64, where at::vec::Vectorized<float>::exp is a loop
-// of scalar expf calls). Cephes' expf: round x / ln 2 to n (by the 1.5 * 2^23 trick),
-// Cody-Waite reduction r = x - n ln 2 (|r| <= ln2/2), a degree-6 polynomial for e^r, times
-// 2^n built in the exponent bits. Max relative error 1.2e-7 on [-87, 0]. Only x <= 0 is
-// needed (see sigm), so only the lower end is clamped (-87: e^x ~ 1.6e-38, still normal);
-// measured: a two-sided clamp made GCC's SSE2 loop ~20x slower. NaN stays NaN.
-inline float exp_nonpos_f(float x) {
-  x = std::max(x, -87.0f);
-  const float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  return p * two_n;
-}
+// Pointers of the loops are __restrict, so the compiler needs no runtime alias check.
+#define VAEBM_RESTRICT __restrict
+// The loop bodies must be inlined into the per-ISA clones (a call would run the baseline
+// copy); GCC otherwise keeps the larger ones (affine_swish_grad_loop) out of line.
+#if defined(__GNUC__)
+#define VAEBM_LOOP inline __attribute__((always_inline))
+#else
+#define VAEBM_LOOP inline
+#endif
 
-// sigmoid(x) from e = exp(-|x|) in (0, 1]: 1 / (1 + e) for x >= 0, e / (1 + e) otherwise.
-inline float sigm(float x) {
-  const float e = exp_nonpos_f(-std::fabs(x));
-  const float inv = 1.0f / (1.0f + e);
-  return x >= 0.0f ? inv : e * inv;
-}
-inline double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
-template <typename Vec>
-inline Vec vsigm(const Vec& x) {
-  const Vec one(1);
-  return one / (one + x.neg().exp());
-}
-
-// at::vec loops: for float and double where no exp is needed; for the loops with a sigmoid
-// only for double (float goes through the plain loop with exp_nonpos_f, which GCC vectorises).
-template <typename scalar_t>
-constexpr bool kVectorised = std::is_same_v<scalar_t, at::opmath_type<scalar_t>>;
-template <typename scalar_t>
-constexpr bool kVecExp = std::is_same_v<scalar_t, double>;
+VAEBM_LOOP float sig(float x) { return sigmoid_f32(x); }
+inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // Rows (or planes) per parallel task for rows of `len` elements.
 inline int64_t row_grain(int64_t len) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(len, 1));
 }
+
+// fp16 / bf16 <-> float blocks.
+template <typename scalar_t>
+inline void widen(const scalar_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+template <typename scalar_t>
+inline void narrow(const float* src, scalar_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
+// Sum of kLanes partial sums, in a fixed (pairwise) order.
+template <typename T>
+VAEBM_LOOP T sum_lanes(const T* lane) {
+  T tmp[kLanes];
+  for (int l = 0; l < kLanes; ++l) tmp[l] = lane[l];
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int l = 0; l < w; ++l) tmp[l] += tmp[l + w];
+  }
+  return tmp[0];
+}
+
+// ------------------------------------------------------------------ loop bodies (float, double)
+
+// pre = h + s; out = k * pre * s(pre).
+template <typename T>
+VAEBM_LOOP void ebm_tail_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
+                          T* VAEBM_RESTRICT out, T* VAEBM_RESTRICT pre, int64_t n, T k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T p = h[i] + s[i];
+    pre[i] = p;
+    out[i] = k * p * sig(p);
+  }
+}
+
+// out = k * p * s(p).
+template <typename T>
+VAEBM_LOOP void lipswish_loop(const T* VAEBM_RESTRICT p, T* VAEBM_RESTRICT out, int64_t n, T k) {
+  for (int64_t i = 0; i < n; ++i) out[i] = k * p[i] * sig(p[i]);
+}
+
+// 2x2 window means of `rows` output rows of `wo` elements (written contiguously to pre). The
+// window of output (r, x) is columns 2x, 2x + 1 of the input rows starting at
+// h + r * pair_stride and h + r * pair_stride + row_stride (same for s). Summed in the order
+// of avg_pool2d(h + skip): first the element sums, then the window.
+template <typename T>
+VAEBM_LOOP void pool_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
+                      int64_t pair_stride, int64_t row_stride, T* VAEBM_RESTRICT pre,
+                      int64_t rows, int64_t wo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* h0 = h + r * pair_stride;
+    const T* h1 = h0 + row_stride;
+    const T* s0 = s + r * pair_stride;
+    const T* s1 = s0 + row_stride;
+    T* p = pre + r * wo;
+    for (int64_t x = 0; x < wo; ++x) {
+      const int64_t j = 2 * x;
+      p[x] = ((h0[j] + s0[j]) + (h0[j + 1] + s0[j + 1]) + (h1[j] + s1[j]) +
+              (h1[j + 1] + s1[j + 1])) * T(0.25);
+    }
+  }
+}
+
+// d = k * g * (s + p s (1 - s)), s = s(p).
+template <typename T>
+VAEBM_LOOP void lipswish_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT p,
+                               T* VAEBM_RESTRICT d, int64_t n, T k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T s = sig(p[i]);
+    d[i] = k * g[i] * (s + p[i] * s * (T(1) - s));
+  }
+}
+
+// d[2r + i, 2x + j] = v[r, x] for `rows` rows of `wo` values (contiguous); d has rows of `w`
+// elements (w >= 2 wo).
+template <typename V, typename D>
+VAEBM_LOOP void scatter2x2_loop(const V* VAEBM_RESTRICT v, D* VAEBM_RESTRICT d, int64_t rows,
+                            int64_t wo, int64_t w) {
+  for (int64_t r = 0; r < rows; ++r) {
+    D* d0 = d + 2 * r * w;
+    D* d1 = d0 + w;
+    for (int64_t x = 0; x < wo; ++x) {
+      const D u = static_cast<D>(v[r * wo + x]);
+      d0[2 * x] = u;
+      d0[2 * x + 1] = u;
+      d1[2 * x] = u;
+      d1[2 * x + 1] = u;
+    }
+  }
+}
+
+// out = s + m * x.
+template <typename T>
+VAEBM_LOOP void cell_tail_loop(const T* VAEBM_RESTRICT s, const T* VAEBM_RESTRICT x,
+                           T* VAEBM_RESTRICT out, int64_t n, T m) {
+  for (int64_t i = 0; i < n; ++i) out[i] = s[i] + m * x[i];
+}
+
+// dh = m * g; returns sum g * x.
+template <typename T>
+VAEBM_LOOP T cell_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
+                        T* VAEBM_RESTRICT dh, int64_t n, T m) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      dh[i + l] = m * g[i + l];
+      lane[l] += g[i + l] * x[i + l];
+    }
+  }
+  T sum = sum_lanes(lane);
+  for (; i < n; ++i) {
+    dh[i] = m * g[i];
+    sum += g[i] * x[i];
+  }
+  return sum;
+}
+
+// out = t * s(t), t = x * a + b.
+template <typename T>
+VAEBM_LOOP void affine_swish_loop(const T* VAEBM_RESTRICT x, T* VAEBM_RESTRICT out, int64_t n, T a,
+                              T b) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T t = x[i] * a + b;
+    out[i] = t * sig(t);
+  }
+}
+
+// q = g * (s + t s (1 - s)); dx = q * a; adds sum q x to sums[0] and sum q to sums[1].
+template <typename T>
+VAEBM_LOOP void affine_swish_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
+                                   T* VAEBM_RESTRICT dx, int64_t n, T a, T b, T* sums) {
+  T lane_qx[kLanes] = {}, lane_q[kLanes] = {};
+  int64_t i = 0;
+  const auto q_of = [a, b](T gv, T xv) {
+    const T t = xv * a + b;
+    const T s = sig(t);
+    return gv * (s + t * s * (T(1) - s));
+  };
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T q = q_of(g[i + l], x[i + l]);
+      dx[i + l] = q * a;
+      lane_qx[l] += q * x[i + l];
+      lane_q[l] += q;
+    }
+  }
+  T sum_qx = sum_lanes(lane_qx), sum_q = sum_lanes(lane_q);
+  for (; i < n; ++i) {
+    const T q = q_of(g[i], x[i]);
+    dx[i] = q * a;
+    sum_qx += q * x[i];
+    sum_q += q;
+  }
+  sums[0] += sum_qx;
+  sums[1] += sum_q;
+}
+
+// ------------------------------------------------------------------ fp32 loops, per ISA
+
+VAEBM_FAST_TARGET_CLONES
+void ebm_tail_f32(const float* h, const float* s, float* out, float* pre, int64_t n) {
+  ebm_tail_loop<float>(h, s, out, pre, n, static_cast<float>(kLip));
+}
+
+VAEBM_FAST_TARGET_CLONES
+void lipswish_f32(const float* p, float* out, int64_t n) {
+  lipswish_loop<float>(p, out, n, static_cast<float>(kLip));
+}
+
+VAEBM_FAST_TARGET_CLONES
+void pool_f32(const float* h, const float* s, int64_t pair_stride, int64_t row_stride,
+              float* pre, int64_t rows, int64_t wo) {
+  pool_loop<float>(h, s, pair_stride, row_stride, pre, rows, wo);
+}
+
+VAEBM_FAST_TARGET_CLONES
+void lipswish_grad_f32(const float* g, const float* p, float* d, int64_t n, float k) {
+  lipswish_grad_loop<float>(g, p, d, n, k);
+}
+
+VAEBM_FAST_TARGET_CLONES
+void scatter2x2_f32(const float* v, float* d, int64_t rows, int64_t wo, int64_t w) {
+  scatter2x2_loop<float, float>(v, d, rows, wo, w);
+}
+
+VAEBM_FAST_TARGET_CLONES
+void cell_tail_f32(const float* s, const float* x, float* out, int64_t n, float m) {
+  cell_tail_loop<float>(s, x, out, n, m);
+}
+
+VAEBM_FAST_TARGET_CLONES
+float cell_grad_f32(const float* g, const float* x, float* dh, int64_t n, float m) {
+  return cell_grad_loop<float>(g, x, dh, n, m);
+}
+
+VAEBM_FAST_TARGET_CLONES
+void affine_swish_f32(const float* x, float* out, int64_t n, float a, float b) {
+  affine_swish_loop<float>(x, out, n, a, b);
+}
+
+VAEBM_FAST_TARGET_CLONES
+void affine_swish_grad_f32(const float* g, const float* x, float* dx, int64_t n, float a,
+                           float b, float* sums) {
+  affine_swish_grad_loop<float>(g, x, dx, n, a, b, sums);
+}
+
+// ------------------------------------------------------------------ argument checks
 
 void check_float(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, " (CPU kernel): ", name, " must be on the CPU");
@@ -125,47 +304,71 @@ at::Tensor new_contiguous(const at::Tensor& like, at::IntArrayRef sizes) {
   return at::empty(sizes, like.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
+template <typename scalar_t>
+constexpr bool kIsFloat = std::is_same_v<scalar_t, float>;
+template <typename scalar_t>
+constexpr bool kIsDouble = std::is_same_v<scalar_t, double>;
+
 // ----------------------------------------------------------------------- ebm_block_tail
 
 template <typename scalar_t>
-void ebm_tail_flat(const scalar_t* VAEBM_RESTRICT h, const scalar_t* VAEBM_RESTRICT sk,
-                   scalar_t* VAEBM_RESTRICT out, scalar_t* VAEBM_RESTRICT pre, int64_t n) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t k = static_cast<acc_t>(kLip);
-  int64_t i = 0;
-  if constexpr (kVecExp<scalar_t>) {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const Vec kv(k);
-    for (; i + Vec::size() <= n; i += Vec::size()) {
-      const Vec p = Vec::loadu(h + i) + Vec::loadu(sk + i);
-      p.store(pre + i);
-      (kv * p * vsigm(p)).store(out + i);
+void ebm_tail_range(const scalar_t* h, const scalar_t* s, scalar_t* out, scalar_t* pre,
+                    int64_t n) {
+  if constexpr (kIsFloat<scalar_t>) {
+    ebm_tail_f32(h, s, out, pre, n);
+  } else if constexpr (kIsDouble<scalar_t>) {
+    ebm_tail_loop<double>(h, s, out, pre, n, kLip);
+  } else {
+    float hf[kBlock], sf[kBlock], of[kBlock], pf[kBlock];
+    for (int64_t c = 0; c < n; c += kBlock) {
+      const int64_t m = std::min(kBlock, n - c);
+      widen(h + c, hf, m);
+      widen(s + c, sf, m);
+      ebm_tail_f32(hf, sf, of, pf, m);
+      narrow(of, out + c, m);
+      narrow(pf, pre + c, m);
     }
-  }
-  for (; i < n; ++i) {
-    const acc_t p = static_cast<acc_t>(h[i]) + static_cast<acc_t>(sk[i]);
-    pre[i] = static_cast<scalar_t>(p);
-    out[i] = static_cast<scalar_t>(k * p * sigm(p));
   }
 }
 
-// One output row (Wo elements) of the downsampling tail from input rows r0 = 2y, r1 = 2y + 1.
+// Output rows [r0, r1) of the downsampling tail (row r = (plane, y), from input rows 2y,
+// 2y + 1 of the same plane, i.e. input row 2r of the [B*C*H, W] view).
 template <typename scalar_t>
-void ebm_tail_pool_row(const scalar_t* VAEBM_RESTRICT h0, const scalar_t* VAEBM_RESTRICT h1,
-                       const scalar_t* VAEBM_RESTRICT s0, const scalar_t* VAEBM_RESTRICT s1,
-                       scalar_t* VAEBM_RESTRICT out, scalar_t* VAEBM_RESTRICT pre, int64_t wo) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t k = static_cast<acc_t>(kLip);
-  for (int64_t x = 0; x < wo; ++x) {
-    const int64_t j = 2 * x;
-    // Sum in the order of avg_pool2d(h + skip): first the element sums, then the window.
-    const acc_t a = static_cast<acc_t>(h0[j]) + static_cast<acc_t>(s0[j]);
-    const acc_t b = static_cast<acc_t>(h0[j + 1]) + static_cast<acc_t>(s0[j + 1]);
-    const acc_t c = static_cast<acc_t>(h1[j]) + static_cast<acc_t>(s1[j]);
-    const acc_t d = static_cast<acc_t>(h1[j + 1]) + static_cast<acc_t>(s1[j + 1]);
-    const acc_t p = (a + b + c + d) * acc_t(0.25);
-    pre[x] = static_cast<scalar_t>(p);
-    out[x] = static_cast<scalar_t>(k * p * sigm(p));
+void ebm_tail_pool_rows(const scalar_t* h, const scalar_t* s, scalar_t* out, scalar_t* pre,
+                        int64_t r0, int64_t r1, int64_t wo) {
+  const int64_t w = 2 * wo;
+  if constexpr (kIsDouble<scalar_t>) {
+    pool_loop<double>(h + 2 * r0 * w, s + 2 * r0 * w, 2 * w, w, pre + r0 * wo, r1 - r0, wo);
+    lipswish_loop<double>(pre + r0 * wo, out + r0 * wo, (r1 - r0) * wo, kLip);
+  } else if constexpr (kIsFloat<scalar_t>) {
+    // Blocks of whole rows: the pooled values are re-read from L1 by the sigmoid loop.
+    const int64_t nr = std::max<int64_t>(1, kBlock / wo);
+    for (int64_t r = r0; r < r1; r += nr) {
+      const int64_t rows = std::min(nr, r1 - r);
+      pool_f32(h + 2 * r * w, s + 2 * r * w, 2 * w, w, pre + r * wo, rows, wo);
+      lipswish_f32(pre + r * wo, out + r * wo, rows * wo);
+    }
+  } else {
+    // Float blocks of at most kBlock / 4 outputs: whole rows, or a segment of one row.
+    constexpr int64_t kOut = kBlock / 4;
+    float hf[kBlock], sf[kBlock], pf[kOut], of[kOut];
+    const int64_t nr = std::max<int64_t>(1, kOut / wo), seg = std::min(wo, kOut);
+    for (int64_t r = r0; r < r1; r += nr) {
+      const int64_t rows = std::min(nr, r1 - r);
+      for (int64_t x0 = 0; x0 < wo; x0 += seg) {
+        const int64_t len = std::min(seg, wo - x0);
+        for (int64_t q = 0; q < 2 * rows; ++q) {  // input rows 2r .. 2(r + rows) - 1
+          widen(h + (2 * r + q) * w + 2 * x0, hf + q * 2 * len, 2 * len);
+          widen(s + (2 * r + q) * w + 2 * x0, sf + q * 2 * len, 2 * len);
+        }
+        pool_f32(hf, sf, 4 * len, 2 * len, pf, rows, len);
+        lipswish_f32(pf, of, rows * len);
+        for (int64_t q = 0; q < rows; ++q) {
+          narrow(pf + q * len, pre + (r + q) * wo + x0, len);
+          narrow(of + q * len, out + (r + q) * wo + x0, len);
+        }
+      }
+    }
   }
 }
 
@@ -194,44 +397,65 @@ std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cpu(const at::Tensor& h, const
     scalar_t* pp = pre.mutable_data_ptr<scalar_t>();
     if (!downsample) {
       at::parallel_for(0, hc.numel(), kGrain, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; c += kChunk) {
-          const int64_t m = std::min(kChunk, e - c);
-          ebm_tail_flat<scalar_t>(hp + c, sp + c, op_ + c, pp + c, m);
-        }
+        ebm_tail_range<scalar_t>(hp + b, sp + b, op_ + b, pp + b, e - b);
       });
     } else {
-      const int64_t rows = B * C * Ho;  // output rows; row r = (plane, y)
-      at::parallel_for(0, rows, row_grain(4 * Wo), [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          const int64_t in0 = 2 * r * W;  // input row 2y of the same plane: (plane*H + 2y) * W
-          ebm_tail_pool_row<scalar_t>(hp + in0, hp + in0 + W, sp + in0, sp + in0 + W,
-                                      op_ + r * Wo, pp + r * Wo, Wo);
-        }
+      at::parallel_for(0, B * C * Ho, row_grain(4 * Wo), [&](int64_t b, int64_t e) {
+        ebm_tail_pool_rows<scalar_t>(hp, sp, op_, pp, b, e, Wo);
       });
     }
   });
   return {out, pre};
 }
 
+// d = factor * k * grad * lipswish'(pre) over n elements.
 template <typename scalar_t>
-void lipswish_grad_flat(const scalar_t* VAEBM_RESTRICT g, const scalar_t* VAEBM_RESTRICT pre,
-                        scalar_t* VAEBM_RESTRICT d, int64_t n, double factor) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t k = static_cast<acc_t>(kLip * factor);
-  int64_t i = 0;
-  if constexpr (kVecExp<scalar_t>) {
-    using Vec = at::vec::Vectorized<scalar_t>;
-    const Vec kv(k), one(1);
-    for (; i + Vec::size() <= n; i += Vec::size()) {
-      const Vec p = Vec::loadu(pre + i);
-      const Vec s = vsigm(p);
-      (kv * Vec::loadu(g + i) * (s + p * s * (one - s))).store(d + i);
+void lipswish_grad_range(const scalar_t* g, const scalar_t* p, scalar_t* d, int64_t n,
+                         double factor) {
+  if constexpr (kIsFloat<scalar_t>) {
+    lipswish_grad_f32(g, p, d, n, static_cast<float>(kLip * factor));
+  } else if constexpr (kIsDouble<scalar_t>) {
+    lipswish_grad_loop<double>(g, p, d, n, kLip * factor);
+  } else {
+    float gf[kBlock], pf[kBlock], df[kBlock];
+    for (int64_t c = 0; c < n; c += kBlock) {
+      const int64_t m = std::min(kBlock, n - c);
+      widen(g + c, gf, m);
+      widen(p + c, pf, m);
+      lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLip * factor));
+      narrow(df, d + c, m);
     }
   }
-  for (; i < n; ++i) {
-    const acc_t p = static_cast<acc_t>(pre[i]);
-    const acc_t s = sigm(p);
-    d[i] = static_cast<scalar_t>(k * static_cast<acc_t>(g[i]) * (s + p * s * (acc_t(1) - s)));
+}
+
+// Pooled rows [r0, r1) of the downsampling backward: dp / 4 for a block of rows (or a segment
+// of one row) into a float (double for fp64) buffer, then spread over the 2x2 windows of d.
+template <typename scalar_t>
+void ebm_tail_backward_pool_rows(const scalar_t* g, const scalar_t* p, scalar_t* d, int64_t r0,
+                                 int64_t r1, int64_t wo) {
+  using buf_t = std::conditional_t<kIsDouble<scalar_t>, double, float>;
+  const int64_t w = 2 * wo;
+  const int64_t nr = std::max<int64_t>(1, kBlock / wo), seg = std::min(wo, kBlock);
+  buf_t df[kBlock];
+  for (int64_t r = r0; r < r1; r += nr) {
+    const int64_t rows = std::min(nr, r1 - r);
+    for (int64_t x0 = 0; x0 < wo; x0 += seg) {
+      const int64_t len = std::min(seg, wo - x0), m = rows * len, at = r * wo + x0;
+      scalar_t* dd = d + 2 * r * w + 2 * x0;
+      if constexpr (kIsFloat<scalar_t>) {
+        lipswish_grad_f32(g + at, p + at, df, m, static_cast<float>(kLip * 0.25));
+        scatter2x2_f32(df, dd, rows, len, w);
+      } else if constexpr (kIsDouble<scalar_t>) {
+        lipswish_grad_loop<double>(g + at, p + at, df, m, kLip * 0.25);
+        scatter2x2_loop<double, double>(df, dd, rows, len, w);
+      } else {
+        float gf[kBlock], pf[kBlock];
+        widen(g + at, gf, m);
+        widen(p + at, pf, m);
+        lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLip * 0.25));
+        scatter2x2_loop<float, scalar_t>(df, dd, rows, len, w);
+      }
+    }
   }
 }
 
@@ -254,26 +478,11 @@ at::Tensor ebm_block_tail_backward_cpu(const at::Tensor& grad, const at::Tensor&
     scalar_t* dp = d.mutable_data_ptr<scalar_t>();
     if (!downsample) {
       at::parallel_for(0, pc.numel(), kGrain, [&](int64_t b, int64_t e) {
-        for (int64_t c = b; c < e; c += kChunk) {
-          const int64_t m = std::min(kChunk, e - c);
-          lipswish_grad_flat<scalar_t>(gp + c, pp + c, dp + c, m, 1.0);
-        }
+        lipswish_grad_range<scalar_t>(gp + b, pp + b, dp + b, e - b, 1.0);
       });
     } else {
-      const int64_t rows = B * C * Ho;
-      at::parallel_for(0, rows, row_grain(4 * Wo), [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          // dp/4 of the pooled row goes to input row 2y; then widen it in place to 2*Wo
-          // (back to front, so no value is overwritten before it is read) and copy to 2y + 1.
-          scalar_t* d0 = dp + 2 * r * W;
-          lipswish_grad_flat<scalar_t>(gp + r * Wo, pp + r * Wo, d0, Wo, 0.25);
-          for (int64_t x = Wo - 1; x >= 0; --x) {
-            const scalar_t v = d0[x];
-            d0[2 * x] = v;
-            d0[2 * x + 1] = v;
-          }
-          std::copy(d0, d0 + W, d0 + W);
-        }
+      at::parallel_for(0, B * C * Ho, row_grain(4 * Wo), [&](int64_t b, int64_t e) {
+        ebm_tail_backward_pool_rows<scalar_t>(gp, pp, dp, b, e, Wo);
       });
     }
   });
@@ -297,6 +506,48 @@ std::tuple<int64_t, int64_t> check_cell(const at::Tensor& a, const char* a_name,
   return {h.size(0) * h.size(1), h.size(2) * h.size(3)};
 }
 
+// One plane of nvae_cell_tail: out = s + m * x.
+template <typename scalar_t>
+void cell_tail_plane(const scalar_t* s, const scalar_t* x, scalar_t* out, int64_t n,
+                     double m) {
+  if constexpr (kIsFloat<scalar_t>) {
+    cell_tail_f32(s, x, out, n, static_cast<float>(m));
+  } else if constexpr (kIsDouble<scalar_t>) {
+    cell_tail_loop<double>(s, x, out, n, m);
+  } else {
+    float sf[kBlock], xf[kBlock], of[kBlock];
+    for (int64_t c = 0; c < n; c += kBlock) {
+      const int64_t len = std::min(kBlock, n - c);
+      widen(s + c, sf, len);
+      widen(x + c, xf, len);
+      cell_tail_f32(sf, xf, of, len, static_cast<float>(m));
+      narrow(of, out + c, len);
+    }
+  }
+}
+
+// One plane of nvae_cell_tail_backward: dh = m * g; returns sum g * x.
+template <typename scalar_t>
+double cell_grad_plane(const scalar_t* g, const scalar_t* x, scalar_t* dh, int64_t n,
+                       double m) {
+  if constexpr (kIsFloat<scalar_t>) {
+    return cell_grad_f32(g, x, dh, n, static_cast<float>(m));
+  } else if constexpr (kIsDouble<scalar_t>) {
+    return cell_grad_loop<double>(g, x, dh, n, m);
+  } else {
+    float gf[kBlock], xf[kBlock], df[kBlock];
+    float sum = 0;
+    for (int64_t c = 0; c < n; c += kBlock) {
+      const int64_t len = std::min(kBlock, n - c);
+      widen(g + c, gf, len);
+      widen(x + c, xf, len);
+      sum += cell_grad_f32(gf, xf, df, len, static_cast<float>(m));
+      narrow(df, dh + c, len);
+    }
+    return sum;
+  }
+}
+
 at::Tensor nvae_cell_tail_cpu(const at::Tensor& skip, const at::Tensor& h, const at::Tensor& gate,
                               double scale) {
   int64_t planes, hw;
@@ -306,28 +557,16 @@ at::Tensor nvae_cell_tail_cpu(const at::Tensor& skip, const at::Tensor& h, const
   const at::Tensor sc = skip.contiguous(), hc = h.contiguous(), gc = gate.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "nvae_cell_tail",
                                   [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = sc.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    // The multiplier c * gate is formed in the compute type (float, or double for fp64).
+    using acc_t = std::conditional_t<kIsDouble<scalar_t>, double, float>;
     at::parallel_for(0, planes, row_grain(hw), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const acc_t m = static_cast<acc_t>(scale) * static_cast<acc_t>(gp[p]);
-        const scalar_t* s = sp + p * hw;
-        const scalar_t* x = hp + p * hw;
-        scalar_t* o = op_ + p * hw;
-        int64_t i = 0;
-        if constexpr (kVectorised<scalar_t>) {
-          using Vec = at::vec::Vectorized<scalar_t>;
-          const Vec mv(m);
-          for (; i + Vec::size() <= hw; i += Vec::size()) {
-            at::vec::fmadd(mv, Vec::loadu(x + i), Vec::loadu(s + i)).store(o + i);
-          }
-        }
-        for (; i < hw; ++i) {
-          o[i] = static_cast<scalar_t>(static_cast<acc_t>(s[i]) + m * static_cast<acc_t>(x[i]));
-        }
+        cell_tail_plane<scalar_t>(sp + p * hw, hp + p * hw, op_ + p * hw, hw, m);
       }
     });
   });
@@ -346,37 +585,18 @@ std::tuple<at::Tensor, at::Tensor> nvae_cell_tail_backward_cpu(const at::Tensor&
   const at::Tensor gc = grad.contiguous(), hc = h.contiguous(), tc = gate.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(),
                                   "nvae_cell_tail_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     const scalar_t* tp = tc.const_data_ptr<scalar_t>();
     scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
     scalar_t* dgp = dgate.mutable_data_ptr<scalar_t>();
+    using acc_t = std::conditional_t<kIsDouble<scalar_t>, double, float>;
     const acc_t c = static_cast<acc_t>(scale);
     at::parallel_for(0, planes, row_grain(hw), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const acc_t m = c * static_cast<acc_t>(tp[p]);
-        const scalar_t* g = gp + p * hw;
-        const scalar_t* x = hp + p * hw;
-        scalar_t* o = dhp + p * hw;
-        acc_t sum = 0;
-        int64_t i = 0;
-        if constexpr (kVectorised<scalar_t>) {
-          using Vec = at::vec::Vectorized<scalar_t>;
-          const Vec mv(m);
-          Vec acc(0);
-          for (; i + Vec::size() <= hw; i += Vec::size()) {
-            const Vec gv = Vec::loadu(g + i);
-            (mv * gv).store(o + i);
-            acc = at::vec::fmadd(gv, Vec::loadu(x + i), acc);
-          }
-          sum = at::vec::vec_reduce_all<scalar_t>([](const Vec& u, const Vec& v) { return u + v; }, acc);
-        }
-        for (; i < hw; ++i) {
-          const acc_t gv = static_cast<acc_t>(g[i]);
-          o[i] = static_cast<scalar_t>(m * gv);
-          sum += gv * static_cast<acc_t>(x[i]);
-        }
+        const acc_t sum = static_cast<acc_t>(
+            cell_grad_plane<scalar_t>(gp + p * hw, hp + p * hw, dhp + p * hw, hw, m));
         dgp[p] = static_cast<scalar_t>(c * sum);
       }
     });
@@ -408,6 +628,51 @@ AffineDims check_affine(const at::Tensor& x, const at::Tensor& scale, const at::
   return {N, C, C == 0 || N == 0 ? 0 : x.numel() / (N * C)};
 }
 
+// One plane of affine_swish: out = t s(t), t = x a + b.
+template <typename scalar_t>
+void affine_swish_plane(const scalar_t* x, scalar_t* out, int64_t n, double a, double b) {
+  if constexpr (kIsFloat<scalar_t>) {
+    affine_swish_f32(x, out, n, static_cast<float>(a), static_cast<float>(b));
+  } else if constexpr (kIsDouble<scalar_t>) {
+    affine_swish_loop<double>(x, out, n, a, b);
+  } else {
+    float xf[kBlock], of[kBlock];
+    for (int64_t c = 0; c < n; c += kBlock) {
+      const int64_t len = std::min(kBlock, n - c);
+      widen(x + c, xf, len);
+      affine_swish_f32(xf, of, len, static_cast<float>(a), static_cast<float>(b));
+      narrow(of, out + c, len);
+    }
+  }
+}
+
+// One plane of affine_swish_backward: dx = q a; sums[0] = sum q x, sums[1] = sum q.
+template <typename scalar_t>
+void affine_swish_grad_plane(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n,
+                             double a, double b, double* sums) {
+  if constexpr (kIsDouble<scalar_t>) {
+    sums[0] = sums[1] = 0;
+    affine_swish_grad_loop<double>(g, x, dx, n, a, b, sums);
+  } else {
+    float s[2] = {0, 0};
+    if constexpr (kIsFloat<scalar_t>) {
+      affine_swish_grad_f32(g, x, dx, n, static_cast<float>(a), static_cast<float>(b), s);
+    } else {
+      float gf[kBlock], xf[kBlock], df[kBlock];
+      for (int64_t c = 0; c < n; c += kBlock) {
+        const int64_t len = std::min(kBlock, n - c);
+        widen(g + c, gf, len);
+        widen(x + c, xf, len);
+        affine_swish_grad_f32(gf, xf, df, len, static_cast<float>(a), static_cast<float>(b),
+                              s);
+        narrow(df, dx + c, len);
+      }
+    }
+    sums[0] = s[0];
+    sums[1] = s[1];
+  }
+}
+
 at::Tensor affine_swish_cpu(const at::Tensor& x, const at::Tensor& scale,
                             const at::Tensor& shift) {
   const auto dims = check_affine(x, scale, shift, "affine_swish");
@@ -417,29 +682,15 @@ at::Tensor affine_swish_cpu(const at::Tensor& x, const at::Tensor& scale,
   const int64_t C = dims.C, inner = dims.inner;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_swish",
                                   [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* ap = ac.const_data_ptr<scalar_t>();
     const scalar_t* bp = bc.const_data_ptr<scalar_t>();
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, dims.N * C, row_grain(inner), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
-        const acc_t a = static_cast<acc_t>(ap[p % C]), sh = static_cast<acc_t>(bp[p % C]);
-        const scalar_t* VAEBM_RESTRICT xr = xp + p * inner;
-        scalar_t* VAEBM_RESTRICT o = op_ + p * inner;
-        int64_t i = 0;
-        if constexpr (kVecExp<scalar_t>) {
-          using Vec = at::vec::Vectorized<scalar_t>;
-          const Vec av(a), bv(sh);
-          for (; i + Vec::size() <= inner; i += Vec::size()) {
-            const Vec t = at::vec::fmadd(Vec::loadu(xr + i), av, bv);
-            (t * vsigm(t)).store(o + i);
-          }
-        }
-        for (; i < inner; ++i) {
-          const acc_t t = static_cast<acc_t>(xr[i]) * a + sh;
-          o[i] = static_cast<scalar_t>(t * sigm(t));
-        }
+        affine_swish_plane<scalar_t>(xp + p * inner, op_ + p * inner, inner,
+                                     static_cast<double>(ap[p % C]),
+                                     static_cast<double>(bp[p % C]));
       }
     });
   });
@@ -466,10 +717,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
   const at::Tensor gc = grad.contiguous(), xc = x.contiguous(), ac = scale.contiguous(),
                    bc = shift.contiguous();
   // Per-plane partial sums (plane = (n, ch)), summed over n in double afterwards.
-  std::vector<double> part_a(N * C), part_b(N * C);
+  std::vector<double> part(2 * N * C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "affine_swish_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* ap = ac.const_data_ptr<scalar_t>();
@@ -477,60 +727,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
     scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, N * C, row_grain(inner), [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
-        const acc_t a = static_cast<acc_t>(ap[p % C]), sh = static_cast<acc_t>(bp[p % C]);
-        const scalar_t* VAEBM_RESTRICT g = gp + p * inner;
-        const scalar_t* VAEBM_RESTRICT xr = xp + p * inner;
-        scalar_t* VAEBM_RESTRICT o = dxp + p * inner;
-        acc_t sum_qx = 0, sum_q = 0;
-        int64_t i = 0;
-        if constexpr (kVecExp<scalar_t>) {
-          using Vec = at::vec::Vectorized<scalar_t>;
-          const Vec av(a), bv(sh), one(1);
-          Vec acc_qx(0), acc_q(0);
-          for (; i + Vec::size() <= inner; i += Vec::size()) {
-            const Vec xv = Vec::loadu(xr + i);
-            const Vec t = at::vec::fmadd(xv, av, bv);
-            const Vec s = vsigm(t);
-            const Vec q = Vec::loadu(g + i) * (s + t * s * (one - s));
-            (q * av).store(o + i);
-            acc_qx = at::vec::fmadd(q, xv, acc_qx);
-            acc_q = acc_q + q;
-          }
-          const auto add = [](const Vec& u, const Vec& v) { return u + v; };
-          sum_qx = at::vec::vec_reduce_all<scalar_t>(add, acc_qx);
-          sum_q = at::vec::vec_reduce_all<scalar_t>(add, acc_q);
-        } else {
-          // kLanes independent partial sums (no reassociation needed), so the compiler can
-          // vectorise this loop, the exp included.
-          constexpr int kLanes = 8;
-          acc_t lane_qx[kLanes] = {}, lane_q[kLanes] = {};
-          for (; i + kLanes <= inner; i += kLanes) {
-            for (int l = 0; l < kLanes; ++l) {
-              const acc_t xv = static_cast<acc_t>(xr[i + l]);
-              const acc_t t = xv * a + sh;
-              const acc_t s = sigm(t);
-              const acc_t q = static_cast<acc_t>(g[i + l]) * (s + t * s * (acc_t(1) - s));
-              o[i + l] = static_cast<scalar_t>(q * a);
-              lane_qx[l] += q * xv;
-              lane_q[l] += q;
-            }
-          }
-          for (int l = 0; l < kLanes; ++l) {
-            sum_qx += lane_qx[l];
-            sum_q += lane_q[l];
-          }
-        }
-        for (; i < inner; ++i) {
-          const acc_t xv = static_cast<acc_t>(xr[i]);
-          const acc_t t = xv * a + sh;
-          const acc_t s = sigm(t);
-          const acc_t q = static_cast<acc_t>(g[i]) * (s + t * s * (acc_t(1) - s));
-          o[i] = static_cast<scalar_t>(q * a);
-          sum_qx += q * xv;
-          sum_q += q;
-        }
-        part_a[p] = static_cast<double>(sum_qx);
-        part_b[p] = static_cast<double>(sum_q);
+        affine_swish_grad_plane<scalar_t>(gp + p * inner, xp + p * inner, dxp + p * inner, inner,
+                                          static_cast<double>(ap[p % C]),
+                                          static_cast<double>(bp[p % C]), &part[2 * p]);
       }
     });
     scalar_t* dap = dscale.mutable_data_ptr<scalar_t>();
@@ -538,8 +737,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
     for (int64_t c = 0; c < C; ++c) {
       double sa = 0, sb = 0;
       for (int64_t n = 0; n < N; ++n) {
-        sa += part_a[n * C + c];
-        sb += part_b[n * C + c];
+        sa += part[2 * (n * C + c)];
+        sb += part[2 * (n * C + c) + 1];
       }
       dap[c] = static_cast<scalar_t>(sa);
       dbp[c] = static_cast<scalar_t>(sb);

@@ -66,24 +66,23 @@ __all__ = [
 ]
 
 # "auto" on the CPU, by measurement: forward + backward (torch.autograd.grad with a random
-# contiguous output gradient), native vs eager, interleaved medians of 40 reps after warm-up, 1 torch
-# thread (`python -m benchmarks.bench_epilogues_cpu --reps 40 --threads 1`; 2-core AMD EPYC
-# shared with other jobs -- with 2 threads the runs were dominated by contention; torch 2.13,
-# extension built for baseline x86-64, i.e. SSE2, while ATen's own kernels use AVX2/AVX-512).
-# eager/native time ratios (> 1: native faster); run A as above, run B the same but with
-# `.sum().backward()` (an expanded output gradient):
-#   ebm_block_tail  [32,128,16,16] flat A 0.91 / B 0.88, down A 1.45 / B 0.89;
-#                   [32,64,32,32]  flat 0.86 / 0.73, down 1.69 / 1.34;
-#                   [32,256,8,8]   flat 0.57 / 0.61, down 1.40 / 1.01   -> eager first
-#   nvae_cell_tail  [32,64,16,16] 1.17 / 1.06, [32,128,16,16] 1.30 / 1.69,
-#                   [32,384,16,16] 2.09 / 2.09                          -> native first
-#   affine_swish    [32,64,16,16] 0.54 / 0.32, [32,128,16,16] 1.09 / 0.77,
-#                   [32,384,16,16] 1.67 / 0.95                          -> eager first
-# The sigmoid-bound kernels lose to ATen's wider vector units on the CPU; the cell tail (no
-# transcendental, one pass instead of three) wins. backend="native" still runs every kernel.
-_AUTO_ORDER_EBM = {"cpu": ("eager", "native")}
+# contiguous output gradient, all input gradients), native vs eager reference, [32,128,16,16]
+# fp32, `OMP_NUM_THREADS=1 python -m benchmarks.bench_ops --only
+# 'ebm_block_tail|nvae_cell_tail|affine_swish'` (the harness's interleaved medians), 6 runs
+# alternated with the same command on the previous kernels; 2-core AMD EPYC with AVX-512, shared
+# with other jobs (load 3-6: with torch's default 2 threads the runs were dominated by
+# contention), torch 2.13. Median over runs, ms (run-to-run eager/native range):
+#   ebm_block_tail (downsampling)  native 0.74  eager 5.52  (6.1-7.9x)  before: 5.81 (0.7-1.4x)
+#   nvae_cell_tail                 native 0.96  eager 2.64  (1.8-3.2x)  before: 1.32
+#   affine_swish                   native 1.08  eager 4.37  (3.2-4.6x)  before: 6.25 (0.8-1.8x)
+# ("before" for ebm_block_tail also spread a materialised zero gradient of pre, see
+# ebm_setup.) copy_ of the same tensor: 0.11 ms. Native also won at [32,64,32,32], [32,256,8,8] and
+# [32,384,16,16] (ebm_block_tail with and without pooling, 1.2-7x) and tied at [2,8,8,8]
+# (Python overhead). The fp32 kernels are compiled per instruction set (simd_math.h) since
+# the AVX-512 rewrite; before it they ran in SSE2 and lost to ATen on the sigmoid-bound ops.
+_AUTO_ORDER_EBM = {"cpu": ("native", "eager")}
 _AUTO_ORDER_CELL = {"cpu": ("native", "eager")}
-_AUTO_ORDER_AFFINE = {"cpu": ("eager", "native")}
+_AUTO_ORDER_AFFINE = {"cpu": ("native", "eager")}
 _dispatch.register_op("ebm_block_tail", native="vaebm_fast::ebm_block_tail", triton=True,
                       auto_order=_AUTO_ORDER_EBM)
 _dispatch.register_op("nvae_cell_tail", native="vaebm_fast::nvae_cell_tail", triton=True,
@@ -343,6 +342,10 @@ def register_epilogue_autograd(ns_name: str) -> None:
     def ebm_setup(ctx, inputs, output):
         _, _, downsample = inputs
         ctx.downsample = downsample
+        # An unused output gradient stays None: materialised, the zeros of pre's gradient
+        # were spread (repeat_interleave) and added to d on every backward, ~3x the
+        # kernel's own time on the CPU.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
 
     def ebm_backward(ctx, grad_out, grad_pre):
