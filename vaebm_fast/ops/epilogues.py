@@ -166,8 +166,8 @@ def _check_same(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
             raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
-def _check_ebm(h, skip, downsample) -> None:
-    op = "ebm_block_tail"
+def _check_nchw_pair(op: str, h, skip) -> None:
+    """h and skip: tensors of one NCHW shape, dtype and device."""
     _check_tensor(h, op, "h")
     _check_tensor(skip, op, "skip")
     if h.dim() != 4:
@@ -176,20 +176,18 @@ def _check_ebm(h, skip, downsample) -> None:
         raise ValueError(f"{op}: skip has shape {tuple(skip.shape)} but h has "
                          f"{tuple(h.shape)}; they must match")
     _check_same(op, "h", h, skip=skip)
+
+
+def _check_ebm(h, skip, downsample) -> None:
+    op = "ebm_block_tail"
+    _check_nchw_pair(op, h, skip)
     if downsample and (h.shape[2] % 2 or h.shape[3] % 2):
         raise ValueError(f"{op}: downsample needs even H and W (got {h.shape[2]}x{h.shape[3]})")
 
 
 def _check_cell(skip, h, gate) -> None:
     op = "nvae_cell_tail"
-    _check_tensor(skip, op, "skip")
-    _check_tensor(h, op, "h")
-    if h.dim() != 4:
-        raise ValueError(f"{op}: h must be NCHW [B, C, H, W] (got shape {tuple(h.shape)})")
-    if skip.shape != h.shape:
-        raise ValueError(f"{op}: skip has shape {tuple(skip.shape)} but h has "
-                         f"{tuple(h.shape)}; they must match")
-    _check_same(op, "h", h, skip=skip)
+    _check_nchw_pair(op, h, skip)
     if gate is not None:
         _check_tensor(gate, op, "gate")
         if gate.shape != h.shape[:2]:

@@ -40,17 +40,23 @@ def _sigmoid(t):
 
 
 @triton.jit
+def _block_nchw(C, H, W, BLOCK: tl.constexpr):
+    """This program's BLOCK flat offsets into a contiguous [B, C, H, W] tensor, as
+    (offs, b, c, y, x)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = offs % W
+    t = offs // W
+    y = t % H
+    t = t // H
+    return offs, t // C, t % C, y, x
+
+
+@triton.jit
 def _ebm_fwd_kernel(h_ptr, s_ptr, out_ptr, pre_ptr, n, C, Ho, Wo,
                     hs0, hs1, hs2, hs3, ss0, ss1, ss2, ss3, k,
                     DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs, b, c, yo, xo = _block_nchw(C, Ho, Wo, BLOCK)
     mask = offs < n
-    xo = offs % Wo
-    t = offs // Wo
-    yo = t % Ho
-    t = t // Ho
-    c = t % C
-    b = t // C
     hb = b * hs0 + c * hs1
     sb = b * ss0 + c * ss1
     if DOWNSAMPLE:
@@ -77,14 +83,8 @@ def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
                     gs0, gs1, gs2, gs3, ps0, ps1, ps2, ps3, k,
                     DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # One program per BLOCK elements of d (h's size); each reads its pooled position.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs, b, c, y, x = _block_nchw(C, H, W, BLOCK)
     mask = offs < n
-    x = offs % W
-    t = offs // W
-    y = t % H
-    t = t // H
-    c = t % C
-    b = t // C
     if DOWNSAMPLE:
         y = y // 2
         x = x // 2
@@ -99,14 +99,8 @@ def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
 def _cell_fwd_kernel(s_ptr, h_ptr, gate_ptr, out_ptr, n, C, H, W,
                      ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1, scale,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs, b, c, y, x = _block_nchw(C, H, W, BLOCK)
     mask = offs < n
-    x = offs % W
-    t = offs // W
-    y = t % H
-    t = t // H
-    c = t % C
-    b = t // C
     s = tl.load(s_ptr + b * ss0 + c * ss1 + y * ss2 + x * ss3, mask=mask).to(ACC)
     h = tl.load(h_ptr + b * hs0 + c * hs1 + y * hs2 + x * hs3, mask=mask).to(ACC)
     g = tl.load(gate_ptr + b * gs0 + c * gs1, mask=mask).to(ACC)
