@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .langevin import ChainDivergedError, ChainResult, LangevinSampler, _module_device, frozen
+from .langevin import (LangevinSampler, _half_sq_buffer, _half_sq_norm, _module_device)
 from .prepare import prepared, state_key
 
 __all__ = ["FastSampler"]
@@ -156,90 +156,9 @@ class FastSampler(LangevinSampler):
         if self.graphs and states[0].device.type == "cuda":
             run = self._run_graph(energy, generator, states, seed, offset)
         if run is None:
-            run = self._run_fast(energy, generator, states, seed, offset, progress)
-        states, x, energies, half_sq, offset = run
-        return self._finish(states, x, energies, half_sq, offset, return_chain, check_finite)
-
-    def _steps_total(self, states) -> int:
-        return sum(s.numel() for s in states)
-
-    def _run_fast(self, energy, generator, states, seed, offset, progress):
-        """The K steps with the prepared networks, eagerly (any device)."""
-        from ..ops import langevin_step_
-
-        batch, n_steps = states[0].shape[0], self.n_steps
-        use_prior = self.prior_weight != 0
-        energies = half_sq = None
-        steps = range(n_steps)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=f"langevin ({self.space}, fast)", leave=False)
-        # Untracked non-module energies (plain functions closing over modules) still get the
-        # eager sampler's freeze of whatever modules they are given as.
-        guard = frozen(*(m for m in (energy, generator) if isinstance(m, nn.Module)
-                         and any(p.requires_grad for p in m.parameters())))
-        with guard, torch.enable_grad():
-            for s in states:
-                s.requires_grad_(True)
-            for step in steps:
-                x = self.decode(states, generator=generator)
-                E = energy(x)
-                if energies is None:
-                    self._check_energy(E, batch)
-                    energies = torch.empty(n_steps + 1, batch, dtype=E.dtype, device=E.device)
-                    if use_prior:
-                        half_sq = _half_sq_buffer(states, n_steps)
-                        half_sq[0].copy_(_half_sq_norm(states))
-                energies[step].copy_(E.detach())
-                grads = torch.autograd.grad(E.sum(), states)
-                offset = langevin_step_(
-                    states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
-                    prior_weight=self.prior_weight, noise_scale=self.noise_scale,
-                    grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend,
-                    half_sq_norm=half_sq[step + 1] if use_prior else None)
-                del x, E, grads
-            for s in states:
-                s.requires_grad_(False)
-        states = [s.detach() for s in states]
-        with torch.no_grad():
-            x = self.decode(states, generator=generator)
-            E = energy(x)
-            if energies is None:  # n_steps == 0
-                self._check_energy(E, batch)
-                energies = torch.empty(1, batch, dtype=E.dtype, device=E.device)
-                if use_prior:
-                    half_sq = _half_sq_buffer(states, 0)
-                    half_sq[0].copy_(_half_sq_norm(states))
-            energies[n_steps].copy_(E)
-            if self.space == "eps" and self.output == "mean":
-                x = self.decode(states, mean=True, generator=generator)
-        self.last_path = "fast"
-        return states, x, energies, half_sq, offset
-
-    def _check_energy(self, E, batch) -> None:
-        if E.dim() != 1 or E.shape[0] != batch:
-            raise ValueError(f"energy must return shape [B] = [{batch}] (got {list(E.shape)})")
-
-    def _finish(self, states, x, energies, half_sq, offset, return_chain, check_finite):
-        batch = states[0].shape[0]
-        potentials = energies if half_sq is None else energies + half_sq.to(energies.dtype)
-        if check_finite:
-            # One host sync per chain: the first step whose potential is not finite, per chain.
-            n_rows = potentials.shape[0]
-            rows = torch.arange(n_rows, device=potentials.device)[:, None].expand_as(potentials)
-            first = torch.where(~torch.isfinite(potentials), rows, n_rows).amin(0)
-            final_bad = ~torch.isfinite(x.flatten(1)).all(1)
-            first = torch.where((first == n_rows) & final_bad, self.n_steps, first)
-            diverged = first < n_rows
-            n_bad = int(diverged.sum())
-            if n_bad:
-                raise ChainDivergedError(int(first[diverged].min()), n_bad, batch)
-        if self.replay_buffer is not None:
-            self.replay_buffer.push(states[: len(self.replay_buffer.shapes)])
-        if not return_chain:
-            return x
-        return ChainResult(x=x, states=states, potentials=potentials, energies=energies,
-                           next_offset=offset)
+            run = self._run_chain(energy, generator, states, seed, offset, progress)
+            self.last_path = "fast"
+        return self._finish(*run, return_chain=return_chain, check_finite=check_finite)
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     def _graph_key(self, states, energy, generator) -> tuple:
@@ -294,16 +213,6 @@ def _graph_unavailable_reason(device) -> Optional[str]:
     if reason is not None:
         return f"the device-offset Langevin kernel needs Triton ({reason})"
     return None
-
-
-def _half_sq_buffer(states, n_steps):
-    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
-    return torch.empty(n_steps + 1, states[0].shape[0], dtype=dtype, device=states[0].device)
-
-
-def _half_sq_norm(states):
-    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
-    return sum(0.5 * s.detach().to(dtype).flatten(1).square().sum(1) for s in states)
 
 
 class _GraphChain:

@@ -266,62 +266,111 @@ class LangevinSampler:
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
             raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
         device = device if device is not None else _module_device(self.generator, self.energy)
-        states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device, dtype=dtype)
-        batch = states[0].shape[0]
-        potentials, energies = [], []
-        first_bad = torch.full((batch,), -1, dtype=torch.long, device=states[0].device)
-        steps = range(self.n_steps + 1)
-        if progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc=f"langevin ({self.space})", leave=False)
-
+        states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
+                                             dtype=dtype)
         was_training = self.generator.training if isinstance(self.generator, nn.Module) else None
         if was_training:
             self.generator.eval()
         try:
-            with frozen(self.energy, self.generator), torch.enable_grad():
-                for step in steps:
-                    last = step == self.n_steps
-                    for s in states:
-                        s.requires_grad_(not last)
-                    U, E, x = self.potential(states)
-                    potentials.append(U.detach())
-                    energies.append(E.detach())
-                    bad = ~torch.isfinite(U.detach())
-                    first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-                    if last:
-                        break
-                    # The prior term 1/2||eps||^2 is not differentiated: the fused update adds
-                    # lambda * t itself, so autograd sees the energy alone.
-                    grads = torch.autograd.grad(E.sum(), states)
-                    states = [s.detach() for s in states]
-                    offset = langevin_step_(
-                        states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
-                        prior_weight=self.prior_weight, noise_scale=self.noise_scale,
-                        grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
-            states = [s.detach() for s in states]
-            # The last potential already decoded the final state (without a graph: states and
-            # parameters were frozen); only the eps-space decoder mean needs another pass.
-            if self.space == "eps" and self.output == "mean":
-                with torch.no_grad():
-                    x = self.decode(states, mean=True)
+            run = self._run_chain(self.energy, self.generator, states, seed, offset, progress)
         finally:
             if was_training:
                 self.generator.train()
+        return self._finish(*run, return_chain=return_chain, check_finite=check_finite)
 
+    def _run_chain(self, energy, generator, states, seed, offset, progress):
+        """The K steps from ``states`` with the given networks (FastSampler passes prepared
+        copies), then the final potential and the reported samples.
+
+        Per step: decode, energy, gradient with respect to the states, and one fused update in
+        place that also writes the prior term 1/2 ||eps||^2 of the new states (its
+        ``half_sq_norm`` output) into a preallocated [K + 1, B] row; energies go into another.
+        Returns (states, x, energies [K + 1, B], half_sq [K + 1, B] or None, next offset).
+        """
+        states = [s.detach().contiguous() for s in states]  # updated in place below
+        batch, n_steps = states[0].shape[0], self.n_steps
+        use_prior = self.prior_weight != 0
+        energies = half_sq = None
+        steps = range(n_steps)
+        if progress:
+            from tqdm.auto import tqdm
+            steps = tqdm(steps, desc=f"langevin ({self.space})", leave=False)
+        with frozen(energy, generator), torch.enable_grad():
+            for s in states:
+                s.requires_grad_(True)
+            for step in steps:
+                E = energy(self.decode(states, generator=generator))
+                if energies is None:
+                    energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
+                energies[step].copy_(E.detach())
+                # The prior term is not differentiated: the fused update adds lambda * t itself.
+                grads = torch.autograd.grad(E.sum(), states)
+                offset = langevin_step_(
+                    states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
+                    prior_weight=self.prior_weight, noise_scale=self.noise_scale,
+                    grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend,
+                    half_sq_norm=half_sq[step + 1] if use_prior else None)
+                del E, grads
+            for s in states:
+                s.requires_grad_(False)
+            with torch.no_grad():
+                x = self.decode(states, generator=generator)
+                E = energy(x)
+                if energies is None:  # n_steps == 0
+                    energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
+                energies[n_steps].copy_(E)
+                # The final potential decoded the final state; only the eps-space decoder mean
+                # needs another pass.
+                if self.space == "eps" and self.output == "mean":
+                    x = self.decode(states, mean=True, generator=generator)
+        return states, x, energies, half_sq, offset
+
+    def _chain_buffers(self, E, states, batch, n_steps):
+        """Preallocated energies [K + 1, B] and prior terms [K + 1, B] (row 0 filled; None in
+        data space), made at the first energy evaluation (which fixes the dtype)."""
+        if E.dim() != 1 or E.shape[0] != batch:
+            raise ValueError(f"energy must return shape [B] = [{batch}] (got {list(E.shape)})")
+        energies = torch.empty(n_steps + 1, batch, dtype=E.dtype, device=E.device)
+        half_sq = None
+        if self.prior_weight != 0:
+            half_sq = _half_sq_buffer(states, n_steps)
+            half_sq[0].copy_(_half_sq_norm(states))
+        return energies, half_sq
+
+    def _finish(self, states, x, energies, half_sq, offset, *, return_chain, check_finite):
+        """Divergence check (one host sync per chain), replay-buffer push, and the result."""
+        batch = states[0].shape[0]
+        potentials = energies if half_sq is None else energies + half_sq.to(energies.dtype)
         if check_finite:
-            # One host sync per chain: a NaN anywhere shows in the potentials or final states.
+            # The first step whose potential is not finite, per chain (n_steps for a chain
+            # whose final samples alone are not finite).
+            n_rows = potentials.shape[0]
+            rows = torch.arange(n_rows, device=potentials.device)[:, None].expand_as(potentials)
+            first = torch.where(~torch.isfinite(potentials), rows, n_rows).amin(0)
             final_bad = ~torch.isfinite(x.flatten(1)).all(1)
-            first_bad = torch.where(final_bad & (first_bad < 0), self.n_steps, first_bad)
-            n_bad = int((first_bad >= 0).sum())
+            first = torch.where((first == n_rows) & final_bad, self.n_steps, first)
+            diverged = first < n_rows
+            n_bad = int(diverged.sum())
             if n_bad:
-                raise ChainDivergedError(int(first_bad[first_bad >= 0].min()), n_bad, batch)
+                raise ChainDivergedError(int(first[diverged].min()), n_bad, batch)
         if self.replay_buffer is not None:
             self.replay_buffer.push(states[: len(self.replay_buffer.shapes)])
         if not return_chain:
             return x
-        return ChainResult(x=x, states=states, potentials=torch.stack(potentials),
-                           energies=torch.stack(energies), next_offset=offset)
+        return ChainResult(x=x, states=states, potentials=potentials, energies=energies,
+                           next_offset=offset)
+
+
+def _half_sq_buffer(states, n_steps):
+    """[K + 1, B] float32 (float64 for float64 states) rows for the prior term."""
+    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
+    return torch.empty(n_steps + 1, states[0].shape[0], dtype=dtype, device=states[0].device)
+
+
+def _half_sq_norm(states):
+    """1/2 ||eps||^2 per sample over every state tensor, [B] (as _half_sq_buffer's dtype)."""
+    dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
+    return sum(0.5 * s.detach().to(dtype).flatten(1).square().sum(1) for s in states)
 
 
 def _module_device(*objs) -> torch.device:
