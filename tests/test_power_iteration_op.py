@@ -297,3 +297,12 @@ def test_spectral_regulariser_uses_the_native_op(native):
     names = [event.name for event in prof.events()]
     assert names.count("vaebm_fast::spectral_norms_") == 1  # all groups in one call
     assert "aten::bmm" not in names
+
+
+def test_native_rejects_rows_sharing_memory(native):
+    # Matrices run in parallel, each writing its own row of u and v: an expanded u would race.
+    W = torch.randn(3, 4, 5)
+    u = torch.randn(1, 4).expand(3, 4)
+    v = torch.randn(3, 5)
+    with pytest.raises(RuntimeError, match="sharing memory"):
+        torch.ops.vaebm_fast.power_iteration_(W, u, v, 1, 1e-3)

@@ -20,10 +20,8 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include "../langevin_checks.h"
@@ -45,28 +43,30 @@ struct Coeffs {
   acc_t half_step, prior_weight, sigma, clip_low, clip_high, low, high;
 };
 
-// Vectorised update of n contiguous elements (used for double; float has update_block_f32
-// below); `noise` holds their normals in acc_t.
-// Same operation order as the Python reference: t - h * (clip(g) + lambda t) + sigma xi.
-template <typename scalar_t>
-void update_block(scalar_t* t, const scalar_t* g, const scalar_t* noise, int64_t n,
-                  const Coeffs<scalar_t>& c) {
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const Vec h(c.half_step), lam(c.prior_weight), sig(c.sigma);
-  const Vec clip_lo(c.clip_low), clip_hi(c.clip_high), lo(c.low), hi(c.high);
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec tv = Vec::loadu(t + i);
-    const Vec gv = at::vec::clamp(Vec::loadu(g + i), clip_lo, clip_hi);
-    const Vec out = tv - h * (gv + lam * tv) + sig * Vec::loadu(noise + i);
-    at::vec::clamp(out, lo, hi).store(t + i);
-  }
-  for (; i < n; ++i) {  // tail; comparisons written so that NaN passes through like clamp
-    scalar_t gv = g[i];
+// The update of n contiguous elements, the one statement of the formula: arithmetic in acc_t
+// (float for fp32 / fp16 / bf16, double for fp64, with the float32 normals widened as the
+// reference does), one rounding on store, in the reference's order
+// t - h * (clip(g) + lambda t) + sigma xi. Comparisons are written so that NaN passes through
+// clip and clamp, as with torch.clamp.
+template <typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void update_loop(scalar_t* t, const scalar_t* g, const float* noise, int64_t n,
+                                   const Coeffs<acc_t>& c) {
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t gv = static_cast<acc_t>(g[i]);
     gv = gv < c.clip_low ? c.clip_low : (gv > c.clip_high ? c.clip_high : gv);
-    scalar_t out = t[i] - c.half_step * (gv + c.prior_weight * t[i]) + c.sigma * noise[i];
-    t[i] = out < c.low ? c.low : (out > c.high ? c.high : out);
+    const acc_t tv = static_cast<acc_t>(t[i]);
+    const acc_t out =
+        tv - c.half_step * (gv + c.prior_weight * tv) + c.sigma * static_cast<acc_t>(noise[i]);
+    t[i] = static_cast<scalar_t>(out < c.low ? c.low : (out > c.high ? c.high : out));
   }
+}
+
+// The float32 loop compiled per instruction set (simd_math.h): at::vec is its generic,
+// non-SIMD fallback in this baseline-x86-64 build.
+VAEBM_FAST_TARGET_CLONES
+void update_block_f32(float* t, const float* g, const float* noise, int64_t n,
+                      const Coeffs<float>& c) {
+  update_loop(t, g, noise, n, c);
 }
 
 // Adds 0.5 * t[j]^2 of the n updated elements t[0 .. n) into acc[(first + j) / per_sample]:
@@ -89,21 +89,6 @@ void add_half_sq_norms(const scalar_t* t, int64_t n, int64_t first, int64_t per_
   }
 }
 
-// The float32 update as a plain loop compiled per instruction set (simd_math.h): at::vec is
-// its generic, non-SIMD fallback in this baseline-x86-64 build. Same operation order as above.
-VAEBM_FAST_TARGET_CLONES
-void update_block_f32(float* t, const float* g, const float* noise, int64_t n,
-                      const Coeffs<float>& c) {
-  const float h = c.half_step, lam = c.prior_weight, sig = c.sigma;
-  const float clip_lo = c.clip_low, clip_hi = c.clip_high, lo = c.low, hi = c.high;
-  for (int64_t i = 0; i < n; ++i) {
-    float gv = g[i];
-    gv = gv < clip_lo ? clip_lo : (gv > clip_hi ? clip_hi : gv);  // NaN passes through
-    const float out = t[i] - h * (gv + lam * t[i]) + sig * noise[i];
-    t[i] = out < lo ? lo : (out > hi ? hi : out);
-  }
-}
-
 // n contiguous elements whose first element uses normal number m0. When `acc` is given, the
 // half squared norms of the updated elements are added to it per sample (see above); `first`
 // is the element number of t[0] within its tensor.
@@ -116,20 +101,9 @@ void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint
     const int64_t len = std::min(kNoiseBlock, n - start);
     fill_normals(noise, len, seed, m0 + static_cast<uint64_t>(start));
     if constexpr (std::is_same_v<scalar_t, float>) {
-      update_block_f32(t + start, g + start, noise, len, c);
-    } else if constexpr (std::is_same_v<scalar_t, double>) {
-      double noise_d[kNoiseBlock];  // fp32 normals widened, as the reference does
-      for (int64_t i = 0; i < len; ++i) noise_d[i] = noise[i];
-      update_block<double>(t + start, g + start, noise_d, len, c);
-    } else {  // Half / BFloat16: compute in float, round once on store
-      for (int64_t i = 0; i < len; ++i) {
-        float gv = static_cast<float>(g[start + i]);
-        gv = gv < c.clip_low ? c.clip_low : (gv > c.clip_high ? c.clip_high : gv);
-        const float tv = static_cast<float>(t[start + i]);
-        float out = tv - c.half_step * (gv + c.prior_weight * tv) + c.sigma * noise[i];
-        out = out < c.low ? c.low : (out > c.high ? c.high : out);
-        t[start + i] = static_cast<scalar_t>(out);
-      }
+      update_block_f32(t + start, g + start, noise, len, c);  // SIMD clones
+    } else {
+      update_loop(t + start, g + start, noise, len, c);
     }
     if (acc != nullptr) add_half_sq_norms(t + start, len, first + start, per_sample, acc);
   }

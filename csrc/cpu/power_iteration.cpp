@@ -51,6 +51,7 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -278,6 +279,12 @@ void check_group(const char* op, int64_t k, const at::Tensor& W, const at::Tenso
   }
   TORCH_CHECK(W.scalar_type() == at::kFloat || W.scalar_type() == at::kDouble, op, ": group ",
               k, ": W must be float32 or float64, got ", W.scalar_type());
+  // Matrices run in parallel and write their own rows of u and v: rows sharing memory (an
+  // expand) would race (the CUDA kernel checks the same).
+  TORCH_CHECK(at::has_internal_overlap(u) != at::MemOverlap::Yes &&
+                  at::has_internal_overlap(v) != at::MemOverlap::Yes,
+              op, ": group ", k, ": u and v must not have elements sharing memory (e.g. from "
+              "expand); pass a .clone()");
 }
 
 // One job per matrix of the group W [G, R, C]; sigma[g] receives matrix g's result.

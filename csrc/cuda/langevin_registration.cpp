@@ -4,7 +4,6 @@
 #include <optional>
 #include <vector>
 
-#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include "../langevin_checks.h"

@@ -5,7 +5,6 @@
 #include <limits>
 #include <vector>
 
-#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include "glue.h"

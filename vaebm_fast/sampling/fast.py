@@ -246,8 +246,10 @@ class _GraphChain:
         # Gradients are copied into static buffers, so one pointer table (built here, before
         # the capture: no host-to-device copy inside the graph) serves every step.
         self.grads = [torch.zeros_like(s) for s in like]
-        from ..triton_kernels.langevin_device import build_table
-        self.table = build_table(self.states, self.grads, self.batch if self.use_prior else 0)
+        from ..triton_kernels import _launch
+        from ..triton_kernels.langevin import pointer_table
+        self.table = pointer_table(self.states, self.grads, self.batch if self.use_prior else 0,
+                                   _launch.BLOCK)
         torch.cuda.synchronize(device)
         self.energies = None
         self.x = None

@@ -147,7 +147,7 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
                  DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
-def _table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:
+def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:
     """(device table int64 [6, n], number of programs); cached on pointers/numels/B."""
     numels = [t.numel() for t in work]
     key = (work[0].device, tuple(t.data_ptr() for t in work),
@@ -222,7 +222,7 @@ def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float,
     gwork = [g.contiguous() for g in grads]
     if sum(t.numel() for t in work) == 0:
         return
-    table, programs = _table(work, gwork, n_rows, _launch.BLOCK)
+    table, programs = pointer_table(work, gwork, n_rows, _launch.BLOCK)
     inf = math.inf
     f64 = _launch.f64_args
     dtype = tensors[0].dtype

@@ -16,10 +16,9 @@ normal-aligned blocks, the same per-tensor table, ``half_sq_norm``); the grid do
 on the offset (``cdiv(numel + 3, BLOCK)`` programs per tensor), so one launch configuration
 serves every offset.
 
-Graph capture: the table of pointers is built on the host and copied to the device; under
-capture pass ``host_table`` (a pinned int64 [6, n] CPU tensor allocated *before* the capture
-and kept alive as long as the graph): the captured copy then reads that constant buffer at
-every replay. The caller must also keep ``device_table`` (int64 [6, n] on the device) alive.
+Graph capture: the table of pointers (``langevin.pointer_table``) is built on the host and
+copied to the device, which capture does not allow: build it before the capture, keep it alive
+as long as the graph, and pass it as ``table``.
 
 There is no native (C++/CUDA) kernel of this op yet. What one would need (csrc is not edited
 here): ``vaebm_fast::langevin_step_dev_(Tensor(a!)[] tensors, Tensor[] grads, float step_size,
@@ -39,10 +38,10 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .langevin import _check, find_tensor, update_block
+from .langevin import _check, find_tensor, pointer_table, update_block
 from .philox import aligned_block, join64
 
-__all__ = ["langevin_step_device_", "build_table"]
+__all__ = ["langevin_step_device_"]
 
 
 @triton.jit(do_not_specialize=[
@@ -74,38 +73,6 @@ def _langevin_device_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
                  DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
-def build_table(tensors: List[Tensor], grads: List[Tensor], n_rows: int,
-                host_table: Optional[Tensor] = None, device_table: Optional[Tensor] = None
-                ) -> tuple:
-    """(device table int64 [6, n], number of programs) for contiguous ``tensors``/``grads``.
-
-    With ``host_table``/``device_table`` given (pinned CPU / device int64 [6, n]) the values are
-    written into ``host_table`` and copied asynchronously into ``device_table`` (capturable);
-    otherwise both are allocated here."""
-    block = _launch.BLOCK
-    numels = [t.numel() for t in tensors]
-    programs = [triton.cdiv(n + 3, block) if n else 0 for n in numels]
-    starts, firsts, s, f = [], [], 0, 0
-    for n, p in zip(numels, programs):
-        starts.append(s)
-        firsts.append(f)
-        s, f = s + n, f + p
-    row_lens = [n // n_rows if n_rows else 1 for n in numels]
-    values = [[t.data_ptr() for t in tensors], [g.data_ptr() for g in grads], starts, numels,
-              firsts, row_lens]
-    device = tensors[0].device
-    if host_table is None:
-        host_table = torch.empty(6, len(tensors), dtype=torch.int64,
-                                 pin_memory=device.type == "cuda")
-    for r, row in enumerate(values):  # host writes only: nothing is issued to the device
-        for c, v in enumerate(row):
-            host_table[r, c] = v
-    if device_table is None:
-        device_table = torch.empty(6, len(tensors), dtype=torch.int64, device=device)
-    device_table.copy_(host_table, non_blocking=device.type == "cuda")
-    return device_table, sum(programs)
-
-
 def langevin_step_device_(tensors: List[Tensor], grads: List[Tensor], *, step_size: float,
                           rng_state: Tensor, offset_add: int = 0, prior_weight: float = 1.0,
                           noise_scale: Optional[float] = None, grad_clip: Optional[float] = None,
@@ -114,7 +81,7 @@ def langevin_step_device_(tensors: List[Tensor], grads: List[Tensor], *, step_si
     """One in-place Langevin step (as ``vaebm_fast.ops.langevin_step_``) on contiguous
     ``tensors`` [*] with ``grads`` [same shapes], noise at ``(rng_state[0], rng_state[1] +
     offset_add)``. rng_state: int64 [2] on the tensors' device. ``table``: a prebuilt
-    ``build_table(...)`` result for these exact tensors and grads (required under graph
+    ``langevin.pointer_table(...)`` result for these exact tensors and grads (required under graph
     capture). Does not advance ``rng_state``: the caller adds the total numel per step."""
     if not tensors:
         return
@@ -128,7 +95,7 @@ def langevin_step_device_(tensors: List[Tensor], grads: List[Tensor], *, step_si
     if half_sq_norm is not None:
         half_sq_norm.zero_()
     if table is None:
-        table = build_table(tensors, grads, n_rows)
+        table = pointer_table(tensors, grads, n_rows, _launch.BLOCK)
     device_table, programs = table
     if programs == 0:
         return
