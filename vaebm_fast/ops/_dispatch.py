@@ -59,6 +59,8 @@ class _OpSpec:
     triton: bool  # has a Triton implementation in vaebm_fast.triton_kernels
     # device type -> preference order of "auto" where it differs from BACKENDS (by measurement)
     auto_order: Dict[str, Tuple[str, ...]]
+    # device type -> fewest elements for which "auto" takes the native kernel (by measurement)
+    auto_native_min_numel: Dict[str, int]
 
 
 _ops: Dict[str, _OpSpec] = {}
@@ -69,14 +71,19 @@ _cache_status: Optional[_native.NativeStatus] = None
 
 
 def register_op(name: str, *, native: Optional[str] = None, triton: bool = False,
-                auto_order: Optional[Dict[str, Tuple[str, ...]]] = None) -> None:
+                auto_order: Optional[Dict[str, Tuple[str, ...]]] = None,
+                auto_native_min_numel: Optional[Dict[str, int]] = None) -> None:
     """Declare an op and, when it has compiled kernels, the qualified name of its native op;
     ``triton=True`` when ``vaebm_fast.triton_kernels`` implements it.
 
     auto_order: per device type, the order in which "auto" tries the backends when it is not
     :data:`BACKENDS` -- for ops whose native kernel measured slower there (say where).
+    auto_native_min_numel: per device type, the size below which "auto" passes over the native
+    kernel (its fixed cost measured larger than its gain there); needs ``numel`` in
+    :func:`resolve_backend`.
     """
-    _ops[name] = _OpSpec(name, native, triton, dict(auto_order or {}))
+    _ops[name] = _OpSpec(name, native, triton, dict(auto_order or {}),
+                         dict(auto_native_min_numel or {}))
     _cache.clear()
 
 
@@ -135,11 +142,14 @@ def _check_choice(backend: str) -> None:
                          f"(got {backend!r})")
 
 
-def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
+def resolve_backend(op: str, backend: str, device: DeviceLike,
+                    numel: Optional[int] = None) -> str:
     """The backend that will run ``op`` on ``device`` when the caller asked for ``backend``.
 
     ``"auto"`` means the global default; a default of ``"auto"`` picks the first available
-    backend in :data:`BACKENDS` order.
+    backend in the op's order for the device (:data:`BACKENDS` unless measured otherwise),
+    skipping the native kernel for inputs of fewer than the op's ``auto_native_min_numel``
+    elements when ``numel`` is given.
 
     Raises:
         ValueError: unknown backend name.
@@ -151,8 +161,12 @@ def resolve_backend(op: str, backend: str, device: DeviceLike) -> str:
     availability = backend_availability(op, device)
     if backend == "auto":
         device_type = _device_type(device)
+        spec = _ops[op]
         default = _CPU_AUTO_ORDER if device_type == "cpu" else BACKENDS
-        order = _ops[op].auto_order.get(device_type, default)
+        order = spec.auto_order.get(device_type, default)
+        min_numel = spec.auto_native_min_numel.get(device_type)
+        if numel is not None and min_numel is not None and numel < min_numel:
+            order = tuple(b for b in order if b != "native")
         return next(b for b in order if availability[b] is None)
     reason = availability[backend]
     if reason is not None:

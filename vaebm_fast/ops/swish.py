@@ -34,15 +34,15 @@ from . import _dispatch
 __all__ = ["swish", "lip_swish", "swish_reference", "swish_backward_reference",
            "LIPSWISH_SCALE"]
 
-_dispatch.register_op("swish", native="vaebm_fast::swish_forward", triton=True)
-_dispatch.register_op("lip_swish", native="vaebm_fast::swish_forward", triton=True)
-
 # "auto" on the CPU: the native kernel for tensors of at least this many elements, eager below.
 # Forward + backward, fp32, 2-core AMD EPYC (AVX-512), torch 2.13, medians of 41 calls,
 # eager / native time: 0.60 at 4K, 0.82 at 16K, 0.99 at 32K, 1.08 at 64K, 1.01 at 128K,
 # 1.57 at 256K, 3.24 at 1M, 2.94 at 4M elements. Small tensors lose to the fixed cost of the
 # Python autograd formula; the EBM's activations at batch 32 are 0.5-4M elements.
 _CPU_NATIVE_MIN_NUMEL = 1 << 16
+for _name in ("swish", "lip_swish"):
+    _dispatch.register_op(_name, native="vaebm_fast::swish_forward", triton=True,
+                          auto_native_min_numel={"cpu": _CPU_NATIVE_MIN_NUMEL})
 
 # LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
 LIPSWISH_SCALE = 1.0 / 1.1
@@ -64,10 +64,7 @@ def swish_backward_reference(grad: Tensor, x: Tensor, scale: float = 1.0) -> Ten
 def _apply(op: str, x: Tensor, scale: float, backend: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor (got {type(x).__name__})")
-    chosen = _dispatch.resolve_backend(op, backend, x.device)
-    if (chosen == "native" and x.device.type == "cpu" and x.numel() < _CPU_NATIVE_MIN_NUMEL
-            and backend == "auto" and _dispatch.get_default_backend() == "auto"):
-        chosen = "eager"  # measured faster there (see _CPU_NATIVE_MIN_NUMEL)
+    chosen = _dispatch.resolve_backend(op, backend, x.device, numel=x.numel())
     if chosen != "eager":
         if x.dtype in _KERNEL_DTYPES:
             if chosen == "native":
