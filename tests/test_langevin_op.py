@@ -232,13 +232,13 @@ def test_leaf_tensors_requiring_grad(backend, request):
 
 def test_default_backend_controls_auto(monkeypatch):
     calls = []
-    real = langevin_module.langevin_step_reference
+    real = langevin_module._update_reference  # the eager path's arithmetic
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(langevin_module, "langevin_step_reference", spy)
+    monkeypatch.setattr(langevin_module, "_update_reference", spy)
     t = torch.zeros(5)
     with default_backend("eager"):
         langevin_step_([t], [t.clone()], step_size=0.1, seed=0, offset=0)
@@ -312,3 +312,27 @@ def test_opcheck(native):
     torch.library.opcheck(op, ([ts[0].t()], [gs[0]], 0.2, 0, 0, 1.0, 0.1, None, None, 0.0))
     ts, gs = make([(3, 5), (3, 2, 2)], torch.float32)
     torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None, torch.empty(3)))
+
+
+@pytest.mark.parametrize("backend", ["native", "eager"])
+def test_stepper_matches_the_op(backend, request):
+    # A chain's stepper (validated and dispatched once) gives the op's steps and offsets.
+    if backend == "native":
+        request.getfixturevalue("native")
+    from vaebm_fast.ops import LangevinStepper
+    ts, gs = make(BATCHED_SHAPES, torch.float32, seed=4)
+    ref_ts = clone(ts)
+    args = dict(step_size=0.05, prior_weight=0.5, grad_clip=1.0, clamp=(-2.0, None))
+    step = LangevinStepper(ts, backend=backend, **args)
+    hsn, ref_hsn = torch.empty(3), torch.empty(3)
+    offset = ref_offset = 7
+    for _ in range(3):
+        offset = step(gs, seed=11, offset=offset, half_sq_norm=hsn)
+        ref_offset = langevin_step_reference(ref_ts, gs, seed=11, offset=ref_offset,
+                                             half_sq_norm=ref_hsn, **args)
+    assert offset == ref_offset
+    for a, b in zip(ts, ref_ts):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    torch.testing.assert_close(hsn, ref_hsn, **HSN_TOL[torch.float32])
+    with pytest.raises(ValueError, match="half_sq_norm must have shape"):
+        step(gs, seed=11, offset=offset, half_sq_norm=torch.empty(4))

@@ -9,12 +9,12 @@ loaded the first time an op needs it.
 """
 from ._dispatch import (BackendUnavailableError, backend_availability, default_backend,
                         get_default_backend, registered_ops, set_default_backend)
-from .langevin import langevin_step_, langevin_step_reference
+from .langevin import LangevinStepper, langevin_step_, langevin_step_reference
 from .rng import (philox4x32, philox4x32_reference, philox_normal,
                   philox_normal_reference)
 
 __all__ = [
-    "langevin_step_", "langevin_step_reference",
+    "langevin_step_", "langevin_step_reference", "LangevinStepper",
     "philox4x32", "philox4x32_reference", "philox_normal", "philox_normal_reference",
     "set_default_backend", "get_default_backend", "default_backend", "backend_availability",
     "registered_ops", "BackendUnavailableError",

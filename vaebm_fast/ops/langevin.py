@@ -48,7 +48,7 @@ from .. import _native
 from . import _dispatch
 from .rng import check_stream_range, philox_normal_reference
 
-__all__ = ["langevin_step_", "langevin_step_reference"]
+__all__ = ["langevin_step_", "langevin_step_reference", "LangevinStepper"]
 
 _dispatch.register_op("langevin_step_", native="vaebm_fast::langevin_step_", triton=True)
 
@@ -168,6 +168,50 @@ def _check_half_sq_norm(half_sq_norm, tensors) -> None:
         raise ValueError("half_sq_norm must be contiguous")
 
 
+def _update_reference(tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip,
+                      low, high, total, half_sq_norm) -> None:
+    """The specification's arithmetic on checked, normalised arguments (``total`` > 0)."""
+    half_step = step_size / 2
+    noise = philox_normal_reference(total, seed=seed, offset=offset,
+                                    device=tensors[0].device)  # float32 [total]
+    start = 0
+    for t, g in zip(tensors, grads):
+        n = t.numel()
+        compute = torch.float64 if t.dtype == torch.float64 else torch.float32
+        xi = noise[start:start + n].reshape(t.shape).to(compute)
+        x, gc = t.to(compute), g.to(compute)
+        if grad_clip is not None:
+            gc = gc.clamp(-grad_clip, grad_clip)
+        new = x - half_step * (gc + prior_weight * x) + sigma * xi
+        if low is not None or high is not None:
+            new = new.clamp(low, high)
+        t.copy_(new)
+        start += n
+    if half_sq_norm is not None:  # of the stored states, in the arithmetic dtype
+        compute = half_sq_norm.dtype
+        half_sq_norm.copy_(sum(0.5 * t.to(compute).reshape(t.shape[0], -1).square().sum(1)
+                               for t in tensors))
+
+
+def _run(chosen, tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low,
+         high, total, half_sq_norm) -> int:
+    """One step on checked, normalised arguments with the chosen backend; the next offset."""
+    if total == 0:
+        if half_sq_norm is not None:
+            half_sq_norm.zero_()
+        return offset
+    args = (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high)
+    with torch.no_grad():
+        if chosen == "eager":
+            _update_reference(*args, total, half_sq_norm)
+        elif chosen == "triton":
+            from ..triton_kernels import langevin as _triton_langevin
+            _triton_langevin.langevin_step_(*args, half_sq_norm)
+        else:
+            torch.ops.vaebm_fast.langevin_step_(*args, half_sq_norm)
+    return offset + total
+
+
 def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
                             seed: int, offset: int, prior_weight: float = 1.0,
                             noise_scale: Optional[float] = None,
@@ -175,36 +219,10 @@ def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_
                             clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
                             half_sq_norm: Optional[Tensor] = None) -> int:
     """Eager reference of :func:`langevin_step_` (same arguments, no ``backend``)."""
-    (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
-     total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+    checked = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
                           grad_clip, clamp)
-    _check_half_sq_norm(half_sq_norm, tensors)
-    if total == 0:
-        if half_sq_norm is not None:
-            half_sq_norm.zero_()
-        return offset
-    half_step = step_size / 2
-    with torch.no_grad():
-        noise = philox_normal_reference(total, seed=seed, offset=offset,
-                                        device=tensors[0].device)  # float32 [total]
-        start = 0
-        for t, g in zip(tensors, grads):
-            n = t.numel()
-            compute = torch.float64 if t.dtype == torch.float64 else torch.float32
-            xi = noise[start:start + n].reshape(t.shape).to(compute)
-            x, gc = t.to(compute), g.to(compute)
-            if grad_clip is not None:
-                gc = gc.clamp(-grad_clip, grad_clip)
-            new = x - half_step * (gc + prior_weight * x) + sigma * xi
-            if low is not None or high is not None:
-                new = new.clamp(low, high)
-            t.copy_(new)
-            start += n
-        if half_sq_norm is not None:  # of the stored states, in the arithmetic dtype
-            compute = half_sq_norm.dtype
-            half_sq_norm.copy_(sum(0.5 * t.to(compute).reshape(t.shape[0], -1).square().sum(1)
-                                   for t in tensors))
-    return offset + total
+    _check_half_sq_norm(half_sq_norm, checked[0])
+    return _run("eager", *checked, half_sq_norm)
 
 
 def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float, seed: int,
@@ -235,33 +253,48 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
         TypeError / ValueError: invalid arguments (message says which and why).
         BackendUnavailableError: ``backend`` names a backend that cannot run here.
     """
-    (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
-     total) = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
+    checked = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
                           grad_clip, clamp)
+    tensors = checked[0]
     _check_half_sq_norm(half_sq_norm, tensors)
     device = tensors[0].device if tensors else torch.device("cpu")
     chosen = _dispatch.resolve_backend("langevin_step_", backend, device)
-    if total == 0:
+    return _run(chosen, *checked, half_sq_norm)
+
+
+class LangevinStepper:
+    """:func:`langevin_step_` for a chain: the same tensors stepped many times, validated and
+    dispatched once.
+
+    ``LangevinStepper(tensors, step_size=..., ...)`` checks the state list and the options
+    (as :func:`langevin_step_`) and picks the backend once; each ``stepper(grads, seed=...,
+    offset=..., half_sq_norm=None)`` then runs one in-place step and returns the next offset,
+    checking only the stream range and the output row. ``grads`` must be the gradients of
+    these tensors (as autograd returns them: same shapes, dtype and device).
+    """
+
+    def __init__(self, tensors: Sequence[Tensor], *, step_size: float, prior_weight: float = 1.0,
+                 noise_scale: Optional[float] = None, grad_clip: Optional[float] = None,
+                 clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
+                 backend: str = "auto"):
+        (self.tensors, _, self.step_size, _, _, self.prior_weight, self.sigma, self.grad_clip,
+         self.low, self.high, self.total) = _check_args(
+            tensors, tensors, step_size, 0, 0, prior_weight, noise_scale, grad_clip, clamp)
+        device = self.tensors[0].device if self.tensors else torch.device("cpu")
+        self.backend = _dispatch.resolve_backend("langevin_step_", backend, device)
+        self._norm_like: Optional[tuple] = None  # (shape, dtype, device) of a checked output
+
+    def __call__(self, grads: Sequence[Tensor], *, seed: int, offset: int,
+                 half_sq_norm: Optional[Tensor] = None) -> int:
+        seed, offset = check_stream_range(seed, offset, self.total)
         if half_sq_norm is not None:
-            half_sq_norm.zero_()
-        return offset
-    if chosen == "eager":
-        return langevin_step_reference(tensors, grads, step_size=step_size, seed=seed,
-                                       offset=offset, prior_weight=prior_weight,
-                                       noise_scale=sigma, grad_clip=grad_clip,
-                                       clamp=None if low is None and high is None
-                                       else (low, high), half_sq_norm=half_sq_norm)
-    with torch.no_grad():
-        if chosen == "triton":
-            from ..triton_kernels import langevin as _triton_langevin
-            _triton_langevin.langevin_step_(tensors, grads, step_size, seed, offset,
-                                            prior_weight, sigma, grad_clip, low, high,
-                                            half_sq_norm)
-        else:
-            torch.ops.vaebm_fast.langevin_step_(tensors, grads, step_size, seed, offset,
-                                                prior_weight, sigma, grad_clip, low, high,
-                                                half_sq_norm)
-    return offset + total
+            like = (half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
+            if like != self._norm_like or not half_sq_norm.is_contiguous():
+                _check_half_sq_norm(half_sq_norm, self.tensors)
+                self._norm_like = like
+        return _run(self.backend, self.tensors, list(grads), self.step_size, seed, offset,
+                    self.prior_weight, self.sigma, self.grad_clip, self.low, self.high,
+                    self.total, half_sq_norm)
 
 
 def _register_fakes() -> None:

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..nn import frozen_normalized_weights
-from ..ops import langevin_step_, philox_normal
+from ..ops import philox_normal
+from ..ops.langevin import LangevinStepper
 from .replay import ReplayBuffer
 
 SPACES = ("eps", "latent", "data")
@@ -295,6 +296,9 @@ class LangevinSampler:
         if progress:
             from tqdm.auto import tqdm
             steps = tqdm(steps, desc=f"langevin ({self.space})", leave=False)
+        step_ = LangevinStepper(states, step_size=self.step_size,
+                                prior_weight=self.prior_weight, noise_scale=self.noise_scale,
+                                grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
         with frozen(energy, generator), torch.enable_grad():
             for s in states:
                 s.requires_grad_(True)
@@ -305,11 +309,8 @@ class LangevinSampler:
                 energies[step].copy_(E.detach())
                 # The prior term is not differentiated: the fused update adds lambda * t itself.
                 grads = torch.autograd.grad(E.sum(), states)
-                offset = langevin_step_(
-                    states, list(grads), step_size=self.step_size, seed=seed, offset=offset,
-                    prior_weight=self.prior_weight, noise_scale=self.noise_scale,
-                    grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend,
-                    half_sq_norm=half_sq[step + 1] if use_prior else None)
+                offset = step_(grads, seed=seed, offset=offset,
+                               half_sq_norm=half_sq[step + 1] if use_prior else None)
                 del E, grads
             for s in states:
                 s.requires_grad_(False)
