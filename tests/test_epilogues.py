@@ -409,6 +409,27 @@ def test_pre_output_gradient_flows(native):
         assert torch.autograd.gradcheck(f, (h, s))
 
 
+def test_channels_last_auto_keeps_the_layout(native):
+    # FastSampler's CPU models run channels-last; there "auto" takes the eager references
+    # (the kernels would hand back row-major outputs), which keep the layout.
+    cl = torch.channels_last
+    h = make((2, 6, 4, 6)).contiguous(memory_format=cl)
+    s = make((2, 6, 4, 6), seed=1).contiguous(memory_format=cl)
+    gate, sc, sh = make((2, 6), seed=2), make((6,), seed=3), make((6,), seed=4)
+    cases = [(lambda: ebm_block_tail(h, s), ebm_block_tail_reference(h, s, False)[0]),
+             (lambda: ebm_block_tail(h, s, downsample=True),
+              ebm_block_tail_reference(h, s, True)[0]),
+             (lambda: nvae_cell_tail(s, h, gate), nvae_cell_tail_reference(s, h, gate, 0.1)),
+             (lambda: affine_swish(h, sc, sh), affine_swish_reference(h, sc, sh))]
+    for fn, want in cases:
+        out = fn()
+        assert out.is_contiguous(memory_format=cl) and not out.is_contiguous()
+        torch.testing.assert_close(out, want, **TOL[torch.float32])
+    # A named kernel backend still runs (through row-major copies), with the same values.
+    out = nvae_cell_tail(s, h, gate, backend="native")
+    torch.testing.assert_close(out, cases[2][1], **TOL[torch.float32])
+
+
 # ------------------------------------------------------------------- opcheck
 
 def _opcheck_cases(device):

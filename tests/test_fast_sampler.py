@@ -52,9 +52,11 @@ def test_fast_matches_eager_mlp(space, output):
     assert not torch.allclose(fast.sample(32, seed=4, offset=11), a.x, atol=1e-3)
 
 
-@pytest.mark.parametrize("space", ["eps", "latent"])
-def test_fast_matches_eager_nvae(space):
-    """The NVAE decoder with folded BatchNorms and an image EBM: same chain within tolerance."""
+@pytest.mark.parametrize("memory_format", ["auto", "contiguous", "channels_last"])
+@pytest.mark.parametrize("space", ["eps", "latent", "data"])
+def test_fast_matches_eager_nvae(space, memory_format):
+    """The NVAE decoder with folded BatchNorms and an image EBM: same chain within tolerance,
+    whichever layout the prepared networks run in ("auto" is channels-last on the CPU)."""
     torch.manual_seed(0)
     vae = HierarchicalVAE("tiny")
     with torch.no_grad():
@@ -64,11 +66,29 @@ def test_fast_matches_eager_nvae(space):
                 m.running_var.uniform_(0.5, 1.5)
     vae.train()  # the samplers must use eval-mode BN either way
     energy = small_image_ebm(in_channels=1, n_channel=8)
-    kw = dict(space=space, step_size=1e-3, n_steps=4)
-    a = LangevinSampler(energy, vae, **kw).sample(6, seed=1, return_chain=True)
-    b = FastSampler(energy, vae, **kw).sample(6, seed=1, return_chain=True)
+    gen = vae if space != "data" else None
+    kw = dict(space=space, step_size=1e-3, n_steps=4, data_shape=tuple(vae.data_shape))
+    a = LangevinSampler(energy, gen, **kw).sample(6, seed=1, return_chain=True)
+    fast = FastSampler(energy, gen, memory_format=memory_format, **kw)
+    b = fast.sample(6, seed=1, return_chain=True)
     assert_same_chain(a, b, rtol=1e-4, atol=1e-4)
     assert vae.training  # the original's mode is untouched
+    # The layout: the prepared convs' weights follow memory_format, what the user gets back
+    # (samples, states) is row-major either way.
+    want = torch.contiguous_format if memory_format == "contiguous" else torch.channels_last
+    for model in fast.prepared_models():
+        if model is None:
+            continue
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)
+                 and m.weight.shape[1] > 1 and m.weight.shape[2:] != (1, 1)]
+        assert convs and all(c.weight.is_contiguous(memory_format=want) for c in convs)
+    assert b.x.is_contiguous() and all(t.is_contiguous() for t in b.states)
+
+
+def test_bad_memory_format_is_rejected():
+    vae, energy = mlp_models()
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        FastSampler(energy, vae, memory_format="nhwc", space="eps", step_size=0.1, n_steps=1)
 
 
 def test_zero_steps_and_explicit_initial_states():

@@ -95,6 +95,34 @@ def test_non_contiguous_inputs(backend, request):
             torch.testing.assert_close(dx, dr, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_channels_last_keeps_the_layout(backend, dtype, request):
+    # A channels-last model's activations (FastSampler on the CPU): output and input gradient
+    # stay channels-last, so the next convolution needs no conversion. The kernel's input
+    # gradient follows x whatever the output gradient's layout; eager's follows the latter.
+    if backend == "native":
+        request.getfixturevalue("native")
+    x = make((3, 5, 4, 7), torch.float32).contiguous(memory_format=torch.channels_last)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for func, scale in FUNCS:
+        for g in (make(x.shape, torch.float32, seed=5),
+                  make(x.shape, torch.float32, seed=5).contiguous(memory_format=torch.channels_last)):
+            xn = x.detach().to(dtype).requires_grad_()
+            y = func(xn, backend=backend)
+            (dx,) = torch.autograd.grad(y, xn, g.to(dtype))
+            g_cl = not g.is_contiguous()
+            for t in (y, dx) if backend == "native" or g_cl else (y,):
+                assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+            xr = x.double().requires_grad_()
+            (dr,) = torch.autograd.grad(swish_reference(xr, scale), xr, g.double())
+            torch.testing.assert_close(y, swish_reference(x.double(), scale).to(dtype), **tol)
+            torch.testing.assert_close(dx, dr.to(dtype), **tol)
+    # Ambiguous strides (C == 1: both layouts at once) count as row-major.
+    one = make((2, 1, 3, 3), torch.float32).contiguous(memory_format=torch.channels_last)
+    assert swish(one, backend=backend).is_contiguous()
+
+
 @pytest.mark.parametrize("backend", ["eager", "native"])
 @pytest.mark.parametrize("func", [swish, lip_swish])
 def test_gradcheck_fp64(backend, func, request):
@@ -206,6 +234,10 @@ def test_opcheck(native):
         torch.library.opcheck(fwd, (make((0, 2), dtype), 1.0))
         torch.library.opcheck(bwd, (g, x, SCALE))
         torch.library.opcheck(bwd, (g.detach(), x.detach().t().contiguous().t(), 1.0))
+        # channels-last: the fake kernel must give the real kernel's strides.
+        x4 = make((2, 3, 4, 5), dtype).contiguous(memory_format=torch.channels_last)
+        torch.library.opcheck(fwd, (x4.requires_grad_(), 1.0))
+        torch.library.opcheck(bwd, (make((2, 3, 4, 5), dtype, seed=2), x4.detach(), SCALE))
 
 
 def test_auto_follows_the_measured_cpu_preference(native):

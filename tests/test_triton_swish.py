@@ -92,6 +92,23 @@ def test_non_contiguous_inputs(triton_device):
             torch.testing.assert_close(dx, want_dx.float(), **TOL[torch.float32])
 
 
+def test_channels_last_keeps_the_layout(ops, triton_device):
+    x = make((3, 5, 4, 7), torch.float32, triton_device).contiguous(
+        memory_format=torch.channels_last)
+    g = make(x.shape, torch.float32, triton_device, seed=3)  # row-major gradient
+    for func, scale in FUNCS:
+        xt = x.detach().requires_grad_()
+        y = func(xt, backend="triton")
+        (dx,) = torch.autograd.grad(y, xt, g)
+        for t in (y, dx):
+            assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+        want_y, want_dx = reference(x, g, scale)
+        torch.testing.assert_close(y, want_y.float(), **TOL[torch.float32])
+        torch.testing.assert_close(dx, want_dx.float(), **TOL[torch.float32])
+    torch.library.opcheck(ops.swish_forward.default, (x, 1.0))
+    torch.library.opcheck(ops.swish_backward.default, (g, x, SCALE))
+
+
 def test_empty(ops, triton_device):
     for shape in [(0,), (3, 0), (0, 2, 5)]:
         x = torch.empty(shape, device=triton_device)

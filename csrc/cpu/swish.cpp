@@ -12,7 +12,8 @@
 // Arithmetic: float for fp32 / fp16 / bf16 (rounded once when stored), with the vectorisable
 // exp of simd_math.h (~2 ulp; the float loops are compiled per instruction set); double with
 // std::exp for fp64. fp16 / bf16 go through L1-sized float blocks.
-// Layout: inputs are read through contiguous copies; outputs are new contiguous tensors.
+// Layout: outputs have x's layout (activation_format: channels-last or row-major), inputs are
+// read through copies in that layout (free when they already have it).
 #include <algorithm>
 #include <cmath>
 
@@ -21,6 +22,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../layout.h"
 #include "simd_math.h"
 
 namespace vaebm_fast {
@@ -96,8 +98,9 @@ void check_input(const at::Tensor& t, const char* op, const char* name) {
 
 at::Tensor swish_forward_cpu(const at::Tensor& x, double scale) {
   check_input(x, "swish_forward", "x");
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
   const int64_t n = xc.numel();
   if (n == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_forward_cpu",
@@ -118,8 +121,9 @@ at::Tensor swish_backward_cpu(const at::Tensor& grad, const at::Tensor& x, doubl
               grad.scalar_type(), " but x has dtype ", x.scalar_type());
   TORCH_CHECK(grad.sizes() == x.sizes(), "swish_backward: grad has shape ", grad.sizes(),
               " but x has shape ", x.sizes());
-  const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
-  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt), gc = grad.contiguous(fmt);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   const int64_t n = xc.numel();
   if (n == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),

@@ -1,7 +1,8 @@
 // torch glue of the CUDA Swish kernels (swish.cu / swish_cuda.h). Mirrors csrc/cpu/swish.cpp:
-// inputs read through contiguous copies, outputs new contiguous tensors.
+// outputs have x's layout (activation_format), inputs are read through copies in that layout.
 #include <torch/library.h>
 
+#include "../layout.h"
 #include "glue.h"
 #include "swish_cuda.h"
 
@@ -12,8 +13,9 @@ namespace {
 at::Tensor swish_forward_cuda(const at::Tensor& x, double scale) {
   check_floating(x, "swish_forward", "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = empty_contiguous(x.sizes(), x);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
   VAEBM_FAST_CUDA_LAUNCH(swish_forward(to_dtype(x.scalar_type(), "swish_forward"),
                                        xc.const_data_ptr(), y.mutable_data_ptr(), xc.numel(),
                                        scale, current_stream()));
@@ -26,8 +28,9 @@ at::Tensor swish_backward_cuda(const at::Tensor& grad, const at::Tensor& x, doub
   check_like(grad, x, "swish_backward", "grad", "x");
   check_same_shape(grad, x, "swish_backward", "grad", "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous(), gc = grad.contiguous();
-  at::Tensor dx = empty_contiguous(x.sizes(), x);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt), gc = grad.contiguous(fmt);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   VAEBM_FAST_CUDA_LAUNCH(swish_backward(to_dtype(x.scalar_type(), "swish_backward"),
                                         gc.const_data_ptr(), xc.const_data_ptr(),
                                         dx.mutable_data_ptr(), xc.numel(), scale,

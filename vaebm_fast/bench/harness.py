@@ -6,7 +6,8 @@ many elements the memory-bandwidth ceiling should copy. :func:`run_case` then
 
 1. adds the ceiling as one more variant: ``dst.copy_(src)`` on ``ceiling_numel`` elements of
    the case's dtype and device (it reads and writes each element: ``2 * itemsize`` B/elem);
-2. warms every variant up, and sizes a sample to at least ``min_sample_s`` of calls;
+2. warms every variant up, and sizes a sample to at least ``min_sample_s`` of calls
+   (``warmup=0``, for cases whose one call takes minutes: no warm-up, one call per sample);
 3. times ``repeats`` rounds, each round one sample of every variant (round-robin, the order
    rotated every round), so drifting machine load hits all variants alike;
 4. reports per-call medians and IQRs, the speed-up against the baseline
@@ -113,8 +114,8 @@ def run_case(case: Case, *, repeats: int = 15, warmup: int = 2,
                          f"(variants: {names})")
     if len(set(names)) != len(names) or CEILING in names:
         raise ValueError(f"variant names must be unique and not {CEILING!r} (got {names})")
-    if repeats < 1 or warmup < 1:
-        raise ValueError(f"repeats and warmup must be >= 1 (got {repeats}, {warmup})")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0 (got {repeats}, {warmup})")
     device = torch.device(case.device)
     variants = list(case.variants)
     if case.ceiling_numel is not None:
@@ -123,6 +124,7 @@ def run_case(case: Case, *, repeats: int = 15, warmup: int = 2,
     gc.collect()
     calls_per_sample = []
     for v in variants:  # warm-up; the last warm-up call sizes the sample
+        seconds = math.inf
         for _ in range(warmup):
             seconds = _time_calls(v.fn, 1, device)
         calls_per_sample.append(max(1, math.ceil(min_sample_s / max(seconds, 1e-9))))

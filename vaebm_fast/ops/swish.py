@@ -17,7 +17,8 @@ with ``c = 1`` for :func:`swish` (SiLU) and ``c = 1/1.1`` for :func:`lip_swish` 
   ``torch.ops.vaebm_fast_triton.swish_forward`` / ``swish_backward`` with the same semantics
   and the same autograd (:func:`register_swish_autograd`).
 * Dtypes of the kernels: float16 / bfloat16 / float32 (computed in float32, rounded once)
-  and float64. Outputs are new contiguous tensors; non-contiguous inputs are accepted.
+  and float64. Outputs are new tensors in x's layout (:func:`activation_format`: channels-last
+  for a channels-last 4-D x, row-major otherwise); any strides are accepted.
 
 ``backend="auto"`` follows the measured preference (on the CPU: the native kernel from 64K
 elements, eager below, see ``_CPU_NATIVE_MIN_NUMEL``), and the reference for dtypes the kernel
@@ -32,7 +33,7 @@ from .. import _native
 from . import _dispatch
 
 __all__ = ["swish", "lip_swish", "swish_reference", "swish_backward_reference",
-           "LIPSWISH_SCALE"]
+           "activation_format", "LIPSWISH_SCALE"]
 
 # "auto" on the CPU: the native kernel for tensors of at least this many elements, eager below.
 # Forward + backward, fp32, 2-core AMD EPYC (AVX-512), torch 2.13, medians of 41 calls,
@@ -47,6 +48,15 @@ for _name in ("swish", "lip_swish"):
 # LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
 LIPSWISH_SCALE = 1.0 / 1.1
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def activation_format(x: Tensor) -> torch.memory_format:
+    """The layout of an elementwise kernel's output for input ``x`` (csrc/layout.h is the C++
+    twin): ``torch.channels_last`` for a 4-D x stored channels-last (a prepared model's
+    activations on the CPU), ``torch.contiguous_format`` otherwise."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def swish_reference(x: Tensor, scale: float = 1.0) -> Tensor:
@@ -136,12 +146,12 @@ def register_swish_autograd(namespace: str) -> None:
 def _register() -> None:
     @torch.library.register_fake("vaebm_fast::swish_forward")
     def _swish_forward_fake(x, scale):
-        return x.new_empty(x.shape)
+        return torch.empty_like(x, memory_format=activation_format(x))
 
     @torch.library.register_fake("vaebm_fast::swish_backward")
     def _swish_backward_fake(grad, x, scale):
         torch._check(grad.shape == x.shape, lambda: "swish_backward: grad and x differ in shape")
-        return x.new_empty(x.shape)
+        return torch.empty_like(x, memory_format=activation_format(x))
 
     register_swish_autograd("vaebm_fast")
 

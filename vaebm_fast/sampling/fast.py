@@ -16,6 +16,19 @@ What it does differently:
   and a frozen generator is prepared once. Note: the energy runs in eval mode too (the eager
   sampler leaves the energy's mode alone; the two differ only for energies with BatchNorm or
   dropout).
+* **Channels-last on the CPU** (``memory_format="auto"``, the default). The snapshots' 4-D
+  weights are stored channels-last and the 4-D states enter the networks channels-last, so
+  oneDNN runs its NHWC convolutions and the activations stay NHWC (swish keeps its input's
+  layout; the epilogues run their eager references, which keep it too). The chain state
+  itself stays row-major (the RNG counts elements in row-major order). Measured on a 2-core
+  AMD EPYC, CIFAR-10 scale (official widths, batch 32): the 1x1 and depthwise 5x5
+  convolutions of NVAE's cells ran 2-3x faster forward and backward than in NCHW. On CUDA
+  "auto" keeps row-major (not measured there); ``"channels_last"`` / ``"contiguous"`` force
+  a layout.
+* **Freed memory is reused on the CPU.** The chain runs inside
+  :func:`vaebm_fast._heap.heap_reuse`: glibc keeps freed activations in the heap instead of
+  unmapping them, so steps after the first do not page-fault their activations in again (at
+  CIFAR-10 scale this kernel time exceeded the computation).
 * **No per-step allocation of its own.** The chain state tensors are updated in place by the
   fused ``langevin_step_`` (native kernel on the CPU); energies per step are written into a
   preallocated [K + 1, B] buffer and the prior term ``||eps||^2 / 2`` comes out of the update
@@ -41,25 +54,31 @@ which a potential or the final sample was NaN/Inf, as the eager sampler.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Optional
 
 import torch
 from torch import nn
 
+from .._heap import heap_reuse
 from .langevin import (LangevinSampler, _half_sq_buffer, _half_sq_norm, _module_device)
 from .prepare import prepared, state_key
 
 __all__ = ["FastSampler"]
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+_LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
 
 class _Snapshot:
-    """A cached prepared copy of one model and the key it was made from."""
+    """A cached prepared copy of one model, the key it was made from and its layout."""
 
-    __slots__ = ("source", "key", "module")
+    __slots__ = ("source", "key", "module", "memory_format")
 
-    def __init__(self, source, key, module):
+    def __init__(self, source, key, module, memory_format):
         self.source, self.key, self.module = source, key, module
+        self.memory_format = memory_format
 
 
 def _refresh_in_place(old: nn.Module, new: nn.Module) -> bool:
@@ -83,9 +102,12 @@ def _refresh_in_place(old: nn.Module, new: nn.Module) -> bool:
 class FastSampler(LangevinSampler):
     """Drop-in replacement of :class:`LangevinSampler` (same arguments, same ``sample``).
 
-    Extra keyword-only argument:
+    Extra keyword-only arguments:
         graphs: capture and replay the chain as a CUDA graph on CUDA tensors (default True;
             ignored on the CPU).
+        memory_format: layout of the prepared networks' weights and activations: ``"auto"``
+            (channels-last on the CPU, row-major elsewhere), ``"channels_last"`` or
+            ``"contiguous"``. The samples are the same to float tolerance.
 
     ``sample(x0_or_n, *, seed, offset=0, return_chain=False, device=None, dtype=float32,
     check_finite=True, progress=False)`` returns samples [B, *data_shape] or a
@@ -93,9 +115,16 @@ class FastSampler(LangevinSampler):
     eager sampler. ``progress`` shows nothing for a graph replay (one launch).
     """
 
-    def __init__(self, energy, generator=None, *, graphs: bool = True, **kwargs):
+    def __init__(self, energy, generator=None, *, graphs: bool = True,
+                 memory_format: str = "auto", **kwargs):
         super().__init__(energy, generator, **kwargs)
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS} (got "
+                             f"{memory_format!r})")
         self.graphs = bool(graphs)
+        self.memory_format = memory_format
+        # The layout the 4-D states are fed to the networks in, while a chain runs (decode).
+        self._state_format: Optional[torch.memory_format] = None
         self._snapshots: dict[str, _Snapshot] = {}
         self._graph_chains: dict[tuple, object] = {}
         self._graph_failures: dict[tuple, str] = {}
@@ -103,26 +132,50 @@ class FastSampler(LangevinSampler):
         self.last_path: Optional[str] = None  # "graph", "fast" or "eager" (for tests and logs)
 
     # -- prepared networks -------------------------------------------------------------------
-    def _snapshot(self, name: str, source):
-        """The prepared copy of ``source`` (cached; rebuilt when its state key changes)."""
+    def format_for(self, device) -> torch.memory_format:
+        """The layout ``memory_format`` means on ``device``."""
+        if self.memory_format == "auto":
+            cpu = torch.device(device).type == "cpu"
+            return torch.channels_last if cpu else torch.contiguous_format
+        return _LAYOUTS[self.memory_format]
+
+    def _snapshot(self, name: str, source, memory_format: torch.memory_format):
+        """The prepared copy of ``source`` in ``memory_format`` (cached; rebuilt when its
+        state key or the layout changes)."""
         if not isinstance(source, nn.Module):
             return source
         key = state_key(source)
         snap = self._snapshots.get(name)
-        if snap is not None and snap.source is source and snap.key == key:
+        same = snap is not None and snap.source is source and snap.memory_format == memory_format
+        if same and snap.key == key:
             return snap.module
         module = prepared(source)
-        if snap is not None and snap.source is source and _refresh_in_place(snap.module, module):
+        if memory_format == torch.channels_last:
+            module = module.to(memory_format=torch.channels_last)  # the 4-D weights
+        if same and _refresh_in_place(snap.module, module):
             module = snap.module  # same addresses: captured graphs stay valid
-        self._snapshots[name] = _Snapshot(source, key, module)
+        self._snapshots[name] = _Snapshot(source, key, module, memory_format)
         return module
 
-    def prepared_models(self):
+    def prepared_models(self, memory_format: Optional[torch.memory_format] = None):
         """(energy, generator) as the chain runs them: prepared snapshots of the modules (the
-        originals are not modified), non-module callables as given."""
-        energy = self._snapshot("energy", self.energy)
-        generator = self._snapshot("generator", self.generator) if self.space != "data" else None
+        originals are not modified), non-module callables as given. ``memory_format``
+        defaults to :meth:`format_for` the models' device."""
+        if memory_format is None:
+            memory_format = self.format_for(_module_device(self.generator, self.energy))
+        energy = self._snapshot("energy", self.energy, memory_format)
+        generator = (self._snapshot("generator", self.generator, memory_format)
+                     if self.space != "data" else None)
         return energy, generator
+
+    def decode(self, states, mean: bool = False, generator=None):
+        """As :meth:`LangevinSampler.decode`; during a chain on channels-last snapshots the
+        4-D states enter the networks channels-last (their gradients come back in that layout
+        and the update reads them through a row-major copy)."""
+        if self._state_format == torch.channels_last:
+            states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s
+                      for s in states]
+        return super().decode(states, mean=mean, generator=generator)
 
     def invalidate(self) -> None:
         """Drop the cached snapshots and graphs (after changing weights through ``.data``)."""
@@ -136,8 +189,10 @@ class FastSampler(LangevinSampler):
         """Run the chain; arguments and results as :meth:`LangevinSampler.sample`."""
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
             raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        device = device if device is not None else _module_device(self.generator, self.energy)
+        memory_format = self.format_for(device)
         try:
-            energy, generator = self.prepared_models()
+            energy, generator = self.prepared_models(memory_format)
         except Exception as exc:  # noqa: BLE001  (e.g. a module that cannot be deep-copied)
             if self._prepare_failed is None:
                 self._prepare_failed = f"{type(exc).__name__}: {exc}"
@@ -148,17 +203,24 @@ class FastSampler(LangevinSampler):
             return super().sample(x0_or_n, seed=seed, offset=offset, return_chain=return_chain,
                                   device=device, dtype=dtype, check_finite=check_finite,
                                   progress=progress)
-        device = device if device is not None else _module_device(self.generator, self.energy)
         states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
                                              dtype=dtype)
         states = [s.contiguous() for s in states]
+        cpu = states[0].device.type == "cpu"
         run = None
-        if self.graphs and states[0].device.type == "cuda":
-            run = self._run_graph(energy, generator, states, seed, offset)
-        if run is None:
-            run = self._run_chain(energy, generator, states, seed, offset, progress)
-            self.last_path = "fast"
-        return self._finish(*run, return_chain=return_chain, check_finite=check_finite)
+        self._state_format = memory_format
+        try:
+            if self.graphs and states[0].device.type == "cuda":
+                run = self._run_graph(energy, generator, states, seed, offset)
+            if run is None:
+                with heap_reuse() if cpu else contextlib.nullcontext():
+                    run = self._run_chain(energy, generator, states, seed, offset, progress)
+                self.last_path = "fast"
+        finally:
+            self._state_format = None
+        states, x, *rest = run
+        return self._finish(states, x.contiguous(), *rest, return_chain=return_chain,
+                            check_finite=check_finite)
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     def _graph_key(self, states, energy, generator) -> tuple:

@@ -7,9 +7,10 @@ Same semantics as the native kernels (csrc/cpu/swish.cpp) and the references in
     backward:  dx = scale * grad * (s + x s (1 - s))    (s recomputed from x)
 
 Arithmetic in float32 for float16 / bfloat16 / float32 inputs (rounded once when stored) and in
-float64 for float64. Outputs are new contiguous tensors; non-contiguous inputs are read through
-contiguous copies. Autograd is the native ops' (``register_swish_autograd``): the forward saves
-only x, and the backward op is itself differentiable (double backward).
+float64 for float64. Outputs are new tensors in x's layout (``activation_format``: channels-last
+or row-major); inputs are read through copies in that layout. Autograd is the native ops'
+(``register_swish_autograd``): the forward saves only x, and the backward op is itself
+differentiable (double backward).
 
 Kernels: elementwise over the flattened tensor, one program per BLOCK elements (int64
 offsets). Memory traffic: forward reads x and writes y (2 * itemsize B/elem), backward reads
@@ -22,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops.swish import register_swish_autograd
+from ..ops.swish import activation_format, register_swish_autograd
 
 __all__ = ["swish_forward", "swish_backward"]
 
@@ -64,11 +65,18 @@ def _check(t: Tensor, op: str, name: str) -> None:
                                              f"or float64, got {t.dtype}")
 
 
+def _new_like(x: Tensor) -> Tensor:
+    """The output for input x: x's shape and dtype, in x's layout (``activation_format``)."""
+    return torch.empty_like(x, memory_format=activation_format(x))
+
+
 def _launch(kernel, out: Tensor, *inputs: Tensor, scale: float) -> Tensor:
-    """Run an elementwise kernel over contiguous copies of ``inputs`` into ``out``."""
+    """Run an elementwise kernel over copies of ``inputs`` in ``out``'s layout (free when they
+    already have it) into ``out``: the flat index is the same memory position in all of them."""
     n = out.numel()
     if n:
-        args = [t.contiguous() for t in inputs]
+        fmt = activation_format(out)
+        args = [t.contiguous(memory_format=fmt) for t in inputs]
         kernel[(triton.cdiv(n, _BLOCK),)](*args, out, n, scale, BLOCK=_BLOCK,
                                           F64=out.dtype == torch.float64)
     return out
@@ -76,20 +84,19 @@ def _launch(kernel, out: Tensor, *inputs: Tensor, scale: float) -> Tensor:
 
 @torch.library.custom_op("vaebm_fast_triton::swish_forward", mutates_args=())
 def swish_forward(x: Tensor, scale: float) -> Tensor:
-    """y = scale * x * sigmoid(x), a new contiguous tensor of x's shape and dtype."""
+    """y = scale * x * sigmoid(x), a new tensor of x's shape, dtype and layout."""
     _check(x, "swish_forward", "x")
-    return _launch(_swish_forward_kernel, torch.empty(x.shape, dtype=x.dtype, device=x.device),
-                   x, scale=scale)
+    return _launch(_swish_forward_kernel, _new_like(x), x, scale=scale)
 
 
 @swish_forward.register_fake
 def _swish_forward_fake(x, scale):
-    return x.new_empty(x.shape)
+    return _new_like(x)
 
 
 @torch.library.custom_op("vaebm_fast_triton::swish_backward", mutates_args=())
 def swish_backward(grad: Tensor, x: Tensor, scale: float) -> Tensor:
-    """dx = scale * grad * (s + x s (1 - s)), s = sigmoid(x); new contiguous tensor."""
+    """dx = scale * grad * (s + x s (1 - s)), s = sigmoid(x); a new tensor in x's layout."""
     _check(x, "swish_backward", "x")
     _check(grad, "swish_backward", "grad")
     torch._check(grad.dtype == x.dtype, lambda: f"swish_backward: grad has dtype {grad.dtype} "
@@ -97,14 +104,13 @@ def swish_backward(grad: Tensor, x: Tensor, scale: float) -> Tensor:
     torch._check(grad.shape == x.shape, lambda: f"swish_backward: grad has shape "
                                                 f"{tuple(grad.shape)} but x has shape "
                                                 f"{tuple(x.shape)}")
-    return _launch(_swish_backward_kernel, torch.empty(x.shape, dtype=x.dtype, device=x.device),
-                   grad, x, scale=scale)
+    return _launch(_swish_backward_kernel, _new_like(x), grad, x, scale=scale)
 
 
 @swish_backward.register_fake
 def _swish_backward_fake(grad, x, scale):
     torch._check(grad.shape == x.shape, lambda: "swish_backward: grad and x differ in shape")
-    return x.new_empty(x.shape)
+    return _new_like(x)
 
 
 register_swish_autograd("vaebm_fast_triton")
