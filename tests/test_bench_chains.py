@@ -128,6 +128,17 @@ def test_cli_bench_chains_quick(tmp_path, capsys):
     assert "update_toy" in capsys.readouterr().out
 
 
+def test_variants_selects_what_is_timed(tmp_path):
+    # Minutes-long CIFAR chains are run for eager vs FastSampler only: --variants fast.
+    assert cli_main(["bench", "chains", "--quick", "--only", "chain16_toy", "--repeats", "1",
+                     "--variants", "^fast$", "--out", str(tmp_path)]) == 0
+    case, = json.loads((tmp_path / "chains_cpu_quick.json").read_text())["cases"]
+    assert [v["name"] for v in case["variants"]] == ["eager", "fast"]
+    skipped = {s["name"]: s["reason"] for s in case["skipped"]}
+    assert "not selected" in skipped["official-style"] and "not selected" in skipped["fused"]
+    assert case["variants"][1]["speedup_vs_official"] is None
+
+
 def test_cli_bench_ops_quick(tmp_path):
     assert cli_main(["bench", "ops", "--quick", "--only", "replay", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "ops_cpu_quick.json").read_text())

@@ -16,8 +16,12 @@ def recorded(monkeypatch):
     """Replace mallopt with a recorder; returns the list of (param, value) calls."""
     calls = []
     monkeypatch.setattr(heap, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.setattr(heap, "_malloc_trim", lambda pad: calls.append(("trim", pad)) or 1)
     monkeypatch.setattr(heap, "_depth", 0)
     return calls
+
+
+AFTER = list(heap._AFTER.items()) + [("trim", 0)]  # defaults back, free pages to the kernel
 
 
 def test_sets_then_restores_once_for_nested_blocks(recorded):
@@ -26,7 +30,7 @@ def test_sets_then_restores_once_for_nested_blocks(recorded):
         with heap.heap_reuse():  # nested: nothing more
             pass
         assert recorded == list(heap._DURING.items())
-    assert recorded == list(heap._DURING.items()) + list(heap._AFTER.items())
+    assert recorded == list(heap._DURING.items()) + AFTER
     assert dict(heap._DURING)[heap._M_MMAP_MAX] == 0  # no mmap: allocations stay in the heap
 
 
@@ -34,7 +38,7 @@ def test_restores_when_the_chain_raises(recorded):
     with pytest.raises(RuntimeError):
         with heap.heap_reuse():
             raise RuntimeError("diverged")
-    assert recorded[-2:] == list(heap._AFTER.items())
+    assert recorded[-3:] == AFTER
     assert heap._depth == 0
 
 
@@ -54,7 +58,7 @@ def test_fast_sampler_runs_cpu_chains_inside_it(recorded):
     vae, energy = MLPVAE(data_dim=2, latent_dim=2, hidden=8, depth=1), MLPEnergy(2, 8, 1)
     kw = dict(space="eps", step_size=0.05, n_steps=2)
     FastSampler(energy, vae, **kw).sample(4, seed=0)
-    assert recorded == list(heap._DURING.items()) + list(heap._AFTER.items())
+    assert recorded == list(heap._DURING.items()) + AFTER
     recorded.clear()
     LangevinSampler(energy, vae, **kw).sample(4, seed=0)  # the eager baseline: untouched
     assert recorded == []

@@ -8,12 +8,13 @@ widths, 2-core AMD EPYC) that kernel time was larger than the computation: 17 s 
 time against 15 s of user time per step; with the heap kept, 0.4 s.
 
 :func:`heap_reuse` sets ``M_MMAP_MAX = 0`` (allocations come from the heap) and a 2 GiB
-``M_TRIM_THRESHOLD`` (freed memory stays in it) for the duration of a ``with`` block, then
-sets ``M_MMAP_MAX = 65536`` (glibc's default) and ``M_TRIM_THRESHOLD = 64 MiB`` (twice the
-largest mmap threshold, where glibc's own dynamic threshold ends up in a long-running
-process). Side effects, process-wide: setting either parameter stops glibc's dynamic
-adjustment of the mmap threshold at its current value, and the heap keeps up to its peak
-size until freed memory reaches its top. It does nothing (and costs nothing) when the C
+``M_TRIM_THRESHOLD`` (freed memory stays in it) for the duration of a ``with`` block. On
+leaving it sets ``M_MMAP_MAX = 65536`` (glibc's default) and ``M_TRIM_THRESHOLD = 64 MiB``
+(twice the largest mmap threshold, where glibc's own dynamic threshold ends up in a
+long-running process) and calls ``malloc_trim(0)``, which hands the heap's free pages back to
+the kernel: the chain's memory is not kept after it (the next chain page-faults its first
+step in again, not every step). Side effect, process-wide: setting either parameter stops
+glibc's dynamic adjustment of the mmap threshold at its current value. It does nothing (and costs nothing) when the C
 library is not glibc, when the user already tunes malloc through ``MALLOC_MMAP_MAX_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_THRESHOLD_`` or a
 ``glibc.malloc`` tunable, or when ``VAEBM_FAST_HEAP_REUSE=0``. Nested and concurrent blocks
@@ -42,12 +43,13 @@ _USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_
 _lock = threading.Lock()
 _depth = 0
 _mallopt = None  # resolved on first use; False when unavailable (_why says why)
+_malloc_trim = None
 _why: Optional[str] = None
 
 
 def _resolve_mallopt() -> Optional[str]:
     """Load glibc's mallopt; returns why it cannot be used, or None."""
-    global _mallopt, _why
+    global _mallopt, _malloc_trim, _why
     if _mallopt is not None:
         return None if _mallopt else _why
     reason = None
@@ -66,7 +68,9 @@ def _resolve_mallopt() -> Optional[str]:
             else:
                 libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
                 libc.mallopt.restype = ctypes.c_int
-                _mallopt = libc.mallopt
+                libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+                libc.malloc_trim.restype = ctypes.c_int
+                _mallopt, _malloc_trim = libc.mallopt, libc.malloc_trim
         except OSError as exc:
             reason = f"libc could not be loaded ({exc})"
     if reason is not None:
@@ -102,3 +106,4 @@ def heap_reuse() -> Iterator[None]:
             _depth -= 1
             if _depth == 0:
                 _set(_AFTER)
+                _malloc_trim(0)

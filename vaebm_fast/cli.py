@@ -138,7 +138,7 @@ def cmd_train_ebm(args) -> None:
 
 def cmd_sample(args) -> None:
     from .eval.plots import save_image_grids_side_by_side, save_scatter
-    from .sampling.langevin import LangevinSampler
+    from .sampling.fast import FastSampler
     ebm_state = _load(args.ebm or os.path.join(args.out, "ebm.pt"), "ebm")
     vae_state = _load(args.vae or os.path.join(args.out, "vae.pt"), "vae")
     config, train = ebm_state["config"], ebm_state["config"]["train"]
@@ -153,8 +153,8 @@ def cmd_sample(args) -> None:
                  else config.get("sample_step_size", train["step_size"]))
     output = "sample" if toy else "mean"
     common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"), output=output)
-    x_vae = LangevinSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
-    x_vaebm = LangevinSampler(energy, vae, n_steps=n_steps, **common).sample(args.n, seed=args.seed, progress=True)
+    x_vae = FastSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
+    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(args.n, seed=args.seed, progress=True)
     out = os.path.join(args.out, "samples")
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples_vae.npy"), x_vae.numpy())

@@ -23,7 +23,7 @@ from .data import TwentyFiveGaussians, batches
 from .eval.plots import save_scatter
 from .eval.toy_metrics import mixture_metrics
 from .presets import build_energy, build_vae, preset
-from .sampling.langevin import LangevinSampler
+from .sampling.fast import FastSampler
 from .training.ebm import train_ebm
 from .training.vae import train_vae
 
@@ -71,10 +71,10 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     sample_seed = seed + 1  # a stream the training chains never used
     # output="sample": both sides report x = T(eps_z, eps_x), a draw of p(x) and of h(x) (the
     # toy VAE's decoder std is ~0.2, four times the modes' std, so its mean alone would hide it).
-    vae_only = LangevinSampler(energy, vae, space="eps", step_size=p["sample_step_size"], n_steps=0,
-                               output="sample")
-    vaebm = LangevinSampler(energy, vae, space="eps", step_size=p["sample_step_size"],
-                            n_steps=p["sample_steps"], output="sample")
+    vae_only = FastSampler(energy, vae, space="eps", step_size=p["sample_step_size"], n_steps=0,
+                           output="sample")
+    vaebm = FastSampler(energy, vae, space="eps", step_size=p["sample_step_size"],
+                        n_steps=p["sample_steps"], output="sample")
     t1 = time.perf_counter()
     samples = {"VAE": vae_only.sample(n_samples, seed=sample_seed),  # same start eps for both
                "VAEBM": vaebm.sample(n_samples, seed=sample_seed, progress=True)}

@@ -70,11 +70,12 @@ def collect_info() -> Dict[str, Any]:
     Returns a dict with keys ``vaebm_fast``, ``python``, ``platform``, ``torch``,
     ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda_devices`` (names),
     ``cpu_threads``, ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
-    build_info), ``default_backend`` and ``ops``:
+    build_info), ``heap_reuse`` (None when FastSampler's CPU chains keep freed memory in the
+    heap, else why not), ``default_backend`` and ``ops``:
     ``{op: {device_type: {backend: None if available else reason}}}`` and ``auto``:
     ``{op: {device_type: the backend "auto" picks there}}``.
     """
-    from . import _native
+    from . import _heap, _native
     from . import ops  # registers every op with the dispatcher
     from .ops import _dispatch
 
@@ -95,6 +96,7 @@ def collect_info() -> Dict[str, Any]:
         "nvcc": _nvcc_version(),
         "native": {"loaded": native.loaded, "reason": native.reason, "path": native.path,
                    "build_info": dict(native.build_info)},
+        "heap_reuse": _heap.heap_reuse_available(),
         "default_backend": ops.get_default_backend(),
         "ops": {op: {dev: dict(_dispatch.backend_availability(op, dev))
                      for dev in _DEVICE_TYPES}
@@ -124,6 +126,9 @@ def format_info(info: Optional[Dict[str, Any]] = None) -> str:
         lines.append(f"native       loaded from {native['path']} ({build})")
     else:
         lines.append(f"native       unavailable: {native['reason']}")
+    reuse = info.get("heap_reuse")
+    lines.append(f"CPU chains   freed memory kept in the heap: "
+                 f"{'yes (glibc mallopt)' if reuse is None else 'no, ' + reuse}")
     lines.append(f"default backend: {info['default_backend']}")
     lines.append("ops (backend: available, or why not):")
     for op, per_device in info["ops"].items():

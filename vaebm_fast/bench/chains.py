@@ -743,6 +743,17 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
     return ChainCase(case, setup.batch, n_steps, probe)
 
 
+def select_variants(case: Case, pattern: str) -> None:
+    """Keep the baseline and the variants whose name matches ``pattern``; the others are
+    reported as not selected."""
+    keep = [v for v in case.variants if v.name == case.baseline or re.search(pattern, v.name)]
+    case.skipped = dict(case.skipped or {})
+    for v in case.variants:
+        if v not in keep:
+            case.skipped[v.name] = f"not selected (--variants {pattern!r})"
+    case.variants = keep
+
+
 def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
                 only: Optional[str] = None) -> Iterator[ChainCase]:
     """Yield the cases one setup at a time (one setup's models alive at once)."""
@@ -879,6 +890,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--name", help="file stem (default chains_<device type>[_quick])")
     parser.add_argument("--repeats", type=int, help="samples per variant (default: per setup)")
     parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+    parser.add_argument("--variants", metavar="REGEX",
+                        help="time only the variants whose name matches (eager, the baseline of "
+                             "every ratio, always runs), e.g. 'fast' for eager vs FastSampler")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override a size, e.g. cifar_channels=32 or cifar_batches=32,64")
     parser.add_argument("--compile-timeout", type=float, metavar="S",
@@ -909,6 +923,8 @@ def run(args, argv=None) -> Dict[str, Path]:
         if args.only and not re.search(args.only, cc.case.key):
             continue
         setup_key = cc.case.key.split("_", 1)[1]
+        if args.variants:
+            select_variants(cc.case, args.variants)
         model = setup_key.split("_")[0]
         repeats = args.repeats or sizes["repeats_" + model]
         case_timing = dict(timing, warmup=sizes.get("warmup_" + model, timing["warmup"]))

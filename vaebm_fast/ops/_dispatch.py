@@ -143,7 +143,7 @@ def _check_choice(backend: str) -> None:
 
 
 def resolve_backend(op: str, backend: str, device: DeviceLike,
-                    numel: Optional[int] = None) -> str:
+                    numel: Optional[int] = None, unsupported: Optional[str] = None) -> str:
     """The backend that will run ``op`` on ``device`` when the caller asked for ``backend``.
 
     ``"auto"`` means the global default; a default of ``"auto"`` picks the first available
@@ -151,11 +151,17 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
     skipping the native kernel for inputs of fewer than the op's ``auto_native_min_numel``
     elements when ``numel`` is given.
 
+    ``unsupported``: why the op's kernels (native and Triton) cannot take these inputs, phrased
+    to follow "the <backend> kernel ..." (e.g. "takes float32 or float64 tensors (got
+    torch.int64)"), or None when they can. The eager reference then runs under ``"auto"``;
+    a kernel backend named by the caller raises.
+
     Raises:
-        ValueError: unknown backend name.
+        ValueError: unknown backend name, or a named kernel backend with ``unsupported``.
         BackendUnavailableError: a named backend cannot run ``op`` on that device.
     """
     _check_choice(backend)
+    named = backend != "auto"
     if backend == "auto":
         backend = _default
     availability = backend_availability(op, device)
@@ -167,11 +173,16 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
         min_numel = spec.auto_native_min_numel.get(device_type)
         if numel is not None and min_numel is not None and numel < min_numel:
             order = tuple(b for b in order if b != "native")
-        return next(b for b in order if availability[b] is None)
-    reason = availability[backend]
-    if reason is not None:
-        raise BackendUnavailableError(f"backend {backend!r} cannot run {op} on "
-                                      f"{_device_type(device)}: {reason}")
+        backend = next(b for b in order if availability[b] is None)
+    else:
+        reason = availability[backend]
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {backend!r} cannot run {op} on "
+                                          f"{_device_type(device)}: {reason}")
+    if unsupported is not None and backend != "eager":
+        if named:
+            raise ValueError(f"{op}: the {backend} kernel {unsupported}; use backend='eager'")
+        return "eager"
     return backend
 
 

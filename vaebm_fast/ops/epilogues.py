@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from .. import _native
 from . import _dispatch
-from .swish import _KERNEL_DTYPES, LIPSWISH_SCALE, activation_format
+from .swish import LIPSWISH_SCALE, activation_format, kernel_dtype_reason
 
 __all__ = [
     "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
@@ -223,16 +223,10 @@ def _kernel_ns(op: str, backend: str, x: Tensor):
     32 (official widths, channels-last) the eager epilogues take ~0.4 s of ~7.4 s, the
     convolutions 5.9 s (2-core AMD EPYC).
     """
-    chosen = _dispatch.resolve_backend(op, backend, x.device)
-    if chosen == "eager":
-        return None
-    if backend == "auto" and activation_format(x) == torch.channels_last:
-        return None
-    dtype = x.dtype
-    if dtype not in _KERNEL_DTYPES:
-        if backend == chosen:
-            raise ValueError(f"{op}: the {chosen} kernel takes float16, bfloat16, float32 or "
-                             f"float64 tensors (got {dtype}); use backend='eager'")
+    chosen = _dispatch.resolve_backend(op, backend, x.device,
+                                       unsupported=kernel_dtype_reason(x.dtype))
+    if chosen == "eager" or (backend == "auto" and
+                             activation_format(x) == torch.channels_last):
         return None
     if chosen == "triton":
         from ..triton_kernels import epilogues as _tk  # noqa: F401  (registers the ops)

@@ -105,26 +105,22 @@ class _SigmaFromVectors(torch.autograd.Function):
 
 
 def _kernel_reason(Ws: Sequence[Tensor]) -> Optional[str]:
-    """Why the native / Triton kernels cannot take these groups (None: they can)."""
+    """Why the native / Triton kernels cannot take these groups (None: they can), phrased
+    for ``resolve_backend(unsupported=...)``."""
     if any(W.dtype not in _KERNEL_DTYPES for W in Ws):
-        return f"the kernels take float32 or float64 (got {sorted({str(W.dtype) for W in Ws})})"
+        return f"takes float32 or float64 (got {sorted({str(W.dtype) for W in Ws})})"
     if len({(W.device, W.dtype) for W in Ws}) > 1:
-        return "the kernels need every group on one device and of one dtype"
+        return "needs every group on one device and of one dtype"
     return None
 
 
 def _run(op: str, Ws: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor],
          n_iter: int, eps: float, backend: str) -> List[Tensor]:
     """Power-iterate every group on the backend ``backend`` resolves to; sigma per group."""
-    chosen = _dispatch.resolve_backend(op, backend, Ws[0].device if Ws else "cpu")
     if not Ws:
+        _dispatch.resolve_backend(op, backend, "cpu")  # validates the name
         return []
-    if chosen != "eager":
-        reason = _kernel_reason(Ws)
-        if reason is not None:
-            if backend == chosen:
-                raise ValueError(f"{op}: backend {backend!r}: {reason}; use backend='eager'")
-            chosen = "eager"
+    chosen = _dispatch.resolve_backend(op, backend, Ws[0].device, unsupported=_kernel_reason(Ws))
     if chosen == "eager":
         return [_power_iteration_eager(W, u, v, n_iter, eps) for W, u, v in zip(Ws, us, vs)]
     Wd = [W.detach() for W in Ws]

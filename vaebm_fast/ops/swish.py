@@ -26,6 +26,8 @@ does not take.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -48,6 +50,13 @@ for _name in ("swish", "lip_swish"):
 # LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
 LIPSWISH_SCALE = 1.0 / 1.1
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def kernel_dtype_reason(dtype: torch.dtype) -> Optional[str]:
+    """Why the elementwise kernels (swish, epilogues) cannot take ``dtype``, or None."""
+    if dtype in _KERNEL_DTYPES:
+        return None
+    return f"takes float16, bfloat16, float32 or float64 tensors (got {dtype})"
 
 
 def activation_format(x: Tensor) -> torch.memory_format:
@@ -74,16 +83,13 @@ def swish_backward_reference(grad: Tensor, x: Tensor, scale: float = 1.0) -> Ten
 def _apply(op: str, x: Tensor, scale: float, backend: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor (got {type(x).__name__})")
-    chosen = _dispatch.resolve_backend(op, backend, x.device, numel=x.numel())
-    if chosen != "eager":
-        if x.dtype in _KERNEL_DTYPES:
-            if chosen == "native":
-                return torch.ops.vaebm_fast.swish_forward(x, scale)
-            from ..triton_kernels import swish as _triton_swish  # noqa: F401 (registers the op)
-            return torch.ops.vaebm_fast_triton.swish_forward(x, scale)
-        if backend == chosen:
-            raise ValueError(f"{op}: the {chosen} kernel takes float16, bfloat16, float32 or "
-                             f"float64 tensors (got {x.dtype}); use backend='eager'")
+    chosen = _dispatch.resolve_backend(op, backend, x.device, numel=x.numel(),
+                                       unsupported=kernel_dtype_reason(x.dtype))
+    if chosen == "native":
+        return torch.ops.vaebm_fast.swish_forward(x, scale)
+    if chosen == "triton":
+        from ..triton_kernels import swish as _triton_swish  # noqa: F401 (registers the op)
+        return torch.ops.vaebm_fast_triton.swish_forward(x, scale)
     return swish_reference(x, scale)
 
 

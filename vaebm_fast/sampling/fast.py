@@ -28,7 +28,8 @@ What it does differently:
 * **Freed memory is reused on the CPU.** The chain runs inside
   :func:`vaebm_fast._heap.heap_reuse`: glibc keeps freed activations in the heap instead of
   unmapping them, so steps after the first do not page-fault their activations in again (at
-  CIFAR-10 scale this kernel time exceeded the computation).
+  CIFAR-10 scale this kernel time exceeded the computation); they go back to the kernel when
+  the chain ends.
 * **No per-step allocation of its own.** The chain state tensors are updated in place by the
   fused ``langevin_step_`` (native kernel on the CPU); energies per step are written into a
   preallocated [K + 1, B] buffer and the prior term ``||eps||^2 / 2`` comes out of the update
