@@ -74,7 +74,7 @@ FULL = {"toy_batch": 5000, "cifar_batches": (32, 64), "cifar_channels": 128,
         "cifar_ebm_channels": 128, "cifar_groups": 30, "igebm_batch": 64, "igebm_channels": 32,
         "replay_capacity": 10_000, "n_steps": N_STEPS,
         "repeats_toy": 7, "repeats_igebm": 3, "repeats_cifar": 1, "compile_setups": ".*",
-        "warmup_cifar": 0}  # a CIFAR-scale chain takes minutes on a CPU: its one call is the sample
+        "warmup_cifar": 0}  # a CIFAR-scale step / chain takes minutes on a CPU: one call, no warm-up
 QUICK = {"toy_batch": 64, "cifar_batches": (2,), "cifar_channels": 8, "cifar_ebm_channels": 8,
          "cifar_groups": 3, "igebm_batch": 4, "igebm_channels": 4, "replay_capacity": 64,
          "n_steps": N_STEPS, "repeats_toy": 3, "repeats_igebm": 2, "repeats_cifar": 2,
@@ -808,7 +808,7 @@ def run_chain_case(cc: ChainCase, timing: dict, repeats: int) -> Dict[str, Any]:
 
 def warmups_note(settings: Dict[str, Any]) -> str:
     """Where a model's warm-up count differs from the default (``warmup_<model>`` sizes)."""
-    special = [f"{k[7:]}: {v}" for k, v in settings.get("sizes", {}).items()
+    special = [f"{k[7:]} steps and chains: {v}" for k, v in settings.get("sizes", {}).items()
                if k.startswith("warmup_") and v != settings["warmup"]]
     return "per model: " + ", ".join(special) if special else "every model"
 
@@ -927,7 +927,9 @@ def run(args, argv=None) -> Dict[str, Path]:
             select_variants(cc.case, args.variants)
         model = setup_key.split("_")[0]
         repeats = args.repeats or sizes["repeats_" + model]
-        case_timing = dict(timing, warmup=sizes.get("warmup_" + model, timing["warmup"]))
+        case_timing = dict(timing)
+        if not cc.case.key.startswith("update_"):  # the update alone takes ms at any scale
+            case_timing["warmup"] = sizes.get("warmup_" + model, timing["warmup"])
         print(f"[bench_chains] {cc.case.title} ({repeats} repeats) ...", file=sys.stderr,
               flush=True)
         results.append(run_chain_case(cc, case_timing, repeats))
