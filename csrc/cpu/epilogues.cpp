@@ -45,6 +45,7 @@
 #include <torch/library.h>
 
 #include "simd_math.h"
+#include "swish_loops.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -60,16 +61,6 @@ constexpr double kLip = 1.0 / 1.1;
 
 // Pointers of the loops are __restrict, so the compiler needs no runtime alias check.
 #define VAEBM_RESTRICT __restrict
-// The loop bodies must be inlined into the per-ISA clones (a call would run the baseline
-// copy); GCC otherwise keeps the larger ones (affine_swish_grad_loop) out of line.
-#if defined(__GNUC__)
-#define VAEBM_LOOP inline __attribute__((always_inline))
-#else
-#define VAEBM_LOOP inline
-#endif
-
-VAEBM_LOOP float sig(float x) { return sigmoid_f32(x); }
-inline double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // Rows (or planes) per parallel task for rows of `len` elements.
 inline int64_t row_grain(int64_t len) {
@@ -88,7 +79,7 @@ inline void narrow(const float* src, scalar_t* dst, int64_t n) {
 
 // Sum of kLanes partial sums, in a fixed (pairwise) order.
 template <typename T>
-VAEBM_LOOP T sum_lanes(const T* lane) {
+VAEBM_FAST_INLINE T sum_lanes(const T* lane) {
   T tmp[kLanes];
   for (int l = 0; l < kLanes; ++l) tmp[l] = lane[l];
   for (int w = kLanes / 2; w > 0; w /= 2) {
@@ -101,19 +92,13 @@ VAEBM_LOOP T sum_lanes(const T* lane) {
 
 // pre = h + s; out = k * pre * s(pre).
 template <typename T>
-VAEBM_LOOP void ebm_tail_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
+VAEBM_FAST_INLINE void ebm_tail_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
                           T* VAEBM_RESTRICT out, T* VAEBM_RESTRICT pre, int64_t n, T k) {
   for (int64_t i = 0; i < n; ++i) {
     const T p = h[i] + s[i];
     pre[i] = p;
-    out[i] = k * p * sig(p);
+    out[i] = k * p * sigmoid(p);
   }
-}
-
-// out = k * p * s(p).
-template <typename T>
-VAEBM_LOOP void lipswish_loop(const T* VAEBM_RESTRICT p, T* VAEBM_RESTRICT out, int64_t n, T k) {
-  for (int64_t i = 0; i < n; ++i) out[i] = k * p[i] * sig(p[i]);
 }
 
 // 2x2 window means of `rows` output rows of `wo` elements (written contiguously to pre). The
@@ -121,7 +106,7 @@ VAEBM_LOOP void lipswish_loop(const T* VAEBM_RESTRICT p, T* VAEBM_RESTRICT out, 
 // h + r * pair_stride and h + r * pair_stride + row_stride (same for s). Summed in the order
 // of avg_pool2d(h + skip): first the element sums, then the window.
 template <typename T>
-VAEBM_LOOP void pool_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
+VAEBM_FAST_INLINE void pool_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
                       int64_t pair_stride, int64_t row_stride, T* VAEBM_RESTRICT pre,
                       int64_t rows, int64_t wo) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -138,20 +123,10 @@ VAEBM_LOOP void pool_loop(const T* VAEBM_RESTRICT h, const T* VAEBM_RESTRICT s,
   }
 }
 
-// d = k * g * (s + p s (1 - s)), s = s(p).
-template <typename T>
-VAEBM_LOOP void lipswish_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT p,
-                               T* VAEBM_RESTRICT d, int64_t n, T k) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T s = sig(p[i]);
-    d[i] = k * g[i] * (s + p[i] * s * (T(1) - s));
-  }
-}
-
 // d[2r + i, 2x + j] = v[r, x] for `rows` rows of `wo` values (contiguous); d has rows of `w`
 // elements (w >= 2 wo).
 template <typename V, typename D>
-VAEBM_LOOP void scatter2x2_loop(const V* VAEBM_RESTRICT v, D* VAEBM_RESTRICT d, int64_t rows,
+VAEBM_FAST_INLINE void scatter2x2_loop(const V* VAEBM_RESTRICT v, D* VAEBM_RESTRICT d, int64_t rows,
                             int64_t wo, int64_t w) {
   for (int64_t r = 0; r < rows; ++r) {
     D* d0 = d + 2 * r * w;
@@ -168,14 +143,14 @@ VAEBM_LOOP void scatter2x2_loop(const V* VAEBM_RESTRICT v, D* VAEBM_RESTRICT d, 
 
 // out = s + m * x.
 template <typename T>
-VAEBM_LOOP void cell_tail_loop(const T* VAEBM_RESTRICT s, const T* VAEBM_RESTRICT x,
+VAEBM_FAST_INLINE void cell_tail_loop(const T* VAEBM_RESTRICT s, const T* VAEBM_RESTRICT x,
                            T* VAEBM_RESTRICT out, int64_t n, T m) {
   for (int64_t i = 0; i < n; ++i) out[i] = s[i] + m * x[i];
 }
 
 // dh = m * g; returns sum g * x.
 template <typename T>
-VAEBM_LOOP T cell_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
+VAEBM_FAST_INLINE T cell_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
                         T* VAEBM_RESTRICT dh, int64_t n, T m) {
   T lane[kLanes] = {};
   int64_t i = 0;
@@ -195,23 +170,23 @@ VAEBM_LOOP T cell_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x
 
 // out = t * s(t), t = x * a + b.
 template <typename T>
-VAEBM_LOOP void affine_swish_loop(const T* VAEBM_RESTRICT x, T* VAEBM_RESTRICT out, int64_t n, T a,
+VAEBM_FAST_INLINE void affine_swish_loop(const T* VAEBM_RESTRICT x, T* VAEBM_RESTRICT out, int64_t n, T a,
                               T b) {
   for (int64_t i = 0; i < n; ++i) {
     const T t = x[i] * a + b;
-    out[i] = t * sig(t);
+    out[i] = t * sigmoid(t);
   }
 }
 
 // q = g * (s + t s (1 - s)); dx = q * a; adds sum q x to sums[0] and sum q to sums[1].
 template <typename T>
-VAEBM_LOOP void affine_swish_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
+VAEBM_FAST_INLINE void affine_swish_grad_loop(const T* VAEBM_RESTRICT g, const T* VAEBM_RESTRICT x,
                                    T* VAEBM_RESTRICT dx, int64_t n, T a, T b, T* sums) {
   T lane_qx[kLanes] = {}, lane_q[kLanes] = {};
   int64_t i = 0;
   const auto q_of = [a, b](T gv, T xv) {
     const T t = xv * a + b;
-    const T s = sig(t);
+    const T s = sigmoid(t);
     return gv * (s + t * s * (T(1) - s));
   };
   for (; i + kLanes <= n; i += kLanes) {
@@ -242,7 +217,7 @@ void ebm_tail_f32(const float* h, const float* s, float* out, float* pre, int64_
 
 VAEBM_FAST_TARGET_CLONES
 void lipswish_f32(const float* p, float* out, int64_t n) {
-  lipswish_loop<float>(p, out, n, static_cast<float>(kLip));
+  swish_loop<float>(p, out, n, static_cast<float>(kLip));
 }
 
 VAEBM_FAST_TARGET_CLONES
@@ -253,7 +228,7 @@ void pool_f32(const float* h, const float* s, int64_t pair_stride, int64_t row_s
 
 VAEBM_FAST_TARGET_CLONES
 void lipswish_grad_f32(const float* g, const float* p, float* d, int64_t n, float k) {
-  lipswish_grad_loop<float>(g, p, d, n, k);
+  swish_grad_loop<float>(g, p, d, n, k);
 }
 
 VAEBM_FAST_TARGET_CLONES
@@ -339,7 +314,7 @@ void ebm_tail_pool_rows(const scalar_t* h, const scalar_t* s, scalar_t* out, sca
   const int64_t w = 2 * wo;
   if constexpr (kIsDouble<scalar_t>) {
     pool_loop<double>(h + 2 * r0 * w, s + 2 * r0 * w, 2 * w, w, pre + r0 * wo, r1 - r0, wo);
-    lipswish_loop<double>(pre + r0 * wo, out + r0 * wo, (r1 - r0) * wo, kLip);
+    swish_loop<double>(pre + r0 * wo, out + r0 * wo, (r1 - r0) * wo, kLip);
   } else if constexpr (kIsFloat<scalar_t>) {
     // Blocks of whole rows: the pooled values are re-read from L1 by the sigmoid loop.
     const int64_t nr = std::max<int64_t>(1, kBlock / wo);
@@ -415,7 +390,7 @@ void lipswish_grad_range(const scalar_t* g, const scalar_t* p, scalar_t* d, int6
   if constexpr (kIsFloat<scalar_t>) {
     lipswish_grad_f32(g, p, d, n, static_cast<float>(kLip * factor));
   } else if constexpr (kIsDouble<scalar_t>) {
-    lipswish_grad_loop<double>(g, p, d, n, kLip * factor);
+    swish_grad_loop<double>(g, p, d, n, kLip * factor);
   } else {
     float gf[kBlock], pf[kBlock], df[kBlock];
     for (int64_t c = 0; c < n; c += kBlock) {
@@ -446,7 +421,7 @@ void ebm_tail_backward_pool_rows(const scalar_t* g, const scalar_t* p, scalar_t*
         lipswish_grad_f32(g + at, p + at, df, m, static_cast<float>(kLip * 0.25));
         scatter2x2_f32(df, dd, rows, len, w);
       } else if constexpr (kIsDouble<scalar_t>) {
-        lipswish_grad_loop<double>(g + at, p + at, df, m, kLip * 0.25);
+        swish_grad_loop<double>(g + at, p + at, df, m, kLip * 0.25);
         scatter2x2_loop<double, double>(df, dd, rows, len, w);
       } else {
         float gf[kBlock], pf[kBlock];

@@ -8,6 +8,7 @@
 // when the library loads, so the package stays portable.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -16,6 +17,14 @@
   __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define VAEBM_FAST_TARGET_CLONES
+#endif
+
+// Loop bodies called from a VAEBM_FAST_TARGET_CLONES function must be inlined into each clone
+// (a call would run the baseline copy); GCC keeps the larger ones out of line unless told.
+#if defined(__GNUC__)
+#define VAEBM_FAST_INLINE inline __attribute__((always_inline))
+#else
+#define VAEBM_FAST_INLINE inline
 #endif
 
 namespace vaebm_fast {
@@ -56,6 +65,10 @@ inline float exp_f32(float x) {
 
 // sigmoid(x) = 1 / (1 + exp(-x)); saturates to 0 / 1 within float32 accuracy for |x| > 87.
 inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+// sigmoid for the loop templates: simd_math's for float, libm's exp for double.
+VAEBM_FAST_INLINE float sigmoid(float x) { return sigmoid_f32(x); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 }  // namespace cpu
 }  // namespace vaebm_fast

@@ -24,6 +24,7 @@
 
 #include "../layout.h"
 #include "simd_math.h"
+#include "swish_loops.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -32,18 +33,15 @@ namespace {
 // Elements per parallel task (~1-2 ns each).
 constexpr int64_t kGrain = 32768;
 
-// float32 loops: plain code over simd_math.h, vectorised by the compiler per target clone.
+// float32 loops: swish_loops.h's bodies, vectorised by the compiler per target clone.
 VAEBM_FAST_TARGET_CLONES
 void forward_f32(const float* x, float* y, int64_t n, float scale) {
-  for (int64_t i = 0; i < n; ++i) y[i] = scale * (x[i] * sigmoid_f32(x[i]));
+  swish_loop<float>(x, y, n, scale);
 }
 
 VAEBM_FAST_TARGET_CLONES
 void backward_f32(const float* g, const float* x, float* dx, int64_t n, float scale) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid_f32(x[i]);
-    dx[i] = scale * g[i] * (s + x[i] * s * (1.0f - s));
-  }
+  swish_grad_loop<float>(g, x, dx, n, scale);
 }
 
 // Elements per float block for fp16 / bf16 (4 KiB of floats per operand: stays in L1).
@@ -54,7 +52,7 @@ void forward_range(const scalar_t* x, scalar_t* y, int64_t n, double scale) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     forward_f32(x, y, n, static_cast<float>(scale));
   } else if constexpr (std::is_same_v<scalar_t, double>) {
-    for (int64_t i = 0; i < n; ++i) y[i] = scale * (x[i] / (1.0 + std::exp(-x[i])));
+    swish_loop<double>(x, y, n, scale);
   } else {  // fp16 / bf16: widen a block, compute in float, round once
     float xf[kBlock], yf[kBlock];
     for (int64_t start = 0; start < n; start += kBlock) {
@@ -72,10 +70,7 @@ void backward_range(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t 
   if constexpr (std::is_same_v<scalar_t, float>) {
     backward_f32(g, x, dx, n, static_cast<float>(scale));
   } else if constexpr (std::is_same_v<scalar_t, double>) {
-    for (int64_t i = 0; i < n; ++i) {
-      const double s = 1.0 / (1.0 + std::exp(-x[i]));
-      dx[i] = scale * g[i] * (s + x[i] * s * (1.0 - s));
-    }
+    swish_grad_loop<double>(g, x, dx, n, scale);
   } else {
     float gf[kBlock], xf[kBlock], df[kBlock];
     for (int64_t start = 0; start < n; start += kBlock) {
