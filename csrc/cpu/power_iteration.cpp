@@ -51,10 +51,11 @@
 #include <vector>
 
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "../power_iteration_checks.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -260,32 +261,7 @@ void run_jobs(std::vector<MatrixJob<T>>& jobs, int64_t n_iter, double eps_d) {
   }
 }
 
-// ---------------------------------------------------------------- argument checks and glue
-
-void check_group(const char* op, int64_t k, const at::Tensor& W, const at::Tensor& u,
-                 const at::Tensor& v) {
-  TORCH_CHECK(W.dim() == 3, op, ": group ", k, ": W must be [G, R, C], got shape ", W.sizes());
-  const int64_t G = W.size(0), R = W.size(1), C = W.size(2);
-  TORCH_CHECK(u.dim() == 2 && u.size(0) == G && u.size(1) == R, op, ": group ", k,
-              ": u must be [G, R] = [", G, ", ", R, "], got ", u.sizes());
-  TORCH_CHECK(v.dim() == 2 && v.size(0) == G && v.size(1) == C, op, ": group ", k,
-              ": v must be [G, C] = [", G, ", ", C, "], got ", v.sizes());
-  for (const at::Tensor* t : {&W, &u, &v}) {
-    TORCH_CHECK(t->device().is_cpu(), op, " (CPU kernel): group ", k,
-                ": W, u and v must be on the CPU");
-    TORCH_CHECK(t->scalar_type() == W.scalar_type(), op, ": group ", k,
-                ": W, u and v must have one dtype, got ", W.scalar_type(), ", ",
-                u.scalar_type(), ", ", v.scalar_type());
-  }
-  TORCH_CHECK(W.scalar_type() == at::kFloat || W.scalar_type() == at::kDouble, op, ": group ",
-              k, ": W must be float32 or float64, got ", W.scalar_type());
-  // Matrices run in parallel and write their own rows of u and v: rows sharing memory (an
-  // expand) would race (the CUDA kernel checks the same).
-  TORCH_CHECK(at::has_internal_overlap(u) != at::MemOverlap::Yes &&
-                  at::has_internal_overlap(v) != at::MemOverlap::Yes,
-              op, ": group ", k, ": u and v must not have elements sharing memory (e.g. from "
-              "expand); pass a .clone()");
-}
+// ---------------------------------------------------------------- glue (checks: ../power_iteration_checks.h)
 
 // One job per matrix of the group W [G, R, C]; sigma[g] receives matrix g's result.
 template <typename T>
@@ -306,17 +282,11 @@ void add_jobs(std::vector<MatrixJob<T>>& jobs, const at::Tensor& W, const at::Te
 // must then share one dtype, float32 or float64).
 at::Tensor run_groups(const char* op, at::TensorList Ws, at::TensorList us, at::TensorList vs,
                       int64_t n_iter, double eps) {
-  TORCH_CHECK(Ws.size() == us.size() && Ws.size() == vs.size(), op,
-              ": need one u and one v per weight group, got ", Ws.size(), " groups, ",
-              us.size(), " u's and ", vs.size(), " v's");
-  TORCH_CHECK(n_iter >= 0, op, ": n_iter must be >= 0, got ", n_iter);
-  int64_t total = 0;
-  for (size_t k = 0; k < Ws.size(); ++k) {
-    check_group(op, static_cast<int64_t>(k), Ws[k], us[k], vs[k]);
-    TORCH_CHECK(Ws[k].scalar_type() == Ws[0].scalar_type(), op, ": every group must have one "
-                "dtype, got ", Ws[0].scalar_type(), " (group 0) and ", Ws[k].scalar_type(),
-                " (group ", k, ")");
-    total += Ws[k].size(0);
+  const int64_t total = check_power_iteration_args(op, Ws, us, vs, n_iter);
+  if (!Ws.empty()) {
+    TORCH_CHECK(Ws[0].device().is_cpu(), op, " (CPU kernel): W, u and v must be on the CPU");
+    TORCH_CHECK(Ws[0].scalar_type() == at::kFloat || Ws[0].scalar_type() == at::kDouble, op,
+                ": W must be float32 or float64, got ", Ws[0].scalar_type());
   }
   const at::TensorOptions options =
       Ws.empty() ? at::TensorOptions().dtype(at::kFloat) : Ws[0].options();

@@ -218,18 +218,18 @@ cudaError_t launch(const PowerIterationGroup* groups, int64_t n_groups, int64_t 
 
 }  // namespace
 
-bool power_iteration_fits(Dtype dtype, int64_t R, int64_t C) {
+int64_t power_iteration_max_vector(Dtype dtype) {
   int device = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
           cudaSuccess) {
     cudaGetLastError();  // clear the error: the caller falls back
-    return false;
+    return 0;
   }
   const size_t acc = acc_size(dtype);
   const size_t fixed = acc * (kWarps * (dev::kWarpSize + 1) + kWarps);
-  if (R < 0 || C < 0 || R + C > (int64_t{1} << 30)) return false;
-  return static_cast<size_t>(R + C) * acc + fixed <= static_cast<size_t>(optin);
+  if (static_cast<size_t>(optin) <= fixed) return 0;
+  return static_cast<int64_t>((static_cast<size_t>(optin) - fixed) / acc);
 }
 
 cudaError_t power_iteration(Dtype dtype, const PowerIterationGroup* groups, int64_t n_groups,

@@ -22,16 +22,16 @@ struct PowerIterationGroup {
 // n_iter iterations  v = normalize(u^T W), u = normalize(W v)  (normalize(x) = x / max(||x||,
 // eps)) on every matrix of the n_groups groups, then sigma = u^T W v. One launch for up to
 // kPowerIterationMaxGroups groups (one block per matrix); more groups take more launches.
-// Every group must satisfy power_iteration_fits.
+// Every group must have R + C <= power_iteration_max_vector(dtype).
 constexpr int kPowerIterationMaxGroups = 64;
 cudaError_t power_iteration(Dtype dtype, const PowerIterationGroup* groups, int64_t n_groups,
                             int64_t n_iter, double eps, cudaStream_t stream);
 
-// Whether the kernel can take R x C matrices of `dtype` on the current device: u and v live in
+// The largest R + C the kernel takes for `dtype` on the current device: u and v live in
 // shared memory, (R + C) accumulators (float, or double for float64) within the device's
 // opt-in limit per block (~227 KiB on H100/H200, ~163 KiB on A100). Queries an attribute of
-// the current device (no synchronisation); false also when the query fails.
-bool power_iteration_fits(Dtype dtype, int64_t R, int64_t C);
+// the current device (no synchronisation; once per call of the op); 0 when the query fails.
+int64_t power_iteration_max_vector(Dtype dtype);
 
 }  // namespace cuda
 }  // namespace vaebm_fast
