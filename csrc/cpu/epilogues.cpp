@@ -44,6 +44,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../epilogue_checks.h"
 #include "simd_math.h"
 #include "swish_loops.h"
 
@@ -265,16 +266,6 @@ void check_float(const at::Tensor& t, const char* op, const char* name) {
               " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
 }
 
-void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
-                const char* ref_name, bool same_shape) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type());
-  if (same_shape) {
-    TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " has shape ", t.sizes(), " but ",
-                ref_name, " has shape ", ref.sizes());
-  }
-}
-
 at::Tensor new_contiguous(const at::Tensor& like, at::IntArrayRef sizes) {
   return at::empty(sizes, like.options().memory_format(at::MemoryFormat::Contiguous));
 }
@@ -351,14 +342,8 @@ std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cpu(const at::Tensor& h, const
                                                       bool downsample) {
   const char* op = "ebm_block_tail";
   check_float(h, op, "h");
-  check_float(skip, op, "skip");
-  TORCH_CHECK(h.dim() == 4, op, ": h must be [B, C, H, W], got shape ", h.sizes());
-  check_like(skip, h, op, "skip", "h", true);
+  check_ebm_tail_args(op, h, skip, downsample);
   const int64_t B = h.size(0), C = h.size(1), H = h.size(2), W = h.size(3);
-  if (downsample) {
-    TORCH_CHECK(H % 2 == 0 && W % 2 == 0, op, ": downsample needs even H and W, got ", H, "x",
-                W);
-  }
   const int64_t Ho = downsample ? H / 2 : H, Wo = downsample ? W / 2 : W;
   at::Tensor out = new_contiguous(h, {B, C, Ho, Wo});
   at::Tensor pre = new_contiguous(h, {B, C, Ho, Wo});
@@ -437,10 +422,8 @@ void ebm_tail_backward_pool_rows(const scalar_t* g, const scalar_t* p, scalar_t*
 at::Tensor ebm_block_tail_backward_cpu(const at::Tensor& grad, const at::Tensor& pre,
                                        bool downsample) {
   const char* op = "ebm_block_tail_backward";
-  check_float(grad, op, "grad");
   check_float(pre, op, "pre");
-  TORCH_CHECK(pre.dim() == 4, op, ": pre must be [B, C, H, W], got shape ", pre.sizes());
-  check_like(grad, pre, op, "grad", "pre", true);
+  check_nchw_pair(op, pre, "pre", grad, "grad");
   const int64_t B = pre.size(0), C = pre.size(1), Ho = pre.size(2), Wo = pre.size(3);
   const int64_t H = downsample ? 2 * Ho : Ho, W = downsample ? 2 * Wo : Wo;
   at::Tensor d = new_contiguous(pre, {B, C, H, W});
@@ -466,18 +449,12 @@ at::Tensor ebm_block_tail_backward_cpu(const at::Tensor& grad, const at::Tensor&
 
 // ----------------------------------------------------------------------- nvae_cell_tail
 
+// Checks of nvae_cell_tail and its backward; returns (B * C planes, H * W per plane).
 std::tuple<int64_t, int64_t> check_cell(const at::Tensor& a, const char* a_name,
                                         const at::Tensor& h, const at::Tensor& gate,
                                         const char* op) {
-  check_float(a, op, a_name);
   check_float(h, op, "h");
-  check_float(gate, op, "gate");
-  TORCH_CHECK(h.dim() == 4, op, ": h must be [B, C, H, W], got shape ", h.sizes());
-  check_like(a, h, op, a_name, "h", true);
-  check_like(gate, h, op, "gate", "h", false);
-  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == h.size(0) && gate.size(1) == h.size(1), op,
-              ": gate must have shape [B, C] = [", h.size(0), ", ", h.size(1), "], got ",
-              gate.sizes());
+  check_cell_args(op, h, a, a_name, gate);
   return {h.size(0) * h.size(1), h.size(2) * h.size(3)};
 }
 
@@ -588,17 +565,8 @@ struct AffineDims {
 AffineDims check_affine(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
                         const char* op) {
   check_float(x, op, "x");
-  check_float(scale, op, "scale");
-  check_float(shift, op, "shift");
-  TORCH_CHECK(x.dim() >= 2, op, ": x must have at least 2 dims [N, C, ...], got shape ",
-              x.sizes());
-  check_like(scale, x, op, "scale", "x", false);
-  check_like(shift, x, op, "shift", "x", false);
+  check_affine_args(op, x, scale, shift);
   const int64_t C = x.size(1);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == C, op, ": scale must have shape [", C,
-              "], got ", scale.sizes());
-  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == C, op, ": shift must have shape [", C,
-              "], got ", shift.sizes());
   const int64_t N = x.size(0);
   return {N, C, C == 0 || N == 0 ? 0 : x.numel() / (N * C)};
 }
@@ -677,8 +645,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
     const at::Tensor& shift) {
   const char* op = "affine_swish_backward";
   const auto dims = check_affine(x, scale, shift, op);
-  check_float(grad, op, "grad");
-  check_like(grad, x, op, "grad", "x", true);
+  check_epilogue_like(grad, x, op, "grad", "x", true);
   const int64_t N = dims.N, C = dims.C, inner = dims.inner;
   at::Tensor dx = new_contiguous(x, x.sizes());
   at::Tensor dscale = new_contiguous(scale, scale.sizes());

@@ -1,11 +1,11 @@
-// torch glue of the CUDA epilogue kernels (epilogues.cu / epilogues_cuda.h). Checks as the
-// Python wrappers in vaebm_fast/ops/epilogues.py: NCHW h / skip of one shape (even H, W when
-// downsampling), gate [B, C], x of dim >= 2 with scale / shift [C], one dtype and device per
-// call. Inputs are read through contiguous copies; outputs are new contiguous tensors.
+// torch glue of the CUDA epilogue kernels (epilogues.cu / epilogues_cuda.h). Checks: the first
+// tensor is a CUDA tensor of a kernel dtype, the rest as ../epilogue_checks.h (shared with the
+// CPU kernels). Inputs are read through contiguous copies; outputs are new contiguous tensors.
 #include <tuple>
 
 #include <torch/library.h>
 
+#include "../epilogue_checks.h"
 #include "epilogues_cuda.h"
 #include "glue.h"
 
@@ -13,21 +13,12 @@ namespace vaebm_fast {
 namespace cuda {
 namespace {
 
-void check_nchw(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be NCHW [B, C, H, W], got shape ", t.sizes());
-}
-
 std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cuda(const at::Tensor& h,
                                                        const at::Tensor& skip, bool downsample) {
   constexpr const char* op = "ebm_block_tail";
   check_floating(h, op, "h");
-  check_floating(skip, op, "skip");
-  check_like(skip, h, op, "skip", "h");
-  check_nchw(h, op, "h");
-  check_same_shape(skip, h, op, "skip", "h");
+  check_ebm_tail_args(op, h, skip, downsample);
   const int64_t B = h.size(0), C = h.size(1), H = h.size(2), W = h.size(3);
-  TORCH_CHECK(!downsample || (H % 2 == 0 && W % 2 == 0), op,
-              ": downsample needs even H and W, got ", H, "x", W);
   const int64_t Ho = downsample ? H / 2 : H, Wo = downsample ? W / 2 : W;
   const c10::cuda::CUDAGuard guard(h.device());
   const at::Tensor hc = h.contiguous(), sc = skip.contiguous();
@@ -44,10 +35,7 @@ at::Tensor ebm_block_tail_backward_cuda(const at::Tensor& grad, const at::Tensor
                                         bool downsample) {
   constexpr const char* op = "ebm_block_tail_backward";
   check_floating(pre, op, "pre");
-  check_floating(grad, op, "grad");
-  check_like(grad, pre, op, "grad", "pre");
-  check_nchw(pre, op, "pre");
-  check_same_shape(grad, pre, op, "grad", "pre");
+  check_nchw_pair(op, pre, "pre", grad, "grad");
   const int64_t B = pre.size(0), C = pre.size(1), Ho = pre.size(2), Wo = pre.size(3);
   const c10::cuda::CUDAGuard guard(pre.device());
   const at::Tensor gc = grad.contiguous(), pc = pre.contiguous();
@@ -63,15 +51,7 @@ at::Tensor ebm_block_tail_backward_cuda(const at::Tensor& grad, const at::Tensor
 void check_cell(const char* op, const at::Tensor& a, const char* a_name, const at::Tensor& h,
                 const at::Tensor& gate) {
   check_floating(h, op, "h");
-  check_floating(a, op, a_name);
-  check_floating(gate, op, "gate");
-  check_like(a, h, op, a_name, "h");
-  check_like(gate, h, op, "gate", "h");
-  check_nchw(h, op, "h");
-  check_same_shape(a, h, op, a_name, "h");
-  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == h.size(0) && gate.size(1) == h.size(1), op,
-              ": gate must have shape [B, C] = [", h.size(0), ", ", h.size(1), "], got ",
-              gate.sizes());
+  check_cell_args(op, h, a, a_name, gate);
 }
 
 at::Tensor nvae_cell_tail_cuda(const at::Tensor& skip, const at::Tensor& h,
@@ -105,23 +85,13 @@ std::tuple<at::Tensor, at::Tensor> nvae_cell_tail_backward_cuda(const at::Tensor
   return {dh, dgate};
 }
 
-// x [N, C, *S] seen as [N, C, inner], inner = prod(S) (1 for 2-D x).
 void check_affine(const char* op, const at::Tensor& x, const at::Tensor& scale,
                   const at::Tensor& shift) {
   check_floating(x, op, "x");
-  check_floating(scale, op, "scale");
-  check_floating(shift, op, "shift");
-  check_like(scale, x, op, "scale", "x");
-  check_like(shift, x, op, "shift", "x");
-  TORCH_CHECK(x.dim() >= 2, op, ": x must have at least 2 dims [N, C, ...], got shape ",
-              x.sizes());
-  const int64_t C = x.size(1);
-  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == C, op, ": scale must have shape [C] = [", C,
-              "], got ", scale.sizes());
-  TORCH_CHECK(shift.dim() == 1 && shift.size(0) == C, op, ": shift must have shape [C] = [", C,
-              "], got ", shift.sizes());
+  check_affine_args(op, x, scale, shift);
 }
 
+// x [N, C, *S] seen as [N, C, inner], inner = prod(S) (1 for 2-D x).
 int64_t inner_size(const at::Tensor& x) {
   int64_t inner = 1;
   for (int64_t d = 2; d < x.dim(); ++d) inner *= x.size(d);
@@ -147,9 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cuda(
     const at::Tensor& shift) {
   constexpr const char* op = "affine_swish_backward";
   check_affine(op, x, scale, shift);
-  check_floating(grad, op, "grad");
-  check_like(grad, x, op, "grad", "x");
-  check_same_shape(grad, x, op, "grad", "x");
+  check_epilogue_like(grad, x, op, "grad", "x", true);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dx = empty_contiguous(x.sizes(), x);
   const int64_t N = x.size(0), C = x.size(1), inner = inner_size(x);
