@@ -61,8 +61,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from .harness import (RESULTS, Case, Variant, _fmt, describe_machine, machine_info, run_case,
-                      write_report)
+from .harness import (Case, Variant, _fmt, add_run_arguments, machine_info,
+                      report_header, run_case, write_report)
 
 N_STEPS = 16
 OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH = (
@@ -815,11 +815,7 @@ def warmups_note(settings: Dict[str, Any]) -> str:
 
 def render_chains_markdown(report: Dict[str, Any]) -> str:
     s = report["settings"]
-    lines = [
-        f"# {report['title']}", "",
-        f"Measured {report['created']} on {describe_machine(report['machine'])}. "
-        f"Commit: {report['machine']['git'] or 'unknown'}. Command: `{s['command'].strip()}`."
-        + (f" {s['machine_note']}" if s.get("machine_note") else ""), "",
+    lines = report_header(report) + [
         f"Method: per case, variants interleaved round-robin in one process after "
         f"{s['warmup']} warm-up call(s) each ({warmups_note(s)}; the first call also measures "
         f"peak memory); "
@@ -884,12 +880,7 @@ def _parse_set(items: Sequence[str], sizes: dict) -> dict:
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--name", help="file stem (default chains_<device type>[_quick])")
-    parser.add_argument("--repeats", type=int, help="samples per variant (default: per setup)")
-    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+    add_run_arguments(parser, "chains", "default: per setup")
     parser.add_argument("--variants", metavar="REGEX",
                         help="time only the variants whose name matches (eager, the baseline of "
                              "every ratio, always runs), e.g. 'fast' for eager vs FastSampler")

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 __all__ = ["Variant", "Case", "run_case", "machine_info", "write_report", "render_markdown",
-           "save_chart", "describe_machine", "CEILING", "RESULTS"]
+           "report_header", "add_run_arguments", "save_chart", "describe_machine", "CEILING", "RESULTS"]
 
 CEILING = "copy_ (ceiling)"
 _ROOT = Path(__file__).resolve().parents[2]
@@ -235,15 +235,35 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else format(value, spec)
 
 
-def render_markdown(report: Dict[str, Any]) -> str:
-    """Markdown: the machine, the method, then one table per case."""
+def add_run_arguments(parser, kind: str, repeats_help: str) -> None:
+    """The options every benchmark command takes: --quick, --device, --out, --name, --repeats,
+    --only (``kind`` names the default file stem, ``<kind>_<device type>[_quick]``)."""
+    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--name", help=f"file stem (default {kind}_<device type>[_quick])")
+    parser.add_argument("--repeats", type=int, help=f"samples per variant ({repeats_help})")
+    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+
+
+def report_header(report: Dict[str, Any]) -> List[str]:
+    """The title and the "Measured ... on ..." paragraph of a report (markdown lines): when,
+    which machine, commit, command, and the threads / machine notes in its settings."""
     s = report["settings"]
-    lines = [
+    return [
         f"# {report['title']}", "",
         f"Measured {report['created']} on {describe_machine(report['machine'])}. "
         f"Commit: {report['machine']['git'] or 'unknown'}."
         + (f" Command: `{s['command'].strip()}`." if s.get("command") else "")
-        + (f" Threads: {s['threads_note']}." if s.get("threads_note") else ""), "",
+        + (f" Threads: {s['threads_note']}." if s.get("threads_note") else "")
+        + (f" {s['machine_note']}" if s.get("machine_note") else ""), "",
+    ]
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    """Markdown: the machine, the method, then one table per case."""
+    s = report["settings"]
+    lines = report_header(report) + [
         f"Method: variants interleaved round-robin in one process after {s['warmup']} warm-up "
         f"call(s) each; {s['repeats']} samples per variant, each sample ≥ "
         f"{s['min_sample_s'] * 1e3:g} ms of back-to-back calls. Times are per call: median and "

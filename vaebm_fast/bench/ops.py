@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .harness import RESULTS, Case, Variant, machine_info, run_case, write_report
+from .harness import Case, Variant, add_run_arguments, machine_info, run_case, write_report
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
 from vaebm_fast.ops import (affine_swish, backend_availability, ebm_block_tail,
@@ -379,12 +379,7 @@ def build_cases(sizes: dict, device: str):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--name", help="file stem (default ops_<device type>[_quick])")
-    parser.add_argument("--repeats", type=int, help="samples per variant (default 15; quick 3)")
-    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
+    add_run_arguments(parser, "ops", "default 15; quick 3")
     return parser.parse_args(argv)
 
 
