@@ -17,6 +17,14 @@ import pytest  # noqa: E402
 from vaebm_fast import _native, _triton  # noqa: E402
 
 
+def pytest_sessionstart(session):
+    """``VAEBM_FAST_REQUIRE_CUDA=1`` (a GPU machine's check): no CUDA device is a failure, not
+    a suite of skipped CUDA tests."""
+    if os.environ.get("VAEBM_FAST_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
+        raise pytest.UsageError("VAEBM_FAST_REQUIRE_CUDA=1 but torch sees no CUDA device "
+                                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread: the CI machine has 2 shared cores, and tiny models are

@@ -54,9 +54,26 @@ TIMING_FULL = {"repeats": 15, "warmup": 2, "min_sample_s": 0.05}
 TIMING_QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.002}
 
 
-def _native_skip(op: str, device: str) -> Optional[str]:
-    """Why the native backend of ``op`` cannot run on ``device`` (None: it can)."""
-    return backend_availability(op, device)["native"]
+KERNEL_BACKENDS = ("native", "triton")
+
+
+def kernel_variants(op: str, device: str, make, *, name=None, **variant_kw):
+    """(variants, skipped): one :class:`Variant` per kernel backend of ``op`` that can run on
+    ``device`` (``make(backend)`` gives its callable), the reasons for the others. Triton on
+    the CPU is its interpreter, a test tool: never timed. ``name(backend)`` names a variant
+    (default: the backend's name); ``variant_kw`` go to every Variant."""
+    variants, skipped = [], {}
+    available = backend_availability(op, device)
+    for backend in KERNEL_BACKENDS:
+        label = name(backend) if name else backend
+        why_not = available[backend]
+        if backend == "triton" and torch.device(device).type == "cpu":
+            why_not = "Triton runs on the CPU only in its interpreter (a test tool, not timed)"
+        if why_not is None:
+            variants.append(Variant(label, make(backend), **variant_kw))
+        else:
+            skipped[label] = why_not
+    return variants, skipped
 
 
 # ------------------------------------------------------------------------------ langevin_step_
@@ -85,16 +102,12 @@ def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device:
         for x, g in zip(user_xs, grads):
             x.sub_(eta / 2 * (g + x)).add_(sigma * torch.randn_like(x))
 
-    variants, skipped = [], {}
-    why_not = _native_skip("langevin_step_", device)
-    if why_not is None:
-        native = fused(lambda *a, **k: langevin_step_(*a, **k, backend="native"))
-        variants.append(Variant(
-            "native", native, bytes_moved=3 * item * numel,
-            note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are "
-                 f"made in registers (Philox + Box-Muller), never stored"))
-    else:
-        skipped["native"] = why_not
+    variants, skipped = kernel_variants(
+        "langevin_step_", device,
+        lambda backend: fused(lambda *a, **k: langevin_step_(*a, **k, backend=backend)),
+        bytes_moved=3 * item * numel,
+        note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are made in "
+             f"registers (Philox + Box-Muller), never stored")
     variants.append(Variant(
         "torch eager", user_eager, bytes_moved=14 * item * numel,
         note=f"`x.sub_(eta / 2 * (g + x)).add_(sqrt(eta) * torch.randn_like(x))` per tensor: "
@@ -121,15 +134,11 @@ def cifar10_state_shapes(batch: int) -> List[List[int]]:
 # ------------------------------------------------------------------------------ philox_normal
 
 def philox_case(key: str, numel: int, device: str) -> Case:
-    variants, skipped = [], {}
-    why_not = _native_skip("philox_normal", device)
-    if why_not is None:
-        variants.append(Variant(
-            "native", lambda: philox_normal(numel, seed=0, offset=0, device=device,
-                                            backend="native"),
-            bytes_moved=4 * numel, note="writes 4 B/elem (into a fresh tensor each call)"))
-    else:
-        skipped["native"] = why_not
+    variants, skipped = kernel_variants(
+        "philox_normal", device,
+        lambda backend: lambda: philox_normal(numel, seed=0, offset=0, device=device,
+                                              backend=backend),
+        bytes_moved=4 * numel, note="writes 4 B/elem (into a fresh tensor each call)")
     variants.append(Variant(
         "eager reference", lambda: philox_normal(numel, seed=0, offset=0, device=device,
                                                  backend="eager"),
@@ -194,17 +203,14 @@ def power_iteration_case(channels: Optional[int], device: str) -> Case:
         own_us, own_vs = [u.clone() for u in us], [v.clone() for v in vs]
         return lambda: spectral_norms(stacked, own_us, own_vs, n_iter, eps, backend=backend)
 
-    variants, skipped = [], {}
-    why_not = _native_skip("spectral_norms", device)
-    if why_not is None:
-        variants.append(Variant(
-            f"native spectral_norms ({len(groups)} groups)", grouped("native"),
-            bytes_moved=(n_iter + 1) * item * numel, flops=4 * n_iter * numel,
-            note=f"one parallel region over all {len(layers)} matrices; W read {n_iter + 1}× "
-                 f"(one pass per iteration computes W v and the next W^T u from each row while "
-                 f"it is in L1, sigma from the last pass), 4 FLOPs per weight and fused pass"))
-    else:
-        skipped[f"native spectral_norms ({len(groups)} groups)"] = why_not
+    variants, skipped = kernel_variants(
+        "spectral_norms", device, grouped,
+        name=lambda backend: f"{backend} spectral_norms ({len(groups)} groups)",
+        bytes_moved=(n_iter + 1) * item * numel, flops=4 * n_iter * numel,
+        note=f"W read {n_iter + 1}× (one pass per iteration computes W v and the next W^T u "
+             f"from each row while it is in cache, sigma from the last pass), 4 FLOPs per "
+             f"weight and fused pass; native: all {len(layers)} matrices in one launch, "
+             f"Triton: one launch per shape group")
     variants += [
         Variant(f"eager spectral_norms ({len(groups)} groups)", grouped("eager"), **traffic,
                 note=f"the eager reference, one bmm pair per shape group and iteration; "
@@ -240,16 +246,11 @@ def swish_case(key: str, numel: int, device: str) -> Case:
             return torch.autograd.grad(fn(x), x, g)
         return call
 
-    variants, skipped = [], {}
-    why_not = _native_skip("swish", device)
-    if why_not is None:
-        variants.append(Variant(
-            "native", fwd_bwd(lambda t: swish(t, backend="native")),
-            bytes_moved=5 * item * numel,
-            note=f"swish_forward (reads x, writes y) + swish_backward (reads g and x, writes "
-                 f"dx): {5 * item} B/elem; autograd saves only x, the sigmoid is recomputed"))
-    else:
-        skipped["native"] = why_not
+    variants, skipped = kernel_variants(
+        "swish", device, lambda backend: fwd_bwd(lambda t: swish(t, backend=backend)),
+        bytes_moved=5 * item * numel,
+        note=f"swish_forward (reads x, writes y) + swish_backward (reads g and x, writes dx): "
+             f"{5 * item} B/elem; autograd saves only x, the sigmoid is recomputed")
     variants.append(Variant(
         "torch eager", fwd_bwd(lambda t: t * torch.sigmoid(t)),
         note="`x * torch.sigmoid(x)` (the eager reference): saves x and sigmoid(x); several "
@@ -303,14 +304,9 @@ def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
     def fwd_bwd(backend):
         return lambda: torch.autograd.grad(call(backend), inputs, out_grad)
 
-    variants, skipped = [], {}
-    why_not = _native_skip(key, device)
-    if why_not is None:
-        variants.append(Variant("native", fwd_bwd("native"), bytes_moved=int(bytes_fused * numel),
-                                note="one kernel each way; autograd saves only what the "
-                                     "backward reads"))
-    else:
-        skipped["native"] = why_not
+    variants, skipped = kernel_variants(
+        key, device, fwd_bwd, bytes_moved=int(bytes_fused * numel),
+        note="one kernel each way; autograd saves only what the backward reads")
     variants.append(Variant("eager reference", fwd_bwd("eager"),
                             note="the reference in torch ops (what the model computed before "
                                  "the fused op); several kernels each way, bytes not counted"))
@@ -334,17 +330,13 @@ def replay_case(rows: int, batch: int, device: str) -> Case:
         fresh = torch.randn(batch, *shape, device=device)
         return torch.where(reinit.view(-1, 1, 1, 1), fresh, buffer.index_select(0, index))
 
-    variants, skipped = [], {}
-    why_not = _native_skip("replay_gather", device)
-    if why_not is None:
-        variants.append(Variant(
-            "native", lambda: replay_gather(buffer, index, reinit, seed=0, offset=0,
-                                            backend="native"),
-            bytes_moved=2 * item * numel,
-            note=f"one pass: reads a kept row or makes a fresh one in registers, writes the "
-                 f"batch ({2 * item} B/elem at most); no host sync"))
-    else:
-        skipped["native"] = why_not
+    variants, skipped = kernel_variants(
+        "replay_gather", device,
+        lambda backend: lambda: replay_gather(buffer, index, reinit, seed=0, offset=0,
+                                              backend=backend),
+        bytes_moved=2 * item * numel,
+        note=f"one pass: reads a kept row or makes a fresh one in registers, writes the batch "
+             f"({2 * item} B/elem at most); no host sync")
     variants.append(Variant(
         "torch eager", eager, bytes_moved=6 * item * numel,
         note=f"`torch.where(reinit, torch.randn(...), buffer.index_select(0, index))`: randn "

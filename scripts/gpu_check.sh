@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Validate a GPU machine in minutes: build, whole test suite on CUDA, CUDA-graph capture of every
+# op and of FastSampler chains, a CIFAR-scale chain eager vs graph replay, the op benchmarks.
+#
+#   bash scripts/gpu_check.sh OUTDIR [--budget SECONDS] [--phases LIST] [--tests ARGS] [--dry-run]
+#
+# --phases: a comma-separated subset of env,build,graphs,tests,chain,ops (default all; the
+# build always runs when a later phase needs the extension). --tests: what pytest runs in the
+# tests phase (default: the whole suite), e.g. --tests "tests/test_swish_op.py -k float64" to
+# rerun what failed.
+#
+# Run from anywhere; it works in the repository it belongs to and uses the python3 on PATH
+# (a machine with an NVIDIA GPU, a CUDA build of torch, nvcc, triton, pytest, pytest-xdist,
+# pytest-timeout). It needs no network: nothing is installed, the extension is built in place
+# (`setup.py build_ext --inplace`, for this GPU's architecture only) and imported through
+# PYTHONPATH.
+#
+# Every phase runs under its own time cap and the whole run under --budget (default 480 s); a
+# phase that no longer fits is skipped and says so. Logs and results go to OUTDIR; the last
+# thing printed is the one-screen summary (also OUTDIR/summary.txt).
+#
+# --dry-run (what CI runs, on a CPU machine): the same phases with CPU stand-ins, so the
+# script's own logic is exercised: the extension is built only if it is not loaded already, the
+# tests are a small selection, the graph check runs its eager parts, the benchmarks run at
+# their --quick sizes on the CPU.
+set -uo pipefail
+
+usage() { echo "usage: bash scripts/gpu_check.sh OUTDIR [--budget SECONDS] [--phases LIST] [--tests ARGS] [--dry-run]" >&2; exit 2; }
+out="" budget=480 dry=0 phases="env,build,graphs,tests,chain,ops" test_args="tests/"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --budget) [ $# -ge 2 ] || usage; budget=$2; shift 2 ;;
+    --phases) [ $# -ge 2 ] || usage; phases=$2; shift 2 ;;
+    --tests) [ $# -ge 2 ] || usage; test_args=$2; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -*) usage ;;
+    *) [ -z "$out" ] || usage; out=$1; shift ;;
+  esac
+done
+[ -n "$out" ] || usage
+case "$budget" in ''|*[!0-9]*) echo "--budget must be a whole number of seconds" >&2; exit 2 ;; esac
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+cd "$repo" || exit 1
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+start=$SECONDS
+summary="$out/summary.txt"
+: > "$summary.rows"
+
+# record NAME STATUS SECONDS DETAIL
+record() { printf '%-8s %-7s %5ss  %s\n' "$1" "$2" "$3" "$4" >> "$summary.rows"; }
+left() { echo $((budget - (SECONDS - start))); }
+
+# phase NAME CAP MIN_SECONDS DETAIL_FUNCTION COMMAND...: run COMMAND under min(CAP, time left),
+# logging to OUTDIR/NAME.log; skipped when not asked for or when less than MIN_SECONDS remain.
+phase() {
+  local name=$1 cap=$2 need=$3 detail_fn=$4; shift 4
+  case ",$phases," in *",$name,"*) ;; *) [ "$name" = build ] || return 0 ;; esac
+  local remaining; remaining=$(left)
+  if [ "$remaining" -lt "$need" ]; then
+    record "$name" SKIP 0 "needs ${need}s, ${remaining}s of the budget left"
+    echo "== $name: skipped (needs ${need}s, ${remaining}s left)"
+    return 0
+  fi
+  local limit=$(( cap < remaining ? cap : remaining ))
+  echo "== $name (cap ${limit}s): $*"
+  local t0=$SECONDS rc
+  # A phase is a shell function: timeout runs it in a child bash (functions are exported).
+  timeout --kill-after=15 "$limit" bash -c '"$@"' phase "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  local took=$((SECONDS - t0)) status=PASS
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=TIMEOUT
+  elif [ $rc -ne 0 ]; then status=FAIL; fi
+  record "$name" "$status" "$took" "$($detail_fn "$out/$name.log" $rc)"
+  tail -n 5 "$out/$name.log"
+  return 0
+}
+
+# --- detail extractors (one line from a phase's log) ------------------------------------------
+detail_env() { grep -m1 '^gpu:' "$1" | cut -c1-110 || true; }
+detail_build() { grep -m1 '^native:' "$1" || tail -n 1 "$1" | cut -c1-110; }
+detail_tests() { grep -E '(passed|failed|error|no tests ran)' "$1" | tail -n 1 | tr -d '=' | cut -c1-110; }
+detail_graphs() { grep -m1 '^graph check:' "$1" || tail -n 1 "$1" | cut -c1-110; }
+detail_bench() { grep -m1 '^headline:' "$1" | cut -c11-120 || tail -n 1 "$1" | cut -c1-110; }
+
+# --- phases -------------------------------------------------------------------------------------
+env_report() {
+  "$PY" - <<'EOF'
+import platform, shutil, subprocess, sys
+import torch
+print("python:", sys.version.split()[0], platform.machine())
+print("torch:", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton:", triton.__version__)
+except Exception as exc:  # noqa: BLE001
+    print("triton: not importable:", exc)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"gpu: {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB, "
+          f"{p.multi_processor_count} SMs; torch {torch.__version__}")
+else:
+    print("gpu: none (CUDA not available to torch", torch.__version__ + ")")
+nvcc = shutil.which("nvcc")
+print("nvcc:", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+      .strip().splitlines()[-1] if nvcc else "not found")
+EOF
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv
+  return 0
+}
+
+build() {
+  local loaded
+  loaded=$("$PY" -c 'import vaebm_fast._native as n; s = n.status(); print(int(s.loaded), int(s.has_cuda_kernels))' 2>/dev/null)
+  if [ "$dry" = 1 ] && [ "${loaded%% *}" = 1 ]; then
+    echo "dry run: the extension is already loaded, not rebuilt"
+  else
+    local arch=""
+    if [ "$dry" = 0 ]; then
+      arch=$("$PY" -c 'import torch; p = torch.cuda.get_device_capability(0); print(f"{p[0]}.{p[1]}")') || return 1
+      export TORCH_CUDA_ARCH_LIST=$arch VAEBM_FAST_CUDA=1
+    fi
+    echo "building for ${arch:-the CPU} with MAX_JOBS=${MAX_JOBS:-$(nproc)}"
+    MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace || return 1
+  fi
+  "$PY" - <<'EOF'
+import sys
+import vaebm_fast._native as n
+s = n.status()
+print(f"native: loaded={s.loaded} cuda_kernels={s.has_cuda_kernels} "
+      f"{'' if s.loaded else s.reason}")
+sys.exit(0 if s.loaded else 1)
+EOF
+}
+
+tests() {
+  if [ "$dry" = 1 ]; then
+    # A selection that runs the native, Triton-interpreter and sampler paths quickly.
+    VAEBM_FAST_REQUIRE_NATIVE=1 "$PY" -m pytest -q -p no:cacheprovider \
+      --junitxml="$out/tests.xml" tests/test_rng.py tests/test_langevin_op.py
+  else
+    local workers=$(( $(nproc) / 2 ))
+    [ "$workers" -gt 8 ] && workers=8
+    # -v: one line per test as it ends, so a log cut short by the cap still says what ran.
+    # shellcheck disable=SC2086  (test_args is a word list on purpose)
+    VAEBM_FAST_REQUIRE_NATIVE=1 VAEBM_FAST_REQUIRE_TRITON=1 VAEBM_FAST_REQUIRE_CUDA=1 \
+      "$PY" -m pytest -v -p no:cacheprovider -n "$workers" --timeout 90 --tb=short -rfE \
+      --junitxml="$out/tests.xml" $test_args
+  fi
+}
+
+graphs() {
+  local device=cuda; [ "$dry" = 1 ] && device=cpu
+  "$PY" scripts/gpu_graph_check.py --out "$out" --device "$device"
+}
+
+chain() {
+  if [ "$dry" = 1 ]; then
+    "$PY" -m vaebm_fast bench chains --quick --device cpu --only 'chain16_cifar' \
+      --variants 'fast' --compile-timeout 0 --out "$out" --name chain_cifar_dry
+  else
+    # CIFAR-10 scale (official widths, batch 32): eager LangevinSampler vs FastSampler without
+    # and with its CUDA graph; torch.compile is left to the full chain benchmark.
+    "$PY" -m vaebm_fast bench chains --device cuda --only '^chain16_cifar_b32$' \
+      --set cifar_batches=32 --set warmup_cifar=1 --repeats 3 --variants 'fast' \
+      --compile-timeout 0 --out "$out" --name chain_cifar_cuda
+  fi
+  local rc=$?
+  "$PY" - "$out" <<'EOF'
+import json, sys, pathlib
+for path in sorted(pathlib.Path(sys.argv[1]).glob("chain_cifar_*.json")):
+    case = json.loads(path.read_text())["cases"][0]
+    cells = [f"{r['name']} {r['median_s'] * 1e3:.0f} ms" for r in case["variants"]
+             if r.get("median_s")]
+    print("headline:", "; ".join(cells))
+EOF
+  return $rc
+}
+
+bench_ops() {
+  if [ "$dry" = 1 ]; then
+    "$PY" -m vaebm_fast bench ops --quick --device cpu --only 'langevin|swish' \
+      --out "$out" --name ops_dry
+  else
+    "$PY" -m vaebm_fast bench ops --device cuda --repeats 9 --out "$out" --name ops_cuda
+  fi
+  local rc=$?
+  "$PY" - "$out" <<'EOF'
+import json, sys, pathlib
+for path in sorted(pathlib.Path(sys.argv[1]).glob("ops_*.json")):
+    for case in json.loads(path.read_text())["cases"]:
+        if case["key"].startswith("langevin_"):
+            best = [f"{r['name']} {100 * r['fraction_of_copy_bw']:.0f}% of copy_"
+                    for r in case["variants"]
+                    if r["name"] in ("native", "triton") and r.get("fraction_of_copy_bw")]
+            print("headline:", case["key"], "; ".join(best))
+            break
+EOF
+  return $rc
+}
+
+export -f env_report build tests graphs chain bench_ops
+export PY out dry test_args
+
+# Caps sum to more than the default budget on purpose: a fast build leaves time to later phases.
+phase env    20  5   detail_env   env_report
+phase build  240 60  detail_build build
+build_ok=$(grep -c '^native: loaded=True' "$out/build.log" 2>/dev/null || true)
+if [ "${build_ok:-0}" = 0 ]; then
+  record tests SKIP 0 "the build failed: see build.log"
+  record graphs SKIP 0 "the build failed: see build.log"
+else
+  phase graphs 90  20  detail_graphs graphs
+  phase tests  240 60  detail_tests  tests
+fi
+phase chain  120 40  detail_bench  chain
+phase ops    90  30  detail_bench  bench_ops
+
+{
+  echo "vaebm_fast GPU check $( [ "$dry" = 1 ] && echo '(dry run on the CPU) ')-- $(date -u +%Y-%m-%dT%H:%MZ), $((SECONDS - start)) s of a ${budget} s budget"
+  grep -m1 '^gpu:' "$out/env.log" 2>/dev/null || true
+  echo "phase    status   time  detail"
+  cat "$summary.rows"
+  echo "logs and results: $out"
+} > "$summary"
+rm -f "$summary.rows"
+echo
+cat "$summary"
+grep -qE '^[a-z]+ +(FAIL|TIMEOUT)' "$summary" && exit 1
+exit 0
