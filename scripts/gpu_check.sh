@@ -81,7 +81,11 @@ phase() {
 
 # --- detail extractors (one line from a phase's log) ------------------------------------------
 detail_env() { grep -m1 '^gpu:' "$1" | cut -c1-110 || true; }
-detail_build() { grep -m1 '^native:' "$1" || tail -n 1 "$1" | cut -c1-110; }
+detail_build() {
+  local note=""
+  grep -q '^compiler note' "$1" && note=" (rebuilt with c++: \$CXX crashed on errors)"
+  echo "$({ grep -m1 '^native:' "$1" || tail -n 1 "$1"; } | cut -c1-70)$note"
+}
 detail_tests() { grep -E '(passed|failed|error|no tests ran)' "$1" | tail -n 1 | tr -d '=' | cut -c1-110; }
 detail_graphs() { grep -m1 '^graph check:' "$1" || tail -n 1 "$1" | cut -c1-110; }
 detail_bench() { grep -m1 '^headline:' "$1" | cut -c11-120 || tail -n 1 "$1" | cut -c1-110; }
@@ -112,6 +116,19 @@ EOF
   return 0
 }
 
+# True when a native op's argument check raises a Python error instead of killing the process.
+error_path_ok() {
+  "$PY" - <<'EOF' >/dev/null 2>&1
+import torch
+import vaebm_fast._native as n
+assert n.status().loaded
+try:
+    torch.ops.vaebm_fast.swish_backward(torch.zeros(3), torch.zeros(4), 1.0)
+except RuntimeError:
+    pass
+EOF
+}
+
 build() {
   local loaded
   loaded=$("$PY" -c 'import vaebm_fast._native as n; s = n.status(); print(int(s.loaded), int(s.has_cuda_kernels))' 2>/dev/null)
@@ -123,9 +140,21 @@ build() {
       arch=$("$PY" -c 'import torch; p = torch.cuda.get_device_capability(0); print(f"{p[0]}.{p[1]}")') || return 1
       export TORCH_CUDA_ARCH_LIST=$arch VAEBM_FAST_CUDA=1
     fi
-    echo "building for ${arch:-the CPU} with MAX_JOBS=${MAX_JOBS:-$(nproc)}"
+    echo "building for ${arch:-the CPU} with MAX_JOBS=${MAX_JOBS:-$(nproc)}, CXX=${CXX:-c++}"
     MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace || return 1
+    # A library whose errors crash the process is worse than none. Seen on a GPU image whose
+    # CXX is a second GCC: every TORCH_CHECK that fired segfaulted (while c10::Error recorded
+    # its backtrace), in any extension built with it. Then rebuild with torch's default
+    # compiler (`c++`) and say so.
+    if ! error_path_ok && [ -n "${CXX:-}" ]; then
+      echo "compiler note: the library built with CXX=$CXX crashes when an op raises an error;" \
+           "rebuilding with the default c++"
+      rm -rf build vaebm_fast/_C*.so
+      env -u CXX -u CC MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace \
+        || return 1
+    fi
   fi
+  error_path_ok || { echo "native: an op raising an error crashes the process"; return 1; }
   "$PY" - <<'EOF'
 import sys
 import vaebm_fast._native as n
@@ -202,7 +231,7 @@ EOF
   return $rc
 }
 
-export -f env_report build tests graphs chain bench_ops
+export -f env_report error_path_ok build tests graphs chain bench_ops
 export PY out dry test_args
 
 # Caps sum to more than the default budget on purpose: a fast build leaves time to later phases.

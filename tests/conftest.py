@@ -56,3 +56,14 @@ def triton_device():
             pytest.fail(f"Triton required but unavailable: {reason}")
         pytest.skip(f"Triton unavailable: {reason}")
     return device
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for the test (PyTorch enables it for cuDNN convolutions by default): comparing a
+    chain whose BatchNorms were folded into the convolutions with the unfolded one needs exact
+    float32 convolutions."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -17,8 +17,9 @@ def compiled(fn, fullgraph=True):
 
 @pytest.mark.parametrize("backend", ["native", "triton", "eager"])
 def test_langevin_chain_compiles_to_one_graph(backend, request):
-    request.getfixturevalue({"native": "native", "triton": "triton_device"}.get(backend,
-                                                                                "one_thread"))
+    fixture = {"native": "native", "triton": "triton_device"}.get(backend, "one_thread")
+    device = request.getfixturevalue(fixture) if backend == "triton" else "cpu"
+    request.getfixturevalue(fixture)
     def chain(xs, gs, half):
         offset = 0
         for _ in range(3):  # a short chain: offsets advance, no noise is reused
@@ -27,11 +28,11 @@ def test_langevin_chain_compiles_to_one_graph(backend, request):
         return lip_swish(xs[0], backend="eager") + swish(xs[1], backend="eager")
 
     gen = torch.Generator().manual_seed(0)
-    xs = [torch.randn(3, 5, generator=gen), torch.randn(3, 5, generator=gen)]
-    gs = [torch.randn(3, 5, generator=gen), torch.randn(3, 5, generator=gen)]
-    eager_xs, eager_half = [x.clone() for x in xs], torch.empty(3)
+    xs = [torch.randn(3, 5, generator=gen).to(device) for _ in range(2)]
+    gs = [torch.randn(3, 5, generator=gen).to(device) for _ in range(2)]
+    eager_xs, eager_half = [x.clone() for x in xs], torch.empty(3, device=device)
     expected = chain(eager_xs, gs, eager_half)
-    half = torch.empty(3)
+    half = torch.empty(3, device=device)
     out = compiled(chain)(xs, gs, half)
     torch.testing.assert_close(out, expected)
     for a, b in zip(xs, eager_xs):

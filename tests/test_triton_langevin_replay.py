@@ -260,11 +260,11 @@ def test_langevin_opcheck(triton_device, tl_langevin):
     op = torch.ops.vaebm_fast_triton.langevin_step_.default
     for dtype in (torch.float32, torch.float64):
         ts, gs = make([(3, 5), (3,)], dtype, triton_device)
-        torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None))
+        torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 1.0, 0.3, None, None, None, None))
         torch.library.opcheck(op, (ts, gs, 0.1, 3, 5, 0.0, 0.3, 0.5, -1.0, 1.0,
                                    hsn_buffer(dtype, triton_device)))
     ts, gs = make([(4, 4)], torch.float32, triton_device)
-    torch.library.opcheck(op, ([ts[0].t()], [gs[0]], 0.2, 0, 0, 1.0, 0.1, None, None, 0.0))
+    torch.library.opcheck(op, ([ts[0].t()], [gs[0]], 0.2, 0, 0, 1.0, 0.1, None, None, 0.0, None))
 
 
 def test_unavailable_triton_raises_with_reason(monkeypatch):

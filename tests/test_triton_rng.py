@@ -96,7 +96,7 @@ def test_normal_at_helper(triton_device):
     out = torch.empty(m.numel(), device=triton_device)
     _normal_at_kernel[(1,)](m, out, *split64(SEED), m.numel(), BLOCK=16)
     ref = torch.stack([philox_normal_reference(1, seed=SEED, offset=int(v))[0] for v in m])
-    torch.testing.assert_close(out, ref, **NORMAL_TOL)
+    torch.testing.assert_close(out.cpu(), ref, **NORMAL_TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -107,7 +107,8 @@ def test_normal_dtypes_round_the_float32_normal(triton_device, dtype):
     out = torch.empty(999, dtype=dtype, device=triton_device)
     rng.philox_normal_(out, 9, 2)
     assert torch.equal(out, f32.to(dtype))  # rounded to nearest even, as torch does
-    torch.testing.assert_close(out, philox_normal_reference(999, seed=9, offset=2, dtype=dtype),
+    torch.testing.assert_close(out.cpu(), philox_normal_reference(999, seed=9, offset=2,
+                                                                dtype=dtype),
                                atol=NORMAL_TOL["atol"], rtol=0 if dtype == torch.float64
                                else 1e-2)
 
@@ -116,7 +117,8 @@ def test_normal_fill_any_shape_and_errors(triton_device):
     from vaebm_fast.triton_kernels import rng
     out = torch.empty(3, 5, 7, device=triton_device)
     rng.philox_normal_(out, 1, 6)
-    torch.testing.assert_close(out.reshape(-1), philox_normal_reference(105, seed=1, offset=6),
+    torch.testing.assert_close(out.reshape(-1).cpu(), philox_normal_reference(105, seed=1,
+                                                                              offset=6),
                                **NORMAL_TOL)
     rng.philox_normal_(torch.empty(0, device=triton_device), 1, 6)  # nothing to do
     with pytest.raises(ValueError, match="contiguous"):

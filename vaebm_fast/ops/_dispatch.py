@@ -37,7 +37,7 @@ from .. import _native, _triton
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "register_op", "registered_ops",
     "backend_availability", "resolve_backend", "set_default_backend", "get_default_backend",
-    "default_backend",
+    "default_backend", "check_choice",
 ]
 
 BACKENDS: Tuple[str, ...] = ("native", "triton", "eager")  # preference order of "auto"
@@ -136,7 +136,8 @@ def backend_availability(op: str, device: DeviceLike = "cpu") -> Dict[str, Optio
     return _cache[key]
 
 
-def _check_choice(backend: str) -> None:
+def check_choice(backend: str) -> None:
+    """Raise ValueError unless ``backend`` is "auto" or a backend name."""
     if backend not in _CHOICES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, _CHOICES))} "
                          f"(got {backend!r})")
@@ -160,7 +161,7 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
         ValueError: unknown backend name, or a named kernel backend with ``unsupported``.
         BackendUnavailableError: a named backend cannot run ``op`` on that device.
     """
-    _check_choice(backend)
+    check_choice(backend)
     named = backend != "auto"
     if backend == "auto":
         backend = _default
@@ -190,7 +191,7 @@ def set_default_backend(backend: str) -> None:
     """Set the backend that ops called with ``backend="auto"`` use: ``"auto"`` (fastest
     available, the initial setting), ``"native"``, ``"triton"`` or ``"eager"``."""
     global _default
-    _check_choice(backend)
+    check_choice(backend)
     _default = backend
 
 

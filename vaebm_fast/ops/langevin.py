@@ -257,8 +257,10 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
                           grad_clip, clamp)
     tensors = checked[0]
     _check_half_sq_norm(half_sq_norm, tensors)
-    device = tensors[0].device if tensors else torch.device("cpu")
-    chosen = _dispatch.resolve_backend("langevin_step_", backend, device)
+    if not tensors:  # nothing runs, so no device to ask: only the name is checked
+        _dispatch.check_choice(backend)
+        return checked[4]
+    chosen = _dispatch.resolve_backend("langevin_step_", backend, tensors[0].device)
     return _run(chosen, *checked, half_sq_norm)
 
 

@@ -24,7 +24,7 @@ unspecified; the wrapper raises ``ValueError`` instead.
 ``*_reference`` are the specifications (plain PyTorch, any device; the gather reference
 materialises the noise of all ``B`` rows). The wrappers validate with clear messages (shapes,
 dtypes, devices, index range — the range and uniqueness checks read ``index``, which
-synchronises with a GPU) and dispatch to ``torch.ops.vaebm_fast.replay_gather`` /
+synchronises with a GPU, and are skipped while a CUDA graph is being captured) and dispatch to ``torch.ops.vaebm_fast.replay_gather`` /
 ``replay_scatter_``, to the Triton kernels (``vaebm_fast.triton_kernels.replay``) or to the
 reference. Neither op is differentiable.
 """
@@ -66,8 +66,16 @@ def _check_buffer_index(buffer, index, op: str) -> None:
         raise ValueError(f"{op}: index is on {index.device} but buffer is on {buffer.device}")
 
 
+def _capturing(t: Tensor) -> bool:
+    """True while ``t``'s device is capturing a CUDA graph: values cannot be read then."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _check_range(index: Tensor, n: int, op: str) -> None:
-    if index.numel() == 0:
+    # Reads the values (a host sync on a GPU). Skipped during CUDA-graph capture, where a sync
+    # is not allowed: the kernels keep memory safe on their own (the native CUDA kernels assert
+    # on the device, the Triton kernels skip out-of-range rows).
+    if index.numel() == 0 or _capturing(index):
         return
     lo, hi = int(index.min()), int(index.max())
     if lo < 0 or hi >= n:
@@ -89,7 +97,8 @@ def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
                          f"{buffer.device}")
     total = index.shape[0] * math.prod(buffer.shape[1:])
     seed, offset = check_stream_range(seed, offset, total)
-    _check_range(index[~reinit], buffer.shape[0], "replay_gather")
+    if not _capturing(index):  # boolean indexing reads reinit: a host sync
+        _check_range(index[~reinit], buffer.shape[0], "replay_gather")
     return seed, offset, total
 
 
@@ -109,7 +118,8 @@ def _check_scatter(buffer, index, values) -> None:
         raise ValueError(f"replay_scatter_: values are on {values.device} but buffer is on "
                          f"{buffer.device}")
     _check_range(index, buffer.shape[0], "replay_scatter_")
-    if index.numel() > 1 and torch.unique(index).numel() != index.numel():
+    if (index.numel() > 1 and not _capturing(index)
+            and torch.unique(index).numel() != index.numel()):
         raise ValueError("replay_scatter_: index must not contain duplicates (rows are written "
                          "in parallel, so which duplicate lands would be unspecified)")
 

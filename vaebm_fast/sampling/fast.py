@@ -36,11 +36,15 @@ What it does differently:
   kernel itself (its ``half_sq_norm`` output, written into a preallocated [K + 1, B] buffer)
   instead of a separate reduction per group. Only autograd's own buffers are allocated per
   step. Divergence is checked with one host sync per chain.
-* **CUDA graphs** (``graphs=True``, the default, CUDA tensors only). The K steps (decoder
-  forward, energy forward, gradient with respect to the state, fused update) plus the final
-  potential and decode are captured once per (batch, state shapes, dtype, device, K, options)
-  key and replayed. The update inside the graph is the Triton kernel of
-  :mod:`vaebm_fast.triton_kernels.langevin_device`, which reads the Philox seed and offset from
+* **CUDA graphs** (``graphs=True``, the default; CUDA tensors; ``backend`` "auto" or
+  "triton", since the update inside the graph is the Triton kernel: a sampler asked for the
+  native or eager update runs its chain eagerly). The K steps (decoder forward, energy
+  forward, gradient with respect to the state, fused update) plus the final potential and
+  decode are captured once per (batch, state shapes, dtype, device, K, options) key and
+  replayed; at most ``MAX_GRAPHS`` captured chains are kept per sampler (the least recently
+  used is dropped, with its memory pool). A capture costs one short warm-up chain
+  (``WARMUP_STEPS`` steps) before the first replay. The update inside the graph is the Triton
+  kernel of :mod:`vaebm_fast.triton_kernels.langevin_device`, which reads the Philox seed and offset from
   a device int64 [2] tensor; the graph advances that offset by the noise it drew, so a graph
   replayed again without new host input draws fresh noise (:meth:`FastSampler.replay`).
   ``sample`` writes (seed, offset) into it before each replay, which gives the eager chain's
@@ -55,6 +59,7 @@ which a potential or the final sample was NaN/Inf, as the eager sampler.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import warnings
 from typing import Optional
@@ -69,6 +74,13 @@ from .prepare import prepared, state_key
 __all__ = ["FastSampler"]
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+# Captured chains kept per sampler, least recently used dropped first: each holds a private
+# memory pool with a whole chain's intermediates (gigabytes at CIFAR scale), so every new batch
+# size (a last partial batch, an evaluation batch) must not keep one more alive.
+MAX_GRAPHS = 2
+# Steps the warm-up before a capture runs: enough to meet every Triton specialisation of the
+# device-offset update (the [K + 1, B] half-norm rows start at 4 alignments mod 16 bytes).
+WARMUP_STEPS = 4
 _LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -127,7 +139,9 @@ class FastSampler(LangevinSampler):
         # The layout the 4-D states are fed to the networks in, while a chain runs (decode).
         self._state_format: Optional[torch.memory_format] = None
         self._snapshots: dict[str, _Snapshot] = {}
-        self._graph_chains: dict[tuple, object] = {}
+        self._graph_chains: "collections.OrderedDict[tuple, _GraphChain]" = (
+            collections.OrderedDict())
+        self._last_chain: Optional[_GraphChain] = None
         self._graph_failures: dict[tuple, str] = {}
         self._prepare_failed: Optional[str] = None
         self.last_path: Optional[str] = None  # "graph", "fast" or "eager" (for tests and logs)
@@ -182,6 +196,7 @@ class FastSampler(LangevinSampler):
         """Drop the cached snapshots and graphs (after changing weights through ``.data``)."""
         self._snapshots.clear()
         self._graph_chains.clear()
+        self._last_chain = None
 
     # -- the chain ---------------------------------------------------------------------------
     def sample(self, x0_or_n, *, seed: int, offset: int = 0, return_chain: bool = False,
@@ -211,7 +226,8 @@ class FastSampler(LangevinSampler):
         run = None
         self._state_format = memory_format
         try:
-            if self.graphs and states[0].device.type == "cuda":
+            if self.graphs and self.backend in ("auto", "triton") and \
+                    states[0].device.type == "cuda":
                 run = self._run_graph(energy, generator, states, seed, offset)
             if run is None:
                 with heap_reuse() if cpu else contextlib.nullcontext():
@@ -238,11 +254,16 @@ class FastSampler(LangevinSampler):
         if key in self._graph_failures:
             return None
         chain = self._graph_chains.get(key)
-        if chain is None:
+        if chain is not None:
+            self._graph_chains.move_to_end(key)
+        else:
+            while len(self._graph_chains) >= MAX_GRAPHS:  # free its pool before capturing
+                self._graph_chains.popitem(last=False)
             reason = _graph_unavailable_reason(states[0].device)
             if reason is None:
                 try:
-                    chain = _GraphChain(self, energy, generator, states)
+                    with torch.cuda.device(states[0].device):  # capture on that device
+                        chain = _GraphChain(self, energy, generator, states)
                 except Exception as exc:  # noqa: BLE001
                     reason = f"capture failed: {type(exc).__name__}: {exc}"
             if reason is not None:
@@ -251,7 +272,9 @@ class FastSampler(LangevinSampler):
                               f"graph ({reason})", RuntimeWarning, stacklevel=3)
                 return None
             self._graph_chains[key] = chain
-        out = chain.run(states, seed, offset)
+        with torch.cuda.device(states[0].device):
+            out = chain.run(states, seed, offset)
+        self._last_chain = chain
         self.last_path = "graph"
         return out
 
@@ -261,10 +284,10 @@ class FastSampler(LangevinSampler):
         noise is fresh. ``states`` (list of [B, ...]) restarts from given states, else the chain
         continues from its last states. Returns the samples (a view of the graph's output
         buffer, overwritten by the next replay: clone to keep)."""
-        if not self._graph_chains:
+        if self._last_chain is None:
             raise RuntimeError("no captured chain: call sample() on CUDA tensors first")
-        chain = list(self._graph_chains.values())[-1]
-        return chain.replay(states)
+        with torch.cuda.device(self._last_chain.states[0].device):
+            return self._last_chain.replay(states)
 
 
 def _graph_unavailable_reason(device) -> Optional[str]:
@@ -318,27 +341,37 @@ class _GraphChain:
         self.x = None
         self.graph = torch.cuda.CUDAGraph()
 
-        # Warm up on a side stream (lazy init, cuDNN autotuning, Triton compilation), then
-        # capture.
+        # Warm up on a side stream (lazy init, cuDNN autotuning, Triton compilation) with a
+        # short chain, then capture the whole one.
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._body()
+            self._body(min(self.n_steps, WARMUP_STEPS))
         torch.cuda.current_stream(device).wait_stream(stream)
         torch.cuda.synchronize(device)
-        with torch.cuda.graph(self.graph):
-            self._body()
+        # torch.cuda.graph's exit does not restore the caller's stream when the capture failed
+        # (capture_end raises first): restore it here, and report the error that broke the
+        # capture rather than CUDA's "operation failed due to a previous error".
+        caller_stream = torch.cuda.current_stream(device)
+        try:
+            with torch.cuda.graph(self.graph):
+                self._body(self.n_steps)
+        except Exception as exc:
+            torch.cuda.set_stream(caller_stream)
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            raise RuntimeError(f"{type(cause).__name__}: {cause}") from exc
         torch.cuda.synchronize(device)
 
-    def _body(self) -> None:
+    def _body(self, n_steps: int) -> None:
+        """``n_steps`` Langevin steps and the final outputs (written to the static outputs only
+        for a whole chain; a shorter warm-up chain only meets every kernel once)."""
         s = self.sampler
         states = self.states
         if self.use_prior:
             self.half_sq[0].copy_(_half_sq_norm(states))
         with torch.enable_grad():
             energies = []
-            for k in range(self.n_steps):
+            for k in range(n_steps):
                 x = s.decode(states, generator=self.generator)
                 E = self.energy(x)
                 energies.append(E.detach())
@@ -360,18 +393,28 @@ class _GraphChain:
             energies.append(E)
             if s.space == "eps" and s.output == "mean":
                 x = s.decode(states, mean=True, generator=self.generator)
-            if self.energies is None:
+            if self.energies is None:  # in the warm-up: outside the graph's memory pool
                 self.energies = torch.empty(self.n_steps + 1, self.batch, dtype=E.dtype,
                                             device=E.device)
                 self.x = torch.empty_like(x)
-            torch.stack(energies, out=self.energies)
-            self.x.copy_(x)
-            self.rng[1].add_(self.n_steps * self.numel)
+            if n_steps == self.n_steps:
+                torch.stack(energies, out=self.energies)
+                self.x.copy_(x)
+            self.rng[1].add_(n_steps * self.numel)
 
-    def run(self, states, seed: int, offset: int):
+    def _load_states(self, states) -> None:
+        if len(states) != len(self.states) or any(
+                tuple(s.shape) != tuple(b.shape) for s, b in zip(states, self.states)):
+            raise ValueError(f"the captured chain takes states of shapes "
+                             f"{[tuple(b.shape) for b in self.states]} (got "
+                             f"{[tuple(s.shape) for s in states]})")
         with torch.no_grad():
             for buf, s in zip(self.states, states):
                 buf.copy_(s)
+
+    def run(self, states, seed: int, offset: int):
+        self._load_states(states)
+        with torch.no_grad():
             self.rng.copy_(torch.tensor([seed, offset], dtype=torch.int64), non_blocking=False)
         self.graph.replay()
         out_states = [b.detach().clone() for b in self.states]
@@ -381,8 +424,6 @@ class _GraphChain:
 
     def replay(self, states=None):
         if states is not None:
-            with torch.no_grad():
-                for buf, s in zip(self.states, states):
-                    buf.copy_(s)
+            self._load_states(states)
         self.graph.replay()
         return self.x

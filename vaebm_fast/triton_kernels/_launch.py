@@ -3,6 +3,9 @@ arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype
 dtype, and argument checks."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import struct
 
 import torch
@@ -10,7 +13,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
-           "check_device", "no_internal_overlap"]
+           "check_device", "no_internal_overlap", "on_tensor_device"]
 
 # Elements per program. 1024 elements = 256 Philox calls per program: enough independent work
 # per warp to hide memory latency on a GPU, and few programs in the (per-program slow) CPU
@@ -69,3 +72,29 @@ def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
     if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
         raise RuntimeError(f"{op}: {name} has elements sharing memory (e.g. from expand); "
                            f"pass a tensor with distinct elements (.clone())")
+
+
+def _first_tensor(values):
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+        if isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor):
+            return v[0]
+    return None
+
+
+def on_tensor_device(fn):
+    """Run ``fn`` with its first tensor argument's CUDA device current: Triton launches on the
+    current device's stream, not on the tensors' device (a no-op for CPU tensors and when that
+    device is current already)."""
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        t = _first_tensor(list(args) + list(kwargs.values()))
+        if t is None or not t.is_cuda:
+            return fn(*args, **kwargs)
+        with torch.cuda.device(t.device):
+            return fn(*args, **kwargs)
+    # custom_op infers the schema from the signature; give it fn's with the annotations
+    # evaluated in fn's module (they are strings under `from __future__ import annotations`).
+    guarded.__signature__ = inspect.signature(fn, eval_str=True)
+    return guarded

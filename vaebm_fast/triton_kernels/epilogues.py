@@ -7,7 +7,10 @@ native ``torch.ops.vaebm_fast.*`` ops, as ``torch.library.custom_op`` s with fak
 autograd. One program per BLOCK output elements (element-wise kernels) or per (n, c) plane
 (kernels with a per-channel reduction). ``ebm_block_tail`` / ``nvae_cell_tail`` read their
 NCHW inputs through their strides (no copies); ``affine_swish`` reads contiguous copies.
-float16 / bfloat16 / float32 are computed in float32, float64 in float64.
+float16 / bfloat16 / float32 are computed in float32, float64 in float64. Float arguments
+(the LipSwish factor ``k``, the cell ``scale``) travel as the halves of their float64 bit
+pattern (``_launch.f64_args``): a plain Python float reaches a compiled kernel as float32,
+which would round the float64 results.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from . import _launch
+from .philox import from_f64_bits
 
 from ..ops import epilogues as _ops
 
@@ -51,10 +57,11 @@ def _block_nchw(C, H, W, BLOCK: tl.constexpr):
     return offs, t // C, t % C, y, x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k_lo", "k_hi"])
 def _ebm_fwd_kernel(h_ptr, s_ptr, out_ptr, pre_ptr, n, C, Ho, Wo,
-                    hs0, hs1, hs2, hs3, ss0, ss1, ss2, ss3, k,
+                    hs0, hs1, hs2, hs3, ss0, ss1, ss2, ss3, k_lo: tl.int32, k_hi: tl.int32,
                     DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    k = from_f64_bits(k_lo, k_hi).to(ACC)
     offs, b, c, yo, xo = _block_nchw(C, Ho, Wo, BLOCK)
     mask = offs < n
     hb = b * hs0 + c * hs1
@@ -78,11 +85,12 @@ def _ebm_fwd_kernel(h_ptr, s_ptr, out_ptr, pre_ptr, n, C, Ho, Wo,
     tl.store(out_ptr + offs, (k * p * _sigmoid(p)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["k_lo", "k_hi"])
 def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
-                    gs0, gs1, gs2, gs3, ps0, ps1, ps2, ps3, k,
+                    gs0, gs1, gs2, gs3, ps0, ps1, ps2, ps3, k_lo: tl.int32, k_hi: tl.int32,
                     DOWNSAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # One program per BLOCK elements of d (h's size); each reads its pooled position.
+    k = from_f64_bits(k_lo, k_hi).to(ACC)
     offs, b, c, y, x = _block_nchw(C, H, W, BLOCK)
     mask = offs < n
     if DOWNSAMPLE:
@@ -95,10 +103,11 @@ def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
     tl.store(d_ptr + offs, d.to(d_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scale_lo", "scale_hi"])
 def _cell_fwd_kernel(s_ptr, h_ptr, gate_ptr, out_ptr, n, C, H, W,
-                     ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1, scale,
+                     ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1, scale_lo: tl.int32, scale_hi: tl.int32,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
+    scale = from_f64_bits(scale_lo, scale_hi).to(ACC)
     offs, b, c, y, x = _block_nchw(C, H, W, BLOCK)
     mask = offs < n
     s = tl.load(s_ptr + b * ss0 + c * ss1 + y * ss2 + x * ss3, mask=mask).to(ACC)
@@ -107,11 +116,13 @@ def _cell_fwd_kernel(s_ptr, h_ptr, gate_ptr, out_ptr, n, C, H, W,
     tl.store(out_ptr + offs, (s + (scale * g) * h).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scale_lo", "scale_hi"])
 def _cell_bwd_kernel(g_ptr, h_ptr, gate_ptr, dh_ptr, dgate_ptr, C, H, W,
-                     gs0, gs1, gs2, gs3, hs0, hs1, hs2, hs3, ts0, ts1, scale,
+                     gs0, gs1, gs2, gs3, hs0, hs1, hs2, hs3, ts0, ts1, scale_lo: tl.int32,
+                     scale_hi: tl.int32,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     # One program per (b, c) plane: dh over the plane and dgate[b, c] = scale * sum(g * h).
+    scale = from_f64_bits(scale_lo, scale_hi).to(ACC)
     plane = tl.program_id(0).to(tl.int64)
     c = plane % C
     b = plane // C
@@ -198,6 +209,7 @@ def _grid(n: int):
 
 
 @torch.library.custom_op("vaebm_fast_triton::ebm_block_tail", mutates_args=())
+@_launch.on_tensor_device
 def ebm_block_tail(h: Tensor, skip: Tensor, downsample: bool) -> Tuple[Tensor, Tensor]:
     op = "ebm_block_tail"
     _check(op, h, "h", skip=skip)
@@ -211,12 +223,14 @@ def ebm_block_tail(h: Tensor, skip: Tensor, downsample: bool) -> Tuple[Tensor, T
     n = out.numel()
     if n:
         _ebm_fwd_kernel[_grid(n)](h, skip, out, pre, n, C, Ho, Wo, *h.stride(), *skip.stride(),
-                                  _LIP, DOWNSAMPLE=bool(downsample), ACC=_acc(h.dtype),
+                                  *_launch.f64_args(_LIP), DOWNSAMPLE=bool(downsample),
+                                  ACC=_acc(h.dtype),
                                   BLOCK=_BLOCK)
     return out, pre
 
 
 @torch.library.custom_op("vaebm_fast_triton::ebm_block_tail_backward", mutates_args=())
+@_launch.on_tensor_device
 def ebm_block_tail_backward(grad: Tensor, pre: Tensor, downsample: bool) -> Tensor:
     op = "ebm_block_tail_backward"
     _check(op, pre, "pre", grad=grad)
@@ -227,7 +241,7 @@ def ebm_block_tail_backward(grad: Tensor, pre: Tensor, downsample: bool) -> Tens
     n = d.numel()
     if n:
         _ebm_bwd_kernel[_grid(n)](grad, pre, d, n, C, H, W, *grad.stride(), *pre.stride(),
-                                  _LIP * (0.25 if downsample else 1.0),
+                                  *_launch.f64_args(_LIP * (0.25 if downsample else 1.0)),
                                   DOWNSAMPLE=bool(downsample), ACC=_acc(pre.dtype),
                                   BLOCK=_BLOCK)
     return d
@@ -240,6 +254,7 @@ def _check_gate(op: str, gate: Tensor, h: Tensor) -> None:
 
 
 @torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail", mutates_args=())
+@_launch.on_tensor_device
 def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Tensor, scale: float) -> Tensor:
     op = "nvae_cell_tail"
     _check(op, h, "h", skip=skip, gate=gate)
@@ -250,12 +265,13 @@ def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Tensor, scale: float) -> Tenso
     n = out.numel()
     if n:
         _cell_fwd_kernel[_grid(n)](skip, h, gate, out, n, C, H, W, *skip.stride(), *h.stride(),
-                                   *gate.stride(), float(scale), ACC=_acc(h.dtype),
+                                   *gate.stride(), *_launch.f64_args(scale), ACC=_acc(h.dtype),
                                    BLOCK=_BLOCK)
     return out
 
 
 @torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail_backward", mutates_args=())
+@_launch.on_tensor_device
 def nvae_cell_tail_backward(grad: Tensor, h: Tensor, gate: Tensor,
                             scale: float) -> Tuple[Tensor, Tensor]:
     op = "nvae_cell_tail_backward"
@@ -271,7 +287,7 @@ def nvae_cell_tail_backward(grad: Tensor, h: Tensor, gate: Tensor,
         else:
             block = min(_BLOCK, triton.next_power_of_2(H * W))
             _cell_bwd_kernel[(B * C,)](grad, h, gate, dh, dgate, C, H, W, *grad.stride(),
-                                       *h.stride(), *gate.stride(), float(scale),
+                                       *h.stride(), *gate.stride(), *_launch.f64_args(scale),
                                        ACC=_acc(h.dtype), BLOCK=block)
     return dh, dgate
 
@@ -290,6 +306,7 @@ def _check_affine(op: str, x: Tensor, scale: Tensor, shift: Tensor) -> Tuple[int
 
 
 @torch.library.custom_op("vaebm_fast_triton::affine_swish", mutates_args=())
+@_launch.on_tensor_device
 def affine_swish(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     N, C, inner = _check_affine("affine_swish", x, scale, shift)
     xc = x.contiguous()
@@ -302,6 +319,7 @@ def affine_swish(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("vaebm_fast_triton::affine_swish_backward", mutates_args=())
+@_launch.on_tensor_device
 def affine_swish_backward(grad: Tensor, x: Tensor, scale: Tensor,
                           shift: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     op = "affine_swish_backward"

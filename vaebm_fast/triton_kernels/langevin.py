@@ -2,7 +2,7 @@ r"""Triton kernel of ``langevin_step_``: the fused in-place Langevin update over
 tensors, in ONE launch for the whole list.
 
 Op ``torch.ops.vaebm_fast_triton.langevin_step_(tensors, grads, step_size, seed, offset,
-prior_weight, noise_scale, grad_clip, clamp_low, clamp_high, half_sq_norm=None)``, the schema
+prior_weight, noise_scale, grad_clip, clamp_low, clamp_high, half_sq_norm)``, the schema
 of ``vaebm_fast::langevin_step_`` (specification: ``vaebm_fast.ops.langevin``):
 
 .. math::  t \leftarrow \mathrm{clamp}(t - h\,(\mathrm{clip}(g) + \lambda t) + \sigma \xi),
@@ -56,7 +56,11 @@ __all__ = ["langevin_step_"]
 # Rows of the per-tensor table.
 _T_PTR, _G_PTR, _START, _NUMEL, _FIRST_PROGRAM, _ROW_LEN = (tl.constexpr(r) for r in range(6))
 _TABLE_CACHE_SIZE = 64
-_table_cache: "collections.OrderedDict[tuple, Tensor]" = collections.OrderedDict()
+# key -> (device table, the pinned host tensor it was copied from): the host copy lives as long
+# as the table, since a CUDA graph that captured the copy re-reads it on every replay.
+_table_cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+# Entries a CUDA graph captured: never evicted (the graph reads their memory on every replay).
+_graph_tables: dict = {}
 
 
 @triton.jit
@@ -148,16 +152,29 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
 
 
 def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:
-    """(device table int64 [6, n], number of programs); cached on pointers/numels/B."""
+    """(device table int64 [6, n], number of programs); cached on pointers/numels/B.
+
+    Under CUDA-graph capture the table must already exist (the same tensors stepped once
+    before the capture, as a warm-up does): building it copies from the host, which a graph
+    cannot do safely. A table a graph captured is kept for the life of the process."""
     numels = [t.numel() for t in work]
     key = (work[0].device, tuple(t.data_ptr() for t in work),
            tuple(g.data_ptr() for g in grads), tuple(numels), n_rows, block)
     programs = [triton.cdiv(n + 3, block) if n else 0 for n in numels]
     total_programs = sum(programs)
-    table = _table_cache.get(key)
-    if table is not None:
+    capturing = work[0].is_cuda and torch.cuda.is_current_stream_capturing()
+    entry = _table_cache.get(key)
+    if entry is not None:
         _table_cache.move_to_end(key)
-        return table, total_programs
+        if capturing:
+            _graph_tables[key] = entry
+        return entry[0], total_programs
+    if capturing:
+        raise RuntimeError(
+            "langevin_step_ (Triton): these tensors and gradients were not stepped before the "
+            "CUDA graph capture began, so their pointer table would be copied from the host "
+            "inside the graph. Run one step on the same tensors and gradient buffers before "
+            "capturing (a warm-up), and keep them (static buffers) for the graph's life.")
     starts, firsts, s, f = [], [], 0, 0
     for n, p in zip(numels, programs):
         starts.append(s)
@@ -169,7 +186,7 @@ def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: i
     if work[0].device.type == "cuda":
         host = host.pin_memory()  # lets the copy below run asynchronously
     table = host.to(work[0].device, non_blocking=True)
-    _table_cache[key] = table
+    _table_cache[key] = (table, host)
     while len(_table_cache) > _TABLE_CACHE_SIZE:
         _table_cache.popitem(last=False)
     return table, total_programs
@@ -204,12 +221,17 @@ def _check(tensors, grads, half_sq_norm) -> int:
 
 @torch.library.custom_op("vaebm_fast_triton::langevin_step_",
                          mutates_args=("tensors", "half_sq_norm"))
+@_launch.on_tensor_device
 def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float, seed: int,
                    offset: int, prior_weight: float, noise_scale: float,
                    grad_clip: Optional[float], clamp_low: Optional[float],
-                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor] = None) -> None:
+                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor]) -> None:
     """In-place Langevin step on every ``tensors[i]`` [*] given ``grads[i]`` [same shape]
-    (module docstring); ``half_sq_norm`` [B] optional output."""
+    (module docstring); ``half_sq_norm`` [B] optional output, None for none.
+
+    ``half_sq_norm`` has no default on purpose: torch 2.11 drops a trailing argument equal to
+    its default before its custom-op ADInplaceOrView kernel indexes the mutated arguments by
+    position (IndexError)."""
     if not tensors:
         if half_sq_norm is not None:
             raise ValueError("langevin_step_: half_sq_norm needs at least one tensor (B is "
@@ -242,5 +264,5 @@ def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float,
 
 @langevin_step_.register_fake
 def _(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
-      clamp_low, clamp_high, half_sq_norm=None):
+      clamp_low, clamp_high, half_sq_norm):
     return None

@@ -73,6 +73,7 @@ def _langevin_device_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
                  DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
+@_launch.on_tensor_device
 def langevin_step_device_(tensors: List[Tensor], grads: List[Tensor], *, step_size: float,
                           rng_state: Tensor, offset_add: int = 0, prior_weight: float = 1.0,
                           noise_scale: Optional[float] = None, grad_clip: Optional[float] = None,

@@ -36,6 +36,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _launch
+from .philox import from_f64_bits
+
 __all__ = ["power_iteration_", "spectral_norms_"]
 
 _MAX_BLOCK_OUT = 32
@@ -79,9 +82,12 @@ def _scale(x, n, s_x, factor, BLOCK: tl.constexpr):
         tl.store(x + idx * s_x, tl.load(x + idx * s_x, mask=ok) * factor, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["eps_lo", "eps_hi"])
 def _power_iteration_kernel(W, u, v, sigma, R, C, s_wg, s_wr, s_wc, s_ug, s_ur, s_vg, s_vc,
-                            n_iter, eps, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                            n_iter, eps_lo: tl.int32, eps_hi: tl.int32, BLOCK_R: tl.constexpr,
+                            BLOCK_C: tl.constexpr):
+    # eps as its float64 bit pattern (a plain Python float would arrive as float32).
+    eps = from_f64_bits(eps_lo, eps_hi).to(W.dtype.element_ty)
     g = tl.program_id(0).to(tl.int64)
     W += g * s_wg
     u += g * s_ug
@@ -113,7 +119,8 @@ def _check(W: Tensor, u: Tensor, v: Tensor, n_iter: int) -> None:
     torch._check(n_iter >= 0, lambda: f"n_iter must be >= 0, got {n_iter}")
 
 
-def _launch(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float, sigma: Tensor) -> Tensor:
+def _run_group(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float,
+               sigma: Tensor) -> Tensor:
     """Power-iterate one group W [G, R, C] (u [G, R], v [G, C] in place) into sigma [G]."""
     _check(W, u, v, n_iter)
     G, R, C = W.shape
@@ -121,15 +128,17 @@ def _launch(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float, sigma: Ten
         block_r = min(_MAX_BLOCK_OUT, triton.next_power_of_2(max(R, 1)))
         block_c = min(_MAX_BLOCK_IN, triton.next_power_of_2(max(C, 1)))
         _power_iteration_kernel[(G,)](W, u, v, sigma, R, C, *W.stride(), *u.stride(),
-                                      *v.stride(), n_iter, eps, BLOCK_R=block_r,
+                                      *v.stride(), n_iter, *_launch.f64_args(eps),
+                                      BLOCK_R=block_r,
                                       BLOCK_C=block_c)
     return sigma
 
 
 @torch.library.custom_op("vaebm_fast_triton::power_iteration_", mutates_args=("u", "v"))
+@_launch.on_tensor_device
 def power_iteration_(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float) -> Tensor:
     """W [G, R, C], u [G, R], v [G, C] (updated in place) -> sigma [G]; one launch."""
-    return _launch(W, u, v, n_iter, eps, W.new_empty(W.shape[0]))
+    return _run_group(W, u, v, n_iter, eps, W.new_empty(W.shape[0]))
 
 
 @power_iteration_.register_fake
@@ -138,6 +147,7 @@ def _power_iteration_fake(W, u, v, n_iter, eps):
 
 
 @torch.library.custom_op("vaebm_fast_triton::spectral_norms_", mutates_args=("us", "vs"))
+@_launch.on_tensor_device
 def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter: int,
                     eps: float) -> Tensor:
     """K groups Ws[k] [G_k, R_k, C_k] with us[k], vs[k] in place -> the K sigmas concatenated,
@@ -150,7 +160,7 @@ def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter
                  lambda: "spectral_norms_: every group must have one dtype")
     sigma = Ws[0].new_empty(sum(W.shape[0] for W in Ws))
     for W, u, v, out in zip(Ws, us, vs, sigma.split([W.shape[0] for W in Ws])):
-        _launch(W, u, v, n_iter, eps, out)
+        _run_group(W, u, v, n_iter, eps, out)
     return sigma
 
 

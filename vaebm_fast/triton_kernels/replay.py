@@ -90,6 +90,7 @@ def _check(op: str, buffer: Tensor, index: Tensor) -> None:
 
 
 @torch.library.custom_op("vaebm_fast_triton::replay_gather", mutates_args=())
+@_launch.on_tensor_device
 def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, seed: int,
                   offset: int) -> Tensor:
     """buffer [N, *S], index int64 [B], reinit bool [B] -> new contiguous [B, *S]."""
@@ -118,6 +119,7 @@ def _(buffer, index, reinit, seed, offset):
 
 
 @torch.library.custom_op("vaebm_fast_triton::replay_scatter_", mutates_args=("buffer",))
+@_launch.on_tensor_device
 def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor) -> None:
     """buffer [N, *S] (written in place), index int64 [B] (unique), values [B, *S]."""
     _check("replay_scatter_", buffer, index)

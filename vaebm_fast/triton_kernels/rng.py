@@ -52,6 +52,7 @@ def _philox_normal_kernel(out_ptr, seed_lo: tl.int32, seed_hi: tl.int32, off_lo:
 
 
 @torch.library.custom_op("vaebm_fast_triton::philox4x32", mutates_args=())
+@_launch.on_tensor_device
 def philox4x32(seed: int, offsets: Tensor) -> Tensor:
     """Philox4x32-10 words: int64 [*] call indices -> int64 [*, 4] (see module docstring)."""
     if offsets.dtype != torch.int64:
@@ -72,6 +73,7 @@ def _(seed, offsets):
 
 
 @torch.library.custom_op("vaebm_fast_triton::philox_normal_", mutates_args=("out",))
+@_launch.on_tensor_device
 def philox_normal_(out: Tensor, seed: int, offset: int) -> None:
     """Fill contiguous ``out`` (float16/bfloat16/float32/float64, any shape, read flat) with
     normals number ``offset .. offset + out.numel() - 1`` of the stream for ``seed``."""
