@@ -427,8 +427,10 @@ def test_cuda_uncapturable_energy_runs_eagerly_and_says_why_once():
     fast = FastSampler(energy, space="data", step_size=0.05, n_steps=3, data_shape=(2,))
     with pytest.warns(RuntimeWarning, match="eagerly"):
         a = fast.sample(8, seed=0, device="cuda")
-    # The failed capture left the caller on its own stream, not torch's capture stream.
+    # The failed capture left the caller on its own stream, not torch's capture stream, and
+    # torch's CUDA generator usable (not stuck in capture mode).
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.randn(3, device="cuda").isfinite().all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         b = fast.sample(8, seed=0, device="cuda")

@@ -110,8 +110,8 @@ def test_langevin_adds_exactly_its_noise(triton_device):
                          offset=10, prior_weight=0.0, backend="triton")
     assert end == 29
     stream = philox_normal_reference(19, seed=42, offset=10).double()
-    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in ts]), stream, atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in ts]).cpu(), stream,
+                               atol=1e-6, rtol=0)
 
 
 def test_langevin_many_tensors_one_launch(triton_device, tl_langevin, monkeypatch):

@@ -349,15 +349,22 @@ class _GraphChain:
             self._body(min(self.n_steps, WARMUP_STEPS))
         torch.cuda.current_stream(device).wait_stream(stream)
         torch.cuda.synchronize(device)
-        # torch.cuda.graph's exit does not restore the caller's stream when the capture failed
-        # (capture_end raises first): restore it here, and report the error that broke the
-        # capture rather than CUDA's "operation failed due to a previous error".
+        # A failed capture leaves two things behind that torch.cuda.graph does not undo
+        # (capture_end raises before it gets to them): the caller's thread on torch's capture
+        # stream, and the device's default CUDA generator in capture mode, after which every
+        # torch random op outside a graph raises "Offset increment outside graph capture
+        # encountered unexpectedly". Restore both, and report the error that broke the capture
+        # rather than CUDA's "operation failed due to a previous error during capture".
         caller_stream = torch.cuda.current_stream(device)
+        generator = torch.cuda.default_generators[device.index if device.index is not None
+                                                  else torch.cuda.current_device()]
+        generator_state = generator.clone_state()  # the same seed and offset, not capturing
         try:
             with torch.cuda.graph(self.graph):
                 self._body(self.n_steps)
         except Exception as exc:
             torch.cuda.set_stream(caller_stream)
+            generator.graphsafe_set_state(generator_state)
             cause = exc.__context__ if exc.__context__ is not None else exc
             raise RuntimeError(f"{type(cause).__name__}: {cause}") from exc
         torch.cuda.synchronize(device)
