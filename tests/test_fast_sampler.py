@@ -278,28 +278,65 @@ def test_train_ebm_fast_and_eager_negative_phase_agree():
 
 
 # --------------------------------------------------------------------------------------------
-# The device-offset Langevin kernel (Triton; its interpreter on the CPU)
+# The graphed chain's body, without a GPU: GraphedChain runs the same code eagerly when it was
+# not captured (the update reads its stream position from the rng_state tensor either way).
 # --------------------------------------------------------------------------------------------
-def test_device_offset_kernel_matches_the_op(triton_device):
-    from vaebm_fast.ops import langevin_step_reference
-    from vaebm_fast.triton_kernels.langevin_device import langevin_step_device_
+@pytest.mark.parametrize("space", ["eps", "data"])
+def test_graphed_chain_body_matches_the_eager_sampler_on_cpu(space):
+    from vaebm_fast.sampling.graphs import GraphedChain
+    vae, energy = mlp_models()
+    gen = vae if space != "data" else None
+    kw = dict(space=space, step_size=0.05, n_steps=5, data_shape=(2,), output="sample")
+    a = LangevinSampler(energy, gen, **kw).sample(16, seed=3, offset=11, return_chain=True)
+    fast = FastSampler(energy, gen, **kw)
+    e, g = fast.prepared_models(torch.contiguous_format)
+    starts, offset = fast.initial_states(16, seed=3, offset=11, device="cpu",
+                                         dtype=torch.float32)
+    chain = GraphedChain(fast, e, g, starts)
+    states, x, energies, half_sq, next_offset = chain.run(starts, seed=3, offset=offset)
+    assert next_offset == a.next_offset
+    assert torch.allclose(x, a.x, atol=1e-5) and torch.allclose(energies, a.energies, atol=1e-5)
+    for s, t in zip(states, a.states):
+        assert torch.allclose(s, t, atol=1e-5)
+    if half_sq is not None:  # the prior term of the potentials, from the update's output
+        assert torch.allclose(energies + half_sq, a.potentials, atol=1e-5)
+    # The chain advanced its device-side stream position past the noise it drew, so running
+    # again without new host input continues with fresh noise: the chain from its last states.
+    assert chain.rng.tolist() == [3, next_offset]
+    again = chain.replay().clone()
+    ref = LangevinSampler(energy, gen, **kw).sample(list(a.states), seed=3, offset=next_offset)
+    assert torch.allclose(again, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        chain.replay([torch.zeros(1, 2)] * len(starts))
+
+
+def test_graphed_update_op_matches_the_step_at_the_device_offset(triton_device):
+    """langevin_step_graphed_ (Triton, and the eager reference reading rng_state on the host)
+    is langevin_step_ at offset rng_state[1] + offset_add, and does not advance rng_state."""
+    from vaebm_fast.ops import langevin_step_graphed_, langevin_step_reference
 
     torch.manual_seed(0)
     ts = [torch.randn(3, 5, device=triton_device), torch.randn(3, 2, 7, device=triton_device)]
     gs = [torch.randn_like(t) for t in ts]
-    a, b = [t.clone() for t in ts], [t.clone() for t in ts]
+    a = [t.clone() for t in ts]
     ha = torch.empty(3, device=triton_device)
-    hb = torch.empty(3, device=triton_device)
     seed = 2 ** 40 + 5
     langevin_step_reference(a, gs, step_size=0.1, seed=seed, offset=1237, grad_clip=0.5,
                             clamp=(-1.0, None), half_sq_norm=ha)
-    rng = torch.tensor([seed, 1200], device=triton_device)
-    langevin_step_device_(b, gs, step_size=0.1, rng_state=rng, offset_add=37, grad_clip=0.5,
-                          clamp=(-1.0, None), half_sq_norm=hb)
-    for x, y in zip(a, b):
-        assert torch.allclose(x, y, atol=1e-6)
-    assert torch.allclose(ha, hb, rtol=1e-5)
-    assert rng.tolist() == [seed, 1200]  # the caller advances it
+    for backend in ("triton", "eager"):
+        b = [t.clone() for t in ts]
+        hb = torch.empty(3, device=triton_device)
+        rng = torch.tensor([seed, 1200], device=triton_device)
+        langevin_step_graphed_(b, gs, step_size=0.1, rng_state=rng, offset_add=37,
+                               grad_clip=0.5, clamp=(-1.0, None), half_sq_norm=hb,
+                               backend=backend)
+        for x, y in zip(a, b):
+            assert torch.allclose(x, y, atol=1e-6), backend
+        assert torch.allclose(ha, hb, rtol=1e-5), backend
+        assert rng.tolist() == [seed, 1200]  # the caller advances it
+    with pytest.raises(ValueError, match="rng_state must be an int64"):
+        langevin_step_graphed_(a, gs, step_size=0.1, rng_state=torch.zeros(3, dtype=torch.int64,
+                                                                         device=triton_device))
 
 
 # --------------------------------------------------------------------------------------------

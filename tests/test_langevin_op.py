@@ -250,9 +250,13 @@ def test_default_backend_controls_auto(monkeypatch):
 
 def test_internal_overlap_is_rejected(native):
     t = torch.zeros(1, 3).expand(4, 3)
-    with pytest.raises(RuntimeError, match="sharing memory"):
+    with pytest.raises(ValueError, match="sharing memory"):
         langevin_step_([t], [torch.zeros(4, 3)], step_size=0.1, seed=0, offset=0,
                        backend="native")
+    # The kernel refuses it too when called directly (it would write one element twice).
+    with pytest.raises(RuntimeError, match="sharing memory|overlap"):
+        torch.ops.vaebm_fast.langevin_step_([t], [torch.zeros(4, 3)], 0.1, 0, 0, 1.0, 0.3,
+                                            None, None, None)
 
 
 def _ok_args():

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent('''
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from vaebm_fast.triton_kernels import (epilogues, langevin, langevin_device,
+    from vaebm_fast.triton_kernels import (epilogues, langevin,
                                            power_iteration, replay, rng, swish)
 
     def build(name, fn, sig, consts):
@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent('''
     floats = {"fp16": "fp32", "bf16": "fp32", "fp32": "fp32", "fp64": "fp64"}
     acc = {"fp32": tl.float32, "fp64": tl.float64}
     for st, math in floats.items():
-        build(f"langevin_step_device_ {st}", langevin_device._langevin_device_kernel,
+        build(f"langevin_step_graphed_ {st}", langevin._langevin_graphed_kernel,
               {"table_ptr": "*i64", "n_tensors": i32, "hsn_ptr": "*" + math, "n_rows": i32,
                "rng_ptr": "*i64", **halves("add", "half_step", "prior", "sigma", "clip", "low",
                                            "high")},

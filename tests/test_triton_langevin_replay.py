@@ -189,9 +189,13 @@ def test_langevin_nan_passes_through(triton_device):
 
 def test_langevin_overlapping_tensor_is_rejected(triton_device):
     t = torch.zeros(1, 3, device=triton_device).expand(4, 3)
-    with pytest.raises(RuntimeError, match="sharing memory"):
+    with pytest.raises(ValueError, match="sharing memory"):
         langevin_step_([t], [torch.zeros(4, 3, device=triton_device)], step_size=0.1, seed=0,
                        offset=0, backend="triton")
+    with pytest.raises(RuntimeError, match="sharing memory"):  # the kernel on its own
+        torch.ops.vaebm_fast_triton.langevin_step_(
+            [t], [torch.zeros(4, 3, device=triton_device)], 0.1, 0, 0, 1.0, 0.3, None, None,
+            None)
 
 
 def _hsn_case():

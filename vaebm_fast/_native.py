@@ -1,10 +1,10 @@
 """Lazy loading of the compiled extension ``vaebm_fast._C``.
 
-The shared library holds the operator schemas and the C++/CUDA kernels behind
-``torch.ops.vaebm_fast.*``. It has no Python module init; it is looked up next to the package
+The shared library holds the C++/CUDA kernels behind ``torch.ops.vaebm_fast.*`` (the op
+schemas are declared in Python, ``vaebm_fast.ops._library``). It has no Python module init; it is looked up next to the package
 under the names an extension module may have (``_C.cpython-311-x86_64-linux-gnu.so``,
 ``_C.abi3.so``, ``_C.so``) and loaded with ``torch.ops.load_library``, whose static
-initialisers register the ops.
+initialisers register the kernels.
 
 Loading happens on the first call of :func:`status` (the ops call it when they dispatch), never
 at import, and queries no device. When the library is missing, fails to load, or was built
@@ -24,11 +24,11 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
-__all__ = ["NativeStatus", "status", "is_loaded", "on_load", "FIX"]
+__all__ = ["NativeStatus", "status", "is_loaded", "FIX"]
 
 FIX = ("reinstall with `pip install --no-build-isolation .` (or `pip install "
        "--no-build-isolation -e .` in a checkout) so the extension is compiled against the "
@@ -59,8 +59,6 @@ class NativeStatus:
 
 _lock = threading.Lock()
 _status: Optional[NativeStatus] = None
-_hooks: List[Callable[[], None]] = []
-_hooks_run: set = set()  # ids of hooks already run; a hook runs at most once per process
 
 
 def _find_library() -> Optional[str]:
@@ -125,8 +123,6 @@ def status() -> NativeStatus:
                               f"PyTorch fallback: {result.reason}", RuntimeWarning,
                               stacklevel=3)
             _status = result
-            if result.loaded:
-                _run_hooks()
     return _status
 
 
@@ -135,28 +131,10 @@ def is_loaded() -> bool:
     return status().loaded
 
 
-def on_load(hook: Callable[[], None]) -> None:
-    """Run ``hook()`` once the library is loaded (now, if it already is).
-
-    Op modules use this for Python-side registrations that need the C++ schema to exist, such
-    as ``torch.library.register_fake``. Each hook runs at most once per process.
-    """
-    _hooks.append(hook)
-    if _status is not None and _status.loaded:
-        _run_hooks()
-
-
-def _run_hooks() -> None:
-    for hook in list(_hooks):
-        if id(hook) not in _hooks_run:
-            _hooks_run.add(id(hook))
-            hook()
-
-
 def _reset() -> None:
     """Forget the loading outcome so the next :func:`status` tries again (tests only).
 
-    A library already loaded into the process stays loaded; hooks do not run twice.
+    A library already loaded into the process stays loaded.
     """
     global _status
     with _lock:

@@ -10,6 +10,10 @@ Wrong *types* raise ``TypeError``; right types with wrong *values* (shape, dtype
 range, non-finite entries) raise ``ValueError``. Messages read like
 ``x must have shape [B, 2] (got [4, 3]); pass 2-D points``.
 
+The ops validate tensors with ``torch._check_value`` / ``torch._check_type`` instead (the same
+function is their fake kernel, so it must run on fake tensors and under ``torch.compile``);
+:func:`explain` builds those messages.
+
 None of these checks synchronises with a GPU except ``check_tensor(..., finite=True)``, which
 has to look at the values; keep it out of hot loops.
 """
@@ -19,11 +23,12 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["check_tensor", "check_choice", "check_positive"]
+__all__ = ["check_tensor", "check_choice", "check_positive", "check_int", "check_real",
+           "explain"]
 
 # One entry of an expected shape: an exact size, None (any size, shown as "*"), or a name such
 # as "B" (any size, shown by its name).
@@ -162,3 +167,43 @@ def check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{name} must be > 0 (got {value!r})")
     return value
+
+
+def check_int(value: Any, name: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
+    """``value`` as a Python int in ``[low, high]`` (bools refused); returns it.
+
+    Raises:
+        TypeError: not an integer. ValueError: out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int (got {type(value).__name__} {value!r})")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}] (got {value})")
+    return value
+
+
+def check_real(value: Any, name: str, *, finite: bool = False) -> float:
+    """``value`` as a Python float (bools refused; NaN and infinities refused with
+    ``finite=True``); returns it.
+
+    Raises:
+        TypeError: not a real number. ValueError: not finite when required.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (got {type(value).__name__} {value!r})")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite (got {value})")
+    return value
+
+
+def explain(*parts: Any) -> Callable[[], str]:
+    """The message argument of ``torch._check*``: ``parts`` joined as text, formatted now.
+
+    ``torch.compile`` traces the checks an op's wrapper runs and accepts a message function
+    only if it closes over constants: formatting the parts here (shapes, dtypes, names) leaves
+    it a string.
+    """
+    text = "".join(str(p) for p in parts)
+    return lambda: text

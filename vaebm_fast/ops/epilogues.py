@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _native
-from . import _dispatch
-from .swish import LIPSWISH_SCALE, activation_format, kernel_dtype_reason
+from .._kernel_rules import LIPSWISH_SCALE, activation_format, dtype_reason
+from ..validation import explain
+from . import _dispatch, _library
 
 __all__ = [
     "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
@@ -67,30 +67,9 @@ __all__ = [
     "affine_swish_backward_reference",
 ]
 
-# "auto" on the CPU, by measurement: forward + backward (torch.autograd.grad with a random
-# contiguous output gradient, all input gradients), native vs eager reference, [32,128,16,16]
-# fp32, `OMP_NUM_THREADS=1 python -m benchmarks.bench_ops --only
-# 'ebm_block_tail|nvae_cell_tail|affine_swish'` (the harness's interleaved medians), 6 runs
-# alternated with the same command on the previous kernels; 2-core AMD EPYC with AVX-512, shared
-# with other jobs (load 3-6: with torch's default 2 threads the runs were dominated by
-# contention), torch 2.13. Median over runs, ms (run-to-run eager/native range):
-#   ebm_block_tail (downsampling)  native 0.74  eager 5.52  (6.1-7.9x)  before: 5.81 (0.7-1.4x)
-#   nvae_cell_tail                 native 0.96  eager 2.64  (1.8-3.2x)  before: 1.32
-#   affine_swish                   native 1.08  eager 4.37  (3.2-4.6x)  before: 6.25 (0.8-1.8x)
-# ("before" for ebm_block_tail also spread a materialised zero gradient of pre, see
-# ebm_setup.) copy_ of the same tensor: 0.11 ms. Native also won at [32,64,32,32], [32,256,8,8] and
-# [32,384,16,16] (ebm_block_tail with and without pooling, 1.2-7x) and tied at [2,8,8,8]
-# (Python overhead). The fp32 kernels are compiled per instruction set (simd_math.h) since
-# the AVX-512 rewrite; before it they ran in SSE2 and lost to ATen on the sigmoid-bound ops.
-_AUTO_ORDER_EBM = {"cpu": ("native", "eager")}
-_AUTO_ORDER_CELL = {"cpu": ("native", "eager")}
-_AUTO_ORDER_AFFINE = {"cpu": ("native", "eager")}
-_dispatch.register_op("ebm_block_tail", native="vaebm_fast::ebm_block_tail", triton=True,
-                      auto_order=_AUTO_ORDER_EBM)
-_dispatch.register_op("nvae_cell_tail", native="vaebm_fast::nvae_cell_tail", triton=True,
-                      auto_order=_AUTO_ORDER_CELL)
-_dispatch.register_op("affine_swish", native="vaebm_fast::affine_swish", triton=True,
-                      auto_order=_AUTO_ORDER_AFFINE)
+# "auto": the kernel on every device (measured: benchmarks/results/ops_cpu.md).
+for _name in ("ebm_block_tail", "nvae_cell_tail", "affine_swish"):
+    _dispatch.register_op(_name, native=f"vaebm_fast::{_name}", triton=True)
 
 
 # ------------------------------------------------------------------------- references (spec)
@@ -148,67 +127,160 @@ def affine_swish_backward_reference(grad: Tensor, x: Tensor, scale: Tensor,
     return gd * _channel_view(scale, x), (gd * x).sum(dim=dims), gd.sum(dim=dims)
 
 
-# ------------------------------------------------------------------------- argument checks
+# ------------------------------------------------------------------------- validation
+# One function per op: the public wrapper's argument check and the body of the op's fake kernel,
+# returning the output shape(s). TypeError for a non-tensor, ValueError for wrong shapes,
+# dtypes and devices.
 
-def _check_tensor(t, op: str, name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor (got {type(t).__name__})")
-    if not t.is_floating_point():
-        raise ValueError(f"{op}: {name} must be a floating tensor (got {t.dtype})")
+def _check_tensor(op: str, name: str, t) -> None:
+    torch._check_type(isinstance(t, Tensor),
+                      explain(op, ": ", name, " must be a torch.Tensor (got ",
+                              type(t).__name__, ")"))
+    torch._check_value(t.is_floating_point(),
+                       explain(op, ": ", name, " must be a floating tensor (got ", t.dtype, ")"))
 
 
-def _check_same(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
+def _check_like(op: str, ref_name: str, ref: Tensor, **others: Tensor) -> None:
+    """Every tensor of ``others`` has ``ref``'s dtype and device."""
     for name, t in others.items():
-        if t.dtype != ref.dtype:
-            raise ValueError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
-        if t.device != ref.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+        torch._check_value(t.dtype == ref.dtype, explain(op, ": ", name, " has dtype ", t.dtype,
+                                                         " but ", ref_name, " has ", ref.dtype))
+        torch._check_value(t.device == ref.device, explain(op, ": ", name, " is on ", t.device,
+                                                           " but ", ref_name, " is on ",
+                                                           ref.device))
 
 
-def _check_nchw_pair(op: str, h, skip) -> None:
-    """h and skip: tensors of one NCHW shape, dtype and device."""
-    _check_tensor(h, op, "h")
-    _check_tensor(skip, op, "skip")
-    if h.dim() != 4:
-        raise ValueError(f"{op}: h must be NCHW [B, C, H, W] (got shape {tuple(h.shape)})")
-    if skip.shape != h.shape:
-        raise ValueError(f"{op}: skip has shape {tuple(skip.shape)} but h has "
-                         f"{tuple(h.shape)}; they must match")
-    _check_same(op, "h", h, skip=skip)
+def _check_nchw_pair(op: str, a_name: str, a, b_name: str, b) -> None:
+    """Two NCHW tensors of one shape, dtype and device."""
+    _check_tensor(op, a_name, a)
+    _check_tensor(op, b_name, b)
+    torch._check_value(a.dim() == 4, explain(op, ": ", a_name, " must be NCHW [B, C, H, W] "
+                                                 "(got shape ", tuple(a.shape), ")"))
+    torch._check_value(b.shape == a.shape, explain(op, ": ", b_name, " has shape ",
+                                                   tuple(b.shape), " but ", a_name, " has ",
+                                                   tuple(a.shape), "; they must match"))
+    _check_like(op, a_name, a, **{b_name: b})
 
 
-def _check_ebm(h, skip, downsample) -> None:
-    op = "ebm_block_tail"
-    _check_nchw_pair(op, h, skip)
-    if downsample and (h.shape[2] % 2 or h.shape[3] % 2):
-        raise ValueError(f"{op}: downsample needs even H and W (got {h.shape[2]}x{h.shape[3]})")
+def _pooled(op: str, t: Tensor, downsample: bool) -> tuple:
+    b, c, hh, ww = t.shape
+    if not downsample:
+        return b, c, hh, ww
+    torch._check_value(hh % 2 == 0 and ww % 2 == 0,
+                       explain(op, ": downsample needs even H and W (got ", hh, "x", ww, ")"))
+    return b, c, hh // 2, ww // 2
 
 
-def _check_cell(skip, h, gate) -> None:
-    op = "nvae_cell_tail"
-    _check_nchw_pair(op, h, skip)
-    if gate is not None:
-        _check_tensor(gate, op, "gate")
-        if gate.shape != h.shape[:2]:
-            raise ValueError(f"{op}: gate must have shape [B, C] = {tuple(h.shape[:2])} "
-                             f"(got {tuple(gate.shape)})")
-        _check_same(op, "h", h, gate=gate)
+def _check_ebm(h, skip, downsample) -> tuple:
+    """ebm_block_tail(h [B, C, H, W], skip [same], downsample) -> (out, pre), each
+    [B, C, H/2, W/2] when downsampling, else [B, C, H, W]: returns that shape."""
+    _check_nchw_pair("ebm_block_tail", "h", h, "skip", skip)
+    return _pooled("ebm_block_tail", h, downsample)
 
 
-def _check_affine(x, scale, shift) -> None:
-    op = "affine_swish"
-    _check_tensor(x, op, "x")
-    _check_tensor(scale, op, "scale")
-    _check_tensor(shift, op, "shift")
-    if x.dim() < 2:
-        raise ValueError(f"{op}: x must have at least 2 dims [N, C, ...] (got shape "
-                         f"{tuple(x.shape)})")
+def _check_ebm_backward(grad, pre, downsample) -> tuple:
+    """ebm_block_tail_backward(grad, pre [B, C, h, w], downsample) -> d [B, C, 2h, 2w] when
+    downsampling, else [B, C, h, w]: returns that shape."""
+    _check_nchw_pair("ebm_block_tail_backward", "pre", pre, "grad", grad)
+    b, c, hh, ww = pre.shape
+    return (b, c, 2 * hh, 2 * ww) if downsample else (b, c, hh, ww)
+
+
+def _check_gate(op: str, gate, h: Tensor) -> None:
+    _check_tensor(op, "gate", gate)
+    torch._check_value(gate.shape == h.shape[:2], explain(
+        op, ": gate must have shape [B, C] = ", tuple(h.shape[:2]), " (got ",
+        tuple(gate.shape), ")"))
+    _check_like(op, "h", h, gate=gate)
+
+
+def _check_cell(skip, h, gate, scale) -> None:
+    """nvae_cell_tail(skip [B, C, H, W], h [same], gate [B, C], scale) -> out [B, C, H, W]."""
+    _check_nchw_pair("nvae_cell_tail", "h", h, "skip", skip)
+    _check_gate("nvae_cell_tail", gate, h)
+
+
+def _check_cell_backward(grad, h, gate, scale) -> None:
+    """nvae_cell_tail_backward(grad, h [B, C, H, W], gate [B, C], scale) -> (dh like h,
+    dgate like gate)."""
+    _check_nchw_pair("nvae_cell_tail_backward", "h", h, "grad", grad)
+    _check_gate("nvae_cell_tail_backward", gate, h)
+
+
+def _check_affine(x, scale, shift, op: str = "affine_swish") -> None:
+    """affine_swish(x [N, C, ...], scale [C], shift [C]) -> out [N, C, ...]."""
+    for name, t in (("x", x), ("scale", scale), ("shift", shift)):
+        _check_tensor(op, name, t)
+    torch._check_value(x.dim() >= 2, explain(op, ": x must have at least 2 dims [N, C, ...] "
+                                                 "(got shape ", tuple(x.shape), ")"))
     c = x.shape[1]
     for name, v in (("scale", scale), ("shift", shift)):
-        if v.shape != (c,):
-            raise ValueError(f"{op}: {name} must have shape [C] = [{c}] (got "
-                             f"{tuple(v.shape)})")
-    _check_same(op, "x", x, scale=scale, shift=shift)
+        torch._check_value(v.shape == (c,), explain(op, ": ", name, " must have shape [C] = [",
+                                                    c, "] (got ", tuple(v.shape), ")"))
+    _check_like(op, "x", x, scale=scale, shift=shift)
+
+
+def _check_affine_backward(grad, x, scale, shift) -> None:
+    """affine_swish_backward(grad, x [N, C, ...], scale [C], shift [C]) -> (dx like x, dscale,
+    dshift)."""
+    op = "affine_swish_backward"
+    _check_affine(x, scale, shift, op)
+    _check_tensor(op, "grad", grad)
+    torch._check_value(grad.shape == x.shape, explain(op, ": grad has shape ",
+                                                      tuple(grad.shape), " but x has ",
+                                                      tuple(x.shape)))
+    _check_like(op, "x", x, grad=grad)
+
+
+def _triton():
+    from ..triton_kernels import epilogues as kernels
+    return kernels
+
+
+def _fake_ebm(h, skip, downsample):
+    shape = _check_ebm(h, skip, downsample)
+    return h.new_empty(shape), h.new_empty(shape)
+
+
+def _fake_ebm_backward(grad, pre, downsample):
+    return pre.new_empty(_check_ebm_backward(grad, pre, downsample))
+
+
+def _fake_cell(skip, h, gate, scale):
+    _check_cell(skip, h, gate, scale)
+    return h.new_empty(h.shape)
+
+
+def _fake_cell_backward(grad, h, gate, scale):
+    _check_cell_backward(grad, h, gate, scale)
+    return h.new_empty(h.shape), gate.new_empty(gate.shape)
+
+
+def _fake_affine(x, scale, shift):
+    _check_affine(x, scale, shift)
+    return x.new_empty(x.shape)
+
+
+def _fake_affine_backward(grad, x, scale, shift):
+    _check_affine_backward(grad, x, scale, shift)
+    return x.new_empty(x.shape), scale.new_empty(scale.shape), shift.new_empty(shift.shape)
+
+
+for _schema, _fake in (
+        ("ebm_block_tail(Tensor h, Tensor skip, bool downsample) -> (Tensor, Tensor)",
+         _fake_ebm),
+        ("ebm_block_tail_backward(Tensor grad, Tensor pre, bool downsample) -> Tensor",
+         _fake_ebm_backward),
+        ("nvae_cell_tail(Tensor skip, Tensor h, Tensor gate, float scale) -> Tensor",
+         _fake_cell),
+        ("nvae_cell_tail_backward(Tensor grad, Tensor h, Tensor gate, float scale) "
+         "-> (Tensor, Tensor)", _fake_cell_backward),
+        ("affine_swish(Tensor x, Tensor scale, Tensor shift) -> Tensor", _fake_affine),
+        ("affine_swish_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift) "
+         "-> (Tensor, Tensor, Tensor)", _fake_affine_backward)):
+    _op_name = _schema.split("(", 1)[0]
+    _library.define(_schema, fake=_fake,
+                    triton=lambda name=_op_name: getattr(_triton(), name))
 
 
 def _kernel_ns(op: str, backend: str, x: Tensor):
@@ -219,19 +291,14 @@ def _kernel_ns(op: str, backend: str, x: Tensor):
     ``"auto"`` runs the eager reference, whose torch ops keep the layout. The kernels index
     channels in row-major NCHW, so they would read channels-last inputs through row-major
     copies and hand the next convolution row-major outputs to convert back; a named backend
-    still runs its kernel that way (same results). Measured: in a CIFAR-10 chain step at batch
-    32 (official widths, channels-last) the eager epilogues take ~0.4 s of ~7.4 s, the
-    convolutions 5.9 s (2-core AMD EPYC).
+    still runs its kernel that way (same results). Measured in a CIFAR-10 chain step
+    (benchmarks/results/chains_cifar_cpu.md): the eager epilogues take ~5% of the step.
     """
-    chosen = _dispatch.resolve_backend(op, backend, x.device,
-                                       unsupported=kernel_dtype_reason(x.dtype))
+    chosen = _dispatch.resolve_backend(op, backend, x.device, unsupported=dtype_reason(x.dtype))
     if chosen == "eager" or (backend == "auto" and
                              activation_format(x) == torch.channels_last):
         return None
-    if chosen == "triton":
-        from ..triton_kernels import epilogues as _tk  # noqa: F401  (registers the ops)
-        return torch.ops.vaebm_fast_triton
-    return torch.ops.vaebm_fast
+    return _library.namespace(chosen)
 
 
 # ------------------------------------------------------------------------- public ops
@@ -265,11 +332,12 @@ def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Optional[Tensor] = None, *,
     skip, h: [B, C, H, W]; gate: [B, C]; same dtype and device. Returns [B, C, H, W].
     Autograd on the kernel backends saves h and gate. Raises as :func:`ebm_block_tail`.
     """
-    _check_cell(skip, h, gate)
     scale = float(scale)
     if gate is None:
+        _check_nchw_pair("nvae_cell_tail", "h", h, "skip", skip)
         _dispatch.resolve_backend("nvae_cell_tail", backend, h.device)  # validates the name
         return torch.add(skip, h, alpha=scale)
+    _check_cell(skip, h, gate, scale)
     ns = _kernel_ns("nvae_cell_tail", backend, h)
     if ns is None:
         return nvae_cell_tail_reference(skip, h, gate, scale)
@@ -320,8 +388,7 @@ def bn_swish_eval(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, *,
 
 
 # ------------------------------------------------------------------------- autograd
-# One set of formulas for the native ops (torch.ops.vaebm_fast) and the Triton custom ops
-# (torch.ops.vaebm_fast_triton): `ns` is the namespace whose backward op is called.
+# One set of formulas for both namespaces: `ns` is the namespace whose backward op is called.
 
 def _pool_adjoint(d: Tensor) -> Tensor:
     return (d * 0.25).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
@@ -337,13 +404,9 @@ def _lipswish_d2(p: Tensor) -> Tensor:
     return LIPSWISH_SCALE * s * (1 - s) * (2 + p * (1 - 2 * s))
 
 
-def register_epilogue_autograd(ns_name: str) -> None:
-    """Register autograd (and double backward) for the six epilogue ops of namespace
-    ``ns_name`` ("vaebm_fast" or "vaebm_fast_triton")."""
-    ns = getattr(torch.ops, ns_name)
-
-    # ebm_block_tail: save pre only.
-    def ebm_setup(ctx, inputs, output):
+def _ebm_autograd(ns):
+    """ebm_block_tail saves pre only."""
+    def setup_context(ctx, inputs, output):
         _, _, downsample = inputs
         ctx.downsample = downsample
         # An unused output gradient stays None: materialised, the zeros of pre's gradient
@@ -352,7 +415,7 @@ def register_epilogue_autograd(ns_name: str) -> None:
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(output[1])
 
-    def ebm_backward(ctx, grad_out, grad_pre):
+    def backward(ctx, grad_out, grad_pre):
         (pre,) = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(pre)
@@ -361,31 +424,34 @@ def register_epilogue_autograd(ns_name: str) -> None:
             d = d + (_pool_adjoint(grad_pre) if ctx.downsample else grad_pre)
         return d, d, None
 
-    def ebm_bwd_setup(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _ebm_backward_autograd(ns):
+    """d = U(grad * f'(pre)), U = adjoint of the 2x2 average (or identity)."""
+    def setup_context(ctx, inputs, output):
         grad, pre, downsample = inputs
         ctx.downsample = downsample
         ctx.save_for_backward(grad, pre)
 
-    def ebm_bwd_backward(ctx, gg):
-        # out = U(grad * f'(pre)), U = adjoint of the 2x2 average (or identity).
+    def backward(ctx, gg):
         grad, pre = ctx.saved_tensors
         p_gg = F.avg_pool2d(gg, 2) if ctx.downsample else gg
         d_grad = p_gg * _lipswish_d1(pre) if ctx.needs_input_grad[0] else None
         d_pre = p_gg * grad * _lipswish_d2(pre) if ctx.needs_input_grad[1] else None
         return d_grad, d_pre, None
 
-    torch.library.register_autograd(f"{ns_name}::ebm_block_tail", ebm_backward,
-                                    setup_context=ebm_setup)
-    torch.library.register_autograd(f"{ns_name}::ebm_block_tail_backward", ebm_bwd_backward,
-                                    setup_context=ebm_bwd_setup)
+    return backward, setup_context
 
-    # nvae_cell_tail: save h and gate.
-    def cell_setup(ctx, inputs, output):
+
+def _cell_autograd(ns):
+    """nvae_cell_tail saves h and gate."""
+    def setup_context(ctx, inputs, output):
         _, h, gate, scale = inputs
         ctx.scale = scale
         ctx.save_for_backward(h, gate)
 
-    def cell_backward(ctx, grad):
+    def backward(ctx, grad):
         h, gate = ctx.saved_tensors
         dh = dgate = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
@@ -394,13 +460,17 @@ def register_epilogue_autograd(ns_name: str) -> None:
                 dh if ctx.needs_input_grad[1] else None,
                 dgate if ctx.needs_input_grad[2] else None, None)
 
-    def cell_bwd_setup(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _cell_backward_autograd(ns):
+    """dh = c grad gate, dgate = c sum_hw(grad h): both bilinear."""
+    def setup_context(ctx, inputs, output):
         grad, h, gate, scale = inputs
         ctx.scale = scale
         ctx.save_for_backward(grad, h, gate)
 
-    def cell_bwd_backward(ctx, gg_dh, gg_dgate):
-        # dh = c grad gate, dgate = c sum_hw(grad h): both bilinear.
+    def backward(ctx, gg_dh, gg_dgate):
         grad, h, gate = ctx.saved_tensors
         c = ctx.scale
         d_grad = d_h = d_gate = None
@@ -418,27 +488,30 @@ def register_epilogue_autograd(ns_name: str) -> None:
                       else torch.zeros_like(gate))
         return d_grad, d_h, d_gate, None
 
-    torch.library.register_autograd(f"{ns_name}::nvae_cell_tail", cell_backward,
-                                    setup_context=cell_setup)
-    torch.library.register_autograd(f"{ns_name}::nvae_cell_tail_backward", cell_bwd_backward,
-                                    setup_context=cell_bwd_setup)
+    return backward, setup_context
 
-    # affine_swish: save x, scale, shift.
-    def affine_setup(ctx, inputs, output):
+
+def _affine_autograd(ns):
+    """affine_swish saves x, scale and shift."""
+    def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
-    def affine_backward(ctx, grad):
+    def backward(ctx, grad):
         x, scale, shift = ctx.saved_tensors
         dx, dscale, dshift = ns.affine_swish_backward(grad, x, scale, shift)
         return (dx if ctx.needs_input_grad[0] else None,
                 dscale if ctx.needs_input_grad[1] else None,
                 dshift if ctx.needs_input_grad[2] else None)
 
-    def affine_bwd_setup(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _affine_backward_autograd(ns):
+    """Written in torch ops from the reference (rarely used: double backward only)."""
+    def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
-    def affine_bwd_backward(ctx, gg_dx, gg_dscale, gg_dshift):
-        # Written in torch ops from the reference (rarely used: double backward only).
+    def backward(ctx, gg_dx, gg_dscale, gg_dshift):
         grad, x, scale, shift = (t.detach() for t in ctx.saved_tensors)
         with torch.enable_grad():
             ins = [t.requires_grad_() for t in (grad, x, scale, shift)]
@@ -451,67 +524,13 @@ def register_epilogue_autograd(ns_name: str) -> None:
                      (torch.zeros_like(i) if need else None)
                      for g, i, need in zip(grads, ins, ctx.needs_input_grad))
 
-    torch.library.register_autograd(f"{ns_name}::affine_swish", affine_backward,
-                                    setup_context=affine_setup)
-    torch.library.register_autograd(f"{ns_name}::affine_swish_backward", affine_bwd_backward,
-                                    setup_context=affine_bwd_setup)
+    return backward, setup_context
 
 
-# ------------------------------------------------------------------------- fake kernels
-
-def _fake_ebm(h, skip, downsample):
-    torch._check(h.dim() == 4, lambda: "ebm_block_tail: h must be [B, C, H, W]")
-    torch._check(skip.shape == h.shape, lambda: "ebm_block_tail: skip and h differ in shape")
-    b, c, hh, ww = h.shape
-    if downsample:
-        torch._check(hh % 2 == 0 and ww % 2 == 0,
-                     lambda: "ebm_block_tail: downsample needs even H and W")
-        shape = (b, c, hh // 2, ww // 2)
-    else:
-        shape = (b, c, hh, ww)
-    return h.new_empty(shape), h.new_empty(shape)
-
-
-def _fake_ebm_backward(grad, pre, downsample):
-    torch._check(grad.shape == pre.shape,
-                 lambda: "ebm_block_tail_backward: grad and pre differ in shape")
-    b, c, hh, ww = pre.shape
-    return pre.new_empty((b, c, 2 * hh, 2 * ww) if downsample else (b, c, hh, ww))
-
-
-def _fake_cell(skip, h, gate, scale):
-    torch._check(skip.shape == h.shape, lambda: "nvae_cell_tail: skip and h differ in shape")
-    torch._check(gate.shape == h.shape[:2], lambda: "nvae_cell_tail: gate must be [B, C]")
-    return h.new_empty(h.shape)
-
-
-def _fake_cell_backward(grad, h, gate, scale):
-    torch._check(grad.shape == h.shape,
-                 lambda: "nvae_cell_tail_backward: grad and h differ in shape")
-    return h.new_empty(h.shape), gate.new_empty(gate.shape)
-
-
-def _fake_affine(x, scale, shift):
-    torch._check(x.dim() >= 2, lambda: "affine_swish: x must have dim >= 2")
-    return x.new_empty(x.shape)
-
-
-def _fake_affine_backward(grad, x, scale, shift):
-    torch._check(grad.shape == x.shape, lambda: "affine_swish_backward: grad and x differ")
-    return x.new_empty(x.shape), scale.new_empty(scale.shape), shift.new_empty(shift.shape)
-
-
-FAKES = {
-    "ebm_block_tail": _fake_ebm, "ebm_block_tail_backward": _fake_ebm_backward,
-    "nvae_cell_tail": _fake_cell, "nvae_cell_tail_backward": _fake_cell_backward,
-    "affine_swish": _fake_affine, "affine_swish_backward": _fake_affine_backward,
-}
-
-
-def _register() -> None:
-    for name, fake in FAKES.items():
-        torch.library.register_fake(f"vaebm_fast::{name}", fake)
-    register_epilogue_autograd("vaebm_fast")
-
-
-_native.on_load(_register)
+for _name, _make in (("ebm_block_tail", _ebm_autograd),
+                     ("ebm_block_tail_backward", _ebm_backward_autograd),
+                     ("nvae_cell_tail", _cell_autograd),
+                     ("nvae_cell_tail_backward", _cell_backward_autograd),
+                     ("affine_swish", _affine_autograd),
+                     ("affine_swish_backward", _affine_backward_autograd)):
+    _library.register_autograd(_name, _make)

@@ -30,31 +30,51 @@ the states are in registers.
 
 :func:`langevin_step_reference` is the specification (plain PyTorch, any device; it
 materialises the noise). :func:`langevin_step_` validates its inputs and dispatches to the
-native kernel (``torch.ops.vaebm_fast.langevin_step_``: no noise tensor, one pass over memory),
-the Triton kernel (``vaebm_fast.triton_kernels.langevin``, one launch for the whole list) or
-the reference. The update is not differentiable and runs under ``torch.no_grad()``;
-tensors in the list must not share memory with each other or with the gradients.
+native kernel (no noise tensor, one pass over memory), the Triton kernel (one launch for the
+whole list) or the reference. The update is not differentiable and runs under
+``torch.no_grad()``. Tensors in the list must not share memory with each other or with the
+gradients: a tensor whose own elements overlap (an ``expand``), or one passed twice, is
+refused; partial overlaps between different tensors are not detected.
+
+:func:`langevin_step_graphed_` is the same step for a captured CUDA graph: it reads the
+stream position ``(seed, offset)`` from a device tensor ``rng_state`` when it runs, instead of
+taking it as arguments that a graph would freeze at capture (Triton kernel; the eager
+reference reads ``rng_state`` on the host, which a graph cannot capture).
 """
 from __future__ import annotations
 
 import math
-import numbers
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .. import _native
-from . import _dispatch
+from .._kernel_rules import KERNEL_DTYPES, compute_dtype
+from ..validation import check_real, explain
+from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
 
-__all__ = ["langevin_step_", "langevin_step_reference", "LangevinStepper"]
+__all__ = ["langevin_step_", "langevin_step_reference", "langevin_step_graphed_",
+           "LangevinStepper"]
 
 _dispatch.register_op("langevin_step_", native="vaebm_fast::langevin_step_", triton=True)
+_dispatch.register_op("langevin_step_graphed_", triton=True)
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TensorOrList = Union[Tensor, Sequence[Tensor]]
 
+
+class _Options(NamedTuple):
+    """The scalar options of a step, validated: sigma resolved, absent clamp sides None."""
+
+    step_size: float
+    prior_weight: float
+    sigma: float
+    grad_clip: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+
+
+# ------------------------------------------------------------------------- validation
 
 def _as_list(value: TensorOrList, name: str) -> List[Tensor]:
     items = [value] if isinstance(value, Tensor) else value
@@ -67,59 +87,19 @@ def _as_list(value: TensorOrList, name: str) -> List[Tensor]:
     return list(items)
 
 
-def _real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number (got {type(value).__name__} {value!r})")
-    return float(value)
-
-
-def _finite(value, name: str) -> float:
-    value = _real(value, name)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite (got {value})")
-    return value
-
-
-def _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
-                grad_clip, clamp):
-    """Validate and normalise the arguments shared by the reference and the dispatcher.
-
-    Returns (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip,
-    low, high, total) with sigma resolved and absent clamp sides as None.
-    """
-    tensors = _as_list(tensors, "tensors")
-    grads = _as_list(grads, "grads")
-    if len(tensors) != len(grads):
-        raise ValueError(f"tensors and grads must have the same length (got {len(tensors)} "
-                         f"tensors and {len(grads)} grads)")
-    if tensors:
-        dtype, device = tensors[0].dtype, tensors[0].device
-        if dtype not in _DTYPES:
-            raise ValueError(f"tensors must be float16, bfloat16, float32 or float64 "
-                             f"(got {dtype})")
-        for i, (t, g) in enumerate(zip(tensors, grads)):
-            if t.shape != g.shape:
-                raise ValueError(f"grads[{i}] must have the shape of tensors[{i}] "
-                                 f"{list(t.shape)} (got {list(g.shape)})")
-            for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
-                if x.dtype != dtype:
-                    raise ValueError(f"{name} has dtype {x.dtype} but tensors[0] has {dtype}; "
-                                     f"all tensors and grads must share one dtype")
-                if x.device != device:
-                    raise ValueError(f"{name} is on {x.device} but tensors[0] is on {device}; "
-                                     f"all tensors and grads must be on one device")
-    step_size = _finite(step_size, "step_size")
+def _options(step_size, prior_weight, noise_scale, grad_clip, clamp) -> _Options:
+    step_size = check_real(step_size, "step_size", finite=True)
     if step_size <= 0:
         raise ValueError(f"step_size must be > 0 (got {step_size})")
-    prior_weight = _finite(prior_weight, "prior_weight")
+    prior_weight = check_real(prior_weight, "prior_weight", finite=True)
     if noise_scale is None:
         sigma = math.sqrt(step_size)
     else:
-        sigma = _finite(noise_scale, "noise_scale")
+        sigma = check_real(noise_scale, "noise_scale", finite=True)
         if sigma < 0:
             raise ValueError(f"noise_scale must be >= 0 (got {sigma})")
     if grad_clip is not None:
-        grad_clip = _real(grad_clip, "grad_clip")
+        grad_clip = check_real(grad_clip, "grad_clip")
         if not grad_clip > 0:  # also rejects NaN
             raise ValueError(f"grad_clip must be > 0 (got {grad_clip})")
     low = high = None
@@ -127,64 +107,129 @@ def _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_sca
         if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
             raise TypeError(f"clamp must be a pair (low, high) (got {clamp!r}); use None for "
                             f"an open side")
-        low, high = (None if v is None else _real(v, f"clamp[{j}]") for j, v in enumerate(clamp))
+        low, high = (None if v is None else check_real(v, f"clamp[{j}]")
+                     for j, v in enumerate(clamp))
         if any(v is not None and math.isnan(v) for v in (low, high)):
             raise ValueError(f"clamp bounds must not be NaN (got {clamp!r})")
         if low is not None and high is not None and not low < high:
             raise ValueError(f"clamp must have low < high (got low={low}, high={high})")
-    total = sum(t.numel() for t in tensors)
-    seed, offset = check_stream_range(seed, offset, total)
-    return (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high,
-            total)
+    return _Options(step_size, prior_weight, sigma, grad_clip, low, high)
 
 
-def _check_half_sq_norm(half_sq_norm, tensors) -> None:
-    """Validate the optional ``half_sq_norm`` output against the (checked) tensors."""
+def _check_tensors(tensors, grads, half_sq_norm) -> None:
+    """The tensors of a step: tensors[i] [*] and grads[i] [same shape], one floating dtype of
+    KERNEL_DTYPES and one device; no state passed twice or overlapping itself; the optional
+    output half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for
+    float64 tensors). The wrappers' check and the fake kernels' body."""
+    torch._check_value(len(tensors) == len(grads), explain(
+        "tensors and grads must have the same length (got ", len(tensors), " tensors and ",
+        len(grads), " grads)"))
+    if tensors:
+        dtype, device = tensors[0].dtype, tensors[0].device
+        torch._check_value(dtype in KERNEL_DTYPES, explain(
+            "tensors must be float16, bfloat16, float32 or float64 (got ", dtype, ")"))
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        torch._check_value(t.shape == g.shape, explain(
+            "grads[", i, "] must have the shape of tensors[", i, "] ", list(t.shape), " (got ",
+            list(g.shape), ")"))
+        for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
+            torch._check_value(x.dtype == dtype, explain(
+                name, " has dtype ", x.dtype, " but tensors[0] has ", dtype,
+                "; all tensors and grads must share one dtype"))
+            torch._check_value(x.device == device, explain(
+                name, " is on ", x.device, " but tensors[0] is on ", device,
+                "; all tensors and grads must be on one device"))
+        # The certain case of elements sharing memory: a stride-0 dimension of size > 1.
+        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
+                           explain("tensors[", i, "] has elements sharing memory (e.g. from "
+                                   "expand); pass a tensor with distinct elements (.clone())"))
+        torch._check_value(all(t is not u for u in tensors[:i]), explain(
+            "tensors[", i, "] is passed twice; each state must be its own tensor"))
     if half_sq_norm is None:
         return
-    if not isinstance(half_sq_norm, Tensor):
-        raise TypeError(f"half_sq_norm must be a torch.Tensor or None "
-                        f"(got {type(half_sq_norm).__name__})")
-    if not tensors:
-        raise ValueError("half_sq_norm needs at least one tensor: B is the tensors' dim 0")
+    torch._check_type(isinstance(half_sq_norm, Tensor), explain(
+        "half_sq_norm must be a torch.Tensor or None (got ", type(half_sq_norm).__name__, ")"))
+    torch._check_value(len(tensors) > 0, explain(
+        "half_sq_norm needs at least one tensor: B is the tensors' dim 0"))
     for i, t in enumerate(tensors):
-        if t.dim() == 0:
-            raise ValueError(f"half_sq_norm needs tensors with dim >= 1 (tensors[{i}] is 0-d)")
-        if t.shape[0] != tensors[0].shape[0]:
-            raise ValueError(f"half_sq_norm needs every tensor with the same dim 0 "
-                             f"(tensors[0] has {tensors[0].shape[0]}, tensors[{i}] has "
-                             f"{t.shape[0]})")
-    expected = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    if half_sq_norm.dtype != expected:
-        raise ValueError(f"half_sq_norm must be {expected} for {tensors[0].dtype} tensors "
-                         f"(got {half_sq_norm.dtype})")
-    if half_sq_norm.shape != (tensors[0].shape[0],):
-        raise ValueError(f"half_sq_norm must have shape [B] = [{tensors[0].shape[0]}] "
-                         f"(got {list(half_sq_norm.shape)})")
-    if half_sq_norm.device != tensors[0].device:
-        raise ValueError(f"half_sq_norm is on {half_sq_norm.device} but the tensors are on "
-                         f"{tensors[0].device}")
-    if not half_sq_norm.is_contiguous():
-        raise ValueError("half_sq_norm must be contiguous")
+        torch._check_value(t.dim() > 0, explain(
+            "half_sq_norm needs tensors with dim >= 1 (tensors[", i, "] is 0-d)"))
+        torch._check_value(t.shape[0] == tensors[0].shape[0], explain(
+            "half_sq_norm needs every tensor with the same dim 0 (tensors[0] has ",
+            tensors[0].shape[0], ", tensors[", i, "] has ", t.shape[0], ")"))
+    expected = compute_dtype(tensors[0].dtype)
+    torch._check_value(half_sq_norm.dtype == expected, explain(
+        "half_sq_norm must be ", expected, " for ", tensors[0].dtype, " tensors (got ",
+        half_sq_norm.dtype, ")"))
+    torch._check_value(tuple(half_sq_norm.shape) == (tensors[0].shape[0],), explain(
+        "half_sq_norm must have shape [B] = [", tensors[0].shape[0], "] (got ",
+        list(half_sq_norm.shape), ")"))
+    torch._check_value(half_sq_norm.device == tensors[0].device, explain(
+        "half_sq_norm is on ", half_sq_norm.device, " but the tensors are on ",
+        tensors[0].device))
+    torch._check_value(half_sq_norm.is_contiguous(), explain("half_sq_norm must be contiguous"))
 
 
-def _update_reference(tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip,
-                      low, high, total, half_sq_norm) -> None:
-    """The specification's arithmetic on checked, normalised arguments (``total`` > 0)."""
-    half_step = step_size / 2
-    noise = philox_normal_reference(total, seed=seed, offset=offset,
-                                    device=tensors[0].device)  # float32 [total]
+def _check_rng_state(rng_state, tensors) -> None:
+    """rng_state: int64 [2] (seed, offset) on the tensors' device."""
+    torch._check_type(isinstance(rng_state, Tensor), explain(
+        "rng_state must be a torch.Tensor (got ", type(rng_state).__name__, ")"))
+    torch._check_value(rng_state.dtype == torch.int64 and tuple(rng_state.shape) == (2,),
+                       explain("rng_state must be an int64 tensor [2] = (seed, offset) (got ",
+                               rng_state.dtype, " of shape ", list(rng_state.shape), ")"))
+    if tensors:
+        torch._check_value(rng_state.device == tensors[0].device, explain(
+            "rng_state is on ", rng_state.device, " but the tensors are on ",
+            tensors[0].device))
+    for i, t in enumerate(tensors):
+        torch._check_value(t.is_contiguous(), explain(
+            "langevin_step_graphed_ takes contiguous tensors (tensors[", i, "] is not)"))
+
+
+def _fake_step(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
+               clamp_low, clamp_high, half_sq_norm=None):
+    _check_tensors(tensors, grads, half_sq_norm)
+
+
+def _fake_graphed(tensors, grads, step_size, rng_state, offset_add, prior_weight, noise_scale,
+                  grad_clip, clamp_low, clamp_high, half_sq_norm=None):
+    _check_tensors(tensors, grads, half_sq_norm)
+    _check_rng_state(rng_state, tensors)
+
+
+def _triton():
+    from ..triton_kernels import langevin as kernels
+    return kernels
+
+
+_library.define(
+    "langevin_step_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, int seed, "
+    "int offset, float prior_weight, float noise_scale, float? grad_clip, float? clamp_low, "
+    "float? clamp_high, Tensor(b!)? half_sq_norm=None) -> ()",
+    fake=_fake_step, triton=lambda: _triton().langevin_step_)
+_library.define(
+    "langevin_step_graphed_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, "
+    "Tensor rng_state, int offset_add, float prior_weight, float noise_scale, "
+    "float? grad_clip, float? clamp_low, float? clamp_high, Tensor(b!)? half_sq_norm=None) "
+    "-> ()", fake=_fake_graphed, triton=lambda: _triton().langevin_step_graphed_)
+
+
+# ------------------------------------------------------------------------- specification
+
+def _update_reference(tensors, grads, o: _Options, noise: Tensor, half_sq_norm) -> None:
+    """The update on validated arguments, with ``noise`` float32 [total] the stream's normals
+    for the concatenation."""
     start = 0
     for t, g in zip(tensors, grads):
         n = t.numel()
-        compute = torch.float64 if t.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(t.dtype)
         xi = noise[start:start + n].reshape(t.shape).to(compute)
         x, gc = t.to(compute), g.to(compute)
-        if grad_clip is not None:
-            gc = gc.clamp(-grad_clip, grad_clip)
-        new = x - half_step * (gc + prior_weight * x) + sigma * xi
-        if low is not None or high is not None:
-            new = new.clamp(low, high)
+        if o.grad_clip is not None:
+            gc = gc.clamp(-o.grad_clip, o.grad_clip)
+        new = x - (o.step_size / 2) * (gc + o.prior_weight * x) + o.sigma * xi
+        if o.low is not None or o.high is not None:
+            new = new.clamp(o.low, o.high)
         t.copy_(new)
         start += n
     if half_sq_norm is not None:  # of the stored states, in the arithmetic dtype
@@ -193,22 +238,22 @@ def _update_reference(tensors, grads, step_size, seed, offset, prior_weight, sig
                                for t in tensors))
 
 
-def _run(chosen, tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low,
-         high, total, half_sq_norm) -> int:
-    """One step on checked, normalised arguments with the chosen backend; the next offset."""
+def _run(chosen: str, tensors, grads, o: _Options, seed: int, offset: int, total: int,
+         half_sq_norm) -> int:
+    """One step on validated arguments with the chosen backend; the next offset."""
     if total == 0:
         if half_sq_norm is not None:
             half_sq_norm.zero_()
         return offset
-    args = (tensors, grads, step_size, seed, offset, prior_weight, sigma, grad_clip, low, high)
     with torch.no_grad():
         if chosen == "eager":
-            _update_reference(*args, total, half_sq_norm)
-        elif chosen == "triton":
-            from ..triton_kernels import langevin as _triton_langevin
-            _triton_langevin.langevin_step_(*args, half_sq_norm)
+            noise = philox_normal_reference(total, seed=seed, offset=offset,
+                                            device=tensors[0].device)
+            _update_reference(tensors, grads, o, noise, half_sq_norm)
         else:
-            torch.ops.vaebm_fast.langevin_step_(*args, half_sq_norm)
+            _library.namespace(chosen).langevin_step_(
+                tensors, grads, o.step_size, seed, offset, o.prior_weight, o.sigma,
+                o.grad_clip, o.low, o.high, half_sq_norm)
     return offset + total
 
 
@@ -218,12 +263,15 @@ def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_
                             grad_clip: Optional[float] = None,
                             clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
                             half_sq_norm: Optional[Tensor] = None) -> int:
-    """Eager reference of :func:`langevin_step_` (same arguments, no ``backend``)."""
-    checked = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
-                          grad_clip, clamp)
-    _check_half_sq_norm(half_sq_norm, checked[0])
-    return _run("eager", *checked, half_sq_norm)
+    """The specification of :func:`langevin_step_` in plain PyTorch (same arguments and result,
+    no ``backend``)."""
+    return langevin_step_(tensors, grads, step_size=step_size, seed=seed, offset=offset,
+                          prior_weight=prior_weight, noise_scale=noise_scale,
+                          grad_clip=grad_clip, clamp=clamp, half_sq_norm=half_sq_norm,
+                          backend="eager")
 
+
+# ------------------------------------------------------------------------- public ops
 
 def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float, seed: int,
                    offset: int, prior_weight: float = 1.0, noise_scale: Optional[float] = None,
@@ -253,15 +301,59 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
         TypeError / ValueError: invalid arguments (message says which and why).
         BackendUnavailableError: ``backend`` names a backend that cannot run here.
     """
-    checked = _check_args(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
-                          grad_clip, clamp)
-    tensors = checked[0]
-    _check_half_sq_norm(half_sq_norm, tensors)
+    tensors, grads = _as_list(tensors, "tensors"), _as_list(grads, "grads")
+    o = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
+    _check_tensors(tensors, grads, half_sq_norm)
+    total = sum(t.numel() for t in tensors)
+    seed, offset = check_stream_range(seed, offset, total)
     if not tensors:  # nothing runs, so no device to ask: only the name is checked
         _dispatch.check_choice(backend)
-        return checked[4]
+        return offset
     chosen = _dispatch.resolve_backend("langevin_step_", backend, tensors[0].device)
-    return _run(chosen, *checked, half_sq_norm)
+    return _run(chosen, tensors, grads, o, seed, offset, total, half_sq_norm)
+
+
+def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
+                           rng_state: Tensor, offset_add: int = 0, prior_weight: float = 1.0,
+                           noise_scale: Optional[float] = None,
+                           grad_clip: Optional[float] = None,
+                           clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
+                           half_sq_norm: Optional[Tensor] = None,
+                           backend: str = "auto") -> None:
+    """:func:`langevin_step_` for a captured CUDA graph: the noise is at
+    ``(rng_state[0], rng_state[1] + offset_add)``, read when the step runs.
+
+    A graph freezes every kernel argument at capture, so a chain captured with
+    ``langevin_step_(..., seed=s, offset=o)`` would replay the same noise forever; with this
+    op the host (or the graph itself, by an in-place add on ``rng_state[1]``) points each replay
+    at any stream position. ``offset_add`` (e.g. ``k * numel`` for step ``k``) is frozen.
+    ``rng_state`` is not advanced.
+
+    Args:
+        tensors, grads: as :func:`langevin_step_`, contiguous.
+        rng_state: int64 [2], (seed, offset), on the tensors' device.
+        offset_add: int >= 0 added to rng_state[1].
+        backend: "auto" | "triton" | "eager" (the eager reference reads rng_state on the host:
+            a device sync, not capturable).
+    """
+    tensors, grads = _as_list(tensors, "tensors"), _as_list(grads, "grads")
+    o = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
+    _check_tensors(tensors, grads, half_sq_norm)
+    _check_rng_state(rng_state, tensors)
+    offset_add = check_stream_range(0, offset_add, 0)[1]
+    if not tensors:
+        _dispatch.check_choice(backend)
+        return
+    chosen = _dispatch.resolve_backend("langevin_step_graphed_", backend, tensors[0].device)
+    total = sum(t.numel() for t in tensors)
+    if chosen == "eager":
+        seed, offset = (int(v) for v in rng_state.tolist())
+        _run("eager", tensors, grads, o, seed, offset + offset_add, total, half_sq_norm)
+        return
+    with torch.no_grad():
+        _library.namespace(chosen).langevin_step_graphed_(
+            tensors, grads, o.step_size, rng_state, offset_add, o.prior_weight, o.sigma,
+            o.grad_clip, o.low, o.high, half_sq_norm)
 
 
 class LangevinStepper:
@@ -279,9 +371,10 @@ class LangevinStepper:
                  noise_scale: Optional[float] = None, grad_clip: Optional[float] = None,
                  clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
                  backend: str = "auto"):
-        (self.tensors, _, self.step_size, _, _, self.prior_weight, self.sigma, self.grad_clip,
-         self.low, self.high, self.total) = _check_args(
-            tensors, tensors, step_size, 0, 0, prior_weight, noise_scale, grad_clip, clamp)
+        self.tensors = _as_list(tensors, "tensors")
+        self.options = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
+        _check_tensors(self.tensors, [t.detach() for t in self.tensors], None)
+        self.total = sum(t.numel() for t in self.tensors)
         device = self.tensors[0].device if self.tensors else torch.device("cpu")
         self.backend = _dispatch.resolve_backend("langevin_step_", backend, device)
         self._norm_like: Optional[tuple] = None  # (shape, dtype, device) of a checked output
@@ -292,28 +385,7 @@ class LangevinStepper:
         if half_sq_norm is not None:
             like = (half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
             if like != self._norm_like or not half_sq_norm.is_contiguous():
-                _check_half_sq_norm(half_sq_norm, self.tensors)
+                _check_tensors(self.tensors, list(grads), half_sq_norm)
                 self._norm_like = like
-        return _run(self.backend, self.tensors, list(grads), self.step_size, seed, offset,
-                    self.prior_weight, self.sigma, self.grad_clip, self.low, self.high,
+        return _run(self.backend, self.tensors, list(grads), self.options, seed, offset,
                     self.total, half_sq_norm)
-
-
-def _register_fakes() -> None:
-    # Shape-only implementation for FakeTensor / torch.compile: the op only mutates its inputs.
-    @torch.library.register_fake("vaebm_fast::langevin_step_")
-    def _langevin_step_fake(tensors, grads, step_size, seed, offset, prior_weight, noise_scale,
-                            grad_clip, clamp_low, clamp_high, half_sq_norm=None) -> None:
-        torch._check(len(tensors) == len(grads), lambda: "tensors and grads differ in length")
-        for t, g in zip(tensors, grads):
-            torch._check(t.shape == g.shape, lambda: "tensors and grads differ in shape")
-        if half_sq_norm is not None:
-            torch._check(len(tensors) > 0 and half_sq_norm.dim() == 1,
-                         lambda: "half_sq_norm must be [B] with at least one tensor")
-            for t in tensors:
-                torch._check(t.dim() >= 1 and t.shape[0] == half_sq_norm.shape[0],
-                             lambda: "half_sq_norm: every tensor must have dim 0 == B")
-        return None
-
-
-_native.on_load(_register_fakes)

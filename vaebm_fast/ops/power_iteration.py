@@ -29,43 +29,73 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _native
-from . import _dispatch
+from ..validation import explain
+from . import _dispatch, _library
 
 __all__ = ["power_iteration_", "spectral_norms", "DEFAULT_EPS"]
 
 DEFAULT_EPS = 1e-3
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
-# "auto" on the CPU: native first. Measured with `python -m benchmarks.bench_ops --case
-# power_iteration --repeats 21` (4 iterations + sigma over the CIFAR-32 EBM's 16 convs in 7
-# shape groups, fp32; 2-core AMD EPYC (Zen 5), torch 2.13, 2 threads, interleaved medians, two
-# runs): native 1.30 / 1.32 ms, eager (bmm per group) 3.50 / 3.67 ms, per-layer torch.mv loop
-# 5.04 / 5.24 ms, copy_ of the weights 0.57 / 0.60 ms -- native 2.7x eager and 3.9x the loop.
-# On one thread: native 3.7-6.7 ms, loop 7.6-12.9 ms (about 2.0x), eager 9.6-21 ms.
-_AUTO_ORDER = {"cpu": ("native", "eager")}
-_dispatch.register_op("power_iteration_", native="vaebm_fast::power_iteration_", triton=True,
-                      auto_order=_AUTO_ORDER)
-_dispatch.register_op("spectral_norms", native="vaebm_fast::spectral_norms_", triton=True,
-                      auto_order=_AUTO_ORDER)
+# "auto": the kernels first (measured: benchmarks/results/ops_cpu.md).
+_dispatch.register_op("power_iteration_", native="vaebm_fast::power_iteration_", triton=True)
+_dispatch.register_op("spectral_norms", native="vaebm_fast::spectral_norms_", triton=True)
 
 
-def _check_group(W: Tensor, u: Tensor, v: Tensor, where: str = "") -> None:
-    if W.dim() != 3:
-        raise ValueError(f"{where}W must be [G, R, C], got shape {tuple(W.shape)}")
+# ------------------------------------------------------------------------- validation
+
+def _check_group(W, u, v, where: str = "") -> None:
+    """One group: W [G, R, C], u [G, R], v [G, C] of one dtype and device, u and v not requiring
+    grad (they are written in place). The wrappers' check and the fakes' body."""
+    torch._check_value(W.dim() == 3, explain(where, "W must be [G, R, C], got shape ",
+                                             tuple(W.shape)))
     G, R, C = W.shape
-    if tuple(u.shape) != (G, R):
-        raise ValueError(f"{where}u must be [G, R] = {(G, R)} for W {tuple(W.shape)}, "
-                         f"got {tuple(u.shape)}")
-    if tuple(v.shape) != (G, C):
-        raise ValueError(f"{where}v must be [G, C] = {(G, C)} for W {tuple(W.shape)}, "
-                         f"got {tuple(v.shape)}")
+    torch._check_value(tuple(u.shape) == (G, R), explain(
+        where, "u must be [G, R] = ", (G, R), " for W ", tuple(W.shape), ", got ",
+        tuple(u.shape)))
+    torch._check_value(tuple(v.shape) == (G, C), explain(
+        where, "v must be [G, C] = ", (G, C), " for W ", tuple(W.shape), ", got ",
+        tuple(v.shape)))
     for name, t in (("u", u), ("v", v)):
-        if t.device != W.device or t.dtype != W.dtype:
-            raise ValueError(f"{where}{name} is {t.dtype} on {t.device} but W is "
-                             f"{W.dtype} on {W.device}")
-        if t.requires_grad:
-            raise ValueError(f"{where}{name} must not require grad (it is updated in place)")
+        torch._check_value(t.device == W.device and t.dtype == W.dtype, explain(
+            where, name, " is ", t.dtype, " on ", t.device, " but W is ", W.dtype, " on ",
+            W.device))
+        torch._check_value(not t.requires_grad, explain(
+            where, name, " must not require grad (it is updated in place)"))
+
+
+def _check_groups(Ws, us, vs) -> None:
+    torch._check_value(len(Ws) == len(us) == len(vs), explain(
+        "need one u and one v per weight group, got ", len(Ws), " groups, ", len(us),
+        " u's and ", len(vs), " v's"))
+    for k, (W, u, v) in enumerate(zip(Ws, us, vs)):
+        _check_group(W, u, v, where=f"group {k}: ")
+
+
+def _fake_power_iteration(W, u, v, n_iter, eps):
+    _check_group(W, u, v)
+    return W.new_empty(W.shape[0])
+
+
+def _fake_spectral_norms(Ws, us, vs, n_iter, eps):
+    _check_groups(Ws, us, vs)
+    torch._check_value(len(Ws) > 0, explain("spectral_norms_: needs at least one group"))
+    return Ws[0].new_empty(sum(W.shape[0] for W in Ws))
+
+
+def _triton():
+    from ..triton_kernels import power_iteration as kernels
+    return kernels
+
+
+_library.define("power_iteration_(Tensor W, Tensor(a!) u, Tensor(b!) v, int n_iter, float eps) "
+                "-> Tensor", fake=_fake_power_iteration,
+                triton=lambda: _triton().power_iteration_)
+# The K sigmas come back concatenated, [G_1 + ... + G_K]: one Tensor, not Tensor[], since
+# torch.compile's auto_functionalize does not take a mutating op that returns a list.
+_library.define("spectral_norms_(Tensor[] Ws, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter, "
+                "float eps) -> Tensor", fake=_fake_spectral_norms,
+                triton=lambda: _triton().spectral_norms_)
 
 
 def _check_n_iter(n_iter: int) -> None:
@@ -125,11 +155,7 @@ def _run(op: str, Ws: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tenso
         return [_power_iteration_eager(W, u, v, n_iter, eps) for W, u, v in zip(Ws, us, vs)]
     Wd = [W.detach() for W in Ws]
     with torch.no_grad():
-        if chosen == "native":
-            ops = torch.ops.vaebm_fast
-        else:
-            from ..triton_kernels import power_iteration as _triton_power_iteration  # noqa: F401
-            ops = torch.ops.vaebm_fast_triton
+        ops = _library.namespace(chosen)
         if op == "power_iteration_":
             sigmas = [ops.power_iteration_(Wd[0], us[0], vs[0], n_iter, float(eps))]
         else:  # one tensor [G_1 + ... + G_K]
@@ -182,25 +208,7 @@ def spectral_norms(weights_by_group: Sequence[Tensor], us: Sequence[Tensor],
     Returns:
         K tensors, the k-th sigma_k [G_k].
     """
-    if not (len(weights_by_group) == len(us) == len(vs)):
-        raise ValueError(f"need one u and one v per weight group, got {len(weights_by_group)} "
-                         f"groups, {len(us)} u's and {len(vs)} v's")
-    for k, (W, u, v) in enumerate(zip(weights_by_group, us, vs)):
-        _check_group(W, u, v, where=f"group {k}: ")
+    _check_groups(weights_by_group, us, vs)
     _check_n_iter(n_iter)
     return _run("spectral_norms", list(weights_by_group), list(us), list(vs), n_iter, eps,
                 backend)
-
-
-def _register_fakes() -> None:
-    @torch.library.register_fake("vaebm_fast::power_iteration_")
-    def _power_iteration_fake(W, u, v, n_iter, eps):
-        return W.new_empty(W.shape[0])
-
-    @torch.library.register_fake("vaebm_fast::spectral_norms_")
-    def _spectral_norms_fake(Ws, us, vs, n_iter, eps):
-        torch._check(len(Ws) > 0, lambda: "spectral_norms_: needs at least one group")
-        return Ws[0].new_empty(sum(W.shape[0] for W in Ws))
-
-
-_native.on_load(_register_fakes)

@@ -36,8 +36,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .. import _native
-from . import _dispatch
+from .._kernel_rules import KERNEL_DTYPES
+from ..validation import explain
+from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
 
 __all__ = ["replay_gather", "replay_gather_reference", "replay_scatter_",
@@ -46,24 +47,75 @@ __all__ = ["replay_gather", "replay_gather_reference", "replay_scatter_",
 _dispatch.register_op("replay_gather", native="vaebm_fast::replay_gather", triton=True)
 _dispatch.register_op("replay_scatter_", native="vaebm_fast::replay_scatter_", triton=True)
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# ------------------------------------------------------------------------- validation
+# Shapes, dtypes and devices: the wrappers' checks and the fake kernels' bodies. The index
+# range and uniqueness need the values (a host sync on a GPU): the wrappers check them too,
+# outside the fakes.
+
+def _check_buffer_index(op: str, buffer, index) -> None:
+    for name, t in (("buffer", buffer), ("index", index)):
+        torch._check_type(isinstance(t, Tensor), explain(op, ": ", name, " must be a "
+                                                         "torch.Tensor (got ",
+                                                         type(t).__name__, ")"))
+    torch._check_value(buffer.dim() >= 1, explain(op, ": buffer must have shape [N, *S] (got "
+                                                      "a 0-d tensor)"))
+    torch._check_value(buffer.dtype in KERNEL_DTYPES, explain(
+        op, ": buffer must be float16, bfloat16, float32 or float64 (got ", buffer.dtype, ")"))
+    torch._check_value(index.dtype == torch.int64 and index.dim() == 1, explain(
+        op, ": index must be a 1-D int64 tensor (got ", index.dtype, " of shape ",
+        list(index.shape), "); convert it with .long()"))
+    torch._check_value(index.device == buffer.device, explain(
+        op, ": index is on ", index.device, " but buffer is on ", buffer.device))
 
 
-def _check_buffer_index(buffer, index, op: str) -> None:
-    if not isinstance(buffer, Tensor):
-        raise TypeError(f"{op}: buffer must be a torch.Tensor (got {type(buffer).__name__})")
-    if not isinstance(index, Tensor):
-        raise TypeError(f"{op}: index must be a torch.Tensor (got {type(index).__name__})")
-    if buffer.dim() < 1:
-        raise ValueError(f"{op}: buffer must have shape [N, *S] (got a 0-d tensor)")
-    if buffer.dtype not in _DTYPES:
-        raise ValueError(f"{op}: buffer must be float16, bfloat16, float32 or float64 "
-                         f"(got {buffer.dtype})")
-    if index.dtype != torch.int64 or index.dim() != 1:
-        raise ValueError(f"{op}: index must be a 1-D int64 tensor (got {index.dtype} of shape "
-                         f"{list(index.shape)}); convert it with .long()")
-    if index.device != buffer.device:
-        raise ValueError(f"{op}: index is on {index.device} but buffer is on {buffer.device}")
+def _check_gather_tensors(buffer, index, reinit) -> None:
+    """replay_gather(buffer [N, *S], index int64 [B], reinit bool [B]) -> out [B, *S]."""
+    _check_buffer_index("replay_gather", buffer, index)
+    torch._check_type(isinstance(reinit, Tensor), explain(
+        "replay_gather: reinit must be a torch.Tensor (got ", type(reinit).__name__, ")"))
+    torch._check_value(reinit.dtype == torch.bool and reinit.shape == index.shape, explain(
+        "replay_gather: reinit must be a bool tensor of the shape of index ",
+        list(index.shape), " (got ", reinit.dtype, " of shape ", list(reinit.shape), ")"))
+    torch._check_value(reinit.device == buffer.device, explain(
+        "replay_gather: reinit is on ", reinit.device, " but buffer is on ", buffer.device))
+
+
+def _check_scatter_tensors(buffer, index, values) -> None:
+    """replay_scatter_(buffer [N, *S] written in place, index int64 [B], values [B, *S])."""
+    _check_buffer_index("replay_scatter_", buffer, index)
+    torch._check_type(isinstance(values, Tensor), explain(
+        "replay_scatter_: values must be a torch.Tensor (got ", type(values).__name__, ")"))
+    expected = [index.shape[0], *buffer.shape[1:]]
+    torch._check_value(list(values.shape) == expected, explain(
+        "replay_scatter_: values must have shape [B, *S] = ", expected, " (got ",
+        list(values.shape), ")"))
+    torch._check_value(values.dtype == buffer.dtype, explain(
+        "replay_scatter_: values have dtype ", values.dtype, " but buffer has ", buffer.dtype,
+        "; convert with .to(buffer.dtype)"))
+    torch._check_value(values.device == buffer.device, explain(
+        "replay_scatter_: values are on ", values.device, " but buffer is on ", buffer.device))
+
+
+def _fake_gather(buffer, index, reinit, seed, offset):
+    _check_gather_tensors(buffer, index, reinit)
+    return buffer.new_empty((index.shape[0], *buffer.shape[1:]))
+
+
+def _fake_scatter(buffer, index, values):
+    _check_scatter_tensors(buffer, index, values)
+
+
+def _triton():
+    from ..triton_kernels import replay as kernels
+    return kernels
+
+
+_library.define("replay_gather(Tensor buffer, Tensor index, Tensor reinit, int seed, "
+                "int offset) -> Tensor", fake=_fake_gather,
+                triton=lambda: _triton().replay_gather)
+_library.define("replay_scatter_(Tensor(a!) buffer, Tensor index, Tensor values) -> ()",
+                fake=_fake_scatter, triton=lambda: _triton().replay_scatter_)
 
 
 def _capturing(t: Tensor) -> bool:
@@ -85,16 +137,7 @@ def _check_range(index: Tensor, n: int, op: str) -> None:
 
 
 def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
-    _check_buffer_index(buffer, index, "replay_gather")
-    if not isinstance(reinit, Tensor):
-        raise TypeError(f"replay_gather: reinit must be a torch.Tensor "
-                        f"(got {type(reinit).__name__})")
-    if reinit.dtype != torch.bool or reinit.shape != index.shape:
-        raise ValueError(f"replay_gather: reinit must be a bool tensor of the shape of index "
-                         f"{list(index.shape)} (got {reinit.dtype} of shape {list(reinit.shape)})")
-    if reinit.device != buffer.device:
-        raise ValueError(f"replay_gather: reinit is on {reinit.device} but buffer is on "
-                         f"{buffer.device}")
+    _check_gather_tensors(buffer, index, reinit)
     total = index.shape[0] * math.prod(buffer.shape[1:])
     seed, offset = check_stream_range(seed, offset, total)
     if not _capturing(index):  # boolean indexing reads reinit: a host sync
@@ -103,20 +146,7 @@ def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
 
 
 def _check_scatter(buffer, index, values) -> None:
-    _check_buffer_index(buffer, index, "replay_scatter_")
-    if not isinstance(values, Tensor):
-        raise TypeError(f"replay_scatter_: values must be a torch.Tensor "
-                        f"(got {type(values).__name__})")
-    expected = [index.shape[0], *buffer.shape[1:]]
-    if list(values.shape) != expected:
-        raise ValueError(f"replay_scatter_: values must have shape [B, *S] = {expected} "
-                         f"(got {list(values.shape)})")
-    if values.dtype != buffer.dtype:
-        raise ValueError(f"replay_scatter_: values have dtype {values.dtype} but buffer has "
-                         f"{buffer.dtype}; convert with .to(buffer.dtype)")
-    if values.device != buffer.device:
-        raise ValueError(f"replay_scatter_: values are on {values.device} but buffer is on "
-                         f"{buffer.device}")
+    _check_scatter_tensors(buffer, index, values)
     _check_range(index, buffer.shape[0], "replay_scatter_")
     if (index.numel() > 1 and not _capturing(index)
             and torch.unique(index).numel() != index.numel()):
@@ -161,11 +191,7 @@ def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, *, seed: int, o
     if chosen == "eager":
         return replay_gather_reference(buffer, index, reinit, seed=seed, offset=offset)
     with torch.no_grad():
-        if chosen == "triton":
-            from ..triton_kernels import replay as _triton_replay
-            out = _triton_replay.replay_gather(buffer, index, reinit, seed, offset)
-        else:
-            out = torch.ops.vaebm_fast.replay_gather(buffer, index, reinit, seed, offset)
+        out = _library.namespace(chosen).replay_gather(buffer, index, reinit, seed, offset)
     return out, offset + total
 
 
@@ -194,25 +220,4 @@ def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor, *,
         replay_scatter_reference(buffer, index, values)
         return
     with torch.no_grad():
-        if chosen == "triton":
-            from ..triton_kernels import replay as _triton_replay
-            _triton_replay.replay_scatter_(buffer, index, values)
-        else:
-            torch.ops.vaebm_fast.replay_scatter_(buffer, index, values)
-
-
-def _register_fakes() -> None:
-    # Shape-only implementations for FakeTensor / torch.compile.
-    @torch.library.register_fake("vaebm_fast::replay_gather")
-    def _replay_gather_fake(buffer, index, reinit, seed, offset):
-        torch._check(index.dim() == 1 and reinit.shape == index.shape,
-                     lambda: "index and reinit must be 1-D of one shape")
-        return buffer.new_empty((index.shape[0], *buffer.shape[1:]))
-
-    @torch.library.register_fake("vaebm_fast::replay_scatter_")
-    def _replay_scatter_fake(buffer, index, values) -> None:
-        torch._check(values.shape[0] == index.shape[0], lambda: "values and index differ in B")
-        return None
-
-
-_native.on_load(_register_fakes)
+        _library.namespace(chosen).replay_scatter_(buffer, index, values)

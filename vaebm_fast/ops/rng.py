@@ -40,18 +40,17 @@ so they run on any device.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from .. import _native
-from . import _dispatch
+from ..validation import check_int, explain
+from . import _dispatch, _library
 
 __all__ = [
     "philox4x32", "philox_normal", "philox4x32_reference", "philox_normal_reference",
-    "MAX_SEED",
+    "MAX_SEED", "check_stream_range",
 ]
 
 MAX_SEED = 2**63 - 1  # seeds and offsets travel through torch op schemas as int64
@@ -69,16 +68,6 @@ _dispatch.register_op("philox_normal", native="vaebm_fast::philox_normal_", trit
 
 # --------------------------------------------------------------------------------------------
 # Argument checks shared with the ops that consume noise.
-
-def check_int(value, name: str, *, low: int = 0, high: int = MAX_SEED) -> int:
-    """``value`` as a Python int in ``[low, high]``; TypeError / ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int (got {type(value).__name__} {value!r})")
-    value = int(value)
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}] (got {value})")
-    return value
-
 
 def check_stream_range(seed, offset, n: int) -> tuple:
     """Validate ``seed``, ``offset`` and that normals ``offset .. offset + n - 1`` exist."""
@@ -112,8 +101,7 @@ def philox4x32_reference(seed: int, offsets: Tensor) -> Tensor:
         int64 [*, 4] on ``offsets.device``, values in [0, 2**32).
     """
     seed = check_int(seed, "seed")
-    if offsets.dtype != torch.int64:
-        raise ValueError(f"offsets must be an int64 tensor (got {offsets.dtype})")
+    _check_offsets(offsets)
     # Counter words from the uint64 bit pattern: & and >> on two's complement int64 agree
     # with uint64 for the low word, and masking the arithmetic shift gives the high word.
     zeros = torch.zeros_like(offsets)
@@ -163,6 +151,42 @@ def philox_normal_reference(n: int, *, seed: int, offset: int,
 
 
 # --------------------------------------------------------------------------------------------
+# The ops: validation (the fake kernels' bodies) and schemas.
+
+def _check_offsets(offsets) -> None:
+    """philox4x32(seed, offsets int64 [*]) -> words int64 [*, 4]."""
+    torch._check_value(offsets.dtype == torch.int64, explain(
+        "offsets must be an int64 tensor (got ", offsets.dtype, "); convert it with .long()"))
+
+
+def _check_normal_out(out) -> None:
+    """philox_normal_(out [*] floating, contiguous, written flat, seed, offset)."""
+    torch._check_value(out.dtype.is_floating_point, explain(
+        "philox_normal_: out must be floating (got ", out.dtype, ")"))
+    torch._check_value(out.is_contiguous(), explain("philox_normal_: out must be contiguous"))
+
+
+def _fake_philox4x32(seed, offsets):
+    _check_offsets(offsets)
+    return offsets.new_empty((*offsets.shape, 4))
+
+
+def _fake_philox_normal(out, seed, offset):
+    _check_normal_out(out)
+
+
+def _triton():
+    from ..triton_kernels import rng as kernels
+    return kernels
+
+
+_library.define("philox4x32(int seed, Tensor offsets) -> Tensor", fake=_fake_philox4x32,
+                triton=lambda: _triton().philox4x32)
+_library.define("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()",
+                fake=_fake_philox_normal, triton=lambda: _triton().philox_normal_)
+
+
+# --------------------------------------------------------------------------------------------
 # Dispatching entry points.
 
 def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
@@ -179,16 +203,11 @@ def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
     if not isinstance(offsets, Tensor):
         offsets = torch.as_tensor(offsets, dtype=torch.int64)
     seed = check_int(seed, "seed")
-    if offsets.dtype != torch.int64:
-        raise ValueError(f"offsets must be an int64 tensor (got {offsets.dtype}); "
-                         "convert it with .long()")
+    _check_offsets(offsets)
     chosen = _dispatch.resolve_backend("philox4x32", backend, offsets.device)
-    if chosen == "native":
-        return torch.ops.vaebm_fast.philox4x32(seed, offsets)
-    if chosen == "triton":
-        from ..triton_kernels import rng as _triton_rng
-        return _triton_rng.philox4x32(seed, offsets)
-    return philox4x32_reference(seed, offsets)
+    if chosen == "eager":
+        return philox4x32_reference(seed, offsets)
+    return _library.namespace(chosen).philox4x32(seed, offsets)
 
 
 def philox_normal(n: int, *, seed: int, offset: int,
@@ -213,27 +232,8 @@ def philox_normal(n: int, *, seed: int, offset: int,
         raise ValueError(f"dtype must be a floating dtype (got {dtype})")
     device = torch.device(device) if device is not None else torch.get_default_device()
     chosen = _dispatch.resolve_backend("philox_normal", backend, device)
-    if chosen == "native":
-        out = torch.empty(n, dtype=dtype, device=device)
-        torch.ops.vaebm_fast.philox_normal_(out, seed, offset)
-        return out
-    if chosen == "triton":
-        from ..triton_kernels import rng as _triton_rng
-        out = torch.empty(n, dtype=dtype, device=device)
-        _triton_rng.philox_normal_(out, seed, offset)
-        return out
-    return philox_normal_reference(n, seed=seed, offset=offset, device=device, dtype=dtype)
-
-
-def _register_fakes() -> None:
-    # Shape-only implementations for FakeTensor / torch.compile tracing.
-    @torch.library.register_fake("vaebm_fast::philox4x32")
-    def _philox4x32_fake(seed: int, offsets: Tensor) -> Tensor:
-        return offsets.new_empty((*offsets.shape, 4))
-
-    @torch.library.register_fake("vaebm_fast::philox_normal_")
-    def _philox_normal_fake(out: Tensor, seed: int, offset: int) -> None:
-        return None
-
-
-_native.on_load(_register_fakes)
+    if chosen == "eager":
+        return philox_normal_reference(n, seed=seed, offset=offset, device=device, dtype=dtype)
+    out = torch.empty(n, dtype=dtype, device=device)
+    _library.namespace(chosen).philox_normal_(out, seed, offset)
+    return out

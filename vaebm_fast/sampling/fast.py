@@ -41,18 +41,18 @@ What it does differently:
   native or eager update runs its chain eagerly). The K steps (decoder forward, energy
   forward, gradient with respect to the state, fused update) plus the final potential and
   decode are captured once per (batch, state shapes, dtype, device, K, options) key and
-  replayed; at most ``MAX_GRAPHS`` captured chains are kept per sampler (the least recently
-  used is dropped, with its memory pool). A capture costs one short warm-up chain
-  (``WARMUP_STEPS`` steps) before the first replay. The update inside the graph is the Triton
-  kernel of :mod:`vaebm_fast.triton_kernels.langevin_device`, which reads the Philox seed and offset from
-  a device int64 [2] tensor; the graph advances that offset by the noise it drew, so a graph
-  replayed again without new host input draws fresh noise (:meth:`FastSampler.replay`).
-  ``sample`` writes (seed, offset) into it before each replay, which gives the eager chain's
-  samples. Initial states (fresh draws, replay-buffer gathers) are made outside the graph and
-  copied into its static state buffers. When capture is impossible (no Triton on the device,
-  a host sync or an uncapturable op inside the energy/decoder, ...) the chain runs eagerly and
-  a warning says why, once per key. Network weights are copied into the captured snapshot in
-  place when the originals change, so training between chains does not force a recapture.
+  replayed (:mod:`vaebm_fast.sampling.graphs`); at most ``MAX_GRAPHS`` captured chains are
+  kept per sampler (the least recently used is dropped, with its memory pool). A capture
+  costs one short warm-up chain (``graphs.WARMUP_STEPS`` steps) before the first replay.
+  ``sample`` writes (seed, offset) into the graph's device-side stream position before each
+  replay, which gives the eager chain's samples; the graph advances it by the noise it drew,
+  so a graph replayed again without new host input draws fresh noise
+  (:meth:`FastSampler.replay`). Initial states (fresh draws, replay-buffer gathers) are made
+  outside the graph and copied into its static state buffers. When capture is impossible (no
+  Triton on the device, a host sync or an uncapturable op inside the energy/decoder, ...) the
+  chain runs eagerly and a warning says why, once per key. Network weights are copied into
+  the captured snapshot in place when the originals change, so training between chains does
+  not force a recapture.
 
 Divergence: :class:`~vaebm_fast.sampling.langevin.ChainDivergedError` with the first step at
 which a potential or the final sample was NaN/Inf, as the eager sampler.
@@ -68,7 +68,8 @@ import torch
 from torch import nn
 
 from .._heap import heap_reuse
-from .langevin import (LangevinSampler, _half_sq_buffer, _half_sq_norm, _module_device)
+from .graphs import GraphedChain, graph_unavailable_reason
+from .langevin import LangevinSampler, _module_device
 from .prepare import prepared, state_key
 
 __all__ = ["FastSampler"]
@@ -78,9 +79,7 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 # memory pool with a whole chain's intermediates (gigabytes at CIFAR scale), so every new batch
 # size (a last partial batch, an evaluation batch) must not keep one more alive.
 MAX_GRAPHS = 2
-# Steps the warm-up before a capture runs: enough to meet every Triton specialisation of the
-# device-offset update (the [K + 1, B] half-norm rows start at 4 alignments mod 16 bytes).
-WARMUP_STEPS = 4
+
 _LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -139,9 +138,9 @@ class FastSampler(LangevinSampler):
         # The layout the 4-D states are fed to the networks in, while a chain runs (decode).
         self._state_format: Optional[torch.memory_format] = None
         self._snapshots: dict[str, _Snapshot] = {}
-        self._graph_chains: "collections.OrderedDict[tuple, _GraphChain]" = (
+        self._graph_chains: "collections.OrderedDict[tuple, GraphedChain]" = (
             collections.OrderedDict())
-        self._last_chain: Optional[_GraphChain] = None
+        self._last_chain: Optional[GraphedChain] = None
         self._graph_failures: dict[tuple, str] = {}
         self._prepare_failed: Optional[str] = None
         self.last_path: Optional[str] = None  # "graph", "fast" or "eager" (for tests and logs)
@@ -259,11 +258,12 @@ class FastSampler(LangevinSampler):
         else:
             while len(self._graph_chains) >= MAX_GRAPHS:  # free its pool before capturing
                 self._graph_chains.popitem(last=False)
-            reason = _graph_unavailable_reason(states[0].device)
+            reason = graph_unavailable_reason(states[0].device)
             if reason is None:
                 try:
                     with torch.cuda.device(states[0].device):  # capture on that device
-                        chain = _GraphChain(self, energy, generator, states)
+                        chain = GraphedChain(self, energy, generator, states)
+                        chain.capture()
                 except Exception as exc:  # noqa: BLE001
                     reason = f"capture failed: {type(exc).__name__}: {exc}"
             if reason is not None:
@@ -288,149 +288,3 @@ class FastSampler(LangevinSampler):
             raise RuntimeError("no captured chain: call sample() on CUDA tensors first")
         with torch.cuda.device(self._last_chain.states[0].device):
             return self._last_chain.replay(states)
-
-
-def _graph_unavailable_reason(device) -> Optional[str]:
-    from .. import _triton
-
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    reason = _triton.device_reason("cuda")
-    if reason is not None:
-        return f"the device-offset Langevin kernel needs Triton ({reason})"
-    return None
-
-
-class _GraphChain:
-    """One captured chain: static state buffers, a device (seed, offset), static outputs.
-
-    Captured body (K steps, then the final potential and the reported samples)::
-
-        for k in range(K):
-            x = decode(states); E = energy(x); energies[k] = E
-            grads = d E.sum() / d states
-            update states in place, noise at (rng[0], rng[1] + k * n), half_sq[k + 1]
-        x = decode(states) [decoder mean for eps/"mean"]; energies[K] = energy(decode(states))
-        rng[1] += K * n
-
-    with n the number of state elements. ``run`` copies the start states and (seed, offset)
-    in, replays, and returns copies of the outputs.
-    """
-
-    def __init__(self, sampler: FastSampler, energy, generator, like):
-        from ..triton_kernels.langevin_device import langevin_step_device_
-
-        self.sampler, self.energy, self.generator = sampler, energy, generator
-        self.update = langevin_step_device_
-        device = like[0].device
-        self.n_steps, self.batch = sampler.n_steps, like[0].shape[0]
-        self.numel = sum(s.numel() for s in like)
-        self.states = [torch.zeros_like(s).requires_grad_(True) for s in like]
-        self.rng = torch.zeros(2, dtype=torch.int64, device=device)
-        self.use_prior = sampler.prior_weight != 0
-        self.half_sq = _half_sq_buffer(like, self.n_steps) if self.use_prior else None
-        # Gradients are copied into static buffers, so one pointer table (built here, before
-        # the capture: no host-to-device copy inside the graph) serves every step.
-        self.grads = [torch.zeros_like(s) for s in like]
-        from ..triton_kernels import _launch
-        from ..triton_kernels.langevin import pointer_table
-        self.table = pointer_table(self.states, self.grads, self.batch if self.use_prior else 0,
-                                   _launch.BLOCK)
-        torch.cuda.synchronize(device)
-        self.energies = None
-        self.x = None
-        self.graph = torch.cuda.CUDAGraph()
-
-        # Warm up on a side stream (lazy init, cuDNN autotuning, Triton compilation) with a
-        # short chain, then capture the whole one.
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            self._body(min(self.n_steps, WARMUP_STEPS))
-        torch.cuda.current_stream(device).wait_stream(stream)
-        torch.cuda.synchronize(device)
-        # A failed capture leaves two things behind that torch.cuda.graph does not undo
-        # (capture_end raises before it gets to them): the caller's thread on torch's capture
-        # stream, and the device's default CUDA generator in capture mode, after which every
-        # torch random op outside a graph raises "Offset increment outside graph capture
-        # encountered unexpectedly". Restore both, and report the error that broke the capture
-        # rather than CUDA's "operation failed due to a previous error during capture".
-        caller_stream = torch.cuda.current_stream(device)
-        generator = torch.cuda.default_generators[device.index if device.index is not None
-                                                  else torch.cuda.current_device()]
-        generator_state = generator.clone_state()  # the same seed and offset, not capturing
-        try:
-            with torch.cuda.graph(self.graph):
-                self._body(self.n_steps)
-        except Exception as exc:
-            torch.cuda.set_stream(caller_stream)
-            generator.graphsafe_set_state(generator_state)
-            cause = exc.__context__ if exc.__context__ is not None else exc
-            raise RuntimeError(f"{type(cause).__name__}: {cause}") from exc
-        torch.cuda.synchronize(device)
-
-    def _body(self, n_steps: int) -> None:
-        """``n_steps`` Langevin steps and the final outputs (written to the static outputs only
-        for a whole chain; a shorter warm-up chain only meets every kernel once)."""
-        s = self.sampler
-        states = self.states
-        if self.use_prior:
-            self.half_sq[0].copy_(_half_sq_norm(states))
-        with torch.enable_grad():
-            energies = []
-            for k in range(n_steps):
-                x = s.decode(states, generator=self.generator)
-                E = self.energy(x)
-                energies.append(E.detach())
-                grads = torch.autograd.grad(E.sum(), states)
-                with torch.no_grad():
-                    for buf, g in zip(self.grads, grads):
-                        buf.copy_(g)
-                with torch.no_grad():
-                    self.update(states, self.grads, step_size=s.step_size, rng_state=self.rng,
-                                offset_add=k * self.numel, prior_weight=s.prior_weight,
-                                noise_scale=s.noise_scale, grad_clip=s.grad_clip,
-                                clamp=s.clamp,
-                                half_sq_norm=self.half_sq[k + 1] if self.use_prior else None,
-                                table=self.table)
-                del x, E, grads
-        with torch.no_grad():
-            x = s.decode(states, generator=self.generator)
-            E = self.energy(x)
-            energies.append(E)
-            if s.space == "eps" and s.output == "mean":
-                x = s.decode(states, mean=True, generator=self.generator)
-            if self.energies is None:  # in the warm-up: outside the graph's memory pool
-                self.energies = torch.empty(self.n_steps + 1, self.batch, dtype=E.dtype,
-                                            device=E.device)
-                self.x = torch.empty_like(x)
-            if n_steps == self.n_steps:
-                torch.stack(energies, out=self.energies)
-                self.x.copy_(x)
-            self.rng[1].add_(n_steps * self.numel)
-
-    def _load_states(self, states) -> None:
-        if len(states) != len(self.states) or any(
-                tuple(s.shape) != tuple(b.shape) for s, b in zip(states, self.states)):
-            raise ValueError(f"the captured chain takes states of shapes "
-                             f"{[tuple(b.shape) for b in self.states]} (got "
-                             f"{[tuple(s.shape) for s in states]})")
-        with torch.no_grad():
-            for buf, s in zip(self.states, states):
-                buf.copy_(s)
-
-    def run(self, states, seed: int, offset: int):
-        self._load_states(states)
-        with torch.no_grad():
-            self.rng.copy_(torch.tensor([seed, offset], dtype=torch.int64), non_blocking=False)
-        self.graph.replay()
-        out_states = [b.detach().clone() for b in self.states]
-        half_sq = None if self.half_sq is None else self.half_sq.clone()
-        return (out_states, self.x.clone(), self.energies.clone(), half_sq,
-                offset + self.n_steps * self.numel)
-
-    def replay(self, states=None):
-        if states is not None:
-            self._load_states(states)
-        self.graph.replay()
-        return self.x

@@ -3,25 +3,25 @@ arguments as int32 halves (float64 ones as their bit patterns), the Triton dtype
 dtype, and argument checks."""
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
+from .._kernel_rules import KERNEL_DTYPES, compute_dtype
+
 __all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
-           "check_device", "no_internal_overlap", "on_tensor_device"]
+           "check_device", "check_dtype", "check_same_shape", "no_internal_overlap",
+           "on_tensor_device"]
 
 # Elements per program. 1024 elements = 256 Philox calls per program: enough independent work
 # per warp to hide memory latency on a GPU, and few programs in the (per-program slow) CPU
 # interpreter. A multiple of 4, as normal-aligned blocks need.
 BLOCK = 1024
 
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-              torch.float32: tl.float32, torch.float64: tl.float64}
+_TL_DTYPES = dict(zip(KERNEL_DTYPES, (tl.float16, tl.bfloat16, tl.float32, tl.float64)))
 
 
 def aligned_grid(n: int, offset: int, block: int = BLOCK) -> tuple:
@@ -48,13 +48,8 @@ def f64_args(x: float) -> tuple:
 def tl_dtype(dtype: torch.dtype):
     """Triton dtype of a floating torch dtype (float16/bfloat16/float32/float64)."""
     if dtype not in _TL_DTYPES:
-        raise ValueError(f"expected float16, bfloat16, float32 or float64 (got {dtype})")
+        raise RuntimeError(f"expected float16, bfloat16, float32 or float64 (got {dtype})")
     return _TL_DTYPES[dtype]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Arithmetic dtype of the ops: float64 for float64 tensors, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_device(op: str, *tensors: torch.Tensor) -> None:
@@ -72,6 +67,22 @@ def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
     if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
         raise RuntimeError(f"{op}: {name} has elements sharing memory (e.g. from expand); "
                            f"pass a tensor with distinct elements (.clone())")
+
+
+def check_dtype(op: str, *tensors: torch.Tensor, allowed=KERNEL_DTYPES) -> None:
+    """The kernels index memory by element size: refuse a dtype they were not written for, and
+    tensors of different dtypes."""
+    dtype = tensors[0].dtype
+    if dtype not in allowed or any(t.dtype != dtype for t in tensors):
+        raise RuntimeError(f"{op} (Triton): tensors must share one dtype of {allowed} (got "
+                         f"{[t.dtype for t in tensors]})")
+
+
+def check_same_shape(op: str, *tensors: torch.Tensor) -> None:
+    """Tensors read with one index must have one shape."""
+    if any(t.shape != tensors[0].shape for t in tensors):
+        raise RuntimeError(f"{op} (Triton): tensors must have one shape (got "
+                         f"{[tuple(t.shape) for t in tensors]})")
 
 
 def _first_tensor(values):
@@ -94,7 +105,4 @@ def on_tensor_device(fn):
             return fn(*args, **kwargs)
         with torch.cuda.device(t.device):
             return fn(*args, **kwargs)
-    # custom_op infers the schema from the signature; give it fn's with the annotations
-    # evaluated in fn's module (they are strings under `from __future__ import annotations`).
-    guarded.__signature__ = inspect.signature(fn, eval_str=True)
     return guarded

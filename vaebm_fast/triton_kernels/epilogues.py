@@ -1,16 +1,15 @@
-"""Triton kernels of the fused epilogues (see :mod:`vaebm_fast.ops.epilogues` for the maths,
-the references and the autograd formulas, shared with the native ops).
+"""Triton kernels of the fused epilogues: the launchers behind
+``torch.ops.vaebm_fast_triton.{ebm_block_tail, nvae_cell_tail, affine_swish}`` and their
+backward ops (the ops, their specification and autograd: ``vaebm_fast.ops.epilogues``).
 
-``torch.ops.vaebm_fast_triton.{ebm_block_tail, ebm_block_tail_backward, nvae_cell_tail,
-nvae_cell_tail_backward, affine_swish, affine_swish_backward}``: the same schemas as the
-native ``torch.ops.vaebm_fast.*`` ops, as ``torch.library.custom_op`` s with fake kernels and
-autograd. One program per BLOCK output elements (element-wise kernels) or per (n, c) plane
-(kernels with a per-channel reduction). ``ebm_block_tail`` / ``nvae_cell_tail`` read their
+Backend specifics. One program per BLOCK output elements (element-wise kernels) or per (n, c)
+plane (kernels with a per-channel reduction). ``ebm_block_tail`` / ``nvae_cell_tail`` read their
 NCHW inputs through their strides (no copies); ``affine_swish`` reads contiguous copies.
-float16 / bfloat16 / float32 are computed in float32, float64 in float64. Float arguments
-(the LipSwish factor ``k``, the cell ``scale``) travel as the halves of their float64 bit
-pattern (``_launch.f64_args``): a plain Python float reaches a compiled kernel as float32,
-which would round the float64 results.
+Precision: float16 / bfloat16 / float32 computed in float32, float64 in float64; float
+arguments (the LipSwish factor ``k``, the cell ``scale``) travel as the halves of their float64
+bit pattern (``_launch.f64_args``: a Python float would reach a compiled kernel as float32).
+The launchers check only what keeps the kernels inside their tensors (dtype, shapes); the ops
+validate everything else before calling them.
 """
 from __future__ import annotations
 
@@ -21,17 +20,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._kernel_rules import LIPSWISH_SCALE
 from . import _launch
 from .philox import from_f64_bits
-
-from ..ops import epilogues as _ops
 
 __all__ = ["ebm_block_tail", "ebm_block_tail_backward", "nvae_cell_tail",
            "nvae_cell_tail_backward", "affine_swish", "affine_swish_backward"]
 
-_BLOCK = 1024
-_LIP = 1.0 / 1.1
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_BLOCK = _launch.BLOCK
+_LIP = LIPSWISH_SCALE
 
 
 def _acc(dtype: torch.dtype):
@@ -183,40 +180,33 @@ def _affine_bwd_kernel(g_ptr, x_ptr, a_ptr, b_ptr, dx_ptr, part_a_ptr, part_b_pt
 
 # ------------------------------------------------------------------------------- launchers
 
-def _check(op: str, ref: Tensor, ref_name: str, **others: Tensor) -> None:
-    if ref.dtype not in _DTYPES:
-        raise ValueError(f"{op} (Triton): {ref_name} must be float16, bfloat16, float32 or "
-                         f"float64 (got {ref.dtype})")
-    for name, t in others.items():
-        if t.dtype != ref.dtype:
-            raise ValueError(f"{op} (Triton): {name} has dtype {t.dtype} but {ref_name} has "
-                             f"{ref.dtype}")
-        if t.device != ref.device:
-            raise ValueError(f"{op} (Triton): {name} is on {t.device} but {ref_name} is on "
-                             f"{ref.device}")
-
-
-def _check_4d_same(op: str, a: Tensor, a_name: str, h: Tensor) -> None:
-    if h.dim() != 4:
-        raise ValueError(f"{op} (Triton): expected [B, C, H, W] tensors (got {tuple(h.shape)})")
-    if a.shape != h.shape:
-        raise ValueError(f"{op} (Triton): {a_name} has shape {tuple(a.shape)} but the other "
-                         f"input has {tuple(h.shape)}")
-
-
 def _grid(n: int):
     return (triton.cdiv(n, _BLOCK),)
 
 
-@torch.library.custom_op("vaebm_fast_triton::ebm_block_tail", mutates_args=())
+def _check_nchw(op: str, *tensors: Tensor) -> None:
+    _launch.check_dtype(op, *tensors)
+    if tensors[0].dim() != 4:
+        raise RuntimeError(f"{op} (Triton): expected [B, C, H, W] tensors (got "
+                           f"{tuple(tensors[0].shape)})")
+    _launch.check_same_shape(op, *tensors)
+
+
+def _check_gate(op: str, gate: Tensor, h: Tensor) -> None:
+    _launch.check_dtype(op, h, gate)
+    if gate.shape != h.shape[:2]:
+        raise RuntimeError(f"{op} (Triton): gate must have shape [B, C] = {tuple(h.shape[:2])} "
+                           f"(got {tuple(gate.shape)})")
+
+
 @_launch.on_tensor_device
 def ebm_block_tail(h: Tensor, skip: Tensor, downsample: bool) -> Tuple[Tensor, Tensor]:
+    """h, skip [B, C, H, W] -> (out, pre), [B, C, H/2, W/2] if downsample else [B, C, H, W]."""
     op = "ebm_block_tail"
-    _check(op, h, "h", skip=skip)
-    _check_4d_same(op, skip, "skip", h)
+    _check_nchw(op, h, skip)
     B, C, H, W = h.shape
     if downsample and (H % 2 or W % 2):
-        raise ValueError(f"{op} (Triton): downsample needs even H and W (got {H}x{W})")
+        raise RuntimeError(f"{op} (Triton): downsample needs even H and W (got {H}x{W})")
     Ho, Wo = (H // 2, W // 2) if downsample else (H, W)
     out = h.new_empty((B, C, Ho, Wo))
     pre = h.new_empty((B, C, Ho, Wo))
@@ -224,17 +214,14 @@ def ebm_block_tail(h: Tensor, skip: Tensor, downsample: bool) -> Tuple[Tensor, T
     if n:
         _ebm_fwd_kernel[_grid(n)](h, skip, out, pre, n, C, Ho, Wo, *h.stride(), *skip.stride(),
                                   *_launch.f64_args(_LIP), DOWNSAMPLE=bool(downsample),
-                                  ACC=_acc(h.dtype),
-                                  BLOCK=_BLOCK)
+                                  ACC=_acc(h.dtype), BLOCK=_BLOCK)
     return out, pre
 
 
-@torch.library.custom_op("vaebm_fast_triton::ebm_block_tail_backward", mutates_args=())
 @_launch.on_tensor_device
 def ebm_block_tail_backward(grad: Tensor, pre: Tensor, downsample: bool) -> Tensor:
-    op = "ebm_block_tail_backward"
-    _check(op, pre, "pre", grad=grad)
-    _check_4d_same(op, grad, "grad", pre)
+    """grad, pre [B, C, h, w] -> d [B, C, 2h, 2w] if downsample else [B, C, h, w]."""
+    _check_nchw("ebm_block_tail_backward", pre, grad)
     B, C, Ho, Wo = pre.shape
     H, W = (2 * Ho, 2 * Wo) if downsample else (Ho, Wo)
     d = pre.new_empty((B, C, H, W))
@@ -247,18 +234,11 @@ def ebm_block_tail_backward(grad: Tensor, pre: Tensor, downsample: bool) -> Tens
     return d
 
 
-def _check_gate(op: str, gate: Tensor, h: Tensor) -> None:
-    if gate.shape != h.shape[:2]:
-        raise ValueError(f"{op} (Triton): gate must have shape [B, C] = {tuple(h.shape[:2])} "
-                         f"(got {tuple(gate.shape)})")
-
-
-@torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail", mutates_args=())
 @_launch.on_tensor_device
 def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Tensor, scale: float) -> Tensor:
+    """skip, h [B, C, H, W], gate [B, C] -> skip + scale * h * gate, [B, C, H, W]."""
     op = "nvae_cell_tail"
-    _check(op, h, "h", skip=skip, gate=gate)
-    _check_4d_same(op, skip, "skip", h)
+    _check_nchw(op, h, skip)
     _check_gate(op, gate, h)
     B, C, H, W = h.shape
     out = h.new_empty((B, C, H, W))
@@ -270,13 +250,12 @@ def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Tensor, scale: float) -> Tenso
     return out
 
 
-@torch.library.custom_op("vaebm_fast_triton::nvae_cell_tail_backward", mutates_args=())
 @_launch.on_tensor_device
 def nvae_cell_tail_backward(grad: Tensor, h: Tensor, gate: Tensor,
                             scale: float) -> Tuple[Tensor, Tensor]:
+    """grad, h [B, C, H, W], gate [B, C] -> (dh [B, C, H, W], dgate [B, C])."""
     op = "nvae_cell_tail_backward"
-    _check(op, h, "h", grad=grad, gate=gate)
-    _check_4d_same(op, grad, "grad", h)
+    _check_nchw(op, h, grad)
     _check_gate(op, gate, h)
     B, C, H, W = h.shape
     dh = h.new_empty((B, C, H, W))
@@ -293,21 +272,18 @@ def nvae_cell_tail_backward(grad: Tensor, h: Tensor, gate: Tensor,
 
 
 def _check_affine(op: str, x: Tensor, scale: Tensor, shift: Tensor) -> Tuple[int, int, int]:
-    _check(op, x, "x", scale=scale, shift=shift)
-    if x.dim() < 2:
-        raise ValueError(f"{op} (Triton): x must have at least 2 dims (got {tuple(x.shape)})")
+    _launch.check_dtype(op, x, scale, shift)
+    if x.dim() < 2 or scale.shape != (x.shape[1],) or shift.shape != (x.shape[1],):
+        raise RuntimeError(f"{op} (Triton): expected x [N, C, ...] with scale, shift [C] (got "
+                           f"{tuple(x.shape)}, {tuple(scale.shape)}, {tuple(shift.shape)})")
     N, C = x.shape[0], x.shape[1]
-    for name, v in (("scale", scale), ("shift", shift)):
-        if v.shape != (C,):
-            raise ValueError(f"{op} (Triton): {name} must have shape [{C}] (got "
-                             f"{tuple(v.shape)})")
     inner = x.numel() // (N * C) if N * C else 0
     return N, C, inner
 
 
-@torch.library.custom_op("vaebm_fast_triton::affine_swish", mutates_args=())
 @_launch.on_tensor_device
 def affine_swish(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """x [N, C, ...], scale, shift [C] -> swish(x * scale[c] + shift[c]), x's shape."""
     N, C, inner = _check_affine("affine_swish", x, scale, shift)
     xc = x.contiguous()
     out = torch.empty_like(xc)
@@ -318,16 +294,14 @@ def affine_swish(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return out
 
 
-@torch.library.custom_op("vaebm_fast_triton::affine_swish_backward", mutates_args=())
 @_launch.on_tensor_device
 def affine_swish_backward(grad: Tensor, x: Tensor, scale: Tensor,
                           shift: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """grad, x [N, C, ...], scale, shift [C] -> (dx, dscale [C], dshift [C])."""
     op = "affine_swish_backward"
     N, C, inner = _check_affine(op, x, scale, shift)
-    _check(op, x, "x", grad=grad)
-    if grad.shape != x.shape:
-        raise ValueError(f"{op} (Triton): grad has shape {tuple(grad.shape)} but x has "
-                         f"{tuple(x.shape)}")
+    _launch.check_dtype(op, x, grad)
+    _launch.check_same_shape(op, x, grad)
     xc, gc = x.contiguous(), grad.contiguous()
     dx = torch.empty_like(xc)
     part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -339,8 +313,3 @@ def affine_swish_backward(grad: Tensor, x: Tensor, scale: Tensor,
                                      part_a, part_b, C, inner, ACC=_acc(x.dtype), BLOCK=block)
     # Deterministic sum of the per-plane partials over n (tiny: [N, C]).
     return dx, part_a.sum(0).to(scale.dtype), part_b.sum(0).to(shift.dtype)
-
-
-for _name, _fake in _ops.FAKES.items():
-    torch.library.register_fake(f"vaebm_fast_triton::{_name}", _fake)
-_ops.register_epilogue_autograd("vaebm_fast_triton")

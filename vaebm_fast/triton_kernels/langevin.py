@@ -1,41 +1,35 @@
-r"""Triton kernel of ``langevin_step_``: the fused in-place Langevin update over a list of
-tensors, in ONE launch for the whole list.
+r"""Triton kernels of the Langevin update: the launchers behind
+``torch.ops.vaebm_fast_triton.langevin_step_`` and ``langevin_step_graphed_`` (the ops and
+their specification: ``vaebm_fast.ops.langevin``).
 
-Op ``torch.ops.vaebm_fast_triton.langevin_step_(tensors, grads, step_size, seed, offset,
-prior_weight, noise_scale, grad_clip, clamp_low, clamp_high, half_sq_norm)``, the schema
-of ``vaebm_fast::langevin_step_`` (specification: ``vaebm_fast.ops.langevin``):
-
-.. math::  t \leftarrow \mathrm{clamp}(t - h\,(\mathrm{clip}(g) + \lambda t) + \sigma \xi),
-           \qquad h = \eta / 2
-
-for every tensor ``t`` [*] of the list with its gradient ``g`` [same shape], where element
-``k`` of the flattened concatenation uses normal number ``offset + k``. Arithmetic in float32
-for float16/bfloat16/float32 tensors (one rounding on store), float64 for float64 (float32
-normals widened); NaN passes through clip and clamp. ``half_sq_norm`` (optional, float32 [B],
-float64 for float64 tensors, B = dim 0 of every tensor) is overwritten with
-``0.5 * sum_i ||t_i[b]||^2`` of the stored (updated) states.
-
-One launch for the list. Per-launch overhead (~5-20 us of Python and driver per Triton launch)
-would dominate VAEBM's many small latent groups if each tensor had its own launch, so a
-device table describes the list and one grid covers it:
+One launch for the whole list of tensors. Per-launch overhead (~5-20 us of Python and driver
+per Triton launch) would dominate VAEBM's many small latent groups if each tensor had its own
+launch, so a device table describes the list and one grid covers it:
 
 * ``table`` int64 [6, n]: per tensor its data pointer, its gradient's pointer, its start in
   the concatenation, its numel, the first program that works on it, and its row length
   ``numel / B`` (for ``half_sq_norm``). Tensor ``i`` gets ``cdiv(numel + 3, BLOCK)``
-  programs (room for any alignment of its first normal; empty tensors get none).
+  programs (room for any alignment of its first normal; empty tensors get none), so the grid
+  does not depend on the offset.
 * Program ``p`` finds its tensor by a binary search over the first-program column
   (``ceil(log2 n)`` scalar loads, cached), then handles a normal-aligned block of it
   (``philox.aligned_block``: one Philox call per four elements, no redundant noise).
 * The table depends only on the pointers, numels and B, so it is cached (a chain updates the
-  same tensors every step); a miss costs one small host-to-device copy. A CUDA graph must be
-  captured after a warm-up call with the same tensors (as usual), so that the capture hits
-  the cache.
+  same tensors every step); a miss costs one small host-to-device copy, which a CUDA graph
+  cannot hold safely: the table must exist before a capture (a warm-up call with the same
+  tensors builds it), and a table a graph used is kept for the process's life.
+
+``langevin_step_graphed_`` reads the stream's seed and offset from device memory
+(``rng_state`` int64 [2]) instead of kernel arguments, which a graph would freeze at capture.
 
 Memory traffic per element: read t and g, write t (3 x dtype size; 12 bytes in float32); the
 noise never touches memory. ``half_sq_norm`` adds a block-level reduction and one or two
 atomic adds per program when a row is at least a block long (a per-element atomic add
-otherwise). Non-contiguous tensors are updated on a contiguous copy that is copied back (and
-non-contiguous gradients read through a copy): 2 extra passes for those tensors only.
+otherwise), so its sums are not bit-reproducible across runs. Non-contiguous tensors are
+updated on a contiguous copy that is copied back (``langevin_step_`` only; the graphed op takes
+contiguous tensors). Precision: float32 arithmetic for float16 / bfloat16 / float32 tensors
+(one rounding on store), float64 for float64 (float32 normals widened); float coefficients
+arrive as float64 bit patterns (``_launch.f64_args``).
 """
 from __future__ import annotations
 
@@ -51,7 +45,7 @@ from torch import Tensor
 from . import _launch
 from .philox import aligned_block, from_f64_bits, join64, philox_key, to_storage
 
-__all__ = ["langevin_step_"]
+__all__ = ["langevin_step_", "langevin_step_graphed_", "pointer_table"]
 
 # Rows of the per-tensor table.
 _T_PTR, _G_PTR, _START, _NUMEL, _FIRST_PROGRAM, _ROW_LEN = (tl.constexpr(r) for r in range(6))
@@ -196,45 +190,39 @@ def _check(tensors, grads, half_sq_norm) -> int:
     """Minimal checks that keep the kernel in bounds; returns B (0 without half_sq_norm).
     The public op (vaebm_fast.ops.langevin) validates everything with friendlier messages."""
     if len(tensors) != len(grads):
-        raise ValueError("langevin_step_: tensors and grads must have the same length")
+        raise RuntimeError("langevin_step_: tensors and grads must have the same length")
     dtype = tensors[0].dtype
     _launch.tl_dtype(dtype)
     _launch.check_device("langevin_step_", *tensors, *grads,
                          *([half_sq_norm] if half_sq_norm is not None else []))
     for i, (t, g) in enumerate(zip(tensors, grads)):
         if t.shape != g.shape or t.dtype != dtype or g.dtype != dtype:
-            raise ValueError(f"langevin_step_: grads[{i}] must have the shape and dtype of "
+            raise RuntimeError(f"langevin_step_: grads[{i}] must have the shape and dtype of "
                              f"tensors[{i}], and all tensors one dtype")
         _launch.no_internal_overlap("langevin_step_", f"tensors[{i}]", t)
     if half_sq_norm is None:
         return 0
     n_rows = tensors[0].shape[0] if tensors[0].dim() else -1
     if any(t.dim() == 0 or t.shape[0] != n_rows for t in tensors):
-        raise ValueError("langevin_step_: half_sq_norm needs every tensor with dim >= 1 and "
+        raise RuntimeError("langevin_step_: half_sq_norm needs every tensor with dim >= 1 and "
                          "the same dim 0")
     if (half_sq_norm.dtype != _launch.compute_dtype(dtype) or half_sq_norm.dim() != 1
             or half_sq_norm.shape[0] != n_rows or not half_sq_norm.is_contiguous()):
-        raise ValueError(f"langevin_step_: half_sq_norm must be a contiguous "
+        raise RuntimeError(f"langevin_step_: half_sq_norm must be a contiguous "
                          f"{_launch.compute_dtype(dtype)} tensor of shape [{n_rows}]")
     return n_rows
 
 
-@torch.library.custom_op("vaebm_fast_triton::langevin_step_",
-                         mutates_args=("tensors", "half_sq_norm"))
 @_launch.on_tensor_device
 def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float, seed: int,
                    offset: int, prior_weight: float, noise_scale: float,
                    grad_clip: Optional[float], clamp_low: Optional[float],
-                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor]) -> None:
-    """In-place Langevin step on every ``tensors[i]`` [*] given ``grads[i]`` [same shape]
-    (module docstring); ``half_sq_norm`` [B] optional output, None for none.
-
-    ``half_sq_norm`` has no default on purpose: torch 2.11 drops a trailing argument equal to
-    its default before its custom-op ADInplaceOrView kernel indexes the mutated arguments by
-    position (IndexError)."""
+                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor] = None) -> None:
+    """In-place Langevin step on every ``tensors[i]`` [*] given ``grads[i]`` [same shape], noise
+    at (seed, offset); ``half_sq_norm`` [B] optional output (None for none)."""
     if not tensors:
         if half_sq_norm is not None:
-            raise ValueError("langevin_step_: half_sq_norm needs at least one tensor (B is "
+            raise RuntimeError("langevin_step_: half_sq_norm needs at least one tensor (B is "
                              "their dim 0)")
         return
     n_rows = _check(tensors, grads, half_sq_norm)
@@ -262,7 +250,67 @@ def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float,
             t.copy_(w)
 
 
-@langevin_step_.register_fake
-def _(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
-      clamp_low, clamp_high, half_sq_norm):
-    return None
+@triton.jit(do_not_specialize=[
+    "n_tensors", "n_rows", "add_lo", "add_hi", "half_step_lo", "half_step_hi", "prior_lo",
+    "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi", "low_lo", "low_hi", "high_lo",
+    "high_hi"])
+def _langevin_graphed_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
+                            add_lo: tl.int32, add_hi: tl.int32,
+                            half_step_lo: tl.int32, half_step_hi: tl.int32,
+                            prior_lo: tl.int32, prior_hi: tl.int32,
+                            sigma_lo: tl.int32, sigma_hi: tl.int32,
+                            clip_lo: tl.int32, clip_hi: tl.int32,
+                            low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32,
+                            high_hi: tl.int32,
+                            DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
+                            SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
+        table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
+    # The stream address from device memory: key = (seed lo, seed hi), offset + offset_add.
+    seed = tl.load(rng_ptr)
+    k0 = seed.to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    offset = tl.load(rng_ptr + 1) + join64(add_lo, add_hi)
+    j, noise = aligned_block(k0, k1, offset + start, block_of_tensor, BLOCK)
+    mask = (j >= 0) & (j < numel)
+    update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
+                 half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
+                 clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
+                 DTYPE, COMPUTE, HAS_HSN, BLOCK)
+
+
+@_launch.on_tensor_device
+@_launch.on_tensor_device
+def langevin_step_graphed_(tensors: List[Tensor], grads: List[Tensor], step_size: float,
+                           rng_state: Tensor, offset_add: int, prior_weight: float,
+                           noise_scale: float, grad_clip: Optional[float],
+                           clamp_low: Optional[float], clamp_high: Optional[float],
+                           half_sq_norm: Optional[Tensor] = None) -> None:
+    """As :func:`langevin_step_` on contiguous tensors, noise at ``(rng_state[0], rng_state[1]
+    + offset_add)`` read by the kernel; ``rng_state`` int64 [2] is not advanced."""
+    if not tensors:
+        return
+    n_rows = _check(tensors, grads, half_sq_norm)
+    if rng_state.dtype != torch.int64 or rng_state.shape != (2,) or \
+            rng_state.device != tensors[0].device:
+        raise RuntimeError("langevin_step_graphed_: rng_state must be an int64 [2] tensor on "
+                           "the tensors' device")
+    if any(not t.is_contiguous() for t in list(tensors) + list(grads)):
+        raise RuntimeError("langevin_step_graphed_: tensors and grads must be contiguous")
+    if half_sq_norm is not None:
+        half_sq_norm.zero_()  # the kernel accumulates into it
+    table, programs = pointer_table(tensors, grads, n_rows, _launch.BLOCK)
+    if programs == 0:
+        return
+    inf = math.inf
+    f64 = _launch.f64_args
+    dtype = tensors[0].dtype
+    _langevin_graphed_kernel[(programs,)](
+        table, len(tensors), half_sq_norm if half_sq_norm is not None else table, n_rows,
+        rng_state, *_launch.split64(offset_add), *f64(step_size / 2), *f64(prior_weight),
+        *f64(noise_scale), *f64(inf if grad_clip is None else grad_clip),
+        *f64(-inf if clamp_low is None else clamp_low),
+        *f64(inf if clamp_high is None else clamp_high),
+        DTYPE=_launch.tl_dtype(dtype), COMPUTE=_launch.tl_dtype(_launch.compute_dtype(dtype)),
+        HAS_HSN=half_sq_norm is not None, SEARCH_STEPS=max(1, (len(tensors) - 1).bit_length()),
+        BLOCK=_launch.BLOCK)

@@ -134,19 +134,13 @@ def _run_group(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float,
     return sigma
 
 
-@torch.library.custom_op("vaebm_fast_triton::power_iteration_", mutates_args=("u", "v"))
 @_launch.on_tensor_device
 def power_iteration_(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float) -> Tensor:
     """W [G, R, C], u [G, R], v [G, C] (updated in place) -> sigma [G]; one launch."""
     return _run_group(W, u, v, n_iter, eps, W.new_empty(W.shape[0]))
 
 
-@power_iteration_.register_fake
-def _power_iteration_fake(W, u, v, n_iter, eps):
-    return W.new_empty(W.shape[0])
 
-
-@torch.library.custom_op("vaebm_fast_triton::spectral_norms_", mutates_args=("us", "vs"))
 @_launch.on_tensor_device
 def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter: int,
                     eps: float) -> Tensor:
@@ -162,8 +156,3 @@ def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter
     for W, u, v, out in zip(Ws, us, vs, sigma.split([W.shape[0] for W in Ws])):
         _run_group(W, u, v, n_iter, eps, out)
     return sigma
-
-
-@spectral_norms_.register_fake
-def _spectral_norms_fake(Ws, us, vs, n_iter, eps):
-    return Ws[0].new_empty(sum(W.shape[0] for W in Ws))

@@ -84,19 +84,18 @@ def _rows(buffer: Tensor):
 def _check(op: str, buffer: Tensor, index: Tensor) -> None:
     _launch.tl_dtype(buffer.dtype)
     if buffer.dim() < 1:
-        raise ValueError(f"{op}: buffer must have shape [N, *S]")
+        raise RuntimeError(f"{op}: buffer must have shape [N, *S]")
     if index.dtype != torch.int64 or index.dim() != 1:
-        raise ValueError(f"{op}: index must be a 1-D int64 tensor")
+        raise RuntimeError(f"{op}: index must be a 1-D int64 tensor")
 
 
-@torch.library.custom_op("vaebm_fast_triton::replay_gather", mutates_args=())
 @_launch.on_tensor_device
 def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, seed: int,
                   offset: int) -> Tensor:
     """buffer [N, *S], index int64 [B], reinit bool [B] -> new contiguous [B, *S]."""
     _check("replay_gather", buffer, index)
     if reinit.dtype != torch.bool or reinit.shape != index.shape:
-        raise ValueError("replay_gather: reinit must be a bool tensor of index's shape")
+        raise RuntimeError("replay_gather: reinit must be a bool tensor of index's shape")
     _launch.check_device("replay_gather", buffer, index, reinit)
     batch, p = index.shape[0], math.prod(buffer.shape[1:])
     out = torch.empty((batch, *buffer.shape[1:]), dtype=buffer.dtype, device=buffer.device)
@@ -111,20 +110,13 @@ def replay_gather(buffer: Tensor, index: Tensor, reinit: Tensor, seed: int,
     return out
 
 
-@replay_gather.register_fake
-def _(buffer, index, reinit, seed, offset):
-    torch._check(index.dim() == 1 and reinit.shape == index.shape,
-                 lambda: "index and reinit must be 1-D of one shape")
-    return buffer.new_empty((index.shape[0], *buffer.shape[1:]))
 
-
-@torch.library.custom_op("vaebm_fast_triton::replay_scatter_", mutates_args=("buffer",))
 @_launch.on_tensor_device
 def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor) -> None:
     """buffer [N, *S] (written in place), index int64 [B] (unique), values [B, *S]."""
     _check("replay_scatter_", buffer, index)
     if values.dtype != buffer.dtype or values.shape != (index.shape[0], *buffer.shape[1:]):
-        raise ValueError("replay_scatter_: values must be [B, *S] of buffer's dtype")
+        raise RuntimeError("replay_scatter_: values must be [B, *S] of buffer's dtype")
     _launch.check_device("replay_scatter_", buffer, index, values)
     _launch.no_internal_overlap("replay_scatter_", "buffer", buffer)
     n = values.numel()
@@ -136,8 +128,3 @@ def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor) -> None:
         n // index.shape[0], n, BLOCK=_launch.BLOCK)
     if not in_place:
         buffer.copy_(rows.view(buffer.shape))
-
-
-@replay_scatter_.register_fake
-def _(buffer, index, values):
-    return None

@@ -51,12 +51,11 @@ def _philox_normal_kernel(out_ptr, seed_lo: tl.int32, seed_hi: tl.int32, off_lo:
     tl.store(out_ptr + e, to_storage(noise, out_ptr.dtype.element_ty), mask=(e >= 0) & (e < n))
 
 
-@torch.library.custom_op("vaebm_fast_triton::philox4x32", mutates_args=())
 @_launch.on_tensor_device
 def philox4x32(seed: int, offsets: Tensor) -> Tensor:
     """Philox4x32-10 words: int64 [*] call indices -> int64 [*, 4] (see module docstring)."""
     if offsets.dtype != torch.int64:
-        raise ValueError(f"philox4x32: offsets must be int64 (got {offsets.dtype})")
+        raise RuntimeError(f"philox4x32: offsets must be int64 (got {offsets.dtype})")
     flat = offsets.contiguous().reshape(-1)
     out = torch.empty((*offsets.shape, 4), dtype=torch.int64, device=offsets.device)
     n = flat.numel()
@@ -67,25 +66,15 @@ def philox4x32(seed: int, offsets: Tensor) -> Tensor:
     return out
 
 
-@philox4x32.register_fake
-def _(seed, offsets):
-    return offsets.new_empty((*offsets.shape, 4))
 
-
-@torch.library.custom_op("vaebm_fast_triton::philox_normal_", mutates_args=("out",))
 @_launch.on_tensor_device
 def philox_normal_(out: Tensor, seed: int, offset: int) -> None:
     """Fill contiguous ``out`` (float16/bfloat16/float32/float64, any shape, read flat) with
     normals number ``offset .. offset + out.numel() - 1`` of the stream for ``seed``."""
     _launch.tl_dtype(out.dtype)  # raises for non-floating dtypes
     if not out.is_contiguous():
-        raise ValueError("philox_normal_: out must be contiguous")
+        raise RuntimeError("philox_normal_: out must be contiguous")
     n = out.numel()
     if n:
         _philox_normal_kernel[_launch.aligned_grid(n, offset)](
             out, *_launch.split64(seed), *_launch.split64(offset), n, BLOCK=_launch.BLOCK)
-
-
-@philox_normal_.register_fake
-def _(out, seed, offset):
-    return None
