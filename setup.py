@@ -17,8 +17,8 @@ What gets compiled (decided from the installed torch and the environment, never 
 The .so has no Python module init: vaebm_fast/_native.py loads it with torch.ops.load_library.
 """
 import glob
+import importlib.util
 import os
-import shutil
 
 from setuptools import setup
 
@@ -31,11 +31,14 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def _nvcc_found():
-    # Like torch.utils.cpp_extension's CUDA_HOME search (which a CPU-only torch skips).
-    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    return bool(shutil.which("nvcc")) or any(
-        root and os.path.isfile(os.path.join(root, "bin", "nvcc")) for root in roots)
+def _toolchain():
+    # By path, not `import vaebm_fast._toolchain`: importing the package needs torch, which
+    # need not be importable yet when setup.py runs.
+    spec = importlib.util.spec_from_file_location(
+        "_vaebm_fast_toolchain", os.path.join(ROOT, "vaebm_fast", "_toolchain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _want_cuda(torch):
@@ -45,7 +48,7 @@ def _want_cuda(torch):
     problems = []
     if torch.version.cuda is None:
         problems.append(f"torch {torch.__version__} is not a CUDA build")
-    if not _nvcc_found():
+    if _toolchain().find_nvcc() is None:
         problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
     if not _sources("csrc/cuda/*.cu"):
         problems.append("there are no CUDA sources in csrc/cuda")

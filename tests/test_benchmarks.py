@@ -1,6 +1,6 @@
 """The op benchmark harness, smoke-tested: a ``--quick`` run into a temporary directory, then
-the structure of its JSON and markdown. No timing assertions (DESIGN.md §5: benchmarks measure,
-tests do not)."""
+the structure of its JSON and markdown. No timing assertions (docs/design.md#measuring-speed:
+benchmarks measure, tests do not)."""
 import json
 import math
 from pathlib import Path
@@ -46,6 +46,8 @@ def test_writes_json_markdown_and_png(quick_run):
 def test_json_names_the_machine_and_settings(quick_run):
     _, _, report = quick_run
     machine = report["machine"]
+    assert set(machine) == {"cpu", "cpu_count", "usable_cores", "torch", "torch_threads",
+                            "python", "platform", "device", "git"}  # + "gpu" on CUDA
     assert machine["cpu"] and machine["usable_cores"] >= 1
     assert machine["torch"] == torch.__version__
     assert machine["torch_threads"] == torch.get_num_threads()  # left at the default

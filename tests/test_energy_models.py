@@ -7,7 +7,7 @@ from vaebm_fast.models.energy import (OFFICIAL_EBM_ARCHS, MLPEnergy, ResBlock, R
                                       official_ebm, small_image_ebm)
 from vaebm_fast.nn import lip_swish
 
-# Parameter counts of DESIGN.md §3, to the precision shown there.
+# Parameter counts of docs/design.md#official-energy-networks, to the precision shown there.
 TABLE_PARAMS = {"cifar32": "5.14M", "celeba64": "4.34M", "lsun64": "5.81M",
                 "celeba256": "14.2M", "mnist": "0.68M"}
 CHANNELS = {"cifar32": 128, "celeba64": 64, "lsun64": 64, "celeba256": 64, "mnist": 64}

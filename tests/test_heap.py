@@ -74,3 +74,32 @@ def test_real_mallopt_round_trip():
         del a
         b = torch.zeros(16 << 20)
         assert float(b.sum()) == 0.0
+
+
+def test_trim_heap_calls_malloc_trim_even_with_heap_reuse_off(monkeypatch):
+    calls = []
+
+    class RecordingLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+            return 1
+
+    monkeypatch.setenv("VAEBM_FAST_HEAP_REUSE", "0")
+    monkeypatch.setattr(heap, "_mallopt", None)
+    monkeypatch.setattr(heap, "_libc", RecordingLibc())
+    assert heap.heap_reuse_available() == "VAEBM_FAST_HEAP_REUSE=0"
+    assert heap.trim_heap() is True
+    assert calls == [0]
+
+
+def test_trim_heap_without_glibc_does_nothing(monkeypatch):
+    monkeypatch.setattr(heap, "_libc", False)
+    monkeypatch.setattr(heap, "_libc_why", "the C library is not glibc")
+    assert heap.trim_heap() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_real_trim_heap():
+    if heap._load_glibc() is not None:
+        pytest.skip(f"no glibc here: {heap._load_glibc()}")
+    assert heap.trim_heap() is True

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaebm_fast import _native
-from vaebm_fast.info import collect_info, format_info
+from vaebm_fast.info import collect_info, format_info, machine_info
 from vaebm_fast.ops import (BackendUnavailableError, backend_availability, default_backend,
                             get_default_backend, langevin_step_, langevin_step_reference,
                             philox_normal, set_default_backend)
@@ -133,9 +133,13 @@ def test_backend_availability_reasons():
 def test_info():
     info = collect_info()
     json.dumps(info)  # plain data
-    for key in ("torch", "torch_cuda", "triton", "cxx", "nvcc", "native", "ops"):
+    for key in ("torch", "torch_cuda", "triton", "cxx", "nvcc", "native", "ops", "cpu", "git"):
         assert key in info
     assert info["torch"] == torch.__version__
+    machine = machine_info()  # what the benchmark reports record
+    assert (info["cpu"], info["usable_cores"], info["cpu_threads"], info["python"]) == (
+        machine["cpu"], machine["usable_cores"], machine["torch_threads"], machine["python"])
+    assert machine["device"] == "cpu" and "gpu" not in machine
     assert set(info["ops"]["langevin_step_"]) == {"cpu", "cuda"}
     assert info["ops"]["langevin_step_"]["cpu"]["eager"] is None
     text = format_info(info)

@@ -19,6 +19,9 @@ library is not glibc, when the user already tunes malloc through ``MALLOC_MMAP_M
 ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_THRESHOLD_`` or a
 ``glibc.malloc`` tunable, or when ``VAEBM_FAST_HEAP_REUSE=0``. Nested and concurrent blocks
 are counted: the defaults come back when the last one exits.
+
+:func:`trim_heap` hands the heap's free pages back to the kernel on its own, whatever the
+environment says about heap reuse (the chain benchmarks call it before measuring peak memory).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import sys
 import threading
 from typing import Iterator, Optional
 
-__all__ = ["heap_reuse", "heap_reuse_available"]
+__all__ = ["heap_reuse", "heap_reuse_available", "trim_heap"]
 
 # mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -45,20 +48,17 @@ _depth = 0
 _mallopt = None  # resolved on first use; False when unavailable (_why says why)
 _malloc_trim = None
 _why: Optional[str] = None
+_libc = None  # glibc once loaded; False when there is none (_libc_why says why)
+_libc_why: Optional[str] = None
 
 
-def _resolve_mallopt() -> Optional[str]:
-    """Load glibc's mallopt; returns why it cannot be used, or None."""
-    global _mallopt, _malloc_trim, _why
-    if _mallopt is not None:
-        return None if _mallopt else _why
+def _load_glibc() -> Optional[str]:
+    """Load glibc (mallopt and malloc_trim typed) into ``_libc``; returns why not, or None."""
+    global _libc, _libc_why
+    if _libc is not None:
+        return None if _libc else _libc_why
     reason = None
-    if os.environ.get("VAEBM_FAST_HEAP_REUSE", "1") == "0":
-        reason = "VAEBM_FAST_HEAP_REUSE=0"
-    elif any(name in os.environ for name in _USER_SETTINGS) or \
-            "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        reason = "malloc is tuned through the environment"
-    elif not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         reason = "not Linux"
     else:
         try:
@@ -70,10 +70,29 @@ def _resolve_mallopt() -> Optional[str]:
                 libc.mallopt.restype = ctypes.c_int
                 libc.malloc_trim.argtypes = (ctypes.c_size_t,)
                 libc.malloc_trim.restype = ctypes.c_int
-                _mallopt, _malloc_trim = libc.mallopt, libc.malloc_trim
+                _libc = libc
         except OSError as exc:
             reason = f"libc could not be loaded ({exc})"
     if reason is not None:
+        _libc, _libc_why = False, reason
+    return reason
+
+
+def _resolve_mallopt() -> Optional[str]:
+    """Load glibc's mallopt; returns why it cannot be used, or None."""
+    global _mallopt, _malloc_trim, _why
+    if _mallopt is not None:
+        return None if _mallopt else _why
+    if os.environ.get("VAEBM_FAST_HEAP_REUSE", "1") == "0":
+        reason = "VAEBM_FAST_HEAP_REUSE=0"
+    elif any(name in os.environ for name in _USER_SETTINGS) or \
+            "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        reason = "malloc is tuned through the environment"
+    else:
+        reason = _load_glibc()
+    if reason is None:
+        _mallopt, _malloc_trim = _libc.mallopt, _libc.malloc_trim
+    else:
         _mallopt, _why = False, reason
     return reason
 
@@ -81,6 +100,15 @@ def _resolve_mallopt() -> Optional[str]:
 def heap_reuse_available() -> Optional[str]:
     """None when :func:`heap_reuse` takes effect here, else why not."""
     return _resolve_mallopt()
+
+
+def trim_heap() -> bool:
+    """Return the heap's free pages to the kernel (glibc's ``malloc_trim(0)``), so that the
+    resident set counts only memory in use. False (nothing done) without glibc."""
+    if _load_glibc() is not None:
+        return False
+    _libc.malloc_trim(0)
+    return True
 
 
 def _set(params: dict) -> None:

@@ -3,6 +3,8 @@
 ``collect_info()`` returns a plain dict (JSON-serialisable) and ``format_info()`` a readable
 report of it; the CLI prints the latter. Collecting loads the native extension (warning once if
 it cannot) and asks torch whether CUDA is available, so call it explicitly, not at import.
+``machine_info(device)`` is the part that describes the machine; the benchmark reports record
+it beside every measurement.
 """
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
 
 import torch
 
-__all__ = ["collect_info", "format_info"]
+from ._toolchain import find_nvcc
+
+__all__ = ["collect_info", "format_info", "machine_info"]
 
 _DEVICE_TYPES = ("cpu", "cuda")
+_CHECKOUT = Path(__file__).resolve().parents[1]  # the source tree, when running from one
 
 
 def _package_version(name: str) -> Optional[str]:
@@ -43,16 +48,8 @@ def _cxx_version() -> Optional[str]:
     return _first_line_of([cxx, "--version"]) if cxx else None
 
 
-def _find_nvcc() -> Optional[str]:
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
-        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")):
-            return os.path.join(root, "bin", "nvcc")
-    return shutil.which("nvcc") or (
-        "/usr/local/cuda/bin/nvcc" if os.path.isfile("/usr/local/cuda/bin/nvcc") else None)
-
-
 def _nvcc_version() -> Optional[str]:
-    nvcc = _find_nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         return None
     try:
@@ -64,12 +61,63 @@ def _nvcc_version() -> Optional[str]:
     return f"{release[0]} ({nvcc})" if release else nvcc
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> Optional[str]:
+    """Short commit of the source tree this package runs from (None outside a git checkout),
+    marked when the tree has uncommitted changes."""
+    if not (_CHECKOUT / ".git").exists():  # an installed copy: a repository around it is not ours
+        return None
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_CHECKOUT, text=True,
+                             capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=_CHECKOUT, text=True,
+                               capture_output=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + (" (with uncommitted changes)" if dirty else "")
+
+
+def machine_info(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """The machine, and the code on it: what a measurement must be quoted with.
+
+    Returns a dict with keys ``cpu`` (model name), ``cpu_count``, ``usable_cores`` (the CPUs
+    this process may run on), ``torch``, ``torch_threads``, ``python``, ``platform``,
+    ``device`` (``device`` as a string), ``git`` (short commit of the source tree, or None)
+    and, for a CUDA ``device``, ``gpu`` (its name). Queries the GPU only for a CUDA ``device``.
+    """
+    device = torch.device(device)
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable_cores = os.cpu_count()
+    info = {
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(device), "git": _git_revision(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def collect_info() -> Dict[str, Any]:
     """Versions, compilers, native-extension status and per-op backend availability.
 
     Returns a dict with keys ``vaebm_fast``, ``python``, ``platform``, ``torch``,
     ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda_devices`` (names),
-    ``cpu_threads``, ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
+    ``cpu`` (model name), ``usable_cores``, ``cpu_threads`` (torch's), ``git`` (source commit
+    or None), ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
     build_info), ``heap_reuse`` (None when FastSampler's CPU chains keep freed memory in the
     heap, else why not), ``default_backend`` and ``ops``:
     ``{op: {device_type: {backend: None if available else reason}}}`` and ``auto``:
@@ -80,17 +128,21 @@ def collect_info() -> Dict[str, Any]:
     from .ops import _dispatch
 
     native = _native.status()
+    machine = machine_info("cpu")
     cuda_devices = []
     if torch.cuda.is_available():
         cuda_devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "vaebm_fast": _package_version("vaebm_fast"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
+        "python": machine["python"],
+        "platform": machine["platform"],
+        "torch": machine["torch"],
         "torch_cuda": torch.version.cuda,
         "cuda_devices": cuda_devices,
-        "cpu_threads": torch.get_num_threads(),
+        "cpu": machine["cpu"],
+        "usable_cores": machine["usable_cores"],
+        "cpu_threads": machine["torch_threads"],
+        "git": machine["git"],
         "triton": _package_version("triton"),
         "cxx": _cxx_version(),
         "nvcc": _nvcc_version(),
@@ -112,8 +164,10 @@ def format_info(info: Optional[Dict[str, Any]] = None) -> str:
     none = "not found"
     native = info["native"]
     lines = [
-        f"vaebm_fast   {info['vaebm_fast'] or 'not installed (running from a checkout)'}",
+        f"vaebm_fast   {info['vaebm_fast'] or 'not installed (running from a checkout)'}"
+        + (f", source at commit {info['git']}" if info.get("git") else ""),
         f"python       {info['python']} on {info['platform']}",
+        f"CPU          {info['cpu']}, {info['usable_cores']} usable cores",
         f"torch        {info['torch']} (CUDA build: {info['torch_cuda'] or 'no'}; "
         f"{info['cpu_threads']} CPU threads)",
         f"GPUs         {', '.join(info['cuda_devices']) or 'none visible'}",

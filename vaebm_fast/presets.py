@@ -5,7 +5,9 @@ A model config is a small JSON-able dict ``{"type": ..., **kwargs}``; checkpoint
 
 The toy settings were tuned for the demo (2-core CPU, minutes); the digits settings for a
 small run of the full two-stage pipeline. The official image settings (CIFAR-10 etc.) are in
-DESIGN.md §3 and reachable through flags (``--energy-arch cifar32 --step-size 8e-5 ...``).
+docs/design.md#langevin-settings and #stage-2-optimiser; the official energy networks are
+reachable through a ``--config`` file (``{"energy": {"type": "official", "arch": "cifar32"}}``)
+and the training options through flags (``--step-size 8e-5 --langevin-steps 10 ...``).
 """
 from __future__ import annotations
 

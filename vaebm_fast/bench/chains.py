@@ -25,15 +25,14 @@ Cases: ``update_<setup>`` (the update op alone, on that setup's chain state), ``
 Variants (every case lists all of them, timed or "not run" with the reason):
 
 * ``official-style``: :func:`official_style_chain`, the official VAEBM loop's per-step waste
-  (DESIGN.md §3) reproduced with our models;
+  (docs/design.md#official-loop-waste) reproduced with our models;
 * ``eager``: ``LangevinSampler(backend="eager")`` -- the baseline of every ratio "vs eager";
 * ``fused``: ``LangevinSampler(backend="native")`` (the fused C++/CUDA update);
-* ``fast``: ``vaebm_fast.FastSampler`` when it can be imported;
+* ``fast``: ``vaebm_fast.FastSampler`` with ``graphs=False``;
 * ``torch.compile``: ``torch.compile`` of the eager step written as a user would (autograd
   gradient + ``sub_``/``add_`` update with ``torch.randn_like`` noise); skipped with the
   reason when compiling fails or takes longer than ``--compile-timeout`` seconds;
-* ``fast + CUDA graph``: FastSampler with ``graphs=True`` (its default), CUDA only; the
-  ``fast`` variant runs with ``graphs=False``.
+* ``fast + CUDA graph``: FastSampler with ``graphs=True`` (its default), CUDA only.
 
 Peak memory: on the CPU, the growth of the process's peak resident set (VmHWM, reset through
 ``/proc/self/clear_refs`` after ``malloc_trim``) during the variant's first (warm-up) call; on
@@ -44,7 +43,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
 import functools
 import gc
 import math
@@ -61,8 +59,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from .harness import (Case, Variant, _fmt, add_run_arguments, machine_info,
-                      report_header, run_case, write_report)
+from .._heap import trim_heap
+from ..info import machine_info
+from ..sampling import FastSampler
+from .harness import Case, Variant, _fmt, add_run_arguments, report_header, run_case, write_report
 
 N_STEPS = 16
 OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH = (
@@ -184,28 +184,29 @@ def official_style_chain(energy: nn.Module, generator: Optional[nn.Module], n: i
                          replay: Optional[list] = None, replay_capacity: int = 10_000,
                          reuse_prob: float = 0.0, device="cpu") -> torch.Tensor:
     """A Langevin chain written the way the official VAEBM code writes it, with the per-step
-    waste DESIGN.md §3 ("Waste in the official loop") lists, so the benchmark shows what a
+    waste listed in docs/design.md#official-loop-waste, so the benchmark shows what a
     user gains over the code they know. Same chain as ``LangevinSampler`` (same K = n_steps
     gradient steps, same output shape); the noise comes from torch's global generator.
 
     Reproduced, per step:
 
-    * §3 waste 1, EBM weight gradients in every Langevin backward: the energy's parameters
+    * waste 1, EBM weight gradients in every Langevin backward: the energy's parameters
       keep ``requires_grad=True`` (the official freeze loops over a consumed parameter
       generator) and the step calls ``.backward()`` on the potential, which also accumulates
-      the EBM's weight gradients (the VAE's parameters are frozen, as §3 lists only the EBM).
-    * §3 waste 2, weight-norm weights recomputed at every step: no ``frozen_normalized_weights``;
+      the EBM's weight gradients (the VAE's parameters are frozen: waste 1 names only the EBM).
+    * waste 2, weight-norm weights recomputed at every step: no ``frozen_normalized_weights``;
       every WNConv2d recomputes W_eff = exp(g) W / ||W|| in every forward, and for the EBM the
       backward flows through that computation too.
-    * §3 waste 3, two host-device syncs per step: ``x.min().item()`` and ``x.max().item()``
+    * waste 3, two host-device syncs per step: ``x.min().item()`` and ``x.max().item()``
       asserting the decoded images' range ([0, 1] for images; finite for the toy).
-    * §3 waste 4, noise drawn on the host and copied: ``torch.randn(shape).to(device)`` per
+    * waste 4, noise drawn on the host and copied: ``torch.randn(shape).to(device)`` per
       state group and step (and for the start states).
-    * §3 waste 5 (data space with ``replay``): a Python list of per-sample CPU tensors, read with
+    * waste 5 (data space with ``replay``): a Python list of per-sample CPU tensors, read with
       ``torch.stack`` of list items, trimmed with ``pop(0)``, written one sample at a time.
     * The update as the official code writes it: per state tensor, separate in-place passes
       for the gradient term, the noise term, [the clip,] [the clamp], on ``.data``.
-    * eps space with a hierarchical VAE: the official potential (DESIGN.md §2),
+    * eps space with a hierarchical VAE: the official potential
+      (docs/design.md#eps-space-potential),
       E(x) - log p(z) - log p(x|z) at the reparameterised point via ``decode_eps_details``
       (log p(x|z) with log sigma_x clamped at -2); other generators: E(T(eps)) + 1/2 ||eps||^2,
       the prior differentiated by autograd.
@@ -303,7 +304,7 @@ def _official_potential(energy, generator, states, space):
     eps_z, eps_x = states[:-1], states[-1]
     if hasattr(generator, "decode_eps_details"):
         out = generator.decode_eps_details(eps_z, eps_x)
-        log_sigma = torch.log(out.x_sigma).clamp(min=-2.0)  # the second sigma_x (§2)
+        log_sigma = torch.log(out.x_sigma).clamp(min=-2.0)  # the official code's second sigma_x
         x_pm = out.x_mu + out.x_sigma * eps_x
         log_p_x = (-0.5 * ((x_pm - out.x_mu) / log_sigma.exp()) ** 2 - log_sigma
                    - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
@@ -438,23 +439,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
-def _fast_sampler_class():
-    """(FastSampler, None) or (None, why it cannot be imported)."""
-    try:
-        from vaebm_fast import FastSampler
-    except ImportError as e:
-        return None, f"vaebm_fast.FastSampler is not importable here ({_first_line(e)})"
-    return FastSampler, None
-
-
 # ------------------------------------------------------------------------------ peak memory
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
 
 def _status_kb(name: str) -> Optional[int]:
     try:
@@ -478,7 +463,7 @@ def measure_peak_mb(fn: Callable[[], Any], device: str) -> Tuple[Optional[float]
         fn()
         torch.cuda.synchronize(dev)
         return (torch.cuda.max_memory_allocated(dev) - before) / 2**20, "cuda max_memory_allocated"
-    _malloc_trim()
+    trim_heap()  # freed pages still mapped would count as resident before the call
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
@@ -556,7 +541,8 @@ def update_case(setup: Setup) -> ChainCase:
     variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, lambda: official_style_update(
         official_xs, grads, step_size=kw["step_size"], noise_scale=kw.get("noise_scale"),
         device=setup.device)), note="per tensor: add_(grad, alpha=-eta/2), then add_ of "
-        "torch.randn(shape).to(device) (host noise, §3 waste 4); the prior term is in grads")]
+        "torch.randn(shape).to(device) (host noise, official-loop waste 4); the prior term is "
+        "in grads")]
     variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
                             note="langevin_step_(backend='eager'): the reference (Philox in "
                                  "int64 torch ops), what LangevinSampler(backend='eager') runs"))
@@ -651,9 +637,7 @@ def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
                                  "once for the case, as a chain does)"))
     variants.append(Variant(FUSED, probe.wrap(FUSED, sampler_step_fn(setup, "native")),
                             note="LangevinSampler's step body, backend='native'"))
-    skipped = {}
-    fast_cls, why = _fast_sampler_class()
-    skipped[FAST] = why or "FastSampler has no single-step API; see the chain16 case"
+    skipped = {FAST: "FastSampler has no single-step API; see the chain16 case"}
     fn, note = _compile_variant(setup, "step", 1, compile_timeout, compile_backend)
     if fn is None:
         skipped[COMPILE] = note
@@ -690,45 +674,45 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
             replay_capacity=setup.replay_capacity, reuse_prob=setup.reuse_prob,
             device=setup.device, **kw)
 
-    def ours(backend, cls=None, **extra):
-        buffer = setup.make_buffer()
-        if cls is None:
-            sampler = _sampler(setup, backend, n_steps, buffer)
-        else:
-            sampler = cls(setup.energy, setup.generator, n_steps=n_steps, replay_buffer=buffer,
-                          reuse_prob=setup.reuse_prob if buffer else 0.0, **setup.sampler,
-                          **extra)
+    def ours(backend):
+        sampler = _sampler(setup, backend, n_steps, setup.make_buffer())
         return functools.partial(sampler.sample, setup.batch, seed=0)
+
+    def fast(graphs: bool):
+        """(FastSampler, its chain call)."""
+        buffer = setup.make_buffer()
+        sampler = FastSampler(setup.energy, setup.generator, n_steps=n_steps,
+                              replay_buffer=buffer,
+                              reuse_prob=setup.reuse_prob if buffer else 0.0, graphs=graphs,
+                              **setup.sampler)
+        return sampler, functools.partial(sampler.sample, setup.batch, seed=0)
 
     replay_note = ("; replay: official_style list of per-sample CPU tensors vs our on-device "
                    "ReplayBuffer" if setup.replay_capacity else "")
     variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, official),
-                        note="official_style_chain: §3 wastes 1-5 (EBM weight gradients via "
-                             ".backward(), weight norm recomputed every forward, 2 host syncs "
-                             "per step, host-drawn noise, list replay buffer), separate update "
-                             "passes, the official potential" + replay_note)]
+                        note="official_style_chain: official-loop wastes 1-5 (EBM weight "
+                             "gradients via .backward(), weight norm recomputed every forward, "
+                             "2 host syncs per step, host-drawn noise, list replay buffer), "
+                             "separate update passes, the official potential" + replay_note)]
     variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
                             note="LangevinSampler(backend='eager').sample(B, seed=0)"))
     variants.append(Variant(FUSED, probe.wrap(FUSED, ours("native")),
                             note="LangevinSampler(backend='native').sample(B, seed=0)"))
     skipped = {}
-    fast_cls, why = _fast_sampler_class()
-    graph_why = _gpu_only(setup.device)
-    for name, extra, reason in ((FAST, {"graphs": False}, why),
-                                (GRAPH, {"graphs": True}, why or graph_why)):
+    for name, graphs, reason in ((FAST, False, None), (GRAPH, True, _gpu_only(setup.device))):
         if reason is not None:
             skipped[name] = reason
             continue
         try:
-            fn = ours("auto", fast_cls, **extra)
+            sampler, fn = fast(graphs)
             with time_limit(compile_timeout):  # prepare (and capture) outside the timing
-                if extra["graphs"] and setup.device != "cpu":
+                if graphs and setup.device != "cpu":
                     fn()
                 else:
-                    fn.func.__self__.prepared_models()
+                    sampler.prepared_models()
             variants.append(Variant(name, probe.wrap(name, fn),
-                                    note=f"FastSampler(..., {', '.join(f'{k}={v}' for k, v in extra.items()) or 'defaults'}).sample(B, seed=0)"))
-        except Exception as e:  # noqa: BLE001 -- an API mismatch is reported, not raised
+                                    note=f"FastSampler(..., graphs={graphs}).sample(B, seed=0)"))
+        except Exception as e:  # noqa: BLE001 -- a model it cannot run is reported, not raised
             skipped[name] = f"FastSampler could not run here: {_first_line(e)}"
     fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_backend)
     if fn is None:

@@ -1,4 +1,4 @@
-"""The one timing harness for op benchmarks (method: docs in ``/work/shared/DESIGN.md`` §5).
+"""The one timing harness for op benchmarks (method: docs/design.md#measuring-speed).
 
 A benchmark describes a :class:`Case`: a few :class:`Variant` s that compute the same thing
 (each a zero-argument callable that owns its tensors), which of them is the baseline, and how
@@ -23,10 +23,7 @@ import datetime
 import gc
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["Variant", "Case", "run_case", "machine_info", "write_report", "render_markdown",
+__all__ = ["Variant", "Case", "run_case", "write_report", "render_markdown",
            "report_header", "add_run_arguments", "save_chart", "describe_machine", "CEILING", "RESULTS"]
 
 CEILING = "copy_ (ceiling)"
@@ -176,48 +173,8 @@ def _quartiles(samples: Sequence[float]) -> tuple:
 
 # ------------------------------------------------------------------------------ the machine
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_revision() -> Optional[str]:
-    root = _ROOT
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                             capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, text=True,
-                               capture_output=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + (" (with uncommitted changes)" if dirty else "")
-
-
-def machine_info(device: str = "cpu") -> Dict[str, Any]:
-    """Where the numbers come from: CPU, cores, torch and its thread count, the device."""
-    device = torch.device(device)
-    try:
-        usable_cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable_cores = os.cpu_count()
-    info = {
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "platform": platform.platform(),
-        "device": str(device), "git": _git_revision(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def describe_machine(info: Dict[str, Any]) -> str:
+    """One sentence of :func:`vaebm_fast.info.machine_info`'s dict, for report headers."""
     text = (f"{info['cpu']}, {info['usable_cores']} usable cores (of {info['cpu_count']}), "
             f"torch {info['torch']} with {info['torch_threads']} threads, "
             f"Python {info['python']}, {info['platform']}; device {info['device']}")

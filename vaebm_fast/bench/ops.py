@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .harness import Case, Variant, add_run_arguments, machine_info, run_case, write_report
+from ..info import machine_info
+from .harness import Case, Variant, add_run_arguments, run_case, write_report
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
 from vaebm_fast.ops import (affine_swish, backend_availability, ebm_block_tail,

@@ -17,9 +17,9 @@ every backend.
 
 "latent" is the same sampler as "eps" with the decoder deterministic: G(z) is the decoder mean.
 In eps space the returned samples are by default the decoder mean at the final eps_z, as the
-official code reports images (DESIGN.md §3); ``output="sample"`` returns T(eps_z, eps_x), the
-actual draw of the product density h, which is the right comparison when the decoder noise is
-large (the 2-D toy VAE learns sigma_x ~ 0.2 against modes of std 0.05).
+official code reports images (docs/design.md#langevin-settings); ``output="sample"`` returns
+T(eps_z, eps_x), the actual draw of the product density h, which is the right comparison when
+the decoder noise is large (the 2-D toy VAE learns sigma_x ~ 0.2 against modes of std 0.05).
 """
 from __future__ import annotations
 

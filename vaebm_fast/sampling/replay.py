@@ -3,8 +3,8 @@
 The buffer is a ring of fixed capacity holding one tensor per state group
 ([capacity, *shape] each), written FIFO. A batch of B chains starts from Binomial(B, p)
 stored chains (drawn uniformly from the filled part) and B - k fresh ones; after the chain
-the final states are pushed back. VAEBM stores eps_z only (DESIGN.md §3); the pixel-space
-EBM stores x.
+the final states are pushed back. VAEBM stores eps_z only (docs/design.md#replay-buffer); the
+pixel-space EBM stores x.
 
 Everything lives on the device: no Python lists of per-sample tensors, no CPU round trip for
 the states. The only host-side quantities are the integer count of stored chains and the

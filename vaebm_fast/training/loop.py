@@ -4,7 +4,8 @@ A trainer supplies ``step_fn(step) -> dict of floats`` and ``state_fn() -> dict`
 besides the step counter and RNG state). ``run_training`` resumes from ``checkpoint_path`` when
 it exists (and ``resume`` is set), calls ``step_fn`` for the remaining steps, and writes the
 checkpoint atomically every ``checkpoint_every`` steps and at the end, so a crash or a
-divergence loses at most that many steps (VAEBM training "eventually explodes": DESIGN.md §3).
+divergence loses at most that many steps (VAEBM training "eventually explodes":
+docs/design.md#stage-2-optimiser).
 """
 from __future__ import annotations
 
