@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaebm_fast.ops import (affine_swish, affine_swish_reference, bn_swish_eval, default_backend,
+from vaebm_fast.ops import (affine_swish, affine_swish_reference, default_backend,
                             ebm_block_tail, ebm_block_tail_backward_reference,
                             ebm_block_tail_reference, nvae_cell_tail,
                             nvae_cell_tail_backward_reference, nvae_cell_tail_reference,
@@ -278,7 +278,7 @@ def test_affine_swish_empty_batch_gives_zero_parameter_grads(backend):
     assert torch.equal(sh.grad, torch.zeros(3, device=device))
 
 
-# ------------------------------------------------------------------- bn_swish_eval
+# ------------------------------------------------------------------- BNSwish (eval)
 
 def _bn(c=3, affine=True, seed=0):
     torch.manual_seed(seed)
@@ -289,31 +289,6 @@ def _bn(c=3, affine=True, seed=0):
         nn.init.uniform_(bn.weight, 0.5, 1.5)
         nn.init.uniform_(bn.bias, -0.5, 0.5)
     return bn.eval()
-
-
-@pytest.mark.parametrize("be", ["eager", "native"])
-@pytest.mark.parametrize("affine", [True, False])
-def test_bn_swish_eval_matches_swish_of_bn(be, affine, request):
-    if be == "native":
-        request.getfixturevalue("native")
-    bn = _bn(affine=affine)
-    x = make((2, 3, 5, 7)).requires_grad_()
-    y = bn_swish_eval(x, bn, backend=be)
-    xr = x.detach().clone().requires_grad_()
-    yr = F.silu(bn(xr))
-    torch.testing.assert_close(y, yr, atol=1e-6, rtol=1e-5)
-    g = make(y.shape, seed=1)
-    params = [p for p in bn.parameters()]
-    grads = torch.autograd.grad(y, [x] + params, g)
-    rgrads = torch.autograd.grad(yr, [xr] + params, g)
-    for a, b in zip(grads, rgrads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_bn_swish_eval_needs_running_stats():
-    bn = nn.BatchNorm2d(3, track_running_stats=False).eval()
-    with pytest.raises(ValueError, match="running statistics"):
-        bn_swish_eval(torch.zeros(2, 3, 4, 4), bn)
 
 
 def test_bnswish_module_uses_the_fused_op_in_eval_only(native):

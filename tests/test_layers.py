@@ -1,11 +1,13 @@
-"""Layers: weight-normalised conv, data-dependent init, activations, SE, BN-Swish."""
+"""Layers: weight-normalised conv, data-dependent init, activations, SE, the BatchNorm layers
+(BN-Swish, NVAEBatchNorm, ConvBNSwish, AffineSwish) and a BatchNorm's eval-mode affine map."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaebm_fast.nn import (SE, BNSwish, LipSwish, Swish, WNConv2d, frozen_normalized_weights,
+from vaebm_fast.nn import (SE, AffineSwish, BNSwish, ConvBNSwish, LipSwish, NVAEBatchNorm, Swish,
+                           WNConv2d, bn_affine, bn_swish_eval, frozen_normalized_weights,
                            lip_swish, swish)
 
 
@@ -156,6 +158,107 @@ def test_bnswish():
     official = {k[len("bn."):]: v + 1 for k, v in m.state_dict().items()}
     m.load_state_dict(official, strict=True)
     torch.testing.assert_close(m.bn.running_var, official["running_var"])
+
+
+def _eval_bn(c=3, affine=True, seed=0, cls=nn.BatchNorm2d):
+    """A BatchNorm in eval mode with non-trivial running statistics and affine parameters."""
+    torch.manual_seed(seed)
+    bn = cls(c, affine=affine)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    if affine:
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    return bn.eval()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("cls,shape", [(nn.BatchNorm2d, (4, 3, 5, 2)), (nn.BatchNorm1d, (4, 3))])
+def test_bn_affine_is_the_eval_mode_batchnorm(affine, cls, shape):
+    bn = _eval_bn(affine=affine, cls=cls)
+    x = torch.randn(shape, dtype=torch.float64)
+    bn64 = bn.double()
+    view = (1, -1) + (1,) * (len(shape) - 2)
+    for dtype in (None, torch.float64):
+        scale, shift = bn_affine(bn64, dtype)
+        assert scale.shape == shift.shape == (3,) and scale.dtype == torch.float64
+        torch.testing.assert_close(x * scale.view(view) + shift.view(view), bn64(x))
+    # float32 BatchNorm: its own dtype by default, float64 on request.
+    bn32 = bn.float()
+    assert bn_affine(bn32)[0].dtype == torch.float32
+    assert bn_affine(bn32, torch.float64)[1].dtype == torch.float64
+
+
+def test_bn_affine_is_differentiable_in_the_affine_parameters():
+    bn = _eval_bn().double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    scale, shift = bn_affine(bn)
+    y = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [bn.weight, bn.bias], g)
+    want = torch.autograd.grad(bn(x), [bn.weight, bn.bias], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("be", ["eager", "native"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_swish_eval_matches_swish_of_bn(be, affine, request):
+    if be == "native":
+        request.getfixturevalue("native")
+    bn = _eval_bn(affine=affine)
+    x = (2 * torch.randn(2, 3, 5, 7)).requires_grad_()
+    y = bn_swish_eval(x, bn, backend=be)
+    xr = x.detach().clone().requires_grad_()
+    yr = F.silu(bn(xr))
+    torch.testing.assert_close(y, yr, atol=1e-6, rtol=1e-5)
+    g = torch.randn(y.shape)
+    params = list(bn.parameters())
+    grads = torch.autograd.grad(y, [x] + params, g)
+    rgrads = torch.autograd.grad(yr, [xr] + params, g)
+    for a, b in zip(grads, rgrads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bn_affine_and_bn_swish_eval_need_running_stats():
+    bn = nn.BatchNorm2d(3, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match="running statistics"):
+        bn_affine(bn)
+    with pytest.raises(ValueError, match="running statistics"):
+        bn_swish_eval(torch.zeros(2, 3, 4, 4), bn)
+
+
+def test_nvae_batchnorm_and_conv_bn_swish_keys_and_forward():
+    torch.manual_seed(0)
+    norm = NVAEBatchNorm(4)
+    assert norm.bn.momentum == 0.05 and norm.bn.eps == 1e-5
+    assert sorted(norm.state_dict()) == ["bn.bias", "bn.num_batches_tracked", "bn.running_mean",
+                                         "bn.running_var", "bn.weight"]
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(norm.eval()(x), norm.bn(x))
+
+    cbs = ConvBNSwish(4, 6, kernel_size=3, stride=2, groups=2)
+    assert sorted(cbs.state_dict()) == ["conv.0.weight", "conv.1.bn.bias",
+                                        "conv.1.bn.num_batches_tracked", "conv.1.bn.running_mean",
+                                        "conv.1.bn.running_var", "conv.1.bn.weight"]
+    conv = cbs.conv[0]
+    assert conv.padding == (1, 1) and conv.groups == 2 and not conv.weight_norm
+    cbs.eval()
+    ref = swish(cbs.conv[1].bn(F.conv2d(x, conv.weight, None, 2, 1, 1, 2)))
+    torch.testing.assert_close(cbs(x), ref)
+    assert cbs(x).shape == (2, 6, 3, 3)
+
+
+def test_affine_swish_module_casts_its_buffers_to_the_input():
+    scale = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    shift = torch.tensor([0.1, -0.3], dtype=torch.float64)
+    m = AffineSwish(scale, shift)
+    assert sorted(m.state_dict()) == ["scale", "shift"]
+    x = torch.randn(3, 2, 4)
+    y = m(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.silu(x * scale.float().view(1, 2, 1)
+                                         + shift.float().view(1, 2, 1)))
 
 
 def test_data_init_with_a_process_group_matches_single_process(tmp_path):

@@ -1,12 +1,13 @@
-"""prepare_for_sampling: the prepared snapshot computes the original's eval-mode function,
-and the original is left exactly as it was."""
+"""Frozen snapshots: vaebm_fast.nn.frozen_copy computes the original's eval-mode function and
+leaves the original exactly as it was; the sampling side (prepare_for_sampling, prepared) honours
+a model's ``sampling_drop`` and a user's own ``prepare_for_sampling()``."""
 import pytest
 import torch
 from torch import nn
 
 from vaebm_fast.models import MLPEnergy, MLPVAE, HierarchicalVAE, official_ebm, small_image_ebm
-from vaebm_fast.nn import BNSwish, WNConv2d
-from vaebm_fast.sampling.prepare import AffineSwish, prepare_for_sampling, prepared, state_key
+from vaebm_fast.nn import AffineSwish, BNSwish, WNConv2d, frozen_copy, is_frozen_copy
+from vaebm_fast.sampling.prepare import prepare_for_sampling, prepared, state_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +54,7 @@ def test_nvae_prepared_decoder_matches_eval_and_folds_every_batchnorm(preset):
     vae.train()
     before = snapshot(vae)
     key = state_key(vae)
-    fast = vae.prepare_for_sampling()
+    fast = prepared(vae)
     assert_unchanged(vae, before)
     assert state_key(vae) == key
     assert vae.training and all(p.requires_grad for p in vae.parameters())
@@ -95,7 +96,7 @@ def test_image_energies_prepared(make):
             if isinstance(m, WNConv2d):
                 m.log_weight_norm.add_(0.3 * torch.randn_like(m.log_weight_norm))
     before = snapshot(energy)
-    fast = energy.prepare_for_sampling()
+    fast = prepared(energy)
     assert_unchanged(energy, before)
     assert not any(isinstance(m, WNConv2d) for m in fast.modules())
     assert fast.spectral is None
@@ -112,7 +113,7 @@ def test_mlp_models_prepared():
     torch.manual_seed(2)
     energy, vae = MLPEnergy(in_dim=2, hidden=16, depth=2), MLPVAE(hidden=16, depth=2)
     e_before, v_before = snapshot(energy), snapshot(vae)
-    fe, fv = energy.prepare_for_sampling(), vae.prepare_for_sampling()
+    fe, fv = prepared(energy), prepared(vae)
     assert_unchanged(energy, e_before)
     assert_unchanged(vae, v_before)
     x, z, ex = torch.randn(7, 2), torch.randn(7, 2), torch.randn(7, 2)
@@ -169,7 +170,7 @@ def test_sequential_user_module_and_bn_swish():
     seq = nn.Sequential(nn.Conv2d(2, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), BNSwish(6),
                         nn.Conv2d(6, 3, 3, padding=1))
     randomise_batchnorms(seq, seed=6)
-    fast = prepare_for_sampling(seq)
+    fast = frozen_copy(seq)
     assert type(fast[1]) is nn.Identity and type(fast[3]) is AffineSwish
     x = torch.randn(4, 2, 6, 6)
     assert_close_rel(seq.eval()(x).detach(), fast(x))
@@ -177,7 +178,7 @@ def test_sequential_user_module_and_bn_swish():
 
 def test_batchnorm_without_running_stats_is_not_folded():
     seq = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3, track_running_stats=False))
-    fast = prepare_for_sampling(seq)
+    fast = frozen_copy(seq)
     assert isinstance(fast[1], nn.BatchNorm2d)
     x = torch.randn(4, 2, 3, 3)
     assert torch.allclose(seq.eval()(x), fast(x), atol=1e-6)
@@ -188,3 +189,59 @@ def test_non_modules_pass_through():
         return x.sum(1)
 
     assert prepared(energy) is energy and prepare_for_sampling(energy) is energy
+    assert frozen_copy(energy) is energy
+
+
+def test_models_declare_what_sampling_drops():
+    """Every model of the package names, as data, the submodules its snapshot leaves out; each
+    name is a real submodule (frozen_copy rejects others) and is None in the snapshot."""
+    models = [HierarchicalVAE("tiny"), MLPVAE(hidden=8, depth=1), MLPEnergy(hidden=8, depth=1),
+              small_image_ebm(n_channel=4)]
+    for model in models:
+        assert not hasattr(model, "prepare_for_sampling")  # one path: the generic one
+        drop = type(model).sampling_drop
+        assert drop and all(name in model._modules for name in drop)
+        fast = prepare_for_sampling(model)
+        assert is_frozen_copy(fast)
+        assert all(getattr(fast, name) is None for name in drop)
+        # An explicit drop replaces the declaration.
+        kept = prepare_for_sampling(model, drop=())
+        assert all(getattr(kept, name) is not None for name in drop)
+
+
+def test_frozen_copy_rejects_unknown_drop_names():
+    net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no submodule 'encoder'"):
+        frozen_copy(net, drop=("encoder",))
+    assert frozen_copy(net, drop="0")[0] is None  # one name as a string
+
+
+class Decoder(nn.Module):
+    """A user's generator with an encoder that only training needs."""
+
+    sampling_drop = ("encoder",)
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 4)
+        self.decoder = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+    def forward(self, z):
+        return self.decoder(z)
+
+
+def test_user_sampling_drop_and_own_method():
+    torch.manual_seed(7)
+    dec = Decoder()
+    randomise_batchnorms(dec, seed=8)
+    fast = prepared(dec)
+    assert fast.encoder is None and type(fast.decoder[1]) is nn.Identity
+    z = torch.randn(5, 2)
+    assert_close_rel(dec.eval()(z).detach(), fast(z))
+
+    class OwnSnapshot(Decoder):
+        def prepare_for_sampling(self):
+            return frozen_copy(self, drop=("encoder", "decoder"))
+
+    own = prepared(OwnSnapshot())  # the module's own method wins over sampling_drop
+    assert own.encoder is None and own.decoder is None

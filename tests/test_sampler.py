@@ -13,9 +13,10 @@ from torch import nn
 
 from vaebm_fast.models.energy import MLPEnergy
 from vaebm_fast.models.mlp_vae import MLPVAE
+from vaebm_fast.models.nvae import HierarchicalVAE
 from vaebm_fast.ops import philox_normal
 from vaebm_fast.sampling import (ChainDivergedError, ChainResult, LangevinSampler, ReplayBuffer,
-                                 frozen, reinit_probability)
+                                 ReparameterizedGenerator, frozen, reinit_probability)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -540,6 +541,20 @@ def test_data_space_replay_fresh_chains_start_inside_the_clamp_box():
 # --------------------------------------------------------------------------------------------
 # 7. Bad input gives clear errors
 # --------------------------------------------------------------------------------------------
+def test_generator_contract_is_the_protocol():
+    """One statement of the generator contract: the sampler checks the members of
+    ReparameterizedGenerator, which the package's VAEs satisfy."""
+    for vae in (linear_vae(), MLPVAE(hidden=8, depth=1), HierarchicalVAE("tiny")):
+        assert isinstance(vae, ReparameterizedGenerator)
+
+    class NoDecoder(nn.Module):
+        latent_shapes, data_shape = [(2,)], (2,)
+
+    assert not isinstance(NoDecoder(), ReparameterizedGenerator)
+    with pytest.raises(TypeError, match=r"\(missing: decode_eps\)"):
+        LangevinSampler(eps_energy(), NoDecoder(), space="eps", step_size=0.1, n_steps=1)
+
+
 def test_bad_construction_arguments():
     vae, energy = linear_vae(), eps_energy()
     with pytest.raises(ValueError, match="unknown space 'pixel'; choose one of eps, latent, data"):

@@ -1,21 +1,13 @@
-"""Energy networks and VAEs (plain PyTorch modules)."""
-from typing import Protocol, Sequence, runtime_checkable
+"""Energy networks and VAEs (plain PyTorch modules), built from the layers of
+:mod:`vaebm_fast.nn`.
 
-import torch
-
+What samplers need of a generator is :class:`vaebm_fast.sampling.ReparameterizedGenerator`; what
+a sampler's snapshot may leave out of a model, each class declares as data in
+``sampling_drop`` (docs/interfaces.md). Models import nothing from the sampling layer.
+"""
 from .energy import MLPEnergy, ResNetEnergy, official_ebm, small_image_ebm
 from .mlp_vae import MLPVAE
 from .nvae import HierarchicalVAE, HierarchicalVAEConfig
 
-
-@runtime_checkable
-class ReparameterizedGenerator(Protocol):
-    """What the samplers need of a generator: x = T(eps_z, eps_x) (docs/interfaces.md)."""
-    latent_shapes: Sequence[tuple]
-    data_shape: tuple
-
-    def decode_eps(self, eps_z: list, eps_x: "torch.Tensor | None" = None) -> torch.Tensor: ...
-
-
 __all__ = ["official_ebm", "small_image_ebm", "ResNetEnergy", "MLPEnergy", "MLPVAE",
-           "HierarchicalVAE", "HierarchicalVAEConfig", "ReparameterizedGenerator"]
+           "HierarchicalVAE", "HierarchicalVAEConfig"]

@@ -104,7 +104,12 @@ class ResNetEnergy(nn.Module):
     State-dict keys: ``conv1.*``, ``blocks.{i}.conv1.*``, ``blocks.{i}.conv2.*``,
     ``blocks.{i}.skip.0.*``, ``linear.*``, plus the regulariser's ``spectral.u_k``/``v_k``
     (optional on load).
+
+    ``sampling_drop``: a sampler's frozen snapshot leaves out ``spectral`` (docs/interfaces.md).
     """
+
+    # The spectral regulariser is a training-only term: chains never evaluate it.
+    sampling_drop = ("spectral",)
 
     def __init__(self, in_channels: int, n_channel: int,
                  blocks: Sequence[tuple[int, int, bool]], data_init: bool = False,
@@ -145,15 +150,6 @@ class ResNetEnergy(nn.Module):
     def spectral_norm_loss(self, n_iter: int | None = None) -> Tensor:
         """Σ sigma_max(W_eff) over all convs (not the linear head); scalar, differentiable."""
         return self.spectral(n_iter)
-
-    def prepare_for_sampling(self) -> "ResNetEnergy":
-        """A frozen snapshot for Langevin chains (:func:`vaebm_fast.sampling.prepare.
-        prepare_for_sampling`): eval mode, no parameter gradients, every weight-normalised conv
-        a plain conv with its effective weight computed once; the spectral regulariser (a
-        training-only term) is dropped. ``self`` is not modified. Same forward, x: [B, C, H, W]
-        -> [B]."""
-        from ..sampling.prepare import prepare_for_sampling
-        return prepare_for_sampling(self, drop=("spectral",))
 
     def official_state_dict(self) -> dict[str, Tensor]:
         """The state dict with the official keys only (no power-iteration vectors)."""
@@ -208,8 +204,12 @@ class MLPEnergy(nn.Module):
     ``depth`` hidden Linear(·, hidden) layers, each followed by the activation, then
     Linear(hidden, 1). Keys: ``hidden.{2i}.*`` (Linear), ``out.*``.
 
-    x: [B, in_dim] -> energy [B].
+    x: [B, in_dim] -> energy [B]. ``sampling_drop``: a sampler's frozen snapshot leaves out
+    ``spectral`` (docs/interfaces.md).
     """
+
+    # The spectral regulariser is a training-only term: chains never evaluate it.
+    sampling_drop = ("spectral",)
 
     def __init__(self, in_dim: int = 2, hidden: int = 128, depth: int = 3,
                  activation: str = "lipswish"):
@@ -237,9 +237,3 @@ class MLPEnergy(nn.Module):
     def spectral_norm_loss(self, n_iter: int | None = None) -> Tensor:
         """Σ sigma_max over the hidden Linear weights (not the output head); scalar."""
         return self.spectral(n_iter)
-
-    def prepare_for_sampling(self) -> "MLPEnergy":
-        """A frozen snapshot for Langevin chains (eval, no parameter gradients, no spectral
-        regulariser); ``self`` is not modified. x: [B, in_dim] -> [B]."""
-        from ..sampling.prepare import prepare_for_sampling
-        return prepare_for_sampling(self, drop=("spectral",))

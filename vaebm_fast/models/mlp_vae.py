@@ -29,7 +29,12 @@ class MLPVAE(nn.Module):
     """Gaussian VAE with MLP encoder/decoder.
 
     Shapes: data x [B, data_dim]; one latent group eps_z [B, latent_dim]; eps_x [B, data_dim].
+    ``sampling_drop``: a sampler's frozen snapshot leaves out the ``encoder``
+    (docs/interfaces.md), so it supports ``decode_eps`` only (``elbo_terms`` needs the original).
     """
+
+    # Chains run the decoder only (decode_eps); the encoder is for training.
+    sampling_drop = ("encoder",)
 
     def __init__(self, data_dim: int = 2, latent_dim: int = 2, hidden: int = 256, depth: int = 3,
                  init_log_std: float = -1.0, learn_decoder_std: bool = True):
@@ -55,13 +60,6 @@ class MLPVAE(nn.Module):
         if eps_x is None:
             return mean
         return mean + self.decoder_log_std.exp() * eps_x
-
-    def prepare_for_sampling(self) -> "MLPVAE":
-        """A frozen snapshot for Langevin chains: eval, no parameter gradients, the encoder
-        dropped (``decode_eps`` only; ``elbo_terms`` needs the original). ``self`` is not
-        modified."""
-        from ..sampling.prepare import prepare_for_sampling
-        return prepare_for_sampling(self, drop=("encoder",))
 
     # -- training ---------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -307,10 +307,22 @@ class HierarchicalVAE(nn.Module):
     BatchNorm follows the module's mode: call ``.eval()`` before sampling so BN uses its
     running statistics (``sample`` does this itself).
 
+    ``sampling_drop`` (docs/interfaces.md): a sampler's frozen snapshot leaves out the encoder
+    and the spectral regulariser, so it supports ``decode_eps`` / ``decode_eps_details`` /
+    ``prior_params`` / ``sample`` only. In the snapshot every BatchNorm of the decoder is folded
+    into its adjacent conv (``conv -> BN`` and ``conv -> BN-Swish`` into the conv's output, the
+    ``BN`` opening each inverted residual into its 1x1 expansion conv) and the remaining
+    BN-Swish pairs are one precomputed ``affine_swish`` (:func:`vaebm_fast.nn.frozen_copy`).
+
     Args:
         config: a :class:`HierarchicalVAEConfig` or a preset name (``"tiny"``, ``"digits"``,
             ``"cifar10"``).
     """
+
+    # Chains run the decoder only: the encoder (stem to enc_sampler) and the training-only
+    # spectral regulariser are never evaluated.
+    sampling_drop = ("stem", "pre_process", "enc_tower", "enc0", "enc_sampler",
+                     "spectral_regularizer")
 
     def __init__(self, config: HierarchicalVAEConfig | str):
         super().__init__()
@@ -464,19 +476,6 @@ class HierarchicalVAE(nn.Module):
         """As :meth:`decode_eps`, also returning the latents z, log p(z) [B] and the decoder's
         (mu_x, sigma_x); see :class:`DecodeOutput`."""
         return self._decode(eps_z, eps_x, with_log_p=True)
-
-    def prepare_for_sampling(self) -> "HierarchicalVAE":
-        """A frozen snapshot of the decoder for Langevin chains
-        (:func:`vaebm_fast.sampling.prepare.prepare_for_sampling`): eval mode, no parameter
-        gradients, weight norms computed once, every BatchNorm folded into its adjacent conv
-        (``conv -> BN`` and ``conv -> BN-Swish`` into the conv's output, the ``BN`` opening
-        each inverted residual into its 1x1 expansion conv), the remaining BN-Swish pairs as
-        one precomputed ``affine_swish``. The encoder and the spectral regulariser are dropped:
-        the snapshot supports ``decode_eps`` / ``decode_eps_details`` / ``prior_params`` /
-        ``sample`` only. ``self`` is not modified."""
-        from ..sampling.prepare import prepare_for_sampling
-        return prepare_for_sampling(self, drop=("stem", "pre_process", "enc_tower", "enc0",
-                                                "enc_sampler", "spectral_regularizer"))
 
     def _decode(self, eps_z: Sequence[Tensor], eps_x: Optional[Tensor], with_log_p: bool
                 ) -> DecodeOutput:

@@ -18,6 +18,10 @@ join the encoder and decoder towers: :class:`EncCombinerCell` (``x_enc + conv1x1
 :class:`DecCombinerCell` (``conv1x1(concat(s_dec, z))``).
 
 Strides follow NVAE's convention: 1 keeps the size, 2 halves it, -1 doubles it.
+
+The layers the cells are made of (:class:`~vaebm_fast.nn.NVAEBatchNorm`,
+:class:`~vaebm_fast.nn.BNSwish`, :class:`~vaebm_fast.nn.ConvBNSwish`,
+:class:`~vaebm_fast.nn.WNConv2d`, :class:`~vaebm_fast.nn.SE`) live in :mod:`vaebm_fast.nn`.
 """
 from __future__ import annotations
 
@@ -25,12 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import SE, BNSwish, WNConv2d, swish
+# BN_MOMENTUM / BN_EPS: NVAE's BatchNorm settings, used by every BN in the model.
+from ..nn import (BN_EPS, BN_MOMENTUM, SE, BNSwish, ConvBNSwish, NVAEBatchNorm, WNConv2d,
+                  swish)
 from ..ops.epilogues import nvae_cell_tail
-
-# NVAE's BatchNorm settings, used by every BN in the model.
-BN_MOMENTUM = 0.05
-BN_EPS = 1e-5
 
 # Residual scale of every cell: out = skip + 0.1 * branch (keeps deep towers stable at init).
 RESIDUAL_SCALE = 0.1
@@ -53,18 +55,6 @@ def stride_of(cell_type: str) -> int:
     raise ValueError(f"unknown cell type {cell_type!r}; expected one of {CELL_TYPES}")
 
 
-class NVAEBatchNorm(nn.Module):
-    """A plain BatchNorm2d held as ``self.bn`` (NVAE wraps its BNs the same way, so the keys
-    read ``….bn.weight``). x: [B, C, H, W] -> [B, C, H, W]."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bn(x)
-
-
 class BNSwishConv(nn.Module):
     """BN -> Swish -> [nearest x2 if stride == -1] -> weight-normed conv (with bias).
 
@@ -84,26 +74,6 @@ class BNSwishConv(nn.Module):
         if self.upsample:
             out = F.interpolate(out, scale_factor=2, mode="nearest")
         return self.conv_0(out)
-
-
-class ConvBNSwish(nn.Module):
-    """Plain conv (no weight norm, no bias) -> BN -> Swish, as ``self.conv`` (a Sequential).
-
-    x: [B, C_in, H, W] -> [B, C_out, H / stride, W / stride]; padding keeps the size.
-    """
-
-    def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, dilation: int = 1):
-        super().__init__()
-        padding = dilation * (kernel_size - 1) // 2
-        self.conv = nn.Sequential(
-            WNConv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                     groups=groups, bias=False, weight_norm=False),
-            BNSwish(c_out, momentum=BN_MOMENTUM, eps=BN_EPS),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
 
 
 class InvertedResidual(nn.Module):

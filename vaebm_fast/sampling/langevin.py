@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -37,6 +37,40 @@ from ..ops.langevin import LangevinStepper
 from .replay import ReplayBuffer
 
 SPACES = ("eps", "latent", "data")
+
+
+@runtime_checkable
+class ReparameterizedGenerator(Protocol):
+    """What eps- and latent-space chains need of a generator: the map x = T(eps_z, eps_x)
+    (docs/interfaces.md). The one statement of this contract: :class:`LangevinSampler` checks
+    generators against these members.
+
+    latent_shapes: per-sample shape of each eps_z group, in order.
+    data_shape: per-sample shape of x (and of eps_x).
+    decode_eps(eps_z, eps_x=None): eps_z[g] [B, *latent_shapes[g]], eps_x [B, *data_shape] or
+        None -> x [B, *data_shape]; eps_x=None gives the decoder mean.
+    """
+    latent_shapes: Sequence[tuple]
+    data_shape: tuple
+
+    def decode_eps(self, eps_z: list, eps_x: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+
+def _protocol_members(proto: type) -> tuple[str, ...]:
+    """The attributes and public methods a Protocol class declares, in declaration order."""
+    methods = [name for name, value in vars(proto).items()
+               if callable(value) and not name.startswith("_")]
+    return (*proto.__annotations__, *methods)
+
+
+_GENERATOR_MEMBERS = _protocol_members(ReparameterizedGenerator)
+
+
+def _missing_generator_members(generator: object) -> list[str]:
+    """The members of :class:`ReparameterizedGenerator` that ``generator`` lacks. hasattr
+    rather than isinstance: from Python 3.12 isinstance against a runtime protocol looks
+    attributes up statically and would reject wrappers serving them through __getattr__."""
+    return [name for name in _GENERATOR_MEMBERS if not hasattr(generator, name)]
 
 
 class ChainDivergedError(FloatingPointError):
@@ -96,9 +130,10 @@ class LangevinSampler:
 
     Args:
         energy: the energy network or function; lower = more data-like.
-        generator: for "eps"/"latent": a module with ``latent_shapes``, ``data_shape`` and
-            ``decode_eps(eps_z, eps_x=None)`` (docs/interfaces.md). Put into eval mode for the
-            chain (BatchNorm running statistics) and restored afterwards.
+        generator: for "eps"/"latent": a :class:`ReparameterizedGenerator`, i.e. an object with
+            ``latent_shapes``, ``data_shape`` and ``decode_eps(eps_z, eps_x=None)``
+            (docs/interfaces.md). A module is put into eval mode for the chain (BatchNorm
+            running statistics) and restored afterwards.
         space: "eps" (VAEBM), "latent" (exponential tilting) or "data" (IGEBM).
         step_size: eta. n_steps: Langevin steps per chain.
         noise_scale: sigma; default sqrt(eta) (exact Langevin). IGEBM-style chains use a
@@ -114,7 +149,8 @@ class LangevinSampler:
         backend: backend of the fused update ("auto", "native", "eager").
     """
 
-    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor], generator: nn.Module | None = None,
+    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor],
+                 generator: ReparameterizedGenerator | None = None,
                  *, space: str, step_size: float, n_steps: int, noise_scale: float | None = None,
                  grad_clip: float | None = None, clamp: tuple[float, float] | None = None,
                  data_shape: Sequence[int] | None = None, replay_buffer: ReplayBuffer | None = None,
@@ -124,12 +160,13 @@ class LangevinSampler:
         if not callable(energy):
             raise TypeError(f"energy must be callable [B, ...] -> [B] (got {type(energy).__name__})")
         if space != "data":
-            missing = [a for a in ("latent_shapes", "data_shape", "decode_eps") if not hasattr(generator, a)]
+            missing = _missing_generator_members(generator)
             if generator is None or missing:
                 raise TypeError(
-                    f"space={space!r} needs a generator exposing latent_shapes, data_shape and "
-                    f"decode_eps(eps_z, eps_x=None) (missing: {', '.join(missing) or 'generator'}); "
-                    "see docs/interfaces.md")
+                    f"space={space!r} needs a generator exposing "
+                    f"{', '.join(_GENERATOR_MEMBERS)} (missing: "
+                    f"{', '.join(missing) or 'generator'}); see ReparameterizedGenerator in "
+                    "docs/interfaces.md")
         if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be a positive finite number (got {step_size!r})")
         if not (isinstance(n_steps, int) and n_steps >= 0):
