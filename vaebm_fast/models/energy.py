@@ -44,7 +44,8 @@ class _OfficialArch(NamedTuple):
     blocks: tuple[BlockSpec, ...]
 
 
-# The published VAEBM energy networks (DESIGN.md §3). All take 3-channel images.
+# The published VAEBM energy networks (docs/design.md#official-energy-networks). All take
+# 3-channel images.
 OFFICIAL_EBM_ARCHS: dict[str, _OfficialArch] = {
     "cifar32": _OfficialArch(128, 32, (_D(1, 1), _S(1, 1), _D(1, 2), _S(2, 2), _D(2, 2),
                                        _S(2, 2))),

@@ -14,7 +14,7 @@ dispatches, Triton the first time a Triton kernel runs.
 from ._dispatch import (BackendUnavailableError, backend_availability, default_backend,
                         get_default_backend, registered_ops, set_default_backend)
 from .epilogues import (affine_swish, affine_swish_backward_reference, affine_swish_reference,
-                        bn_fold, bn_swish_eval, ebm_block_tail,
+                        ebm_block_tail,
                         ebm_block_tail_backward_reference, ebm_block_tail_reference,
                         nvae_cell_tail, nvae_cell_tail_backward_reference,
                         nvae_cell_tail_reference)
@@ -36,7 +36,7 @@ __all__ = [
     "power_iteration_", "spectral_norms",
     "swish", "lip_swish", "swish_reference", "swish_backward_reference",
     "replay_gather", "replay_gather_reference", "replay_scatter_", "replay_scatter_reference",
-    "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
+    "ebm_block_tail", "nvae_cell_tail", "affine_swish",
     "ebm_block_tail_reference", "nvae_cell_tail_reference", "affine_swish_reference",
     "ebm_block_tail_backward_reference", "nvae_cell_tail_backward_reference",
     "affine_swish_backward_reference",

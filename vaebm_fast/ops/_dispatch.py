@@ -11,10 +11,10 @@ Backends, in the order ``"auto"`` tries them unless an op says otherwise:
 * ``"eager"``: the plain-PyTorch reference of the op; always available.
 
 Why native before Triton on CUDA: both are single fused kernels with the same memory traffic;
-the native one has no Python launch overhead, which dominates at VAEBM's sizes. This order is
-a default that has not been measured on a GPU yet (no GPU was lent to the sessions that wrote
-it); ``benchmarks/bench_ops.py`` measures both where a GPU is present, and an op whose
-measurement disagrees gives its own order through ``register_op(auto_order=...)``.
+the native one has no Python launch overhead, which dominates at VAEBM's sizes. The op
+benchmarks (``vaebm-fast bench ops --device cuda``) time both side by side; their GPU figures
+are in ``benchmarks/results/``. The one measured exception to the order is a size below which
+``"auto"`` passes over the native kernel (``register_op(auto_native_min_numel=...)``).
 
 An op called with ``backend="auto"`` (the default) uses the global default backend, which is
 itself ``"auto"`` (the fastest available backend for the tensors' device) unless changed with
@@ -57,8 +57,6 @@ class _OpSpec:
     name: str  # public name, e.g. "langevin_step_"
     native: Optional[str]  # qualified native op, e.g. "vaebm_fast::langevin_step_", or None
     triton: bool  # has a Triton implementation in vaebm_fast.triton_kernels
-    # device type -> preference order of "auto" where it differs from BACKENDS (by measurement)
-    auto_order: Dict[str, Tuple[str, ...]]
     # device type -> fewest elements for which "auto" takes the native kernel (by measurement)
     auto_native_min_numel: Dict[str, int]
 
@@ -71,19 +69,15 @@ _cache_status: Optional[_native.NativeStatus] = None
 
 
 def register_op(name: str, *, native: Optional[str] = None, triton: bool = False,
-                auto_order: Optional[Dict[str, Tuple[str, ...]]] = None,
                 auto_native_min_numel: Optional[Dict[str, int]] = None) -> None:
     """Declare an op and, when it has compiled kernels, the qualified name of its native op;
     ``triton=True`` when ``vaebm_fast.triton_kernels`` implements it.
 
-    auto_order: per device type, the order in which "auto" tries the backends when it is not
-    :data:`BACKENDS` -- for ops whose native kernel measured slower there (say where).
     auto_native_min_numel: per device type, the size below which "auto" passes over the native
     kernel (its fixed cost measured larger than its gain there); needs ``numel`` in
     :func:`resolve_backend`.
     """
-    _ops[name] = _OpSpec(name, native, triton, dict(auto_order or {}),
-                         dict(auto_native_min_numel or {}))
+    _ops[name] = _OpSpec(name, native, triton, dict(auto_native_min_numel or {}))
     _cache.clear()
 
 
@@ -170,7 +164,7 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
         device_type = _device_type(device)
         spec = _ops[op]
         default = _CPU_AUTO_ORDER if device_type == "cpu" else BACKENDS
-        order = spec.auto_order.get(device_type, default)
+        order = default
         min_numel = spec.auto_native_min_numel.get(device_type)
         if numel is not None and min_numel is not None and numel < min_numel:
             order = tuple(b for b in order if b != "native")

@@ -30,8 +30,8 @@ Three ops, each one pass over memory instead of the 3-6 passes of the eager expr
   Backward: with :math:`d = \sigma(t) + t\,\sigma(t)(1-\sigma(t))`, :math:`\partial x = g d a_c`,
   :math:`\partial a_c = \sum g d x`, :math:`\partial b_c = \sum g d` (sums over every dim but
   1). Autograd saves ``x``, ``scale`` and ``shift``; ``t`` and the sigmoid are recomputed.
-  :func:`bn_swish_eval` folds a BatchNorm's running statistics into ``(scale, shift)``
-  (differentiably in ``bn.weight`` / ``bn.bias``) and calls it.
+  (:func:`vaebm_fast.nn.bn_swish_eval` folds a BatchNorm's running statistics into
+  ``(scale, shift)`` and calls it.)
 
 ``*_reference`` are the specifications (plain differentiable PyTorch, any device and dtype);
 ``*_backward_reference`` spell out the backward ops. Kernels: ``torch.ops.vaebm_fast.*``
@@ -54,14 +54,14 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._kernel_rules import LIPSWISH_SCALE, activation_format, dtype_reason
 from ..validation import explain
 from . import _dispatch, _library
 
 __all__ = [
-    "ebm_block_tail", "nvae_cell_tail", "affine_swish", "bn_swish_eval", "bn_fold",
+    "ebm_block_tail", "nvae_cell_tail", "affine_swish",
     "ebm_block_tail_reference", "nvae_cell_tail_reference", "affine_swish_reference",
     "ebm_block_tail_backward_reference", "nvae_cell_tail_backward_reference",
     "affine_swish_backward_reference",
@@ -356,35 +356,6 @@ def affine_swish(x: Tensor, scale: Tensor, shift: Tensor, *, backend: str = "aut
     if ns is None:
         return affine_swish_reference(x, scale, shift)
     return ns.affine_swish(x, scale, shift)
-
-
-def bn_fold(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[Tensor, Tensor]:
-    """``(scale, shift)`` with ``bn(x) == x * scale[c] + shift[c]`` in eval mode, from the
-    running statistics: ``scale = weight / sqrt(running_var + eps)``, ``shift = bias -
-    running_mean * scale``; differentiable in ``bn.weight`` and ``bn.bias``."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("bn_swish_eval: the BatchNorm tracks no running statistics "
-                         "(track_running_stats=False); use swish(bn(x))")
-    inv_std = torch.rsqrt(bn.running_var + bn.eps)
-    scale = inv_std if bn.weight is None else bn.weight * inv_std
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
-
-
-def bn_swish_eval(x: Tensor, bn: nn.modules.batchnorm._BatchNorm, *,
-                  backend: str = "auto") -> Tensor:
-    """``swish(bn(x))`` for a BatchNorm in eval mode (running statistics), as one
-    :func:`affine_swish`. The folded scale/shift are cast to x's dtype; gradients reach x,
-    ``bn.weight`` and ``bn.bias``. Use only when ``bn`` would use its running statistics
-    (``not bn.training`` and running stats tracked); training mode normalises by batch
-    statistics and is not an affine map of x.
-    """
-    scale, shift = bn_fold(bn)
-    if isinstance(x, Tensor) and x.is_floating_point():
-        scale, shift = scale.to(x.dtype), shift.to(x.dtype)
-    return affine_swish(x, scale, shift, backend=backend)
 
 
 # ------------------------------------------------------------------------- autograd
