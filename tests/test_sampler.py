@@ -320,7 +320,8 @@ def gaussian_chain_potential_moments(m, P, eta, n_steps):
 
 def test_chain_result_potentials_shape_and_decrease():
     # 250 steps: the slowest mode contracts by 1 - (eta/2) 0.71 per step, so the start's
-    # offset (|m| = 5) decays to ~1e-4 and the chain is stationary at the end (checked below).
+    # offset from the mode (|m| = 5) shrinks by a factor ~1e-4 and the chain is stationary at
+    # the end (checked below).
     eta, n_steps, B = 0.1, 250, 20000
     m = torch.tensor([4.0, -3.0])
     energy = QuadraticEnergy(m, P)
