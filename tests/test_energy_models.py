@@ -1,11 +1,14 @@
 """Energy networks: official VAEBM families, the small image EBM and the MLP energy."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vaebm_fast.models.energy import (OFFICIAL_EBM_ARCHS, MLPEnergy, ResBlock, ResNetEnergy,
                                       official_ebm, small_image_ebm)
-from vaebm_fast.nn import lip_swish
+from vaebm_fast.nn import WNConv2d, lip_swish
+from vaebm_fast.ops import default_backend
 
 # Parameter counts of docs/design.md#official-energy-networks, to the precision shown there.
 TABLE_PARAMS = {"cifar32": "5.14M", "celeba64": "4.34M", "lsun64": "5.81M",
@@ -93,11 +96,20 @@ def test_resblock_skip_rules():
     assert ResBlock(4, 8, downsample=True)(torch.rand(1, 4, 6, 6)).shape == (1, 8, 3, 3)
 
 
-def test_energy_is_differentiable_in_x():
-    model = small_image_ebm()
-    x = torch.rand(2, 1, 8, 8, requires_grad=True)
-    (g,) = torch.autograd.grad(model(x).sum(), x)
-    assert g.shape == x.shape and torch.isfinite(g).all()
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_energy_is_differentiable_in_x(request, backend):
+    """The gradient Langevin uses, against finite differences, on a float64 model; with the
+    native backend the activations run the swish op and its own backward formula. (fast_mode
+    compares v^T J u for random u, v: one number instead of the whole Jacobian, which a wrong
+    gradient still misses only with probability zero.)"""
+    if backend == "native":
+        request.getfixturevalue("native")
+    torch.manual_seed(0)
+    model = small_image_ebm(n_channel=4).double()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    with default_backend(backend):
+        assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-7, rtol=1e-5,
+                                        fast_mode=True)
 
 
 def test_input_validation_and_arch_errors():
@@ -113,10 +125,32 @@ def test_input_validation_and_arch_errors():
 
 
 def test_official_data_init_runs_on_first_training_forward():
+    """The official data-dependent init: in the first training forward every weight-normalised
+    conv sets its bias and gain from the statistics of its own input batch so that each of its
+    output channels has mean 0 and std 1/5 over batch and space (a conv without bias, the 1x1
+    skips, only the std)."""
     torch.manual_seed(0)
     model = official_ebm("mnist", n_channel=4, data_init=True).train()
+    outputs = {}
+    for name, m in model.named_modules():
+        if isinstance(m, WNConv2d):
+            m.register_forward_hook(
+                lambda mod, args, out, name=name: outputs.setdefault(name, out.detach()))
     model(torch.rand(8, 3, 32, 32))
     assert not any(getattr(m, "data_init_pending", False) for m in model.modules())
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, WNConv2d)}
+    assert outputs.keys() == convs.keys() and any(m.bias is None for m in convs.values())
+    for name, y in outputs.items():
+        mean, std = y.double().mean(dim=(0, 2, 3)), y.double().std(dim=(0, 2, 3))
+        torch.testing.assert_close(std, torch.full_like(std, 0.2), atol=1e-4, rtol=0,
+                                   msg=f"{name}: per-channel std after data init")
+        if convs[name].bias is not None:
+            torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0,
+                                       msg=f"{name}: per-channel mean after data init")
+    # A later forward does not initialise again.
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.rand(8, 3, 32, 32) * 3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 def test_small_image_ebm():
@@ -137,8 +171,9 @@ def test_mlp_energy(activation):
     x = torch.randn(7, 2, requires_grad=True)
     e = model(x)
     assert e.shape == (7,)
-    (g,) = torch.autograd.grad(e.sum(), x)
-    assert g.shape == x.shape
+    # The gradient in x against finite differences, on a float64 copy.
+    x64 = x.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(copy.deepcopy(model).double(), (x64,), atol=1e-7, rtol=1e-5)
     loss = model.spectral_norm_loss(n_iter=200)
     exact = sum(torch.linalg.matrix_norm(m.weight, ord=2) for m in model.hidden
                 if isinstance(m, torch.nn.Linear))

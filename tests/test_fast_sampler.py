@@ -96,15 +96,20 @@ def test_zero_steps_and_explicit_initial_states():
     for n_steps in (0, 3):
         kw = dict(space="eps", step_size=0.05, n_steps=n_steps)
         x0 = [torch.randn(5, 2), torch.randn(5, 2)]
+        before = [t.clone() for t in x0]
         a = LangevinSampler(energy, vae, **kw).sample(x0, seed=0, return_chain=True)
         b = FastSampler(energy, vae, **kw).sample(x0, seed=0, return_chain=True)
         assert_same_chain(a, b)
+        # The caller's initial states are not updated in place.
+        assert all(torch.equal(t, u) for t, u in zip(x0, before))
     x0 = torch.rand(4, 2)
+    before = x0.clone()
     kw = dict(space="data", step_size=0.05, n_steps=3)
     a = LangevinSampler(energy, **kw).sample(x0, seed=2, return_chain=True)
     b = FastSampler(energy, **kw).sample(x0, seed=2, return_chain=True)
     assert_same_chain(a, b)
-    assert torch.equal(x0, x0.clone())  # the caller's x0 is not updated in place
+    assert not torch.equal(b.x, before)  # the chain moved, so an in-place update would show
+    assert torch.equal(x0, before)  # the caller's x0 is not updated in place
 
 
 @pytest.mark.parametrize("space", ["eps", "data"])
@@ -472,3 +477,27 @@ def test_cuda_uncapturable_energy_runs_eagerly_and_says_why_once():
         warnings.simplefilter("error")
         b = fast.sample(8, seed=0, device="cuda")
     assert fast.last_path == "fast" and torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("space", ["eps", "data"])
+@pytest.mark.parametrize("cls", [LangevinSampler, FastSampler], ids=["langevin", "fast"])
+def test_triton_backend_gives_the_eager_chain(triton_device, cls, space):
+    """backend="triton" (the CPU interpreter without a GPU) runs the Triton update kernel with
+    the same Philox addressing as the eager update: same seed, same chain. A grad clip and, in
+    data space, a clamp box exercise every term of the fused update."""
+    vae, energy = mlp_models()
+    vae, energy = vae.to(triton_device), energy.to(triton_device)
+    gen = vae if space != "data" else None
+    kw = dict(space=space, step_size=0.05, n_steps=4, data_shape=(2,), output="sample",
+              grad_clip=2.0, clamp=(-1.5, 1.5) if space == "data" else None)
+    eager = cls(energy, gen, backend="eager", **kw).sample(16, seed=9, offset=5,
+                                                           return_chain=True)
+    triton = cls(energy, gen, backend="triton", **kw)
+    got = triton.sample(16, seed=9, offset=5, return_chain=True)
+    if cls is FastSampler:  # the prepared chain (or its CUDA graph on a GPU), not the eager one
+        assert triton.last_path in ("fast", "graph")
+    assert_same_chain(got, eager)
+    # The chain moved away from its start draws (so equal chains are not equal no-ops).
+    start = cls(energy, gen, backend="eager", **{**kw, "n_steps": 0}).sample(
+        16, seed=9, offset=5, return_chain=True)
+    assert not torch.allclose(start.states[0], eager.states[0], atol=1e-2)

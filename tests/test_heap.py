@@ -1,5 +1,8 @@
 """vaebm_fast._heap.heap_reuse: the malloc settings it makes and undoes (through a recording
-stand-in for glibc's mallopt), its opt-outs, and that FastSampler's CPU chains run inside it."""
+stand-in for glibc's mallopt), its opt-outs, that FastSampler's CPU chains run inside it, and,
+with the real glibc, that the settings take effect (read back through mallinfo2)."""
+import ctypes
+import ctypes.util
 import sys
 
 import pytest
@@ -64,16 +67,52 @@ def test_fast_sampler_runs_cpu_chains_inside_it(recorded):
     assert recorded == []
 
 
+class _Mallinfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (malloc.h, glibc >= 2.33): every field a size_t."""
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_real_mallopt_round_trip():
-    # On this (glibc) machine the real mallopt accepts the settings; memory still works.
+def test_real_mallopt_keeps_large_blocks_in_the_heap_and_restores_after():
+    """The settings take effect, read back through mallinfo2: inside the block a 64 MiB malloc
+    comes from the heap (arena) instead of mmap (hblkhd) and stays there when freed; on leaving,
+    malloc_trim hands it back and large blocks are mmapped again."""
     if heap.heap_reuse_available() is not None:
         pytest.skip(f"heap reuse unavailable here: {heap.heap_reuse_available()}")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("this glibc has no mallinfo2 (added in 2.33)")
+    libc.mallinfo2.restype = _Mallinfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    size = 64 << 20  # above any mmap threshold glibc would pick on its own (at most 32 MiB)
+    # Other threads of the process (pytest-xdist's, torch's) may allocate or free a little
+    # meanwhile, and the heap may already have some free space at its top: counts are compared
+    # with a slack far below the 64 MiB that each property moves.
+    slack = size // 8
+
+    def malloc_free():
+        """mallinfo2 before, while holding, and after freeing a block of ``size`` bytes."""
+        before = libc.mallinfo2()
+        block = libc.malloc(size)
+        assert block
+        held = libc.mallinfo2()
+        libc.free(block)
+        return before, held, libc.mallinfo2()
+
     with heap.heap_reuse():
-        a = torch.ones(16 << 20)  # 64 MB: above any mmap threshold
-        del a
-        b = torch.zeros(16 << 20)
-        assert float(b.sum()) == 0.0
+        before, held, freed = malloc_free()
+        assert held.hblkhd - before.hblkhd < slack  # not mmapped (M_MMAP_MAX = 0) ...
+        assert held.uordblks - before.uordblks > size - slack  # ... but from the heap
+        # Freed, it stays in the heap as free space (M_TRIM_THRESHOLD).
+        assert freed.arena - before.arena > size - slack
+        assert freed.fordblks - before.fordblks > size - slack
+    # On leaving, malloc_trim(0) gave it back to the kernel.
+    assert libc.mallinfo2().arena < freed.arena - size + slack
+    before, held, _ = malloc_free()
+    assert held.hblkhd - before.hblkhd >= size  # mmap is allowed again
 
 
 def test_trim_heap_calls_malloc_trim_even_with_heap_reuse_off(monkeypatch):

@@ -261,25 +261,70 @@ def test_affine_swish_module_casts_its_buffers_to_the_input():
                                          + shift.float().view(1, 2, 1)))
 
 
-def test_data_init_with_a_process_group_matches_single_process(tmp_path):
+def _data_init_rank(rank, world_size, store_path, state, x_half, results):
+    """One rank of the two-process data-init test: re-arm the init, join the gloo group, run
+    the first training forward on this rank's half of the batch, report the initialised
+    parameters."""
     import torch.distributed as dist
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs torch.distributed and no existing process group")
-    torch.manual_seed(0)
-    x = torch.randn(16, 3, 6, 6)
-    local = WNConv2d(3, 4, 3, data_init=True)
-    pooled = WNConv2d(3, 4, 3, data_init=True)
-    pooled.load_state_dict(local.state_dict())
-    pooled._data_init_pending = True  # loading marked it initialised; re-arm for the test
-    local(x)
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    torch.set_num_threads(1)
+    conv = WNConv2d(3, 4, 3, data_init=True)
+    conv.load_state_dict(state)
+    conv._data_init_pending = True  # loading marked it initialised; re-arm for the test
+    store = dist.FileStore(store_path, world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
-        pooled(x)
+        conv(x_half)
     finally:
         dist.destroy_process_group()
-    torch.testing.assert_close(pooled.bias, local.bias)
-    torch.testing.assert_close(pooled.log_weight_norm, local.log_weight_norm)
+    # Plain lists: a tensor would travel through shared memory that dies with this process.
+    results.put((rank, conv.bias.tolist(), conv.log_weight_norm.flatten().tolist()))
+
+
+def test_data_init_over_two_processes_matches_single_process_on_the_whole_batch(tmp_path):
+    """Two gloo ranks, each with half of a batch, pool the statistics: the same bias and gain
+    as one process initialising on the whole batch. The halves have very different statistics,
+    so local moments, or pooled sums divided by a local count, give other values."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    if not dist.is_available() or not dist.is_gloo_available() or dist.is_initialized():
+        # (With a group already here the single-process reference would itself be pooled.)
+        pytest.skip("needs torch.distributed with the gloo backend and no existing group")
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(6, 3, 6, 6), 3.0 * torch.randn(10, 3, 6, 6) + 2.0])
+    whole = WNConv2d(3, 4, 3, data_init=True)
+    state = {k: v.clone() for k, v in whole.state_dict().items()}
+    whole(x)  # no process group in this process: local statistics of the whole batch
+
+    # Unequal halves (6 and 10 samples): the pooled count must be the sum of the ranks'.
+    halves = [x[:6].clone(), x[6:].clone()]
+    # fork where the platform has it: the ranks need no fresh interpreter (spawn would import
+    # torch twice more, seconds on a 2-core machine); they only use this CPU conv.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    results = ctx.Queue()
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=_data_init_rank, args=(r, 2, store, state, halves[r], results))
+             for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        got = dict((rank, (bias, gain)) for rank, bias, gain in
+                   (results.get(timeout=60) for _ in procs))
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    for rank in range(2):
+        bias, gain = (torch.tensor(v) for v in got[rank])
+        torch.testing.assert_close(bias, whole.bias.detach())
+        torch.testing.assert_close(gain, whole.log_weight_norm.detach().flatten())
+    # One rank alone would have initialised differently: the pooling is what makes them equal.
+    alone = WNConv2d(3, 4, 3, data_init=True)
+    alone.load_state_dict(state)
+    alone._data_init_pending = True
+    alone(halves[0])
+    assert not torch.allclose(alone.bias, whole.bias, atol=1e-2)
 
 
 def test_data_init_without_weight_norm_rescales_weight():

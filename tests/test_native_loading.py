@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from vaebm_fast import _native
+from vaebm_fast._heap import heap_reuse_available
 from vaebm_fast.info import collect_info, format_info, machine_info
 from vaebm_fast.ops import (BackendUnavailableError, backend_availability, default_backend,
                             get_default_backend, langevin_step_, langevin_step_reference,
-                            philox_normal, set_default_backend)
+                            philox_normal, registered_ops, set_default_backend)
 
 
 @pytest.fixture
@@ -130,17 +131,46 @@ def test_backend_availability_reasons():
         backend_availability("no_such_op")
 
 
-def test_info():
+def test_info(one_thread):
     info = collect_info()
     json.dumps(info)  # plain data
     for key in ("torch", "torch_cuda", "triton", "cxx", "nvcc", "native", "ops", "cpu", "git"):
         assert key in info
-    assert info["torch"] == torch.__version__
     machine = machine_info()  # what the benchmark reports record
     assert (info["cpu"], info["usable_cores"], info["cpu_threads"], info["python"]) == (
         machine["cpu"], machine["usable_cores"], machine["torch_threads"], machine["python"])
     assert machine["device"] == "cpu" and "gpu" not in machine
-    assert set(info["ops"]["langevin_step_"]) == {"cpu", "cuda"}
-    assert info["ops"]["langevin_step_"]["cpu"]["eager"] is None
+    st = _native.status()
+    assert info["torch"] == torch.__version__ and info["torch_cuda"] == torch.version.cuda
+    assert info["cpu_threads"] == torch.get_num_threads() == 1  # the setting, not the cores
+    assert (info["native"]["loaded"], info["native"]["reason"], info["native"]["path"]) == (
+        st.loaded, st.reason, st.path)
+    assert info["heap_reuse"] == heap_reuse_available()
+    assert info["default_backend"] == "auto"
+    # Every registered op, on both device types, with the dispatcher's own verdicts; "auto"
+    # names an available backend, and on the CPU never the Triton interpreter.
+    assert sorted(info["ops"]) == sorted(info["auto"]) == registered_ops()
+    for op, per_device in info["ops"].items():
+        assert set(per_device) == {"cpu", "cuda"}
+        for device, backends in per_device.items():
+            assert backends == backend_availability(op, device)
+            assert backends["eager"] is None
+            assert backends[info["auto"][op][device]] is None
+        assert info["auto"][op]["cpu"] != "triton"
+    # langevin_step_ has a CPU kernel: "auto" runs it exactly when the library is loaded.
+    assert (info["ops"]["langevin_step_"]["cpu"]["native"] is None) == st.loaded
+    assert info["auto"]["langevin_step_"]["cpu"] == ("native" if st.loaded else "eager")
+    # The report shows what was collected, op by op.
     text = format_info(info)
     assert "langevin_step_" in text and "philox_normal" in text and torch.__version__ in text
+    for op, per_device in info["ops"].items():
+        for device, backends in per_device.items():
+            available = ", ".join(b for b, reason in backends.items() if reason is None)
+            assert (f"    {device:5s} available: {available}; auto uses "
+                    f"{info['auto'][op][device]}") in text
+    # A default backend set by the user is what "auto" then means everywhere.
+    with default_backend("eager"):
+        eager = collect_info()
+    assert eager["default_backend"] == "eager"
+    assert all(choice == "eager" for per_device in eager["auto"].values()
+               for choice in per_device.values())

@@ -104,12 +104,64 @@ def test_other_layouts_build_and_run():
         num_groups_per_scale=3, ada_groups=True, use_se=False, res_dist=False,
         num_cell_per_cond_enc=0, num_cell_per_cond_dec=2)
     assert config.latent_shapes == [(2, 2, 2)] + [(2, 4, 4)] * 3
+    torch.manual_seed(0)
     model = HierarchicalVAE(config)
-    recon, kl = model.elbo_terms(torch.rand(2, 3, 16, 16))
+    warm_up_bn(model)  # leaves it in eval mode
+    x = torch.rand(2, 3, 16, 16)
+    recon, kl = model.elbo_terms(x)
     assert recon.shape == (2,) and len(kl) == 4
-    model.eval()
+    check_elbo_terms_against_components(model, x)
     with torch.no_grad():
         assert model.sample(2).shape == (2, 3, 16, 16)
+
+
+def check_elbo_terms_against_components(model, x, seed=1):
+    """The ELBO terms of one (eval-mode) pass recomputed from its parts: record the posterior
+    latents z and each group's posterior Normal (mu_q, sigma_q) as the pass uses them, then
+    - recon_nll = -log N(2x - 1; mu_x, sigma_x) summed, with the decoder Normal of
+      decode_eps_details at the eps that reproduce z under the conditional priors;
+    - kl[g] = KL(N(mu_q, sigma_q) || p(z_g | z_<g)) summed over the group (torch.distributions),
+      with the prior teacher-forced at the same z by prior_params.
+    """
+    import vaebm_fast.models.nvae as nvae
+
+    z, posteriors = [], []
+    original_tower, original_kl = model._decode_tower, nvae._normal_kl
+
+    def recording_tower(batch, choose_latent):
+        def record(g, s, prior_raw):
+            z.append(choose_latent(g, s, prior_raw).detach())
+            return z[-1]
+        return original_tower(batch, record)
+
+    def recording_kl(mu_q, sigma_q, mu_p, sigma_p):
+        posteriors.append((mu_q.detach(), sigma_q.detach()))
+        return original_kl(mu_q, sigma_q, mu_p, sigma_p)
+
+    model._decode_tower, nvae._normal_kl = recording_tower, recording_kl
+    try:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            recon, kl = model.elbo_terms(x)
+    finally:
+        del model._decode_tower
+        nvae._normal_kl = original_kl
+    assert len(z) == len(posteriors) == len(kl) == len(model.latent_shapes)
+
+    normal, kl_divergence = torch.distributions.Normal, torch.distributions.kl_divergence
+    with torch.no_grad():
+        priors = model.prior_params(z)
+        for g, ((mu_q, sigma_q), (mu_p, sigma_p)) in enumerate(zip(posteriors, priors)):
+            expected = kl_divergence(normal(mu_q, sigma_q), normal(mu_p, sigma_p))
+            torch.testing.assert_close(kl[g], expected.flatten(1).sum(1), rtol=1e-4, atol=1e-4,
+                                       msg=f"KL of group {g}")
+            assert (kl[g] > 0).all()  # an untrained encoder's posterior is not the prior
+        eps = [(zg - mu) / sigma for zg, (mu, sigma) in zip(z, priors)]
+        out = model.decode_eps_details(eps)
+    for zg, got in zip(z, out.z):
+        torch.testing.assert_close(got, zg, rtol=1e-4, atol=1e-5)
+    expected = -normal(out.x_mu, out.x_sigma).log_prob(2 * x - 1).flatten(1).sum(1)
+    torch.testing.assert_close(recon, expected, rtol=1e-4, atol=1e-3)
 
 
 # -- the generator contract ---------------------------------------------------------------
@@ -248,6 +300,13 @@ def test_recon_nll_is_the_normal_decoder_density_on_the_pm1_scale():
     normal = torch.distributions.Normal(out.x_mu, out.x_sigma)
     expected = -normal.log_prob(2 * x - 1).flatten(1).sum(1)
     assert torch.allclose(recon, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_elbo_terms_equal_their_components():
+    # The residual-Normal posterior of the tiny preset (the other layout above has a plain one).
+    model = tiny()
+    warm_up_bn(model)
+    check_elbo_terms_against_components(model, torch.rand(3, *model.data_shape))
 
 
 def test_a_few_elbo_steps_decrease_the_loss():

@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
 
 from vaebm_fast.eval.plots import (
     save_bar_chart,
@@ -46,17 +47,47 @@ def test_save_scatter_automatic_limits_survive_outliers(tmp_path):
     png_size(save_scatter(tmp_path / "s.png", {"samples": points}))
 
 
+def decoded_cell(path, index, per_row, cell, scale):
+    """Cell ``index`` of a grid PNG decoded by matplotlib, [cell, cell, 3] in [0, 1], shrunk
+    back by ``scale`` after checking each upscaled block is one colour."""
+    pixels = imread(path)  # float32 [H, W, 3 or 4]: the PNG's 8-bit values / 255
+    row, col = divmod(index, per_row)
+    top, left = 1 + row * (cell * scale + 1), 1 + col * (cell * scale + 1)
+    block = pixels[top:top + cell * scale, left:left + cell * scale, :3]
+    blocks = block.reshape(cell, scale, cell, scale, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # nearest-neighbour upscale: flat blocks
+    return blocks[:, 0, :, 0], pixels
+
+
+def as_png_values(values):
+    """What an 8-bit PNG stores for values in [0, 1], decoded back to [0, 1]."""
+    return np.floor(np.clip(values, 0, 1) * 255 + 0.5) / 255
+
+
 def test_save_image_grid_is_pixel_exact_and_upscaled(tmp_path):
-    images = torch.rand(8, 1, 8, 8)
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     path = save_image_grid(tmp_path / "grid.png", images, nrow=4)
     # 8 x 8 images upscaled 8x to 64 px, 4 per row, 2 rows, 1-px separators.
     assert png_size(path) == (4 * 65 + 1, 2 * 65 + 1)
     only_file_is(tmp_path, "grid.png")
+    # Image 6 (second row, third column), grey: the same value in R, G and B.
+    got, pixels = decoded_cell(path, 6, per_row=4, cell=8, scale=8)
+    want = as_png_values(images[6, 0].numpy())
+    for channel in range(3):
+        np.testing.assert_allclose(got[..., channel], want, atol=1e-6)
+    # The separators are mid grey (the 8-bit value 128).
+    np.testing.assert_allclose(pixels[65, :, :3], 128 / 255, atol=1e-6)
+    np.testing.assert_allclose(pixels[:, 0, :3], 128 / 255, atol=1e-6)
 
 
 def test_save_image_grid_rgb_and_default_layout(tmp_path):
     images = np.random.default_rng(0).uniform(-0.5, 1.5, size=(10, 3, 32, 32))  # clipped
-    assert png_size(save_image_grid(tmp_path / "rgb.png", images)) == (4 * 65 + 1, 3 * 65 + 1)
+    path = save_image_grid(tmp_path / "rgb.png", images)
+    assert png_size(path) == (4 * 65 + 1, 3 * 65 + 1)
+    # ceil(sqrt(10)) = 4 per row; image 9 is the second of the third row, upscaled 2x, its
+    # channels in RGB order and clipped to [0, 1].
+    got, _ = decoded_cell(path, 9, per_row=4, cell=32, scale=2)
+    np.testing.assert_allclose(got, as_png_values(images[9].transpose(1, 2, 0)), atol=1e-6)
 
 
 def test_save_image_grids_side_by_side(tmp_path):

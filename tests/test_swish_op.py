@@ -191,14 +191,34 @@ def test_activations_use_the_op_when_native(native):
     torch.testing.assert_close(Swish()(x), swish_reference(x))
 
 
-def test_no_grad_and_int_inputs():
+def test_no_grad_and_int_inputs(monkeypatch):
     x = make((9,), torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(swish(x), swish_reference(x))
-    xi = torch.arange(-3, 4)
-    # auto falls back to the reference for dtypes the kernel does not take
-    torch.testing.assert_close(swish(xi.double()), swish_reference(xi.double()))
     assert swish(torch.zeros(3, device="meta")).device.type == "meta"
+
+    # An int tensor: "auto" runs the eager reference (the kernels take floating dtypes only),
+    # whose sigmoid promotes to the default float dtype. 70 000 elements is above the size from
+    # which "auto" would pick the native kernel on the CPU, so only the dtype rule sends it to
+    # eager; the spy proves which backend ran.
+    chosen = []
+    resolve = swish_module._dispatch.resolve_backend
+
+    def spy(*args, **kwargs):
+        chosen.append(resolve(*args, **kwargs))
+        return chosen[-1]
+
+    monkeypatch.setattr(swish_module._dispatch, "resolve_backend", spy)
+    xi = torch.arange(-35_000, 35_000) // 5_000  # int64, values -7 .. 6
+    assert xi.numel() > swish_module._CPU_NATIVE_MIN_NUMEL
+    for func, scale in FUNCS:
+        got = func(xi)
+        assert chosen[-1] == "eager"
+        assert got.dtype == torch.get_default_dtype() and got.shape == xi.shape
+        # Independent values: scale * v / (1 + e^-v) for each integer v, in float64.
+        v = torch.arange(-7, 7, dtype=torch.float64)
+        table = scale * v / (1 + torch.exp(-v))
+        torch.testing.assert_close(got, table[xi + 7].to(got.dtype), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_inputs(native):
@@ -208,6 +228,10 @@ def test_bad_inputs(native):
         lip_swish(torch.zeros(3), backend="cuda")
     with pytest.raises(ValueError, match="native kernel takes"):
         swish(torch.zeros(3, dtype=torch.complex64), backend="native")
+    # An int tensor, which "auto" sends to the eager reference, is refused by the named kernel.
+    with pytest.raises(ValueError, match="takes float16, bfloat16, float32 or float64 tensors "
+                                         r"\(got torch.int64\); use backend='eager'"):
+        swish(torch.arange(-3, 4), backend="native")
     with pytest.raises(RuntimeError, match="shape"):
         torch.ops.vaebm_fast.swish_backward(torch.zeros(3), torch.zeros(4), 1.0)
     with pytest.raises(RuntimeError, match="dtype"):

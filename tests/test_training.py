@@ -10,8 +10,10 @@ from vaebm_fast.data import TwentyFiveGaussians, batches, load_digits_images
 from vaebm_fast.models.energy import MLPEnergy, small_image_ebm
 from vaebm_fast.models.mlp_vae import MLPVAE
 from vaebm_fast.models.nvae import HierarchicalVAE
+from vaebm_fast.sampling import reinit_probability
 from vaebm_fast.training import (EBMTrainConfig, TrainingDiverged, VAETrainConfig,
                                  clip_grad_by_adam_moment_, train_ebm, train_vae)
+from vaebm_fast.training import ebm as ebm_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,17 +109,114 @@ def test_two_stage_run_on_25_gaussians():
     assert gap_after < gap_before - 0.25, (gap_before, gap_after)  # about 0 -> -0.6
 
 
-def test_stage_two_with_regularisers_replay_and_latent_space():
+class NegativePhaseSpy:
+    """What train_ebm's negative phase does, recorded through the sampler it builds
+    (``make_sampler``): every chain's result, and for every batch of start states drawn from
+    the replay buffer, the buffer's content before the draw and what was drawn."""
+
+    def __init__(self, monkeypatch):
+        self.sampler, self.results, self.starts = None, [], []
+        make = ebm_training.make_sampler
+
+        def recording_make_sampler(*args, **kwargs):
+            self.sampler = make(*args, **kwargs)
+            self._wrap(self.sampler)
+            return self.sampler
+
+        monkeypatch.setattr(ebm_training, "make_sampler", recording_make_sampler)
+
+    def _wrap(self, sampler):
+        sample = sampler.sample
+
+        def recording_sample(*args, **kwargs):
+            self.results.append(sample(*args, **kwargs))
+            return self.results[-1]
+
+        sampler.sample = recording_sample
+        buf = sampler.replay_buffer
+        if buf is None:
+            return
+        initial_states = buf.initial_states
+
+        def recording_initial_states(batch_size, reuse_prob, **kwargs):
+            stored = [s[:len(buf)].clone() for s in buf.storage]
+            states, n_reused, offset = initial_states(batch_size, reuse_prob, **kwargs)
+            self.starts.append({"chain": len(self.results), "p": reuse_prob, "stored": stored,
+                                "n_reused": n_reused, "states": [s.clone() for s in states]})
+            return states, n_reused, offset
+
+        buf.initial_states = recording_initial_states
+
+
+def rows_are_stored(rows, stored):
+    """Whether every row of rows [n, ...] equals some row of stored [m, ...]."""
+    if rows.shape[0] == 0:
+        return True
+    same = (rows.flatten(1)[:, None, :] == stored.flatten(1)[None, :, :]).all(-1)
+    return bool(same.any(1).all())
+
+
+def check_replay(spy, cfg, n_chains):
+    """The buffer holds the last chains' final states and is full; chains started from it once
+    the reuse probability is positive, each from stored rows, with the official ramp."""
+    buf = spy.sampler.replay_buffer
+    assert len(spy.results) == n_chains
+    assert len(buf) == cfg.replay_capacity
+    last = spy.results[-1]
+    for g, stored in enumerate(buf.storage):
+        assert rows_are_stored(last.states[g], stored)
+    # Step 0 has p = 0 (no draw from the buffer); every later step draws with the ramp's p.
+    assert [start["chain"] for start in spy.starts] == list(range(1, n_chains))
+    assert [start["p"] for start in spy.starts] == [
+        reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
+        for step in range(1, n_chains)]
+    assert sum(start["n_reused"] for start in spy.starts) > 0
+    for start in spy.starts:
+        k = start["n_reused"]
+        for g, stored in enumerate(start["stored"]):
+            assert rows_are_stored(start["states"][g][:k], stored)
+
+
+@pytest.mark.parametrize("space", ["eps", "latent"])
+def test_stage_two_with_regularisers_replay_and_latent_space(monkeypatch, space):
     vae = tiny_vae()
-    for space in ("eps", "latent"):
-        energy = tiny_energy()
-        metrics = train_ebm(energy, vae, toy_batches(32),
-                            ebm_cfg(steps=6, space=space, replay_capacity=64, data_noise=0.01))
-        assert set(metrics) == {"loss", "e_pos", "e_neg", "spectral"}
-        assert all(math.isfinite(v) for v in metrics.values())
+    energy = tiny_energy()
+    # Every batch the energy sees (forward pre-hook) and every data batch drawn.
+    seen, drawn = [], []
+    energy.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+
+    def recorded_batches():
+        for batch in toy_batches(64):
+            drawn.append(batch.clone())
+            yield batch
+
+    spy = NegativePhaseSpy(monkeypatch)
+    noise = 0.01
+    cfg = ebm_cfg(steps=6, batch_size=64, space=space, replay_capacity=96, data_noise=noise,
+                  replay_anneal_steps=3)
+    metrics = train_ebm(energy, vae, recorded_batches(), cfg)
+    assert set(metrics) == {"loss", "e_pos", "e_neg", "spectral"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    check_replay(spy, cfg, n_chains=6)
+    # The chains ran in the configured space: eps holds eps_x as its last state group.
+    n_groups = len(vae.latent_shapes) + (space == "eps")
+    assert all(len(r.states) == n_groups for r in spy.results)
+
+    # Data noise: each step the energy saw its batch plus N(0, noise^2) noise. The noisy copy is
+    # the input within 0.1 of the batch everywhere (negatives are nowhere near all 64 points);
+    # the residuals' std is `noise` within 10% (768 values: standard error 2.6%).
+    assert len(drawn) == 6
+    residuals = []
+    for batch in drawn:
+        noisy = [x for x in seen if x.shape == batch.shape and not torch.equal(x, batch)
+                 and (x - batch).abs().max() < 0.1]
+        assert len(noisy) == 1
+        residuals.append(noisy[0] - batch)
+    residual_std = torch.cat(residuals).std().item()
+    assert abs(residual_std - noise) < 0.1 * noise, residual_std
 
 
-def test_stage_two_hierarchical_vae_and_pixel_space():
+def test_stage_two_hierarchical_vae_and_pixel_space(monkeypatch):
     """The digits path: NVAE-style 'tiny' VAE in eps space, and an IGEBM-style data-space EBM
     with clamp and replay buffer."""
     images = load_digits_images("train")
@@ -129,13 +228,19 @@ def test_stage_two_hierarchical_vae_and_pixel_space():
                   ebm_cfg(steps=2, batch_size=8, langevin_steps=2, step_size=5e-5, alpha_s=0.2))
     assert all(math.isfinite(v) for v in m.values()) and not same_params(params(energy), before)
 
+    # Pixel space: big steps of a clipped gradient plus noise, kept inside [0, 1] by the clamp
+    # (without it, start pixels within a step of an edge would leave the box), and persistent
+    # chains through a buffer of x.
     energy = small_image_ebm(in_channels=1, n_channel=8)
-    m = train_ebm(energy, None, batches(images, 8),
-                  ebm_cfg(steps=3, batch_size=8, space="data", langevin_steps=3, step_size=1.0,
-                          noise_scale=0.005, grad_clip=0.01, replay_capacity=16,
-                          replay_anneal_steps=1),
-                  clamp=(0.0, 1.0), data_shape=(1, 8, 8))
+    spy = NegativePhaseSpy(monkeypatch)
+    cfg = ebm_cfg(steps=4, batch_size=8, space="data", langevin_steps=3, step_size=1.0,
+                  noise_scale=0.005, grad_clip=0.01, replay_capacity=16, replay_anneal_steps=1)
+    m = train_ebm(energy, None, batches(images, 8), cfg, clamp=(0.0, 1.0), data_shape=(1, 8, 8))
     assert all(math.isfinite(v) for v in m.values())
+    for result in spy.results:
+        assert result.x.shape == (8, 1, 8, 8)
+        assert result.x.min() >= 0.0 and result.x.max() <= 1.0
+    check_replay(spy, cfg, n_chains=4)
 
 
 def test_hierarchical_vae_tiny_trains_through_train_vae(tmp_path):

@@ -31,8 +31,9 @@ def dtype_reason(dtype: torch.dtype, allowed=KERNEL_DTYPES) -> Optional[str]:
     None when they can."""
     if dtype in allowed:
         return None
-    names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-    return f"takes {names} tensors (got {dtype})"
+    names = [str(d).replace("torch.", "") for d in allowed]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"takes {listed} tensors (got {dtype})"
 
 
 def activation_format(x: torch.Tensor) -> torch.memory_format:
