@@ -6,7 +6,7 @@
 #
 # --phases: a comma-separated subset of env,build,graphs,tests,chain,ops (default all; the
 # build always runs when a later phase needs the extension). --tests: what pytest runs in the
-# tests phase (default: the whole suite), e.g. --tests "tests/test_swish_op.py -k float64" to
+# tests phase (default: the whole suite), e.g. --tests "tests/ops/test_swish.py -k float64" to
 # rerun what failed.
 #
 # Run from anywhere; it works in the repository it belongs to and uses the python3 on PATH
@@ -169,7 +169,7 @@ tests() {
   if [ "$dry" = 1 ]; then
     # A selection that runs the native, Triton-interpreter and sampler paths quickly.
     VAEBM_FAST_REQUIRE_NATIVE=1 "$PY" -m pytest -q -p no:cacheprovider \
-      --junitxml="$out/tests.xml" tests/test_rng.py tests/test_langevin_op.py
+      --junitxml="$out/tests.xml" tests/ops/test_rng.py tests/ops/test_langevin_op.py
   else
     local workers=$(( $(nproc) / 2 ))
     [ "$workers" -gt 8 ] && workers=8

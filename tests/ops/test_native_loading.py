@@ -97,7 +97,7 @@ def test_import_is_lazy():
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAEBM_FAST_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     before, cuda_init, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert before == [] and cuda_init is False
     if _native._find_library() is not None:

@@ -106,11 +106,13 @@ def test_real_mallopt_keeps_large_blocks_in_the_heap_and_restores_after():
         before, held, freed = malloc_free()
         assert held.hblkhd - before.hblkhd < slack  # not mmapped (M_MMAP_MAX = 0) ...
         assert held.uordblks - before.uordblks > size - slack  # ... but from the heap
-        # Freed, it stays in the heap as free space (M_TRIM_THRESHOLD).
-        assert freed.arena - before.arena > size - slack
-        assert freed.fordblks - before.fordblks > size - slack
-    # On leaving, malloc_trim(0) gave it back to the kernel.
-    assert libc.mallinfo2().arena < freed.arena - size + slack
+        # Freed, it stays in the heap as free space (M_TRIM_THRESHOLD). Compared with the
+        # held state, not the start: the block may have come from free space the heap already
+        # had (earlier tests in this process), so the arena need not have grown.
+        assert freed.fordblks - held.fordblks > size - slack
+        assert freed.arena > held.arena - slack
+    # On leaving, malloc_trim(0) trimmed the heap's top: no releasable chunk is left there.
+    assert libc.mallinfo2().keepcost < slack
     before, held, _ = malloc_free()
     assert held.hblkhd - before.hblkhd >= size  # mmap is allowed again
 

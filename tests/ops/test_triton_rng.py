@@ -10,7 +10,7 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from test_rng import KNOWN_ANSWERS  # noqa: E402
+from .test_rng import KNOWN_ANSWERS  # noqa: E402
 from vaebm_fast.ops import (BackendUnavailableError, philox4x32,  # noqa: E402
                             philox4x32_reference, philox_normal, philox_normal_reference)
 from vaebm_fast.triton_kernels._launch import split64  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASES = ["langevin_65536", "langevin_cifar10", "philox_normal_65536", "power_iteration_cifar32",
          "swish_65536", "ebm_block_tail", "nvae_cell_tail", "affine_swish",
          "replay_gather_cifar10"]

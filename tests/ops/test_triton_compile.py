@@ -113,7 +113,7 @@ def test_kernels_compile_for_sm90():
         import triton.backends.nvidia  # noqa: F401
     except ImportError:
         pytest.skip("Triton has no NVIDIA backend here")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
