@@ -7,9 +7,10 @@ torch that will import it::
 
 What gets compiled (decided from the installed torch and the environment, never from a GPU):
 
-* always the C++ CPU kernels: csrc/ops.cpp (schemas) and csrc/cpu/*.cpp;
-* the CUDA kernels csrc/cuda/*.cu and csrc/cuda/*_registration.cpp when torch is a CUDA build
-  AND nvcc is found (CUDA_HOME / PATH). ``VAEBM_FAST_CUDA=0`` skips them, ``=1`` requires
+* always the C++ CPU kernels: csrc/ops.cpp (build information), csrc/common/*.cpp and one
+  csrc/<op>/cpu.cpp per op;
+* the CUDA kernels, one csrc/<op>/cuda.cu per op (kernel, launcher and torch glue), when
+  torch is a CUDA build AND nvcc is found (CUDA_HOME / PATH). ``VAEBM_FAST_CUDA=0`` skips them, ``=1`` requires
   them (and fails loudly when they cannot be built). Target GPUs come from
   ``TORCH_CUDA_ARCH_LIST`` (default below, so no GPU is queried);
 * nothing with ``VAEBM_FAST_NO_EXT=1`` (pure-Python install; every op runs its eager path).
@@ -50,8 +51,8 @@ def _want_cuda(torch):
         problems.append(f"torch {torch.__version__} is not a CUDA build")
     if _toolchain().find_nvcc() is None:
         problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
-    if not _sources("csrc/cuda/*.cu"):
-        problems.append("there are no CUDA sources in csrc/cuda")
+    if not _sources("csrc/*/cuda.cu"):
+        problems.append("there are no CUDA sources (csrc/<op>/cuda.cu)")
     if switch == "1" and problems:
         raise RuntimeError("VAEBM_FAST_CUDA=1 but the CUDA kernels cannot be built: "
                            + "; ".join(problems))
@@ -65,7 +66,8 @@ def _extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     with_cuda = _want_cuda(torch)
-    sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = (_sources("csrc/ops.cpp") + _sources("csrc/common/*.cpp")
+               + _sources("csrc/*/cpu.cpp"))
     # The torch version is baked in so _native.py can refuse a library built for another torch.
     defines = [f'-DVAEBM_FAST_TORCH_VERSION="{torch.__version__}"',
                f"-DVAEBM_FAST_WITH_CUDA={int(with_cuda)}"]
@@ -80,8 +82,8 @@ def _extensions():
                            extra_link_args=["-fopenmp"])
     else:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
-        sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-        nvcc = ["-O3", "-lineinfo"]  # the .cu files need no torch defines
+        sources += _sources("csrc/*/cuda.cu")
+        nvcc = ["-O3", "-lineinfo"]  # torch's own nvcc flags (standard, defines) come first
         ext = CUDAExtension("vaebm_fast._C", sources,
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
                             extra_link_args=["-fopenmp"])

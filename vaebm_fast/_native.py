@@ -66,15 +66,13 @@ def _find_library() -> Optional[str]:
     override = os.environ.get("VAEBM_FAST_LIBRARY")
     if override:
         return override
-    # The file a `import vaebm_fast._C` would find, looked up in this package's own folder(s)
-    # without importing it (importing would fail: the library has no PyInit function).
-    import vaebm_fast
-
-    for folder in vaebm_fast.__path__:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(folder, "_C" + suffix)
-            if os.path.isfile(path):
-                return path
+    # The file a `import vaebm_fast._C` would find, looked up in this package's folder without
+    # importing it (importing would fail: the library has no PyInit function).
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, "_C" + suffix)
+        if os.path.isfile(path):
+            return path
     return None
 
 

@@ -1,4 +1,5 @@
-// Known-answer tests for csrc/philox.h (no torch needed): g++ -std=c++17 -I csrc tests/cpp/test_philox.cpp
+// Known-answer tests for csrc/common/philox.h (no torch needed):
+//   g++ -std=c++17 -I csrc/common tests/cpp/test_philox.cpp
 #include <cmath>
 #include <cstdio>
 

@@ -11,7 +11,7 @@ from vaebm_fast.ops import (philox_normal, replay_gather, replay_gather_referenc
 SHAPES = [(3,), (2, 3, 5), (1,), (4, 1, 7), (0,)]  # per-row shapes S, odd sizes, an empty row
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Gathered rows are copies (bit-exact); fresh rows are float32 normals, whose native transform
-# (csrc/cpu/normals.cpp) agrees with the eager one to a few ulp, then rounded to the dtype.
+# (csrc/common/normals.cpp) agrees with the eager one to a few ulp, then rounded to the dtype.
 TOL = {torch.float32: dict(atol=2e-6, rtol=1e-6), torch.float64: dict(atol=2e-6, rtol=0),
        torch.float16: dict(atol=2e-3, rtol=1e-3), torch.bfloat16: dict(atol=1.6e-2, rtol=1e-2)}
 

@@ -35,7 +35,7 @@ Three ops, each one pass over memory instead of the 3-6 passes of the eager expr
 
 ``*_reference`` are the specifications (plain differentiable PyTorch, any device and dtype);
 ``*_backward_reference`` spell out the backward ops. Kernels: ``torch.ops.vaebm_fast.*``
-(native, csrc/cpu/epilogues.cpp; CUDA kernels are registered by csrc/cuda when built) and
+(native, csrc/epilogues/cpu.cpp; csrc/epilogues/cuda.cu when built with CUDA) and
 ``torch.ops.vaebm_fast_triton.*`` (vaebm_fast/triton_kernels/epilogues.py). Every kernel
 accepts non-contiguous inputs, returns new contiguous tensors, and computes float16 /
 bfloat16 / float32 in float32 (rounded once when stored) and float64 in float64. The backward

@@ -14,7 +14,7 @@ official regulariser uses.
 
 Backends (see ``_dispatch``): ``"eager"`` is :func:`_power_iteration_eager` below, the
 specification; ``"native"`` runs ``torch.ops.vaebm_fast.power_iteration_`` /
-``spectral_norms_`` (csrc/cpu/power_iteration.cpp: W read n_iter + 1 times instead of
+``spectral_norms_`` (csrc/power_iteration/cpu.cpp: W read n_iter + 1 times instead of
 2 n_iter + 1, all matrices of all groups in one parallel region); ``"triton"`` runs
 ``torch.ops.vaebm_fast_triton.*`` (vaebm_fast/triton_kernels/power_iteration.py). The kernels
 take float32 and float64; ``"auto"`` uses the reference for other dtypes. The kernels return

@@ -25,7 +25,7 @@ single rounding of the sum, with or without FMA), and two Box-Muller pairs, in f
 
 with ``(a, b) = (0, 1)`` giving lanes 0 and 1 and ``(a, b) = (2, 3)`` lanes 2 and 3. Since
 ``u >= 2^-32`` every normal is finite, ``|n| <= 6.66``. Other dtypes are produced by rounding
-the float32 normal. ``csrc/philox.h`` is the C++/CUDA statement of the same transform.
+the float32 normal. ``csrc/common/philox.h`` is the C++/CUDA statement of the same transform.
 
 Public functions (``seed`` in ``[0, 2**63)``; offsets and counts are Python ints):
 

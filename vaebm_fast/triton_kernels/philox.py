@@ -1,7 +1,7 @@
 r"""Philox4x32-10 and the normal transform as ``@triton.jit`` helpers shared by every kernel
 (plus two small numeric helpers: float64 arguments, rounding to the storage dtype).
 
-The same stream as ``vaebm_fast.ops.rng`` (the specification) and ``csrc/philox.h``:
+The same stream as ``vaebm_fast.ops.rng`` (the specification) and ``csrc/common/philox.h``:
 
 * key = ``(seed lo 32, seed hi 32)``, counter = ``(call lo 32, call hi 32, 0, 0)``; 10 rounds
   of ``(hi0, lo0) = 0xD2511F53 * x0``, ``(hi1, lo1) = 0xCD9E8D57 * x2``,

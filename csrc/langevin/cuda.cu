@@ -1,5 +1,5 @@
-// CUDA kernel of vaebm_fast::langevin_step_ (torch glue: langevin_registration.cpp; reference:
-// vaebm_fast/ops/langevin.py; the CPU kernel csrc/cpu/langevin.cpp computes the same thing).
+// CUDA kernel of vaebm_fast::langevin_step_ (torch glue: the end of this file; reference:
+// vaebm_fast/ops/langevin.py; the CPU kernel csrc/langevin/cpu.cpp computes the same thing).
 //
 // One thread per Philox call: it draws the 4 normals of call c (numbers 4c .. 4c + 3) and
 // updates the (up to 4) elements of the concatenated tensor list that use them. Up to
@@ -18,9 +18,42 @@
 // belong to one row (the common case: rows are >= 128 elements) and one lane issues a single
 // atomicAdd, else every lane adds its own. No extra memory traffic beyond ~1 atomic per 128
 // elements; the sums' order varies run to run (atomics), so they agree to rounding only.
-#include "../philox.h"
-#include "device_utils.cuh"
-#include "langevin_cuda.h"
+#include "../common/philox.h"
+#include "../common/cuda_device.cuh"
+#include "../common/cuda_types.h"
+
+// The launcher interface (the torch glue below calls it).
+namespace vaebm_fast {
+namespace cuda {
+
+// The update t <- clamp(t - half_step (clamp(g, -clip, clip) + prior_weight t) + sigma xi,
+// low, high); absent clip / clamp are +-inf. Element k of the concatenation of the tensors
+// uses normal number offset + k of the Philox stream for seed.
+struct LangevinArgs {
+  double half_step;
+  double prior_weight;
+  double sigma;
+  double clip;
+  double low;
+  double high;
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// Updates n_tensors contiguous device arrays in place: tensors[i] and grads[i] hold numels[i]
+// elements of `dtype`. When half_sq_norm is not null it is a device array of `batch`
+// accumulators (float, double for kFloat64), every tensor has `batch` rows of numels[i] /
+// batch elements (dim 0), and it is overwritten with 0.5 * sum over the tensors of the squared
+// norms of each row of the updated (stored) values. Enqueues on `stream` (no host
+// synchronisation), returns the first launch / memset error (cudaSuccess if none).
+cudaError_t langevin_step(Dtype dtype, int64_t n_tensors, void* const* tensors,
+                          const void* const* grads, const int64_t* numels,
+                          const LangevinArgs& args, void* half_sq_norm, int64_t batch,
+                          cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace vaebm_fast
+
 
 namespace vaebm_fast {
 namespace cuda {
@@ -182,3 +215,77 @@ cudaError_t langevin_step(Dtype dtype, int64_t n_tensors, void* const* tensors,
 
 }  // namespace cuda
 }  // namespace vaebm_fast
+
+#ifndef VAEBM_FAST_KERNELS_ONLY
+// ------------------------------------------------------------------ torch glue
+// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
+// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+// torch glue of the CUDA Langevin kernel: argument checks, streams, contiguity, registration
+// (kernel and launcher: above). Mirrors csrc/langevin/cpu.cpp.
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include <torch/library.h>
+
+#include "checks.h"
+#include "../common/cuda_glue.h"
+
+namespace vaebm_fast {
+namespace cuda {
+namespace {
+
+void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double step_size,
+                        int64_t seed, int64_t offset, double prior_weight, double noise_scale,
+                        std::optional<double> grad_clip, std::optional<double> clamp_low,
+                        std::optional<double> clamp_high,
+                        const std::optional<at::Tensor>& half_sq_norm) {
+  // No tensors: nothing to do, half_sq_norm untouched (as the CPU kernel).
+  if (!check_langevin_args(tensors, grads, offset)) return;
+  const at::Device device = tensors[0].device();
+  check_cuda(tensors[0], "langevin_step_", "tensors[0]");
+  const at::ScalarType dtype = tensors[0].scalar_type();
+  const int64_t batch = check_half_sq_norm(tensors, half_sq_norm);
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
+  std::vector<void*> t_ptr(tensors.size());
+  std::vector<const void*> g_ptr(tensors.size());
+  std::vector<int64_t> numels(tensors.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    work[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
+    grad[i] = grads[i].contiguous();
+    t_ptr[i] = work[i].data_ptr();
+    g_ptr[i] = grad[i].const_data_ptr();
+    numels[i] = work[i].numel();
+    total += numels[i];
+  }
+  TORCH_CHECK(total <= std::numeric_limits<int64_t>::max() - offset,
+              "langevin_step_: offset + numel overflows int64");
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const LangevinArgs args{step_size * 0.5,
+                          prior_weight,
+                          noise_scale,
+                          grad_clip.value_or(kInf),
+                          clamp_low.value_or(-kInf),
+                          clamp_high.value_or(kInf),
+                          static_cast<uint64_t>(seed),
+                          static_cast<uint64_t>(offset)};
+  void* norm = half_sq_norm.has_value() ? half_sq_norm->data_ptr() : nullptr;
+  VAEBM_FAST_CUDA_LAUNCH(langevin_step(to_dtype(dtype, "langevin_step_"),
+                                       static_cast<int64_t>(tensors.size()), t_ptr.data(),
+                                       g_ptr.data(), numels.data(), args, norm, batch,
+                                       current_stream()));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!work[i].is_same(tensors[i])) tensors[i].copy_(work[i]);
+  }
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace vaebm_fast
+
+TORCH_LIBRARY_IMPL(vaebm_fast, CUDA, m) {
+  m.impl("langevin_step_", &vaebm_fast::cuda::langevin_step_cuda);
+}
+#endif  // VAEBM_FAST_KERNELS_ONLY

@@ -1,4 +1,4 @@
-// Device-side helpers shared by the .cu files of csrc/cuda (nvcc only, no torch): accumulation
+// Device-side helpers shared by every csrc/<op>/cuda.cu (nvcc only, no torch): accumulation
 // types, rounding loads/stores, aligned vector packs, warp/block reductions, 64-bit division
 // with a 32-bit fast path, grid sizing and the type dispatch of the launchers.
 #pragma once
@@ -9,7 +9,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "common_cuda.h"
+#include "cuda_types.h"
 
 namespace vaebm_fast {
 namespace cuda {

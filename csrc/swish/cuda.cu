@@ -1,6 +1,6 @@
 // CUDA kernels of vaebm_fast::swish_forward / swish_backward (torch glue:
-// swish_registration.cpp; references: swish_reference / swish_backward_reference in
-// vaebm_fast/ops/swish.py; the CPU kernels are csrc/cpu/swish.cpp):
+// the end of this file; references: swish_reference / swish_backward_reference in
+// vaebm_fast/ops/swish.py; the CPU kernels are csrc/swish/cpu.cpp):
 //
 //   forward:  y  = scale * (x * s),                     s = sigmoid(x) = 1 / (1 + exp(-x))
 //   backward: dx = scale * g * (s + x * s * (1 - s))    (sigmoid recomputed from x)
@@ -12,8 +12,24 @@
 // 4 bytes fp16), backward reads g and x and writes dx (3 * itemsize: 12 bytes fp32). One expf
 // and one division per element keep both far below the compute roof, so they run at DRAM
 // bandwidth. Arithmetic in float for fp32/fp16/bf16 (rounded once when stored), double for fp64.
-#include "device_utils.cuh"
-#include "swish_cuda.h"
+#include "../common/cuda_device.cuh"
+#include "../common/cuda_types.h"
+
+// The launcher interface (the torch glue below calls it).
+namespace vaebm_fast {
+namespace cuda {
+
+// y[i] = scale * x[i] * sigmoid(x[i]), i < n; contiguous device arrays of `dtype`.
+cudaError_t swish_forward(Dtype dtype, const void* x, void* y, int64_t n, double scale,
+                          cudaStream_t stream);
+
+// dx[i] = scale * g[i] * (s + x[i] s (1 - s)), s = sigmoid(x[i]), i < n.
+cudaError_t swish_backward(Dtype dtype, const void* grad, const void* x, void* dx, int64_t n,
+                           double scale, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace vaebm_fast
+
 
 namespace vaebm_fast {
 namespace cuda {
@@ -122,3 +138,56 @@ cudaError_t swish_backward(Dtype dtype, const void* grad, const void* x, void* d
 
 }  // namespace cuda
 }  // namespace vaebm_fast
+
+#ifndef VAEBM_FAST_KERNELS_ONLY
+// ------------------------------------------------------------------ torch glue
+// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
+// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+// torch glue of the CUDA Swish kernels (the kernels above). Mirrors csrc/swish/cpu.cpp:
+// outputs have x's layout (activation_format), inputs are read through copies in that layout.
+#include <torch/library.h>
+
+#include "../common/layout.h"
+#include "../common/cuda_glue.h"
+
+namespace vaebm_fast {
+namespace cuda {
+namespace {
+
+at::Tensor swish_forward_cuda(const at::Tensor& x, double scale) {
+  check_floating(x, "swish_forward", "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
+  VAEBM_FAST_CUDA_LAUNCH(swish_forward(to_dtype(x.scalar_type(), "swish_forward"),
+                                       xc.const_data_ptr(), y.mutable_data_ptr(), xc.numel(),
+                                       scale, current_stream()));
+  return y;
+}
+
+at::Tensor swish_backward_cuda(const at::Tensor& grad, const at::Tensor& x, double scale) {
+  check_floating(x, "swish_backward", "x");
+  check_floating(grad, "swish_backward", "grad");
+  check_like(grad, x, "swish_backward", "grad", "x");
+  check_same_shape(grad, x, "swish_backward", "grad", "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt), gc = grad.contiguous(fmt);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  VAEBM_FAST_CUDA_LAUNCH(swish_backward(to_dtype(x.scalar_type(), "swish_backward"),
+                                        gc.const_data_ptr(), xc.const_data_ptr(),
+                                        dx.mutable_data_ptr(), xc.numel(), scale,
+                                        current_stream()));
+  return dx;
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace vaebm_fast
+
+TORCH_LIBRARY_IMPL(vaebm_fast, CUDA, m) {
+  m.impl("swish_forward", &vaebm_fast::cuda::swish_forward_cuda);
+  m.impl("swish_backward", &vaebm_fast::cuda::swish_backward_cuda);
+}
+#endif  // VAEBM_FAST_KERNELS_ONLY

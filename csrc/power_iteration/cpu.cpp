@@ -55,7 +55,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../power_iteration_checks.h"
+#include "checks.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -261,7 +261,7 @@ void run_jobs(std::vector<MatrixJob<T>>& jobs, int64_t n_iter, double eps_d) {
   }
 }
 
-// ---------------------------------------------------------------- glue (checks: ../power_iteration_checks.h)
+// ---------------------------------------------------------------- glue (checks: checks.h)
 
 // One job per matrix of the group W [G, R, C]; sigma[g] receives matrix g's result.
 template <typename T>

@@ -23,9 +23,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../replay_checks.h"
+#include "../common/kernel_dtypes.h"
+#include "checks.h"
 
-#include "normals.h"
+#include "../common/normals.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -66,7 +67,7 @@ at::Tensor replay_gather_cpu(const at::Tensor& buffer_in, const at::Tensor& inde
   }
   const uint64_t key = static_cast<uint64_t>(seed);
   const int64_t row_stride = buffer.stride(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, buffer.scalar_type(),
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(buffer.scalar_type(),
                                   "replay_gather_cpu", [&] {
     const scalar_t* src = buffer.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();

@@ -1,6 +1,6 @@
-// Types shared by every CUDA launcher interface (csrc/cuda/*_cuda.h). Plain C++ plus the CUDA
-// runtime types: no torch, so the .cu files compile with nvcc alone. The torch-side
-// counterpart (ScalarType -> Dtype, checks, streams) is glue.h.
+// Types shared by the CUDA kernels and launchers of every csrc/<op>/cuda.cu. Plain C++ plus the
+// CUDA runtime types: no torch, so the kernels compile with nvcc alone. The torch-side
+// counterpart (ScalarType -> Dtype, checks, streams) is cuda_glue.h.
 #pragma once
 
 #include <cstdint>

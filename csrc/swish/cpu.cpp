@@ -22,9 +22,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../layout.h"
-#include "simd_math.h"
-#include "swish_loops.h"
+#include "../common/kernel_dtypes.h"
+#include "../common/layout.h"
+#include "../common/simd_math.h"
+#include "../common/swish_loops.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -98,7 +99,7 @@ at::Tensor swish_forward_cpu(const at::Tensor& x, double scale) {
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
   const int64_t n = xc.numel();
   if (n == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_forward_cpu",
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(x.scalar_type(), "swish_forward_cpu",
                                   [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -121,7 +122,7 @@ at::Tensor swish_backward_cpu(const at::Tensor& grad, const at::Tensor& x, doubl
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   const int64_t n = xc.numel();
   if (n == 0) return dx;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(x.scalar_type(),
                                   "swish_backward_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();

@@ -1,5 +1,5 @@
 // CUDA kernel of vaebm_fast::power_iteration_ and vaebm_fast::spectral_norms_ (torch glue:
-// power_iteration_registration.cpp; reference: _power_iteration_eager in
+// the end of this file; reference: _power_iteration_eager in
 // vaebm_fast/ops/power_iteration.py).
 //
 // For each matrix W [R, C] (row-major) with its vectors u [R], v [C], n_iter times:
@@ -28,8 +28,40 @@
 // by a table of pointers and shapes passed by value in kernel parameter space, so nothing is
 // copied to the device); block b finds its group by binary search over the groups' first
 // block indices.
-#include "device_utils.cuh"
-#include "power_iteration_cuda.h"
+#include "../common/cuda_device.cuh"
+#include "../common/cuda_types.h"
+
+// The launcher interface (the torch glue below calls it).
+namespace vaebm_fast {
+namespace cuda {
+
+// One group of G same-shaped matrices: contiguous device arrays W [G, R, C], u [G, R] and
+// v [G, C] (updated in place) and sigma [G] (written), all of the launch's dtype.
+struct PowerIterationGroup {
+  const void* W;
+  void* u;
+  void* v;
+  void* sigma;
+  int64_t G, R, C;
+};
+
+// n_iter iterations  v = normalize(u^T W), u = normalize(W v)  (normalize(x) = x / max(||x||,
+// eps)) on every matrix of the n_groups groups, then sigma = u^T W v. One launch for up to
+// kPowerIterationMaxGroups groups (one block per matrix); more groups take more launches.
+// Every group must have R + C <= power_iteration_max_vector(dtype).
+constexpr int kPowerIterationMaxGroups = 64;
+cudaError_t power_iteration(Dtype dtype, const PowerIterationGroup* groups, int64_t n_groups,
+                            int64_t n_iter, double eps, cudaStream_t stream);
+
+// The largest R + C the kernel takes for `dtype` on the current device: u and v live in
+// shared memory, (R + C) accumulators (float, or double for float64) within the device's
+// opt-in limit per block (~227 KiB on H100/H200, ~163 KiB on A100). Queries an attribute of
+// the current device (no synchronisation; once per call of the op); 0 when the query fails.
+int64_t power_iteration_max_vector(Dtype dtype);
+
+}  // namespace cuda
+}  // namespace vaebm_fast
+
 
 namespace vaebm_fast {
 namespace cuda {
@@ -243,3 +275,101 @@ cudaError_t power_iteration(Dtype dtype, const PowerIterationGroup* groups, int6
 
 }  // namespace cuda
 }  // namespace vaebm_fast
+
+#ifndef VAEBM_FAST_KERNELS_ONLY
+// ------------------------------------------------------------------ torch glue
+// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
+// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+// torch glue of the CUDA power-iteration kernel (the kernels above):
+// argument checks (checks.h, shared with the CPU kernel), contiguous
+// work copies of u / v copied back when the caller's are strided, one launch for all groups of
+// a call (one dtype), and an ATen fallback for matrices whose u and v do not fit in shared
+// memory (R + C beyond ~56k float32 on H100/H200), which no model here comes near.
+#include <vector>
+
+#include <torch/library.h>
+
+#include "checks.h"
+#include "../common/cuda_glue.h"
+
+namespace vaebm_fast {
+namespace cuda {
+namespace {
+
+struct Work {
+  at::Tensor W, u, v, sigma;  // contiguous: what the kernel reads and writes
+};
+
+// The reference's loop in ATen ops, for shapes the kernel cannot take.
+void power_iteration_aten(const Work& w, int64_t n_iter, double eps) {
+  for (int64_t it = 0; it < n_iter; ++it) {
+    const at::Tensor nv = at::bmm(w.u.unsqueeze(1), w.W).squeeze(1);
+    w.v.copy_(nv / nv.norm(2, {1}, true).clamp_min(eps));
+    const at::Tensor nu = at::bmm(w.v.unsqueeze(1), w.W.transpose(1, 2)).squeeze(1);
+    w.u.copy_(nu / nu.norm(2, {1}, true).clamp_min(eps));
+  }
+  w.sigma.copy_(at::einsum("gr,grc,gc->g", {w.u, w.W, w.v}));
+}
+
+// Runs every group (checked; one dtype for all, as the CPU kernel) and returns the sigmas of all
+// groups concatenated, [G_1 + ... + G_K]; u / v updated in place.
+at::Tensor run(const char* op, at::TensorList Ws, at::TensorList us, at::TensorList vs,
+               int64_t n_iter, double eps) {
+  const int64_t total = check_power_iteration_args(op, Ws, us, vs, n_iter);
+  if (Ws.empty()) return at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+  check_floating(Ws[0], op, "W");
+  const c10::cuda::CUDAGuard guard(Ws[0].device());
+  const Dtype dtype = to_dtype(Ws[0].scalar_type(), op);
+  const int64_t max_vector = power_iteration_max_vector(dtype);
+  const at::Tensor sigmas = empty_contiguous({total}, Ws[0]);
+  std::vector<Work> work(Ws.size());
+  std::vector<PowerIterationGroup> launch;  // the groups the kernel takes, one launch
+  int64_t first = 0;
+  for (size_t k = 0; k < Ws.size(); ++k) {
+    Work& w = work[k];
+    w.W = Ws[k].contiguous();
+    w.u = us[k].is_contiguous() ? us[k] : us[k].contiguous();
+    w.v = vs[k].is_contiguous() ? vs[k] : vs[k].contiguous();
+    w.sigma = sigmas.narrow(0, first, Ws[k].size(0));  // a contiguous slice
+    first += Ws[k].size(0);
+    const int64_t G = w.W.size(0), R = w.W.size(1), C = w.W.size(2);
+    if (G == 0) continue;
+    if (R + C <= max_vector) {
+      launch.push_back(PowerIterationGroup{w.W.const_data_ptr(), w.u.mutable_data_ptr(),
+                                           w.v.mutable_data_ptr(), w.sigma.mutable_data_ptr(),
+                                           G, R, C});
+    } else {
+      power_iteration_aten(w, n_iter, eps);
+    }
+  }
+  if (!launch.empty()) {
+    VAEBM_FAST_CUDA_LAUNCH(power_iteration(dtype, launch.data(),
+                                           static_cast<int64_t>(launch.size()), n_iter, eps,
+                                           current_stream()));
+  }
+  for (size_t k = 0; k < Ws.size(); ++k) {
+    if (!work[k].u.is_same(us[k])) us[k].copy_(work[k].u);
+    if (!work[k].v.is_same(vs[k])) vs[k].copy_(work[k].v);
+  }
+  return sigmas;
+}
+
+at::Tensor power_iteration_cuda(const at::Tensor& W, const at::Tensor& u, const at::Tensor& v,
+                                int64_t n_iter, double eps) {
+  return run("power_iteration_", {W}, {u}, {v}, n_iter, eps);
+}
+
+at::Tensor spectral_norms_cuda(at::TensorList Ws, at::TensorList us, at::TensorList vs,
+                               int64_t n_iter, double eps) {
+  return run("spectral_norms_", Ws, us, vs, n_iter, eps);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace vaebm_fast
+
+TORCH_LIBRARY_IMPL(vaebm_fast, CUDA, m) {
+  m.impl("power_iteration_", &vaebm_fast::cuda::power_iteration_cuda);
+  m.impl("spectral_norms_", &vaebm_fast::cuda::spectral_norms_cuda);
+}
+#endif  // VAEBM_FAST_KERNELS_ONLY

@@ -1,5 +1,5 @@
 // Vectorised CPU generation of the Philox normal stream (the transform is specified in
-// csrc/philox.h and vaebm_fast/ops/rng.py).
+// csrc/common/philox.h and vaebm_fast/ops/rng.py).
 //
 // The scalar code in philox.h costs ~10-13 ns per normal on a current x86 core (~4.5 ns Philox,
 // ~8 ns libm logf/sincosf), none of it SIMD; this file gets ~2.2 ns with AVX2 and
@@ -19,7 +19,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "../philox.h"
+#include "philox.h"
 #include "simd_math.h"
 
 namespace vaebm_fast {

@@ -1,6 +1,6 @@
-// torch-side helpers shared by every csrc/cuda/*_registration.cpp: the ScalarType -> Dtype
-// mapping, argument checks, contiguous outputs, the current stream and the launch check.
-// Only compiled with a CUDA build of torch (the .cu files never include it).
+// torch-side helpers shared by the torch glue at the end of every csrc/<op>/cuda.cu: the
+// ScalarType -> Dtype mapping, argument checks, contiguous outputs, the current stream and the
+// launch check. Only compiled with a CUDA build of torch (not with VAEBM_FAST_KERNELS_ONLY).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,7 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "common_cuda.h"
+#include "cuda_types.h"
+#include "kernel_dtypes.h"
 
 namespace vaebm_fast {
 namespace cuda {
@@ -20,9 +21,6 @@ namespace cuda {
     C10_CUDA_KERNEL_LAUNCH_CHECK();  \
   } while (0)
 
-inline bool is_kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 inline Dtype to_dtype(at::ScalarType t, const char* op) {
   switch (t) {

@@ -3,7 +3,7 @@
 //   t <- clamp(t - h (clip(g) + lambda t) + sigma xi, low, high),   h = step_size / 2,
 //
 // over a list of tensors, where element k of the flattened concatenation of the list uses
-// normal number offset + k of the Philox stream for `seed` (csrc/philox.h). The reference is
+// normal number offset + k of the Philox stream for `seed` (csrc/common/philox.h). The reference is
 // langevin_step_reference in vaebm_fast/ops/langevin.py.
 //
 // Memory traffic: read t and g, write t (12 bytes per fp32 element); the noise is generated in
@@ -24,9 +24,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../langevin_checks.h"
-#include "normals.h"
-#include "simd_math.h"
+#include "../common/kernel_dtypes.h"
+#include "checks.h"
+#include "../common/normals.h"
+#include "../common/simd_math.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -134,7 +135,7 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
   const double clip = grad_clip.value_or(kInf);
   const uint64_t key = static_cast<uint64_t>(seed);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "langevin_step_cpu", [&] {
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(dtype, "langevin_step_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Coeffs<acc_t> c{static_cast<acc_t>(step_size * 0.5), static_cast<acc_t>(prior_weight),
                           static_cast<acc_t>(noise_scale), static_cast<acc_t>(-clip),

@@ -44,9 +44,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../epilogue_checks.h"
-#include "simd_math.h"
-#include "swish_loops.h"
+#include "../common/kernel_dtypes.h"
+#include "checks.h"
+#include "../common/simd_math.h"
+#include "../common/swish_loops.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -349,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor> ebm_block_tail_cpu(const at::Tensor& h, const
   at::Tensor pre = new_contiguous(h, {B, C, Ho, Wo});
   if (out.numel() == 0) return {out, pre};
   const at::Tensor hc = h.contiguous(), sc = skip.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "ebm_block_tail",
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(h.scalar_type(), "ebm_block_tail",
                                   [&] {
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
     const scalar_t* sp = sc.const_data_ptr<scalar_t>();
@@ -429,7 +430,7 @@ at::Tensor ebm_block_tail_backward_cpu(const at::Tensor& grad, const at::Tensor&
   at::Tensor d = new_contiguous(pre, {B, C, H, W});
   if (d.numel() == 0) return d;
   const at::Tensor gc = grad.contiguous(), pc = pre.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pre.scalar_type(),
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(pre.scalar_type(),
                                   "ebm_block_tail_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* pp = pc.const_data_ptr<scalar_t>();
@@ -507,7 +508,7 @@ at::Tensor nvae_cell_tail_cpu(const at::Tensor& skip, const at::Tensor& h, const
   at::Tensor out = new_contiguous(h, h.sizes());
   if (out.numel() == 0) return out;
   const at::Tensor sc = skip.contiguous(), hc = h.contiguous(), gc = gate.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "nvae_cell_tail",
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(h.scalar_type(), "nvae_cell_tail",
                                   [&] {
     const scalar_t* sp = sc.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
@@ -535,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor> nvae_cell_tail_backward_cpu(const at::Tensor&
   at::Tensor dgate = new_contiguous(gate, gate.sizes());
   if (planes == 0) return {dh, dgate};
   const at::Tensor gc = grad.contiguous(), hc = h.contiguous(), tc = gate.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(),
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(h.scalar_type(),
                                   "nvae_cell_tail_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* hp = hc.const_data_ptr<scalar_t>();
@@ -623,7 +624,7 @@ at::Tensor affine_swish_cpu(const at::Tensor& x, const at::Tensor& scale,
   if (out.numel() == 0) return out;
   const at::Tensor xc = x.contiguous(), ac = scale.contiguous(), bc = shift.contiguous();
   const int64_t C = dims.C, inner = dims.inner;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_swish",
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(x.scalar_type(), "affine_swish",
                                   [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* ap = ac.const_data_ptr<scalar_t>();
@@ -660,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_swish_backward_cpu(
                    bc = shift.contiguous();
   // Per-plane partial sums (plane = (n, ch)), summed over n in double afterwards.
   std::vector<double> part(2 * N * C);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(x.scalar_type(),
                                   "affine_swish_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();

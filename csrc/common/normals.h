@@ -14,7 +14,7 @@ namespace cpu {
 constexpr int64_t kNoiseBlock = 1024;
 
 // out[i] = normal number m0 + i of the stream for `seed`, i in [0, n): the transform of
-// csrc/philox.h, vectorised (see normals.cpp). Any n; thread-safe; no allocation.
+// csrc/common/philox.h, vectorised (see normals.cpp). Any n; thread-safe; no allocation.
 void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0);
 
 // The same normals, generated in float32 (the spec) and rounded to scalar_t; other dtypes go

@@ -4,8 +4,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../philox.h"
-#include "normals.h"
+#include "../common/kernel_dtypes.h"
+#include "../common/philox.h"
+#include "../common/normals.h"
 
 namespace vaebm_fast {
 namespace cpu {
@@ -43,7 +44,7 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   const uint64_t key = static_cast<uint64_t>(seed);
   const uint64_t m0 = static_cast<uint64_t>(offset);
   const at::ScalarType dtype = out.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "philox_normal_cpu", [&] {
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(dtype, "philox_normal_cpu", [&] {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     // ~2 ns per normal: one noise block per task is enough to amortise the hand-off.
     at::parallel_for(0, out.numel(), kNoiseBlock, [&](int64_t begin, int64_t end) {
