@@ -19,7 +19,14 @@ spec=${TORCH_CUDA_SPEC:-torch==2.14.1}
 
 nvcc_path=$(command -v nvcc || true)
 [ -n "$nvcc_path" ] || { echo "check_cuda_build: skipped (no nvcc on PATH)"; exit 0; }
-cuda_home=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")}
+# The CUDA root holding libcudart (nvcc on PATH may be a wrapper script elsewhere, and torch
+# would then look for the libraries next to the wrapper).
+cuda_home=""
+for root in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$nvcc_path")")")" \
+            /usr/local/cuda /usr/local/cuda-*; do
+  if [ -n "$root" ] && ls "$root"/lib*/libcudart.so* >/dev/null 2>&1; then cuda_home=$root; break; fi
+done
+[ -n "$cuda_home" ] || { echo "check_cuda_build: skipped (no libcudart next to nvcc; set CUDA_HOME)"; exit 0; }
 
 python3 -m venv "$work/venv" || exit 1
 py="$work/venv/bin/python"
@@ -36,7 +43,7 @@ fi
 mkdir -p "$work/src"
 git -C "$repo" ls-files -z | (cd "$repo" && xargs -0 tar cf -) | tar xf - -C "$work/src"
 cd "$work/src" || exit 1
-echo "check_cuda_build: building for sm_90 against $("$py" -c 'import torch; print(torch.__version__)') with $nvcc_path"
+echo "check_cuda_build: building for sm_90 against $("$py" -c 'import torch; print(torch.__version__)') with $nvcc_path (CUDA_HOME=$cuda_home)"
 CUDA_HOME=$cuda_home VAEBM_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-2} \
   "$py" setup.py -q build_ext --inplace >"$work/build.log" 2>&1 \
   || { tail -n 40 "$work/build.log"; echo "check_cuda_build: FAILED to build"; exit 1; }

@@ -67,7 +67,7 @@ __all__ = [
     "affine_swish_backward_reference",
 ]
 
-# "auto": the kernel on every device (measured: benchmarks/results/ops_cpu.md).
+# "auto": the kernel on every device (measured: benchmarks/results/auto_choices_cpu.md).
 for _name in ("ebm_block_tail", "nvae_cell_tail", "affine_swish"):
     _dispatch.register_op(_name, native=f"vaebm_fast::{_name}", triton=True)
 
@@ -291,8 +291,8 @@ def _kernel_ns(op: str, backend: str, x: Tensor):
     ``"auto"`` runs the eager reference, whose torch ops keep the layout. The kernels index
     channels in row-major NCHW, so they would read channels-last inputs through row-major
     copies and hand the next convolution row-major outputs to convert back; a named backend
-    still runs its kernel that way (same results). Measured in a CIFAR-10 chain step
-    (benchmarks/results/chains_cifar_cpu.md): the eager epilogues take ~5% of the step.
+    still runs its kernel that way (same results). In a CIFAR-10 chain step the eager
+    epilogues take ~5% of the time (benchmarks/results/auto_choices_cpu.md).
     """
     chosen = _dispatch.resolve_backend(op, backend, x.device, unsupported=dtype_reason(x.dtype))
     if chosen == "eager" or (backend == "auto" and

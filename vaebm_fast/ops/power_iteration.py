@@ -37,7 +37,7 @@ __all__ = ["power_iteration_", "spectral_norms", "DEFAULT_EPS"]
 DEFAULT_EPS = 1e-3
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
-# "auto": the kernels first (measured: benchmarks/results/ops_cpu.md).
+# "auto": the kernels first (measured: benchmarks/results/auto_choices_cpu.md).
 _dispatch.register_op("power_iteration_", native="vaebm_fast::power_iteration_", triton=True)
 _dispatch.register_op("spectral_norms", native="vaebm_fast::spectral_norms_", triton=True)
 

@@ -16,8 +16,8 @@ backward).
 :func:`swish_reference` / :func:`swish_backward_reference` are the specification (plain
 differentiable PyTorch, any device and dtype). ``backend="auto"`` runs the kernel for tensors of
 at least ``_CPU_NATIVE_MIN_NUMEL`` elements on the CPU (below, the Python autograd formula's
-fixed cost loses; measured in ``benchmarks/results/ops_cpu.md``) and the reference for dtypes
-the kernels do not take.
+fixed cost loses; measured: ``benchmarks/results/auto_choices_cpu.md``) and the reference for
+dtypes the kernels do not take.
 """
 from __future__ import annotations
 
