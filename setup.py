@@ -10,8 +10,8 @@ What gets compiled (decided from the installed torch and the environment, never 
 * always the C++ CPU kernels: csrc/ops.cpp (build information), csrc/common/*.cpp and one
   csrc/<op>/cpu.cpp per op;
 * the CUDA kernels, one csrc/<op>/cuda.cu per op (kernel, launcher and torch glue), when
-  torch is a CUDA build AND nvcc is found (CUDA_HOME / PATH). ``VAEBM_FAST_CUDA=0`` skips them, ``=1`` requires
-  them (and fails loudly when they cannot be built). Target GPUs come from
+  torch is a CUDA build AND nvcc is found (CUDA_HOME / PATH). ``VAEBM_FAST_CUDA=0`` skips
+  them, ``=1`` requires them (and fails loudly when they cannot be built). Target GPUs come from
   ``TORCH_CUDA_ARCH_LIST`` (default below, so no GPU is queried);
 * nothing with ``VAEBM_FAST_NO_EXT=1`` (pure-Python install; every op runs its eager path).
 

@@ -9,8 +9,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from a checkout: make vaebm_fast importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vaebm_fast.bench.ops import *  # noqa: F401,F403,E402
-from vaebm_fast.bench.ops import main  # noqa: E402
+from vaebm_fast.bench.ops import *  # noqa: F403
+from vaebm_fast.bench.ops import main
 
 if __name__ == "__main__":
     main()

@@ -19,10 +19,10 @@ import torch
 
 pytest.importorskip("pytest_benchmark")
 
-from vaebm_fast import LangevinSampler, _native  # noqa: E402
-from vaebm_fast.bench import chains  # noqa: E402
-from vaebm_fast.ops import langevin_step_  # noqa: E402
-from vaebm_fast.sampling import frozen  # noqa: E402
+from vaebm_fast import LangevinSampler, _native
+from vaebm_fast.bench import chains
+from vaebm_fast.ops import langevin_step_
+from vaebm_fast.sampling import frozen
 
 SIZES = chains.QUICK
 # Native kernels against the eager reference: float32 chains agree to rounding.

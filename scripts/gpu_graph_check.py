@@ -249,7 +249,7 @@ def main(argv=None) -> int:
             continue
         try:
             cases = op_cases(backend, args.device)
-        except Exception as exc:  # noqa: BLE001  (a report, not a crash)
+        except Exception as exc:  # a report, not a crash
             report["ops"][backend] = f"FAIL building inputs: {exc!r}"
             failures += 1
             continue
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 res = run_op_case(case, args.device)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 res = {"error": f"FAIL: {type(exc).__name__}: {exc}"}
                 traceback.print_exc()
             key = f"{case.name}[{backend}]"
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             res = chain_check(space, args.device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             res = f"FAIL: {type(exc).__name__}: {exc}"
             traceback.print_exc()
         report["chains"][space] = res

@@ -12,9 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from vaebm_fast import _native, _triton  # noqa: E402
+from vaebm_fast import _native, _triton
 
 
 def pytest_sessionstart(session):

@@ -45,8 +45,8 @@ def test_info_reports_the_nvcc_a_build_would_use(tmp_path, monkeypatch):
 
 
 def test_setup_py_finds_it_without_torch_or_the_package(tmp_path):
-    # setup.py's own loader, run where importing torch or vaebm_fast raises ImportError (setup() itself is
-    # replaced by a no-op, and VAEBM_FAST_NO_EXT=1 keeps _extensions() away from torch).
+    # setup.py's own loader, run where importing torch or vaebm_fast raises ImportError (setup()
+    # itself is replaced by a no-op, and VAEBM_FAST_NO_EXT=1 keeps _extensions() away from torch).
     home = _fake_nvcc(tmp_path / "home")
     code = (
         "import runpy, sys, setuptools\n"

@@ -13,4 +13,5 @@ from .sampling import (ChainDivergedError, ChainResult, FastSampler, LangevinSam
                        ReplayBuffer, prepare_for_sampling)
 
 __version__ = "0.1.0"
-__all__ = ["LangevinSampler", "FastSampler", "prepare_for_sampling", "ChainResult", "ChainDivergedError", "ReplayBuffer", "__version__"]
+__all__ = ["LangevinSampler", "FastSampler", "prepare_for_sampling", "ChainResult",
+           "ChainDivergedError", "ReplayBuffer", "__version__"]

@@ -14,11 +14,11 @@ leaving it sets ``M_MMAP_MAX = 65536`` (glibc's default) and ``M_TRIM_THRESHOLD 
 long-running process) and calls ``malloc_trim(0)``, which hands the heap's free pages back to
 the kernel: the chain's memory is not kept after it (the next chain page-faults its first
 step in again, not every step). Side effect, process-wide: setting either parameter stops
-glibc's dynamic adjustment of the mmap threshold at its current value. It does nothing (and costs nothing) when the C
-library is not glibc, when the user already tunes malloc through ``MALLOC_MMAP_MAX_``,
-``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_THRESHOLD_`` or a
-``glibc.malloc`` tunable, or when ``VAEBM_FAST_HEAP_REUSE=0``. Nested and concurrent blocks
-are counted: the defaults come back when the last one exits.
+glibc's dynamic adjustment of the mmap threshold at its current value. It does nothing (and
+costs nothing) when the C library is not glibc, when the user already tunes malloc through
+``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_THRESHOLD_``
+or a ``glibc.malloc`` tunable, or when ``VAEBM_FAST_HEAP_REUSE=0``. Nested and concurrent
+blocks are counted: the defaults come back when the last one exits.
 
 :func:`trim_heap` hands the heap's free pages back to the kernel on its own, whatever the
 environment says about heap reuse (the chain benchmarks call it before measuring peak memory).

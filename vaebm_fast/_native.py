@@ -1,10 +1,10 @@
 """Lazy loading of the compiled extension ``vaebm_fast._C``.
 
 The shared library holds the C++/CUDA kernels behind ``torch.ops.vaebm_fast.*`` (the op
-schemas are declared in Python, ``vaebm_fast.ops._library``). It has no Python module init; it is looked up next to the package
-under the names an extension module may have (``_C.cpython-311-x86_64-linux-gnu.so``,
-``_C.abi3.so``, ``_C.so``) and loaded with ``torch.ops.load_library``, whose static
-initialisers register the kernels.
+schemas are declared in Python, ``vaebm_fast.ops._library``). It has no Python module init;
+it is looked up next to the package under the names an extension module may have
+(``_C.cpython-311-x86_64-linux-gnu.so``, ``_C.abi3.so``, ``_C.so``) and loaded with
+``torch.ops.load_library``, whose static initialisers register the kernels.
 
 Loading happens on the first call of :func:`status` (the ops call it when they dispatch), never
 at import, and queries no device. When the library is missing, fails to load, or was built

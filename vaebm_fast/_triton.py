@@ -40,7 +40,7 @@ def _load() -> TritonStatus:
     if os.environ.get("VAEBM_FAST_DISABLE_TRITON", "") == "1":
         return TritonStatus(False, "disabled by VAEBM_FAST_DISABLE_TRITON=1")
     try:
-        import triton  # noqa: F401  (the import is the check)
+        import triton  # the import is the check
     except Exception as exc:  # ImportError, or a broken install raising anything else
         return TritonStatus(False, f"triton could not be imported ({type(exc).__name__}: "
                                    f"{exc}); {FIX}")

@@ -38,17 +38,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             continue
         default = f.default
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction)
         else:
             kind = type(default) if default is not None else float
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper())
+            parser.add_argument(flag, dest=f.name, type=kind, default=None,
+                                metavar=kind.__name__.upper())
 
 
 def _apply(cfg, overrides: dict):
     known = {f.name for f in dataclasses.fields(cfg)}
     unknown = set(overrides) - known
     if unknown:
-        raise SystemExit(f"error: unknown training option(s) {sorted(unknown)}; valid: {sorted(known)}")
+        raise SystemExit(f"error: unknown training option(s) {sorted(unknown)}; "
+                         f"valid: {sorted(known)}")
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -103,13 +106,16 @@ def cmd_train_vae(args) -> None:
     from .training.vae import train_vae
     p, file_cfg = preset(args.dataset), _read_config(args.config)
     vae_cfg = {**p["vae"], **file_cfg.get("vae", {})}
-    cfg = _apply(_apply(p["vae_train"], file_cfg.get("train", {})), _flag_overrides(args, VAETrainConfig))
+    cfg = _apply(_apply(p["vae_train"], file_cfg.get("train", {})),
+                 _flag_overrides(args, VAETrainConfig))
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
     vae = _build(build_vae, vae_cfg, "vae")
     path = os.path.join(args.out, "vae.pt")
-    metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path, resume=args.resume,
-                        extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}}, log=print)
+    metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
+                        resume=args.resume,
+                        extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}},
+                        log=print)
     print(f"stage 1 done: {metrics}; wrote {path}")
 
 
@@ -148,19 +154,23 @@ def cmd_sample(args) -> None:
     vae.eval(), energy.eval()
     toy = config["dataset"] in TOY
     space = train["space"] if train["space"] != "data" else "eps"
-    n_steps = args.steps if args.steps is not None else config.get("sample_steps", train["langevin_steps"])
+    n_steps = (args.steps if args.steps is not None
+               else config.get("sample_steps", train["langevin_steps"]))
     step_size = (args.step_size if args.step_size is not None
                  else config.get("sample_step_size", train["step_size"]))
     output = "sample" if toy else "mean"
-    common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"), output=output)
+    common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"),
+                  output=output)
     x_vae = FastSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
-    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(args.n, seed=args.seed, progress=True)
+    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(args.n, seed=args.seed,
+                                                                         progress=True)
     out = os.path.join(args.out, "samples")
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples_vae.npy"), x_vae.numpy())
     np.save(os.path.join(out, "samples_vaebm.npy"), x_vaebm.numpy())
     if toy:
-        png = save_scatter(os.path.join(out, "samples.png"), {"VAE": x_vae.numpy(), "VAEBM": x_vaebm.numpy()},
+        png = save_scatter(os.path.join(out, "samples.png"),
+                           {"VAE": x_vae.numpy(), "VAEBM": x_vaebm.numpy()},
                            title=f"{config['dataset']}: VAE vs VAEBM ({n_steps} Langevin steps)")
     else:
         png = save_image_grids_side_by_side(os.path.join(out, "samples.png"),
@@ -170,7 +180,8 @@ def cmd_sample(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
-    run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick, resume=args.resume)
+    run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
+             resume=args.resume)
 
 
 def cmd_info(args) -> None:

@@ -27,7 +27,8 @@ from .sampling.fast import FastSampler
 from .training.ebm import train_ebm
 from .training.vae import train_vae
 
-COLUMNS = (("modes_covered", "modes (of 25)", "{:d}"), ("high_quality_fraction", "high quality", "{:.1%}"),
+COLUMNS = (("modes_covered", "modes (of 25)", "{:d}"),
+           ("high_quality_fraction", "high quality", "{:.1%}"),
            ("energy_distance", "energy dist.", "{:.4f}"), ("mode_kl", "mode KL", "{:.3f}"))
 
 
@@ -37,12 +38,13 @@ def format_table(rows: dict[str, dict]) -> str:
     rule = "|---" * (len(COLUMNS) + 1) + "|"
     lines = [head, rule]
     for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt.format(m[key]) for key, _, fmt in COLUMNS) + " |")
+        cells = " | ".join(fmt.format(m[key]) for key, _, fmt in COLUMNS)
+        lines.append(f"| {name} | {cells} |")
     return "\n".join(lines)
 
 
-def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = False, resume: bool = True,
-             log=print) -> dict:
+def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = False,
+             resume: bool = True, log=print) -> dict:
     """Train both stages, sample, evaluate; returns the metrics dict written to metrics.json.
 
     quick=True shortens both stages (for tests); the README's figures use the defaults.
@@ -59,7 +61,8 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
 
     vae = build_vae(p["vae"])
     train_vae(vae, batches(data, p["vae_train"].batch_size), p["vae_train"],
-              checkpoint_path=os.path.join(out, "vae.pt"), resume=resume, extra_state={"config": config})
+              checkpoint_path=os.path.join(out, "vae.pt"), resume=resume,
+              extra_state={"config": config})
     energy = build_energy(p["energy"])
     p["ebm_train"].seed = seed
     train_ebm(energy, vae, batches(data, p["ebm_train"].batch_size), p["ebm_train"],
@@ -81,13 +84,15 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     sample_seconds = time.perf_counter() - t1
     reference = data.sample(n_samples, torch.Generator().manual_seed(seed + 2))
 
-    rows = {name: mixture_metrics(x, reference, data.means, data.std) for name, x in samples.items()}
-    rows["data (reference)"] = mixture_metrics(data.sample(n_samples, torch.Generator().manual_seed(seed + 3)),
-                                               reference, data.means, data.std)
+    rows = {name: mixture_metrics(x, reference, data.means, data.std)
+            for name, x in samples.items()}
+    held_out = data.sample(n_samples, torch.Generator().manual_seed(seed + 3))
+    rows["data (reference)"] = mixture_metrics(held_out, reference, data.means, data.std)
     np.save(os.path.join(out, "samples_vae.npy"), samples["VAE"].numpy())
     np.save(os.path.join(out, "samples_vaebm.npy"), samples["VAEBM"].numpy())
     save_scatter(os.path.join(out, "scatter.png"),
-                 {"data": reference.numpy(), "VAE": samples["VAE"].numpy(), "VAEBM": samples["VAEBM"].numpy()},
+                 {"data": reference.numpy(), "VAE": samples["VAE"].numpy(),
+                  "VAEBM": samples["VAEBM"].numpy()},
                  means=data.means.numpy(), title="25-Gaussians: VAE vs VAEBM", lim=(-3, 3))
     metrics = {
         "vae": rows["VAE"], "vaebm": rows["VAEBM"], "data": rows["data (reference)"],
@@ -99,6 +104,7 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     log(metrics["table"])
-    log(f"\ntrained in {train_seconds:.0f} s, sampled {n_samples} x {p['sample_steps']} Langevin steps in "
-        f"{sample_seconds:.1f} s; wrote {out}/samples_vae.npy, samples_vaebm.npy, metrics.json, scatter.png")
+    log(f"\ntrained in {train_seconds:.0f} s, sampled {n_samples} x {p['sample_steps']} "
+        f"Langevin steps in {sample_seconds:.1f} s; wrote {out}/samples_vae.npy, "
+        f"samples_vaebm.npy, metrics.json, scatter.png")
     return metrics

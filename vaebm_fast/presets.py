@@ -42,8 +42,9 @@ PRESETS: dict[str, dict] = {
         "vae_train": VAETrainConfig(steps=1500, batch_size=64, lr=3e-3, optimizer="adamax",
                                     kl_warmup_fraction=0.3, weight_decay_norm=1e-3),
         # The official image step sizes (5e-5 .. 8e-5) barely move an 8x8 chain; 1e-3 does.
-        "ebm_train": EBMTrainConfig(steps=300, batch_size=32, lr=5e-5, space="eps", langevin_steps=20,
-                                    step_size=1e-3, alpha_s=0.2, checkpoint_every=100),
+        "ebm_train": EBMTrainConfig(steps=300, batch_size=32, lr=5e-5, space="eps",
+                                    langevin_steps=20, step_size=1e-3, alpha_s=0.2,
+                                    checkpoint_every=100),
         "sample_steps": 40,
         "sample_step_size": 1e-3,
     },
@@ -66,7 +67,8 @@ def build_vae(cfg: dict):
         return MLPVAE(**kw)
     if kind == "nvae":
         from .models.nvae import HierarchicalVAE, HierarchicalVAEConfig
-        config = HierarchicalVAEConfig.preset(kw.pop("preset")) if "preset" in kw else HierarchicalVAEConfig()
+        config = (HierarchicalVAEConfig.preset(kw.pop("preset")) if "preset" in kw
+                  else HierarchicalVAEConfig())
         return HierarchicalVAE(replace(config, **kw))
     raise ValueError(f"unknown VAE type {kind!r}; valid: 'mlp', 'nvae'")
 

@@ -85,9 +85,11 @@ def test_from_nvae_args_matches_vaebm_cifar10_backbone():
     config = HierarchicalVAEConfig.from_nvae_args(args, drop_flows=True)
     assert config == HierarchicalVAEConfig.preset("cifar10", top_prior_std=1.01)
     with pytest.raises(ValueError, match="num_mixture_dec"):
-        HierarchicalVAEConfig.from_nvae_args(SimpleNamespace(**{**vars(args), "num_mixture_dec": 10}))
+        HierarchicalVAEConfig.from_nvae_args(
+            SimpleNamespace(**{**vars(args), "num_mixture_dec": 10}))
     with pytest.raises(ValueError, match="res_mbconv"):
-        HierarchicalVAEConfig.from_nvae_args(SimpleNamespace(**{**vars(args), "arch_instance": "res_elu"}))
+        HierarchicalVAEConfig.from_nvae_args(
+            SimpleNamespace(**{**vars(args), "arch_instance": "res_elu"}))
     celeba = HierarchicalVAEConfig.from_nvae_args(
         SimpleNamespace(**{**vars(args), "dataset": "celeba_64", "num_latent_scales": 3,
                            "num_groups_per_scale": 5, "num_channels_enc": 48,

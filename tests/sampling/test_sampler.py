@@ -357,8 +357,8 @@ def test_eps_potential_adds_the_prior_term():
         8, seed=0, return_chain=True)
     prior = 0.5 * flat(r.states).pow(2).sum(1)
     assert torch.allclose(r.potentials[-1] - r.energies[-1], prior, atol=1e-5)
-    assert torch.allclose(r.energies[-1], energy(vae.decode_eps(r.states[:2], r.states[2])).detach(),
-                          atol=1e-5)
+    decoded = vae.decode_eps(r.states[:2], r.states[2])
+    assert torch.allclose(r.energies[-1], energy(decoded).detach(), atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -370,10 +370,14 @@ def test_diverging_loss_raises_and_keeps_the_last_checkpoint(tmp_path, stage):
     vae = tiny_vae()
     if stage == "vae":
         model, cfg = tiny_vae(seed=3), vae_cfg(steps=12, checkpoint_every=5)
-        run = lambda data: train_vae(model, data, cfg, checkpoint_path=str(path))  # noqa: E731
+
+        def run(data):
+            return train_vae(model, data, cfg, checkpoint_path=str(path))
     else:
         model, cfg = tiny_energy(), ebm_cfg(steps=12, checkpoint_every=5)
-        run = lambda data: train_ebm(model, vae, data, cfg, checkpoint_path=str(path))  # noqa: E731
+
+        def run(data):
+            return train_ebm(model, vae, data, cfg, checkpoint_path=str(path))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 7.*untouched"):
         run(nan_at(toy_batches(32), 7))
     assert isinstance(TrainingDiverged("x"), FloatingPointError)

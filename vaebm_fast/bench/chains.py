@@ -74,7 +74,8 @@ FULL = {"toy_batch": 5000, "cifar_batches": (32, 64), "cifar_channels": 128,
         "cifar_ebm_channels": 128, "cifar_groups": 30, "igebm_batch": 64, "igebm_channels": 32,
         "replay_capacity": 10_000, "n_steps": N_STEPS,
         "repeats_toy": 7, "repeats_igebm": 3, "repeats_cifar": 1, "compile_setups": ".*",
-        "warmup_cifar": 0}  # a CIFAR-scale step / chain takes minutes on a CPU: one call, no warm-up
+        # a CIFAR-scale step / chain takes minutes on a CPU: one call, no warm-up
+        "warmup_cifar": 0}
 QUICK = {"toy_batch": 64, "cifar_batches": (2,), "cifar_channels": 8, "cifar_ebm_channels": 8,
          "cifar_groups": 3, "igebm_batch": 4, "igebm_channels": 4, "replay_capacity": 64,
          "n_steps": N_STEPS, "repeats_toy": 3, "repeats_igebm": 2, "repeats_cifar": 2,
@@ -598,7 +599,7 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
                           f"within --compile-timeout {compile_timeout:g} s ({e})")
         torch._dynamo.reset()
         return None, cache["error"]
-    except Exception as e:  # noqa: BLE001 -- any compile failure is reported, not raised
+    except Exception as e:  # any compile failure is reported, not raised
         cache["error"] = f"torch.compile({compile_backend}) failed: {_first_line(e)}"
         torch._dynamo.reset()
         return None, cache["error"]
@@ -712,7 +713,7 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
                     sampler.prepared_models()
             variants.append(Variant(name, probe.wrap(name, fn),
                                     note=f"FastSampler(..., graphs={graphs}).sample(B, seed=0)"))
-        except Exception as e:  # noqa: BLE001 -- a model it cannot run is reported, not raised
+        except Exception as e:  # a model it cannot run is reported, not raised
             skipped[name] = f"FastSampler could not run here: {_first_line(e)}"
     fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_backend)
     if fn is None:
@@ -890,7 +891,8 @@ def run(args, argv=None) -> Dict[str, Path]:
     timing = dict(TIMING_QUICK if args.quick else TIMING_FULL)
     compile_timeout = (args.compile_timeout if args.compile_timeout is not None
                        else 0.0 if args.quick else COMPILE_TIMEOUT_S)
-    name = args.name or f"chains_{torch.device(args.device).type}" + ("_quick" if args.quick else "")
+    name = args.name or (f"chains_{torch.device(args.device).type}"
+                         + ("_quick" if args.quick else ""))
     machine = machine_info(args.device)
     results = []
     started = time.perf_counter()

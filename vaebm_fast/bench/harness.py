@@ -32,7 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 __all__ = ["Variant", "Case", "run_case", "write_report", "render_markdown",
-           "report_header", "add_run_arguments", "save_chart", "describe_machine", "CEILING", "RESULTS"]
+           "report_header", "add_run_arguments", "save_chart", "describe_machine", "CEILING",
+           "RESULTS"]
 
 CEILING = "copy_ (ceiling)"
 _ROOT = Path(__file__).resolve().parents[2]

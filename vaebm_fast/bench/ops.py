@@ -282,20 +282,29 @@ def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
     if key == "ebm_block_tail":
         inputs = (randn(*shape), randn(*shape))
         out_grad = randn(B, C, H // 2, W // 2, grad=False)
-        call = lambda backend: ebm_block_tail(*inputs, downsample=True, backend=backend)
+
+        def call(backend):
+            return ebm_block_tail(*inputs, downsample=True, backend=backend)
+
         bytes_fused = (2 + 2 / 4 + 2 / 4 + 1) * 4  # fwd: h, skip -> out, pre (1/4 size); bwd:
         # grad, pre (1/4 size) -> d
         what = "lip_swish(avg_pool2d(h + skip, 2))"
     elif key == "nvae_cell_tail":
         inputs = (randn(*shape), randn(*shape), randn(B, C).sigmoid().detach().requires_grad_())
         out_grad = randn(*shape, grad=False)
-        call = lambda backend: nvae_cell_tail(*inputs, scale=0.1, backend=backend)
+
+        def call(backend):
+            return nvae_cell_tail(*inputs, scale=0.1, backend=backend)
+
         bytes_fused = (3 + 3) * 4  # fwd: skip, h -> out; bwd: grad, h -> dh (dskip = grad)
         what = "skip + 0.1 * h * gate[:, :, None, None]"
     elif key == "affine_swish":
         inputs = (randn(*shape), randn(C), randn(C))
         out_grad = randn(*shape, grad=False)
-        call = lambda backend: affine_swish(*inputs, backend=backend)
+
+        def call(backend):
+            return affine_swish(*inputs, backend=backend)
+
         bytes_fused = (2 + 3) * 4  # fwd: x -> out; bwd: grad, x -> dx (+ per-channel sums)
         what = "swish(x * scale[c] + shift[c]) (BatchNorm folded, eval mode)"
     else:

@@ -51,7 +51,8 @@ class MLPVAE(nn.Module):
         self.data_shape = (data_dim,)
 
     # -- generator contract (docs/interfaces.md) -------------------------------------------
-    def decode_eps(self, eps_z: list[torch.Tensor], eps_x: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_eps(self, eps_z: list[torch.Tensor],
+                   eps_x: torch.Tensor | None = None) -> torch.Tensor:
         """eps_z: [eps [B, latent_dim]]; eps_x: [B, data_dim] or None -> x [B, data_dim].
 
         eps_x=None returns the decoder mean mu_x(z)."""
@@ -79,9 +80,11 @@ class MLPVAE(nn.Module):
         return {}
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = True) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               mean: bool = True) -> torch.Tensor:
         """Ancestral samples [n, data_dim]: the decoder mean by default (as VAEBM reports)."""
         device = self.decoder_log_std.device
         eps_z = torch.randn(n, *self.latent_shapes[0], generator=generator, device=device)
-        eps_x = None if mean else torch.randn(n, *self.data_shape, generator=generator, device=device)
+        eps_x = None if mean else torch.randn(n, *self.data_shape, generator=generator,
+                                              device=device)
         return self.decode_eps([eps_z], eps_x)

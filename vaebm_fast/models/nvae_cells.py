@@ -115,7 +115,8 @@ class FactorizedReduce(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         if c_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of output channels (got {c_out})")
+            raise ValueError(f"FactorizedReduce needs an even number of output channels "
+                             f"(got {c_out})")
         quarter = c_out // 4
         self.conv_1 = WNConv2d(c_in, quarter, 1, stride=2, bias=True)
         self.conv_2 = WNConv2d(c_in, quarter, 1, stride=2, bias=True)

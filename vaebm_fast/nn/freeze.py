@@ -244,8 +244,11 @@ def _fold_into_input(bn, conv: nn.Conv2d) -> None:
     w = conv.weight.double()  # [C_out, C_in / g, kh, kw]
     c_out, c_in_g = w.shape[:2]
     g = conv.groups
+
     # Input channel of weight entry [o, j]: (o // (C_out / g)) * (C_in / g) + j.
-    per_in = lambda v: v.view(g, 1, c_in_g).expand(g, c_out // g, c_in_g).reshape(c_out, c_in_g)
+    def per_in(v):
+        return v.view(g, 1, c_in_g).expand(g, c_out // g, c_in_g).reshape(c_out, c_in_g)
+
     s, t = per_in(scale), per_in(shift)
     b = torch.zeros(c_out, dtype=torch.float64, device=w.device) if conv.bias is None \
         else conv.bias.double()

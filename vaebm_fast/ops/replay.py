@@ -24,9 +24,9 @@ unspecified; the wrapper raises ``ValueError`` instead.
 ``*_reference`` are the specifications (plain PyTorch, any device; the gather reference
 materialises the noise of all ``B`` rows). The wrappers validate with clear messages (shapes,
 dtypes, devices, index range — the range and uniqueness checks read ``index``, which
-synchronises with a GPU, and are skipped while a CUDA graph is being captured) and dispatch to ``torch.ops.vaebm_fast.replay_gather`` /
-``replay_scatter_``, to the Triton kernels (``vaebm_fast.triton_kernels.replay``) or to the
-reference. Neither op is differentiable.
+synchronises with a GPU, and are skipped while a CUDA graph is being captured) and dispatch
+to ``torch.ops.vaebm_fast.replay_gather`` / ``replay_scatter_``, to the Triton kernels
+(``vaebm_fast.triton_kernels.replay``) or to the reference. Neither op is differentiable.
 """
 from __future__ import annotations
 

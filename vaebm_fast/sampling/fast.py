@@ -208,7 +208,7 @@ class FastSampler(LangevinSampler):
         memory_format = self.format_for(device)
         try:
             energy, generator = self.prepared_models(memory_format)
-        except Exception as exc:  # noqa: BLE001  (e.g. a module that cannot be deep-copied)
+        except Exception as exc:  # e.g. a module that cannot be deep-copied
             if self._prepare_failed is None:
                 self._prepare_failed = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"FastSampler: could not prepare the networks "
@@ -264,7 +264,7 @@ class FastSampler(LangevinSampler):
                     with torch.cuda.device(states[0].device):  # capture on that device
                         chain = GraphedChain(self, energy, generator, states)
                         chain.capture()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     reason = f"capture failed: {type(exc).__name__}: {exc}"
             if reason is not None:
                 self._graph_failures[key] = reason

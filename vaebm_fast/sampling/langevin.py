@@ -158,7 +158,8 @@ class LangevinSampler:
         if space not in SPACES:
             raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
         if not callable(energy):
-            raise TypeError(f"energy must be callable [B, ...] -> [B] (got {type(energy).__name__})")
+            raise TypeError(f"energy must be callable [B, ...] -> [B] "
+                            f"(got {type(energy).__name__})")
         if space != "data":
             missing = _missing_generator_members(generator)
             if generator is None or missing:
@@ -172,8 +173,8 @@ class LangevinSampler:
         if not (isinstance(n_steps, int) and n_steps >= 0):
             raise ValueError(f"n_steps must be a non-negative int (got {n_steps!r})")
         if clamp is not None and not (len(clamp) == 2 and (None in clamp or clamp[0] < clamp[1])):
-            raise ValueError(f"clamp must be a (low, high) pair with low < high, either side may be "
-                             f"None (got {clamp!r})")
+            raise ValueError(f"clamp must be a (low, high) pair with low < high, either side may "
+                             f"be None (got {clamp!r})")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
         if output not in ("mean", "sample"):
@@ -184,7 +185,8 @@ class LangevinSampler:
         self.step_size, self.n_steps = float(step_size), n_steps
         self.noise_scale = noise_scale
         self.grad_clip = grad_clip
-        self.clamp = None if clamp is None else tuple(None if c is None else float(c) for c in clamp)
+        self.clamp = (None if clamp is None
+                      else tuple(None if c is None else float(c) for c in clamp))
         self.data_shape = None if data_shape is None else tuple(data_shape)
         self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
         self.output, self.backend = output, backend
@@ -203,7 +205,8 @@ class LangevinSampler:
             shapes.append(tuple(self.generator.data_shape))
         return shapes
 
-    def decode(self, states: list[torch.Tensor], mean: bool = False, generator=None) -> torch.Tensor:
+    def decode(self, states: list[torch.Tensor], mean: bool = False,
+               generator=None) -> torch.Tensor:
         """Chain state -> data-space x. mean=True uses the decoder mean (final images).
         ``generator`` overrides ``self.generator`` (FastSampler passes its prepared copy)."""
         if self.space == "data":
@@ -214,7 +217,8 @@ class LangevinSampler:
             return generator.decode_eps(list(states[:n_latent]), None)
         return generator.decode_eps(list(states[:-1]), states[-1])
 
-    def potential(self, states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def potential(self, states: list[torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U [B], E [B], x) at the given states, x the decoded sample the energy saw; the prior
         term is 1/2 ||eps||^2 in eps/latent."""
         x = self.decode(states)
@@ -237,14 +241,15 @@ class LangevinSampler:
                 if not x0.is_floating_point():
                     raise TypeError(f"x0 must be a floating tensor (got {x0.dtype})")
                 return [x0.detach().clone()], offset
-            raise TypeError(f"space={self.space!r} starts from a count of chains: pass an int n, or "
-                            "a list of initial eps tensors (one per state group)")
+            raise TypeError(f"space={self.space!r} starts from a count of chains: pass an int n, "
+                            "or a list of initial eps tensors (one per state group)")
         if isinstance(x0_or_n, (list, tuple)):
             states = [t.detach().clone() for t in x0_or_n]
             expected = self.state_shapes()
             got = [tuple(t.shape[1:]) for t in states]
             if got != expected:
-                raise ValueError(f"initial states must have per-sample shapes {expected} (got {got})")
+                raise ValueError(f"initial states must have per-sample shapes {expected} "
+                                 f"(got {got})")
             if len({t.shape[0] for t in states}) > 1:
                 raise ValueError("initial states must all hold the same number of chains "
                                  f"(got batch sizes {[t.shape[0] for t in states]})")
@@ -257,7 +262,8 @@ class LangevinSampler:
             n_buffered = len(self.replay_buffer.shapes)
             buffered, n_reused, offset = self.replay_buffer.initial_states(
                 n, self.reuse_prob, seed=seed, offset=offset)
-            buffered = [torch.cat([b[:n_reused], self._start_from_noise(b[n_reused:])]) for b in buffered]
+            buffered = [torch.cat([b[:n_reused], self._start_from_noise(b[n_reused:])])
+                        for b in buffered]
             rest = []
             for shape in shapes[n_buffered:]:
                 rest.append(self._fresh(n, shape, seed, offset, device, dtype))
@@ -272,7 +278,8 @@ class LangevinSampler:
 
     def _fresh(self, n, shape, seed, offset, device, dtype) -> torch.Tensor:
         numel = n * math.prod(shape)
-        noise = philox_normal(numel, seed=seed, offset=offset, device=device, dtype=dtype).view(n, *shape)
+        noise = philox_normal(numel, seed=seed, offset=offset, device=device,
+                              dtype=dtype).view(n, *shape)
         return self._start_from_noise(noise)
 
     def _start_from_noise(self, noise: torch.Tensor) -> torch.Tensor:

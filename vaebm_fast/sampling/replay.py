@@ -39,7 +39,8 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer capacity must be positive (got {capacity})")
         self.capacity = int(capacity)
         self.shapes = [tuple(s) for s in shapes]
-        self.storage = [torch.zeros(self.capacity, *s, device=device, dtype=dtype) for s in self.shapes]
+        self.storage = [torch.zeros(self.capacity, *s, device=device, dtype=dtype)
+                        for s in self.shapes]
         self.size = 0  # chains stored so far (<= capacity)
         self.head = 0  # next slot to write
 

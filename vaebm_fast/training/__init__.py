@@ -3,5 +3,5 @@ from .ebm import EBMTrainConfig, clip_grad_by_adam_moment_, train_ebm
 from .loop import TrainingDiverged, run_training
 from .vae import VAETrainConfig, train_vae
 
-__all__ = ["VAETrainConfig", "train_vae", "EBMTrainConfig", "train_ebm", "clip_grad_by_adam_moment_",
-           "run_training", "TrainingDiverged"]
+__all__ = ["VAETrainConfig", "train_vae", "EBMTrainConfig", "train_ebm",
+           "clip_grad_by_adam_moment_", "run_training", "TrainingDiverged"]

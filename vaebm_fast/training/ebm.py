@@ -50,7 +50,8 @@ class EBMTrainConfig:
     checkpoint_every: int = 200
 
 
-def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, floor: float = 0.1) -> None:
+def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0,
+                              floor: float = 0.1) -> None:
     """IGEBM's clip: each gradient element to +-(n_std * sqrt(v_hat) + floor).
 
     v_hat is Adam's bias-corrected second moment; no clip before Adam has state."""
@@ -66,7 +67,8 @@ def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0, f
 
 
 def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None = None,
-                 clamp=None, data_shape=None, replay: ReplayBuffer | None = None) -> LangevinSampler:
+                 clamp=None, data_shape=None,
+                 replay: ReplayBuffer | None = None) -> LangevinSampler:
     """The negative-phase sampler: a FastSampler (prepared snapshots of the energy, re-made
     after every optimizer step, and of the frozen generator, made once; CUDA graphs on a GPU)
     or, with ``cfg.sampler == "eager"``, the reference LangevinSampler. Same chains either way
@@ -77,7 +79,8 @@ def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None 
     # output="sample": the negatives are draws x = T(eps_z, eps_x) of h, which the chain's last
     # potential has already decoded; the decoder mean would cost another decoder pass.
     return cls(
-        energy, generator if cfg.space != "data" else None, space=cfg.space, step_size=cfg.step_size,
+        energy, generator if cfg.space != "data" else None, space=cfg.space,
+        step_size=cfg.step_size,
         n_steps=cfg.langevin_steps if n_steps is None else n_steps, noise_scale=cfg.noise_scale,
         grad_clip=cfg.grad_clip, clamp=clamp, data_shape=data_shape, replay_buffer=replay,
         output="sample")
@@ -102,7 +105,8 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         shapes = ([tuple(generator.latent_shapes[i]) for i in range(len(generator.latent_shapes))]
                   if cfg.space != "data" else [tuple(data_shape)])
         replay = ReplayBuffer(cfg.replay_capacity, shapes, device=device)
-    sampler = make_sampler(energy, generator, cfg, clamp=clamp, data_shape=data_shape, replay=replay)
+    sampler = make_sampler(energy, generator, cfg, clamp=clamp, data_shape=data_shape,
+                           replay=replay)
     spectral = getattr(energy, "spectral_norm_loss", None)
     chain = {"offset": 0}
 
@@ -115,8 +119,8 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
             x_pos = x_pos + cfg.data_noise * torch.randn_like(x_pos)
         if replay is not None:
             sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
-        result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"], return_chain=True,
-                                device=device, check_finite=True)
+        result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"],
+                                return_chain=True, device=device, check_finite=True)
         chain["offset"] = result.next_offset
         e_pos, e_neg = energy(x_pos), energy(result.x)
         loss = e_pos.mean() - e_neg.mean()
@@ -136,9 +140,11 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         return out
 
     def state_fn() -> dict:
-        return {"kind": "ebm", "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
+        return {"kind": "ebm",
+                "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
                 "model": energy.state_dict(), "optimizer": optimizer.state_dict(),
-                "replay": None if replay is None else replay.state_dict(), "chain_offset": chain["offset"]}
+                "replay": None if replay is None else replay.state_dict(),
+                "chain_offset": chain["offset"]}
 
     def load_fn(state: dict) -> None:
         energy.load_state_dict(state["model"])

@@ -22,8 +22,9 @@ class TrainingDiverged(FloatingPointError):
     """A loss became NaN/Inf; the last good checkpoint is kept on disk."""
 
 
-def run_training(*, total_steps: int, step_fn: Callable[[int], dict], state_fn: Callable[[], dict],
-                 load_fn: Callable[[dict], None], checkpoint_path: str | None, checkpoint_every: int,
+def run_training(*, total_steps: int, step_fn: Callable[[int], dict],
+                 state_fn: Callable[[], dict], load_fn: Callable[[dict], None],
+                 checkpoint_path: str | None, checkpoint_every: int,
                  resume: bool = True, desc: str = "train", log_every: int = 50,
                  log: Callable[[str], None] | None = None) -> dict:
     """Run ``step_fn`` from the resumed step to ``total_steps``; returns the last metrics."""
@@ -38,7 +39,8 @@ def run_training(*, total_steps: int, step_fn: Callable[[int], dict], state_fn: 
 
     def save(step: int) -> None:
         if checkpoint_path:
-            save_checkpoint(checkpoint_path, {**state_fn(), "step": step, "rng": capture_rng_state()})
+            save_checkpoint(checkpoint_path,
+                            {**state_fn(), "step": step, "rng": capture_rng_state()})
 
     metrics: dict = {}
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps,

@@ -41,8 +41,8 @@ def make_optimizer(name: str, params, lr: float, **kw) -> torch.optim.Optimizer:
 
 
 def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig, *,
-              checkpoint_path: str | None = None, resume: bool = True, extra_state: dict | None = None,
-              log=None) -> dict:
+              checkpoint_path: str | None = None, resume: bool = True,
+              extra_state: dict | None = None, log=None) -> dict:
     """Train ``vae`` (docs/interfaces.md: ``elbo_terms``, ``regularization_terms``) in place.
 
     data: an endless iterator of batches [B, *data_shape]. The checkpoint holds
@@ -50,8 +50,10 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
     'scheduler', 'step', 'rng'}``. Returns the last step's metrics.
     """
     vae.train()
-    optimizer = make_optimizer(cfg.optimizer, vae.parameters(), cfg.lr, eps=1e-3 if cfg.optimizer == "adamax" else 1e-8)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg.steps, 1), eta_min=cfg.min_lr)
+    optimizer = make_optimizer(cfg.optimizer, vae.parameters(), cfg.lr,
+                               eps=1e-3 if cfg.optimizer == "adamax" else 1e-8)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg.steps, 1),
+                                                           eta_min=cfg.min_lr)
     warmup_steps = max(1, int(cfg.kl_warmup_fraction * cfg.steps))
     device = next(vae.parameters()).device
 
@@ -73,7 +75,8 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
                 "beta": beta}
 
     def state_fn() -> dict:
-        return {"kind": "vae", "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
+        return {"kind": "vae",
+                "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
                 "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict()}
 
@@ -83,7 +86,8 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
         scheduler.load_state_dict(state["scheduler"])
         scheduler.T_max = max(cfg.steps, 1)  # resuming with more --steps stretches the cosine
 
-    metrics = run_training(total_steps=cfg.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
+    metrics = run_training(total_steps=cfg.steps, step_fn=step_fn, state_fn=state_fn,
+                           load_fn=load_fn,
                            checkpoint_path=checkpoint_path, checkpoint_every=cfg.checkpoint_every,
                            resume=resume, desc="stage 1: VAE", log=log)
     vae.eval()

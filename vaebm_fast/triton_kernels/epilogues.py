@@ -102,7 +102,8 @@ def _ebm_bwd_kernel(g_ptr, p_ptr, d_ptr, n, C, H, W,
 
 @triton.jit(do_not_specialize=["scale_lo", "scale_hi"])
 def _cell_fwd_kernel(s_ptr, h_ptr, gate_ptr, out_ptr, n, C, H, W,
-                     ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1, scale_lo: tl.int32, scale_hi: tl.int32,
+                     ss0, ss1, ss2, ss3, hs0, hs1, hs2, hs3, gs0, gs1,
+                     scale_lo: tl.int32, scale_hi: tl.int32,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     scale = from_f64_bits(scale_lo, scale_hi).to(ACC)
     offs, b, c, y, x = _block_nchw(C, H, W, BLOCK)

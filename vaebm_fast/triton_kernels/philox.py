@@ -50,7 +50,7 @@ __all__ = ["philox4x32_10", "philox_key", "split_counter", "philox_call", "unifo
 _LIBDEVICE = tl.constexpr(not _triton.interpret_mode())
 _INTERPRETER = tl.constexpr(_triton.interpret_mode())
 if not _triton.interpret_mode():
-    from triton.language.extra import libdevice  # noqa: F401  (used under _LIBDEVICE)
+    from triton.language.extra import libdevice  # used under _LIBDEVICE
 
 _MUL0 = tl.constexpr(0xD2511F53)  # multiplier of word 0
 _MUL1 = tl.constexpr(0xCD9E8D57)  # multiplier of word 2
