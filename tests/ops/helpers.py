@@ -37,6 +37,36 @@ def misaligned(t: torch.Tensor) -> torch.Tensor:
 LAYOUTS = {"contiguous": lambda t: t, "strided": non_contiguous, "misaligned": misaligned}
 
 
+def spaced(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The same values with the slices along ``dim`` spaced apart: every other slice of a
+    buffer twice as long along ``dim``. Each slice keeps its contiguous layout, so this is the
+    layout of a row slice ``buffer[::2]``, which kernels addressing rows by a row stride take in
+    place."""
+    shape = list(t.shape)
+    shape[dim] *= 2
+    base = torch.zeros(shape, dtype=t.dtype, device=t.device)
+    view = base[(slice(None),) * (dim % t.dim()) + (slice(None, None, 2),)]
+    view.copy_(t)
+    return view
+
+
+def transposed(t: torch.Tensor) -> torch.Tensor:
+    """The same values stored with the first and last dims swapped (column-major for a
+    matrix): the elements of a slice along dim 0 lie apart, which sends kernels that copy
+    rows to their contiguous-copy paths."""
+    return t.transpose(0, -1).contiguous().transpose(0, -1)
+
+
+def storage_outside(t: torch.Tensor) -> torch.Tensor:
+    """The elements of ``t``'s storage that ``t`` does not cover (1-D, in storage order): take
+    them before and after an in-place op and compare with :func:`assert_same_bits` to check that
+    the op wrote nothing outside ``t``."""
+    full = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage())
+    outside = torch.ones(full.shape, dtype=torch.bool, device=t.device)
+    outside.as_strided(t.shape, t.stride(), t.storage_offset()).fill_(False)
+    return full[outside].clone()
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, msg: str = "") -> None:
     """``actual`` against ``expected`` (usually the float64 reference) within ``tol[dtype]``,
     compared on the CPU in float64; NaNs must sit at the same places."""
@@ -46,6 +76,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, msg: s
                                msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def assert_same_bits(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """``actual`` is a bit-for-bit copy of ``expected`` (same shape and dtype; NaN payloads and
+    the sign of zero included): for values an op only moves, never computes."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
+        f"{msg}: {actual.dtype} {tuple(actual.shape)} vs {expected.dtype} "
+        f"{tuple(expected.shape)}")
+    bits = _BITS[actual.element_size()]
+    a = actual.detach().cpu().contiguous().view(bits)
+    e = expected.detach().cpu().contiguous().view(bits)
+    if not torch.equal(a, e):
+        where = (a != e).nonzero()[:5].tolist()
+        raise AssertionError(f"{msg}: {int((a != e).sum())} of {a.numel()} elements differ, "
+                             f"first at {where}")
+
+
 # ------------------------------------------------------------------------------ CUDA graphs
 
 def captured(fn, reset=lambda: None):
@@ -53,8 +101,8 @@ def captured(fn, reset=lambda: None):
     as PyTorch documents for graphs: warm up on a side stream, capture, replay. Returns the
     graph's outputs after one replay (from the reset state)."""
     stream = torch.cuda.Stream()
+    reset()  # before the side stream waits, so the warm-up sees the reset state
     stream.wait_stream(torch.cuda.current_stream())
-    reset()
     with torch.cuda.stream(stream):
         fn()
     torch.cuda.current_stream().wait_stream(stream)
@@ -70,10 +118,16 @@ def captured(fn, reset=lambda: None):
 
 
 def on_side_stream(fn):
-    """``fn()`` on a fresh CUDA stream, synchronised with the current one."""
+    """``fn()`` on a fresh CUDA stream, synchronised with the current one.
+
+    The stream is first held busy for a while (``torch.cuda._sleep``): inputs that ``fn`` makes
+    on it (clones, say) are written only after that, so an op that launched its kernel on some
+    other stream would read them unwritten and give a wrong result (an op that synchronises
+    the host with the stream first, e.g. to read index values, waits them out)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
+        torch.cuda._sleep(50_000_000)  # ~25 ms at 2 GHz, far longer than a kernel launch
         out = fn()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()

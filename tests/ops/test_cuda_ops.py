@@ -7,6 +7,8 @@ nvcc at build time). ``VAEBM_FAST_REQUIRE_NATIVE=1`` turns the second skip into 
 Covered: Philox words bit-exact; normals within 1e-5; every dtype (float16 / bfloat16 /
 float32 / float64); odd sizes; non-contiguous and misaligned (storage offset 1, the kernels'
 scalar paths) inputs; empty tensors; langevin_step_ with half_sq_norm; torch.library.opcheck.
+The replay and power-iteration ops are tested on every target, CUDA included, in
+test_replay.py and test_power_iteration.py.
 """
 import inspect
 import math
@@ -171,161 +173,6 @@ def test_swish_extremes(ops):
                       float("nan")], device="cuda")
     from vaebm_fast.ops import swish_reference
     torch.testing.assert_close(ops.swish_forward(x, 1.0), swish_reference(x), equal_nan=True)
-
-
-# ------------------------------------------------------------------------------------ replay
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("row_shape", [(3, 5), (4, 8), (1,), (2, 2)], ids=str)
-def test_replay_gather(ops, dtype, row_shape):
-    from vaebm_fast.ops import replay_gather_reference
-    N, B = 7, 9
-    buffer = randn((N, *row_shape), dtype, seed=3)
-    index = torch.tensor([6, 0, 2, 2, 5, 1, 3, 4, 0], device="cuda")
-    reinit = torch.tensor([False, True, False, False, True, True, False, False, True],
-                          device="cuda")
-    index[reinit] = 123456  # not read for reinit rows
-    P = math.prod(row_shape)
-    tol = dict(atol=NORMAL_ATOL, rtol=0) if dtype in (torch.float32, torch.float64) else TOL[dtype]
-    views = [("contiguous", buffer), ("row-strided", torch.stack([buffer, buffer], dim=1)[:, 0]),
-             ("misaligned", misaligned(buffer))]
-    if len(row_shape) == 2:
-        views.append(("transposed rows", buffer.transpose(1, 2).contiguous().transpose(1, 2)))
-    for offset in (0, 1, 2**33 + 3):
-        expected, end = replay_gather_reference(buffer, index.masked_fill(reinit, 0), reinit,
-                                                seed=11, offset=offset)
-        assert end == offset + B * P
-        for name, buf in views:
-            out = ops.replay_gather(buf, index, reinit, 11, offset)
-            assert out.is_contiguous() and out.shape == (B, *row_shape) and out.dtype == dtype
-            keep = ~reinit
-            assert torch.equal(out[keep], expected[keep]), name  # copies are bit-exact
-            torch.testing.assert_close(out[reinit].double(), expected[reinit].double(), **tol,
-                                       msg=lambda m: f"{name}, offset {offset}: {m}")
-    # Empty batch and empty rows.
-    assert ops.replay_gather(buffer, index[:0], reinit[:0], 1, 0).shape == (0, *row_shape)
-    empty_rows = torch.empty(N, 0, dtype=dtype, device="cuda")
-    assert ops.replay_gather(empty_rows, index, reinit, 1, 0).shape == (B, 0)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("row_shape", [(3, 5), (4, 8), (1,)], ids=str)
-def test_replay_scatter(ops, dtype, row_shape):
-    N = 11
-    index = torch.tensor([10, 0, 3, 7, 4], device="cuda")
-    values = randn((5, *row_shape), dtype, seed=4)
-    base = randn((N, *row_shape), dtype, seed=5)
-    expected = base.clone().index_copy_(0, index, values)
-    for vname, vals in layouts(values):
-        for bname in ("contiguous", "misaligned", "row-strided", "transposed"):
-            if bname == "contiguous":
-                buf = base.clone()
-            elif bname == "misaligned":
-                buf = misaligned(base)
-            elif bname == "row-strided":
-                buf = torch.stack([base, base], dim=1)[:, 0]
-            elif len(row_shape) == 2:
-                buf = base.transpose(1, 2).contiguous().transpose(1, 2)
-            else:
-                continue
-            ops.replay_scatter_(buf, index, vals)
-            assert torch.equal(buf, expected), (vname, bname)
-    buf = base.clone()
-    ops.replay_scatter_(buf, index[:0], values[:0])
-    assert torch.equal(buf, base)
-
-
-# ------------------------------------------------------------------------------------ power iteration
-
-def _unit_rows(shape, dtype, seed):
-    v = randn(shape, torch.float64, seed=seed)
-    return torch.nn.functional.normalize(v, dim=1).to(dtype)
-
-
-PI_TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10),
-          torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
-PI_SHAPES = [(3, 5, 7), (2, 64, 300), (1, 1, 1), (4, 33, 3), (2, 300, 20), (2, 0, 5), (0, 4, 4)]
-
-
-def _eager_power_iteration(W, u, v, n_iter, eps=1e-3):
-    from vaebm_fast.ops.power_iteration import _power_iteration_eager
-    return _power_iteration_eager(W, u, v, n_iter, eps)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", PI_SHAPES, ids=str)
-@pytest.mark.parametrize("n_iter", [0, 1, 5])
-def test_power_iteration(ops, dtype, shape, n_iter):
-    G, R, C = shape
-    W = randn(shape, torch.float64, seed=6).to(dtype)
-    u0, v0 = _unit_rows((G, R), dtype, 7), _unit_rows((G, C), dtype, 8)
-    # Reference in float64 from the same (rounded) inputs: the kernel computes in float32 or
-    # float64 and rounds u, v once per iteration, as the reference does in its dtype.
-    u_ref, v_ref = u0.double().clone(), v0.double().clone()
-    sigma_ref = _eager_power_iteration(W.double(), u_ref, v_ref, n_iter)
-    for name, (u, v) in (("contiguous", (u0.clone(), v0.clone())),
-                         ("transposed u/v", (non_contiguous(u0.clone()), non_contiguous(v0.clone())))):
-        sigma = ops.power_iteration_(W, u, v, n_iter, 1e-3)
-        assert sigma.shape == (G,) and sigma.dtype == dtype
-        tol = PI_TOL[dtype]
-        torch.testing.assert_close(sigma.double(), sigma_ref, **tol, msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(u.double(), u_ref, **tol, msg=lambda m: f"{name} u: {m}")
-        torch.testing.assert_close(v.double(), v_ref, **tol, msg=lambda m: f"{name} v: {m}")
-
-
-def test_power_iteration_converges(ops):
-    # A matrix with known singular values 3 > 2 > ... > 0.1: sigma -> 3.
-    q1, _ = torch.linalg.qr(randn((40, 40), torch.float64, seed=9))
-    q2, _ = torch.linalg.qr(randn((70, 40), torch.float64, seed=10))
-    s = torch.cat([torch.tensor([3.0], dtype=torch.float64, device="cuda"),
-                   torch.linspace(2.0, 0.1, 39, dtype=torch.float64, device="cuda")])
-    W = (q1 @ torch.diag(s) @ q2.t()).unsqueeze(0).float()
-    u, v = _unit_rows((1, 40), torch.float32, 11), _unit_rows((1, 70), torch.float32, 12)
-    sigma = ops.power_iteration_(W, u, v, 200, 1e-3)
-    assert abs(sigma.item() - 3.0) < 1e-4
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_spectral_norms_one_launch_many_groups(ops, dtype):
-    # 70 groups (> 64 per launch) of mixed shapes, some empty; the sigmas come back
-    # concatenated in group order, [G_1 + ... + G_K].
-    gen = torch.Generator().manual_seed(13)
-    shapes = [(int(g), int(r), int(c)) for g, r, c in
-              torch.randint(0, 5, (70, 3), generator=gen).add(torch.tensor([0, 1, 1])).tolist()]
-    Ws = [randn(s, dtype, seed=k) for k, s in enumerate(shapes)]
-    us = [_unit_rows(s[:2], dtype, 100 + k) for k, s in enumerate(shapes)]
-    vs = [_unit_rows((s[0], s[2]), dtype, 200 + k) for k, s in enumerate(shapes)]
-    refs = []
-    for W, u, v in zip(Ws, us, vs):
-        u_ref, v_ref = u.double().clone(), v.double().clone()
-        refs.append((_eager_power_iteration(W.double(), u_ref, v_ref, 3), u_ref, v_ref))
-    sigmas = ops.spectral_norms_(Ws, us, vs, 3, 1e-3)
-    assert sigmas.dtype == dtype and sigmas.shape == (sum(s[0] for s in shapes),)
-    tol = PI_TOL[dtype]
-    for k, (sigma, (s_ref, u_ref, v_ref)) in enumerate(
-            zip(sigmas.split([s[0] for s in shapes]), refs)):
-        torch.testing.assert_close(sigma.double(), s_ref, **tol, msg=lambda m: f"group {k}: {m}")
-        torch.testing.assert_close(us[k].double(), u_ref, **tol)
-        torch.testing.assert_close(vs[k].double(), v_ref, **tol)
-    # No groups at all: the public wrapper returns [] (the raw op, given only empty lists, has
-    # no tensor to dispatch on).
-    from vaebm_fast.ops import spectral_norms
-    assert spectral_norms([], [], [], 3) == []
-    other = torch.float64 if dtype == torch.float32 else torch.float32
-    with pytest.raises(RuntimeError, match="one dtype"):
-        ops.spectral_norms_([Ws[0], Ws[1].to(other)], [us[0], us[1].to(other)],
-                            [vs[0], vs[1].to(other)], 1, 1e-3)
-
-
-def test_power_iteration_too_large_for_shared_memory_falls_back(ops):
-    # R + C = 70001 float32 accumulators exceed every GPU's shared memory: ATen fallback.
-    W = randn((1, 1, 70000), torch.float32, seed=14)
-    u, v = torch.ones(1, 1, device="cuda"), _unit_rows((1, 70000), torch.float32, 15)
-    u_ref, v_ref = u.double().clone(), v.double().clone()
-    s_ref = _eager_power_iteration(W.double(), u_ref, v_ref, 2)
-    sigma = ops.power_iteration_(W, u, v, 2, 1e-3)
-    torch.testing.assert_close(sigma.double(), s_ref, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ epilogues
@@ -531,27 +378,12 @@ def test_langevin_half_sq_norm_edge_cases(ops):
 
 # ------------------------------------------------------------------------------------ opcheck
 
-def test_opcheck_rng_swish_replay(ops):
+def test_opcheck_rng_swish(ops):
     opcheck(ops.philox4x32.default, (5, torch.arange(7, device="cuda")))
     opcheck(ops.philox_normal_.default, (torch.empty(9, device="cuda"), 3, 2))
     x = randn((3, 5), torch.float32, seed=1).requires_grad_()
     opcheck(ops.swish_forward.default, (x, 1.0))
     opcheck(ops.swish_backward.default, (randn((3, 5), seed=2), x.detach(), 1 / 1.1))
-    buffer = randn((6, 2, 3), torch.float32, seed=3)
-    index = torch.tensor([5, 0, 2], device="cuda")
-    reinit = torch.tensor([False, True, False], device="cuda")
-    opcheck(ops.replay_gather.default, (buffer, index, reinit, 3, 5))
-    opcheck(ops.replay_scatter_.default, (buffer.clone(), index, randn((3, 2, 3), seed=4)))
-
-
-def test_opcheck_power_iteration(ops):
-    W = randn((2, 5, 7), torch.float32, seed=5)
-    u, v = _unit_rows((2, 5), torch.float32, 6), _unit_rows((2, 7), torch.float32, 7)
-    opcheck(ops.power_iteration_.default, (W, u, v, 2, 1e-3))
-    W2 = randn((3, 4, 4), torch.float32, seed=8)
-    opcheck(ops.spectral_norms_.default,
-            ([W, W2], [u, _unit_rows((3, 4), torch.float32, 9)],
-             [v, _unit_rows((3, 4), torch.float32, 10)], 2, 1e-3))
 
 
 def test_opcheck_epilogues(ops):
