@@ -140,39 +140,6 @@ def test_philox_normal_large_matches_cpu_kernel(ops):
     assert abs(gpu.mean().item()) < 5e-3 and abs(gpu.std().item() - 1) < 5e-3
 
 
-# ------------------------------------------------------------------------------------ Swish
-
-SWISH_SHAPES = [(1031,), (3, 5, 7), (2, 64), (0, 4), (1,)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SWISH_SHAPES, ids=str)
-def test_swish(ops, dtype, shape):
-    from vaebm_fast.ops import swish_backward_reference, swish_reference
-    x64 = randn(shape, torch.float64, seed=1, scale=4.0)
-    g64 = randn(shape, torch.float64, seed=2)
-    x, g = x64.to(dtype), g64.to(dtype)
-    for scale in (1.0, 1 / 1.1):
-        y_ref = swish_reference(x.double(), scale).to(dtype)
-        dx_ref = swish_backward_reference(g.double(), x.double(), scale).to(dtype)
-        for name, xl in layouts(x):
-            y = ops.swish_forward(xl, scale)
-            assert y.is_contiguous() and y.dtype == dtype and y.shape == x.shape
-            torch.testing.assert_close(y, y_ref, **TOL[dtype], msg=lambda m: f"{name}: {m}")
-            for gname, gl in layouts(g):
-                dx = ops.swish_backward(gl, xl, scale)
-                assert dx.is_contiguous() and dx.shape == x.shape
-                torch.testing.assert_close(dx, dx_ref, **TOL[dtype],
-                                           msg=lambda m: f"x {name}, grad {gname}: {m}")
-
-
-def test_swish_extremes(ops):
-    x = torch.tensor([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4, float("inf"), float("-inf"),
-                      float("nan")], device="cuda")
-    from vaebm_fast.ops import swish_reference
-    torch.testing.assert_close(ops.swish_forward(x, 1.0), swish_reference(x), equal_nan=True)
-
-
 # ------------------------------------------------------------------------------------ replay
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -328,136 +295,6 @@ def test_power_iteration_too_large_for_shared_memory_falls_back(ops):
     torch.testing.assert_close(v.double(), v_ref, atol=1e-5, rtol=1e-5)
 
 
-# ------------------------------------------------------------------------------------ epilogues
-
-def _epilogues():
-    return pytest.importorskip("vaebm_fast.ops.epilogues",
-                               reason="vaebm_fast.ops.epilogues (the eager references) is missing")
-
-
-def _grads_of(fn, inputs, grad_outputs):
-    """Gradients of fn(*inputs) (float64 copies) w.r.t. the inputs, by autograd."""
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    outs = fn(*leaves)
-    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-    pairs = [(o, g.double()) for o, g in zip(outs, grad_outputs) if g is not None]
-    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
-                               allow_unused=True)
-
-
-EBM_SHAPES = [((2, 3, 6, 10), True), ((2, 3, 6, 10), False), ((3, 5, 7, 9), False),
-              ((1, 1, 2, 2), True), ((2, 4, 8, 16), True), ((0, 3, 4, 4), True),
-              ((0, 3, 4, 4), False)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, downsample", EBM_SHAPES, ids=str)
-def test_ebm_block_tail(ops, dtype, shape, downsample):
-    epi = _epilogues()
-    h, skip = randn(shape, dtype, seed=16, scale=2.0), randn(shape, dtype, seed=17)
-    out_ref, pre_ref = epi.ebm_block_tail_reference(h.double(), skip.double(), downsample)
-    for hname, hl in layouts(h) + [("channels_last", h.contiguous(memory_format=torch.channels_last))]:
-        out, pre = ops.ebm_block_tail(hl, non_contiguous(skip), downsample)
-        assert out.is_contiguous() and pre.is_contiguous() and out.dtype == dtype
-        assert out.shape == pre.shape == pre_ref.shape
-        torch.testing.assert_close(pre, pre_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{hname}: {m}")
-        torch.testing.assert_close(out, out_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{hname}: {m}")
-    # Backward at the kernel's pre; reference: autograd through the eager forward in float64
-    # (d h; d skip is the same), computed at float64 h + skip of the rounded inputs.
-    grad = randn(pre_ref.shape, dtype, seed=18)
-    (dh_ref,) = _grads_of(lambda a: epi.ebm_block_tail_reference(a, skip.double(), downsample)[0],
-                          [h], [grad])
-    pre_k = pre_ref.to(dtype)
-    for name, gl in layouts(grad):
-        d = ops.ebm_block_tail_backward(gl, pre_k, downsample)
-        assert d.shape == h.shape and d.is_contiguous()
-        # The kernel differentiates at the rounded pre; compare against the reference formula
-        # at that pre (exact in float64) and against autograd for float32 / float64.
-        d_formula = epi.ebm_block_tail_backward_reference(grad.double(), pre_k.double(), downsample)
-        torch.testing.assert_close(d, d_formula.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
-        if dtype in (torch.float32, torch.float64) and dh_ref is not None:
-            torch.testing.assert_close(d.double(), dh_ref, atol=1e-5, rtol=1e-5)
-
-
-NVAE_SHAPES = [(2, 3, 5, 7), (2, 4, 8, 8), (1, 1, 1, 1), (3, 2, 16, 16), (0, 3, 4, 4)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", NVAE_SHAPES, ids=str)
-def test_nvae_cell_tail(ops, dtype, shape):
-    epi = _epilogues()
-    skip, h = randn(shape, dtype, seed=19), randn(shape, dtype, seed=20)
-    gate = torch.sigmoid(randn(shape[:2], torch.float64, seed=21)).to(dtype)
-    scale = 0.1
-    ref = epi.nvae_cell_tail_reference(skip.double(), h.double(), gate.double(), scale)
-    for name, hl in layouts(h):
-        out = ops.nvae_cell_tail(non_contiguous(skip), hl, gate, scale)
-        assert out.is_contiguous() and out.shape == h.shape and out.dtype == dtype
-        torch.testing.assert_close(out, ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
-    grad = randn(shape, dtype, seed=22)
-    _, dh_ref, dgate_ref = _grads_of(lambda s, a, g: epi.nvae_cell_tail_reference(s, a, g, scale),
-                                     [skip, h, gate], [grad])
-    for name, gl in layouts(grad):
-        for hname, hl in layouts(h):
-            dh, dgate = ops.nvae_cell_tail_backward(gl, hl, non_contiguous(gate), scale)
-            assert dh.shape == h.shape and dgate.shape == gate.shape and dgate.dtype == dtype
-            torch.testing.assert_close(dh, dh_ref.to(dtype), **TOL[dtype],
-                                       msg=lambda m: f"grad {name}, h {hname}: {m}")
-            # dgate sums H*W products: tolerance grows with the sum's length.
-            tol = dict(TOL[dtype])
-            tol["atol"] *= max(1.0, math.sqrt(shape[2] * shape[3]))
-            torch.testing.assert_close(dgate, dgate_ref.to(dtype), **tol,
-                                       msg=lambda m: f"dgate, grad {name}, h {hname}: {m}")
-
-
-AFFINE_SHAPES = [(2, 3, 5, 7), (4, 6), (2, 8, 4, 4), (3, 2, 2, 3, 5), (0, 3, 4), (64, 4, 32, 32)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", AFFINE_SHAPES, ids=str)
-def test_affine_swish(ops, dtype, shape):
-    epi = _epilogues()
-    C = shape[1]
-    x = randn(shape, dtype, seed=23, scale=2.0)
-    scale = (1 + 0.3 * randn((C,), torch.float64, seed=24)).to(dtype)
-    shift = (0.5 * randn((C,), torch.float64, seed=25)).to(dtype)
-    ref = epi.affine_swish_reference(x.double(), scale.double(), shift.double())
-    xs = layouts(x)
-    if x.dim() == 4:
-        xs.append(("channels_last", x.contiguous(memory_format=torch.channels_last)))
-    for name, xl in xs:
-        out = ops.affine_swish(xl, scale, shift)
-        assert out.is_contiguous() and out.shape == x.shape and out.dtype == dtype
-        torch.testing.assert_close(out, ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
-    grad = randn(shape, dtype, seed=26)
-    dx_ref, dscale_ref, dshift_ref = epi.affine_swish_backward_reference(
-        grad.double(), x.double(), scale.double(), shift.double())
-    per_channel = max(1, x.numel() // max(C, 1))
-    sum_tol = dict(TOL[dtype])
-    sum_tol["atol"] *= max(1.0, math.sqrt(per_channel))
-    for name, xl in xs:
-        dx, dscale, dshift = ops.affine_swish_backward(non_contiguous(grad) if grad.dim() >= 2
-                                                       else grad, xl, scale, shift)
-        assert dx.shape == x.shape and dscale.shape == dshift.shape == (C,)
-        assert dscale.dtype == dshift.dtype == dtype
-        torch.testing.assert_close(dx, dx_ref.to(dtype), **TOL[dtype], msg=lambda m: f"{name}: {m}")
-        torch.testing.assert_close(dscale, dscale_ref.to(dtype), **sum_tol,
-                                   msg=lambda m: f"dscale {name}: {m}")
-        torch.testing.assert_close(dshift, dshift_ref.to(dtype), **sum_tol,
-                                   msg=lambda m: f"dshift {name}: {m}")
-
-
-def test_affine_swish_backward_deterministic(ops):
-    x = randn((16, 8, 32, 32), torch.float32, seed=27)
-    grad = randn(x.shape, torch.float32, seed=28)
-    scale, shift = torch.ones(8, device="cuda"), torch.zeros(8, device="cuda")
-    first = ops.affine_swish_backward(grad, x, scale, shift)
-    for _ in range(3):
-        again = ops.affine_swish_backward(grad, x, scale, shift)
-        for a, b in zip(first, again):
-            assert torch.equal(a, b)
-
-
 # ------------------------------------------------------------------------------------ Langevin
 
 LANGEVIN_TOL = {torch.float32: dict(atol=2e-6, rtol=1e-6), torch.float64: dict(atol=2e-6, rtol=0),
@@ -531,12 +368,9 @@ def test_langevin_half_sq_norm_edge_cases(ops):
 
 # ------------------------------------------------------------------------------------ opcheck
 
-def test_opcheck_rng_swish_replay(ops):
+def test_opcheck_rng_replay(ops):
     opcheck(ops.philox4x32.default, (5, torch.arange(7, device="cuda")))
     opcheck(ops.philox_normal_.default, (torch.empty(9, device="cuda"), 3, 2))
-    x = randn((3, 5), torch.float32, seed=1).requires_grad_()
-    opcheck(ops.swish_forward.default, (x, 1.0))
-    opcheck(ops.swish_backward.default, (randn((3, 5), seed=2), x.detach(), 1 / 1.1))
     buffer = randn((6, 2, 3), torch.float32, seed=3)
     index = torch.tensor([5, 0, 2], device="cuda")
     reinit = torch.tensor([False, True, False], device="cuda")
@@ -552,25 +386,6 @@ def test_opcheck_power_iteration(ops):
     opcheck(ops.spectral_norms_.default,
             ([W, W2], [u, _unit_rows((3, 4), torch.float32, 9)],
              [v, _unit_rows((3, 4), torch.float32, 10)], 2, 1e-3))
-
-
-def test_opcheck_epilogues(ops):
-    _epilogues()  # registers the fakes and autograd of the epilogue ops
-    h = randn((2, 3, 4, 6), seed=11).requires_grad_()
-    skip = randn((2, 3, 4, 6), seed=12).requires_grad_()
-    opcheck(ops.ebm_block_tail.default, (h, skip, True))
-    opcheck(ops.ebm_block_tail.default, (h, skip, False))
-    opcheck(ops.ebm_block_tail_backward.default, (randn((2, 3, 2, 3), seed=13),
-                                                  randn((2, 3, 2, 3), seed=14), True))
-    gate = torch.rand(2, 3, device="cuda", requires_grad=True)
-    opcheck(ops.nvae_cell_tail.default, (skip, h, gate, 0.1))
-    opcheck(ops.nvae_cell_tail_backward.default, (randn((2, 3, 4, 6), seed=15), h.detach(),
-                                                  gate.detach(), 0.1))
-    scale = torch.rand(3, device="cuda", requires_grad=True)
-    shift = torch.rand(3, device="cuda", requires_grad=True)
-    opcheck(ops.affine_swish.default, (h, scale, shift))
-    opcheck(ops.affine_swish_backward.default, (randn((2, 3, 4, 6), seed=16), h.detach(),
-                                                scale.detach(), shift.detach()))
 
 
 def test_opcheck_langevin(ops):
