@@ -278,8 +278,9 @@ def test_compiles_to_one_graph(kernel):
 
 
 def _step_on_fixed_tensors(kernel, name):
-    """``(x, g, step, want)``: step() runs the public op and its backward on x and g (fixed
-    CUDA tensors, as a graph needs); want(x) the reference ``(y, dx)``."""
+    """``(x, step, want)``: step() runs the public op and its backward on x (fixed CUDA
+    tensors, as a graph needs; 3 x 1031 elements: vectors and a tail); want(values) is the
+    reference ``(y, dx)`` at those values of x."""
     func, scale = FUNCS[name]
     x = torch.empty(3, 1031, device=kernel.device, requires_grad=True)
     g = randn((3, 1031), device=kernel.device, seed=22)
@@ -289,7 +290,7 @@ def _step_on_fixed_tensors(kernel, name):
         (dx,) = torch.autograd.grad(y, x, g)
         return y, dx
 
-    return x, g, step, lambda values: reference(values, g, scale)
+    return x, step, lambda values: reference(values, g, scale)
 
 
 @pytest.mark.parametrize("name", FUNCS)
@@ -297,7 +298,7 @@ def test_captured_in_a_cuda_graph(kernel, name):
     if not kernel.is_cuda:
         pytest.skip("CUDA graphs need a CUDA device")
     kernel.require(name)
-    x, _, step, want = _step_on_fixed_tensors(kernel, name)
+    x, step, want = _step_on_fixed_tensors(kernel, name)
     # Each reset (before the warm-up, the capture and the replay) writes other values: the
     # outputs hold the replay's results only if the kernels were captured, not run at capture.
     values = [randn(x.shape, device=kernel.device, seed=s, scale=4.0) for s in (23, 24, 25)]
@@ -318,7 +319,7 @@ def test_runs_on_the_current_stream(kernel, name):
     if not kernel.is_cuda:
         pytest.skip("streams are CUDA's")
     kernel.require(name)
-    x, _, step, want = _step_on_fixed_tensors(kernel, name)
+    x, step, want = _step_on_fixed_tensors(kernel, name)
     values = randn(x.shape, device=kernel.device, seed=26, scale=4.0)
     with torch.no_grad():
         x.fill_(float("nan"))
@@ -412,6 +413,18 @@ def test_int_meta_and_no_grad_through_eager(monkeypatch):
         v = torch.arange(-7, 7, dtype=torch.float64)
         table = scale * v / (1 + torch.exp(-v))
         torch.testing.assert_close(got, table[xi + 7].to(got.dtype), rtol=1e-6, atol=1e-6)
+
+
+def test_eager_and_auto_keep_channels_last():
+    # Below the CPU size threshold "auto" runs the eager expression: it keeps channels-last
+    # activations channels-last too, as the kernels do.
+    x = randn((3, 5, 4, 7), seed=28).contiguous(memory_format=torch.channels_last)
+    assert x.numel() < swish_module._CPU_NATIVE_MIN_NUMEL
+    for backend in ("eager", "auto"):
+        for name, (func, scale) in FUNCS.items():
+            y = func(x, backend=backend)
+            assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+            assert_close(y, swish_reference(x.double(), scale), TOL, f"{name}, {backend}")
 
 
 def test_eager_path_is_plain_torch():
