@@ -1,7 +1,10 @@
 """Tensors and checks the op tests share (the ``kernel`` fixture is in conftest.py)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -132,3 +135,36 @@ def on_side_stream(fn):
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     return out
+
+
+# ------------------------------------------------------------------------------ autograd, dispatch
+
+def saved_tensors(fn, *args):
+    """``(fn(*args), [the tensors autograd saved for the backward while fn ran])``."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, saved
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[func._schema.name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def op_calls(fn, *args):
+    """``(fn(*args), Counter of the operators it dispatched, by qualified name)``, e.g.
+    ``calls["vaebm_fast_triton::swish_forward"]``: which kernels a model or wrapper really ran."""
+    with _OpLog() as log:
+        out = fn(*args)
+    return out, log.calls

@@ -40,11 +40,3 @@ def test_langevin_chain_compiles_to_one_graph(backend, request):
     torch.testing.assert_close(half, eager_half)
 
 
-def test_swish_forward_backward_compiles(native):
-    def loss(x):
-        return (swish(x, backend="native") * lip_swish(x, backend="native")).sum()
-
-    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
-    (expected,) = torch.autograd.grad(loss(x), x)
-    (got,) = torch.autograd.grad(compiled(loss)(x), x)
-    torch.testing.assert_close(got, expected)
