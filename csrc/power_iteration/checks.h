@@ -37,6 +37,10 @@ inline int64_t check_power_iteration_args(const char* op, at::TensorList Ws, at:
                     at::has_internal_overlap(v) != at::MemOverlap::Yes,
                 op, ": group ", k, ": u and v must not have elements sharing memory (e.g. from "
                 "expand); pass a .clone()");
+    // v is written while u is read (and the other way round): they must not overlap.
+    const at::MemOverlapStatus uv = at::get_overlap_status(u, v);
+    TORCH_CHECK(uv != at::MemOverlapStatus::Full && uv != at::MemOverlapStatus::Partial, op,
+                ": group ", k, ": u and v are sharing memory; pass separate tensors");
     total += G;
   }
   return total;

@@ -56,6 +56,10 @@ inline void check_replay_values(const at::Tensor& buffer, const at::Tensor& inde
               values.sizes(), " for buffer ", buffer.sizes(), " and index ", index.sizes());
   TORCH_CHECK(at::has_internal_overlap(buffer) != at::MemOverlap::Yes,
               "replay_scatter_: buffer has elements sharing memory (e.g. from expand)");
+  // Rows are written in parallel: values read from rows being written would race.
+  const at::MemOverlapStatus overlap = at::get_overlap_status(buffer, values);
+  TORCH_CHECK(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,
+              "replay_scatter_: values and buffer are sharing memory; pass values.clone()");
 }
 
 }  // namespace vaebm_fast

@@ -153,17 +153,11 @@ def test_tiny_norms_hit_eps(kernel):
     assert u.norm(dim=1).max() < 1e-3
 
 
-def test_nan_passes_through(kernel, request):
+def test_nan_passes_through(kernel):
     # A NaN in one matrix makes its sigma NaN (a diverged weight must not look finite) and,
     # as in the reference's normalize, its u and v all NaN from the first normalisation on;
     # the other matrices of the group are unaffected.
     kernel.require("power_iteration_")
-    if kernel.backend == "triton":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the Triton kernel normalises with tl.maximum(norm, eps), which returns eps for a "
-            "NaN norm: after one iteration v = (W^T u) / eps is finite (and huge) outside the "
-            "NaN's column, where the reference (clamp_min) and the native kernels give NaN; "
-            "sigma is NaN all the same")))
     W, u, v = make_group(3, 4, 5, dtype=torch.float64, device=kernel.device)
     W[0, 1, 2] = float("nan")
     for n_iter in (0, 1, 2):
@@ -346,20 +340,11 @@ ALIASING = {
 
 
 @pytest.mark.parametrize("case", ALIASING)
-def test_vectors_sharing_memory_are_refused(kernel, case, request):
+def test_vectors_sharing_memory_are_refused(kernel, case):
     # The matrices of a group run in parallel, each writing its own row of u and v, and v is
     # written while u is read: rows sharing memory would race, and u aliasing v breaks the
     # recurrence (the schema declares them distinct, Tensor(a!) u, Tensor(b!) v).
     kernel.require("power_iteration_")
-    if kernel.backend == "triton":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the Triton launcher checks no overlap: an expanded u or v, or u aliasing v, is "
-            "accepted (and raced on by the per-matrix programs)")))
-    elif case == "u and v share memory":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the native kernels check the internal overlap of u and of v "
-            "(csrc/power_iteration_checks.h) but not u overlapping v: power_iteration_(W, u, "
-            "u, ...) is accepted")))
     W, u, v = make_group(3, 4, 4, device=kernel.device)
     u, v = ALIASING[case](u, v)
     with pytest.raises((RuntimeError, ValueError), match="sharing memory|memory location"):
@@ -402,14 +387,9 @@ def test_public_ops_reject_bad_arguments(kernel):
             call()
 
 
-def test_no_groups(kernel, request):
+def test_no_groups(kernel):
     # Nothing to run: an empty list of sigmas, with any backend that runs on this machine.
     kernel.require("spectral_norms")
-    if kernel.backend == "triton" and kernel.is_cuda:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "with no groups spectral_norms resolves the backend for the CPU (there is no "
-            "tensor to take a device from), so backend='triton' raises BackendUnavailableError "
-            "wherever Triton's CPU interpreter is off, e.g. on every GPU machine")))
     assert spectral_norms([], [], [], 3, backend=kernel.backend) == []
 
 
@@ -503,11 +483,6 @@ def test_compiles_to_one_graph(kernel):
         assert_close(got, want, TOL, f"result {k}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "resolve_backend's first, uncached look-up of an (op, device) pair runs inside the trace "
-    "(backend_availability calls torch._C._dispatch_has_kernel_for_dispatch_key, and loads "
-    "the native library on first use), which dynamo cannot put in a graph: torch.compile("
-    "fullgraph=True) of a function that calls the op before any eager call fails"))
 def test_compiles_before_any_eager_call(kernel, monkeypatch):
     kernel.require("power_iteration_")
     monkeypatch.setattr(_dispatch, "_cache", {})  # as in a fresh process

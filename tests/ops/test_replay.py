@@ -241,16 +241,11 @@ def test_scatter_layouts(kernel, layout, dtype):
 # ------------------------------------------------------------------------------ aliasing
 
 @pytest.mark.parametrize("case", ["expanded buffer", "values overlap buffer"])
-def test_scatter_refuses_aliasing(kernel, case, request):
+def test_scatter_refuses_aliasing(kernel, case):
     # Rows are written in parallel: a buffer whose rows share memory, or values read from rows
     # being written, would make the result depend on the order of the writes (the eager
     # reference's index_copy_ refuses both).
     kernel.require("replay_scatter_")
-    if case == "values overlap buffer":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the kernels check only the buffer's internal overlap, not values overlapping "
-            "buffer: replay_scatter_(b, tensor([1, 0]), b[0:2]) is accepted, and the native CPU "
-            "kernel sets b[0] to the b[1] it has just overwritten")))
     device = kernel.device
     if case == "expanded buffer":
         buffer = torch.zeros(1, 3, device=device).expand(4, 3)
@@ -448,11 +443,6 @@ def check_compiled_round_trip(kernel, raw, fullgraph):
     assert_same_bits(buffer, eager_buffer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the public ops check the index range and uniqueness by reading index (int(index.min()), "
-    "torch.unique, boolean indexing), which torch.compile cannot trace into one graph "
-    "('Could not guard on data-dependent expression'); the checks are skipped during CUDA-graph "
-    "capture but not under torch.compile"))
 def test_public_ops_compile_to_one_graph(kernel):
     check_compiled_round_trip(kernel, raw=False, fullgraph=True)
 

@@ -63,8 +63,9 @@ class _OpSpec:
 
 _ops: Dict[str, _OpSpec] = {}
 _default = "auto"
-# (op, device type) -> {backend: reason or None}; valid for one loading outcome of _native.
-_cache: Dict[Tuple[str, str], Dict[str, Optional[str]]] = {}
+# (op, device type) -> reasons of (native, triton, eager), None where available; valid for one
+# loading outcome of _native.
+_cache: Dict[Tuple[str, str], Tuple[Optional[str], ...]] = {}
 _cache_status: Optional[_native.NativeStatus] = None
 
 
@@ -110,10 +111,18 @@ def backend_availability(op: str, device: DeviceLike = "cpu") -> Dict[str, Optio
 
     Loads the native extension on first use (see vaebm_fast._native).
     """
-    global _cache_status
     if op not in _ops:
         raise ValueError(f"unknown op {op!r}; registered: {', '.join(registered_ops())}")
-    device_type = _device_type(device)
+    return dict(zip(BACKENDS, _availability(op, _device_type(device))))
+
+
+# torch.compile calls this at trace time and keeps its result as a constant: the first look-up
+# of an op loads the native library and asks the dispatcher, neither of which can be traced,
+# and the answer does not change while the process runs (a reload clears the cache).
+@torch.compiler.assume_constant_result
+def _availability(op: str, device_type: str) -> Tuple[Optional[str], ...]:
+    """(native, triton, eager) reasons (None: available) for ``op`` on ``device_type``."""
+    global _cache_status
     st = _native.status()
     if st is not _cache_status:  # the extension was (re)loaded: recompute
         _cache.clear()
@@ -121,12 +130,10 @@ def backend_availability(op: str, device: DeviceLike = "cpu") -> Dict[str, Optio
     key = (op, device_type)
     if key not in _cache:
         spec = _ops[op]
-        _cache[key] = {
-            "native": _native_reason(spec, device_type, st),
-            "triton": (_triton.device_reason(device_type) if spec.triton
-                       else f"{op} has no Triton kernel"),
-            "eager": None,
-        }
+        _cache[key] = (_native_reason(spec, device_type, st),
+                       (_triton.device_reason(device_type) if spec.triton
+                        else f"{op} has no Triton kernel"),
+                       None)
     return _cache[key]
 
 

@@ -62,6 +62,15 @@ def _check_group(W, u, v, where: str = "") -> None:
             W.device))
         torch._check_value(not t.requires_grad, explain(
             where, name, " must not require grad (it is updated in place)"))
+        # The matrices of a group run in parallel, each writing its row of u and v.
+        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
+                           explain(where, name, " has elements sharing memory (e.g. from "
+                                   "expand); pass a .clone()"))
+    # v is written while u is read (and the other way round). (Not while dynamo traces the
+    # wrapper, which cannot trace the check; the fake kernel runs it on the traced tensors.)
+    if not torch.compiler.is_compiling():
+        torch._check_value(not torch._C._overlaps(u, v), explain(
+            where, "u and v are sharing memory; pass separate tensors"))
 
 
 def _check_groups(Ws, us, vs) -> None:
@@ -147,8 +156,8 @@ def _kernel_reason(Ws: Sequence[Tensor]) -> Optional[str]:
 def _run(op: str, Ws: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor],
          n_iter: int, eps: float, backend: str) -> List[Tensor]:
     """Power-iterate every group on the backend ``backend`` resolves to; sigma per group."""
-    if not Ws:
-        _dispatch.resolve_backend(op, backend, "cpu")  # validates the name
+    if not Ws:  # nothing runs, so no device to ask: only the name is checked
+        _dispatch.check_choice(backend)
         return []
     chosen = _dispatch.resolve_backend(op, backend, Ws[0].device, unsupported=_kernel_reason(Ws))
     if chosen == "eager":

@@ -23,8 +23,9 @@ unspecified; the wrapper raises ``ValueError`` instead.
 
 ``*_reference`` are the specifications (plain PyTorch, any device; the gather reference
 materialises the noise of all ``B`` rows). The wrappers validate with clear messages (shapes,
-dtypes, devices, index range — the range and uniqueness checks read ``index``, which
-synchronises with a GPU, and are skipped while a CUDA graph is being captured) and dispatch
+dtypes, devices, aliasing, index range — the range and uniqueness checks read ``index``, which
+synchronises with a GPU, and are skipped while ``torch.compile`` traces or a CUDA graph is
+being captured) and dispatch
 to ``torch.ops.vaebm_fast.replay_gather`` / ``replay_scatter_``, to the Triton kernels
 (``vaebm_fast.triton_kernels.replay``) or to the reference. Neither op is differentiable.
 """
@@ -95,6 +96,12 @@ def _check_scatter_tensors(buffer, index, values) -> None:
         "; convert with .to(buffer.dtype)"))
     torch._check_value(values.device == buffer.device, explain(
         "replay_scatter_: values are on ", values.device, " but buffer is on ", buffer.device))
+    # Rows are written in parallel: values read from rows being written would make the result
+    # depend on the order of the writes. (Not while dynamo traces the wrapper, which cannot
+    # trace the check; the fake kernel runs it on the traced tensors.)
+    if not torch.compiler.is_compiling():
+        torch._check_value(not torch._C._overlaps(values, buffer), explain(
+            "replay_scatter_: values and buffer are sharing memory; pass values.clone()"))
 
 
 def _fake_gather(buffer, index, reinit, seed, offset):
@@ -118,16 +125,18 @@ _library.define("replay_scatter_(Tensor(a!) buffer, Tensor index, Tensor values)
                 fake=_fake_scatter, triton=lambda: _triton().replay_scatter_)
 
 
-def _capturing(t: Tensor) -> bool:
-    """True while ``t``'s device is capturing a CUDA graph: values cannot be read then."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+def _values_unreadable(t: Tensor) -> bool:
+    """True while ``torch.compile`` traces the op or ``t``'s device captures a CUDA graph: the
+    values of ``t`` cannot be read then (a data-dependent branch; a host sync)."""
+    return torch.compiler.is_compiling() or (
+        t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _check_range(index: Tensor, n: int, op: str) -> None:
-    # Reads the values (a host sync on a GPU). Skipped during CUDA-graph capture, where a sync
-    # is not allowed: the kernels keep memory safe on their own (the native CUDA kernels assert
-    # on the device, the Triton kernels skip out-of-range rows).
-    if index.numel() == 0 or _capturing(index):
+    # Reads the values (a host sync on a GPU). Skipped while compiling or capturing a CUDA
+    # graph, where values cannot be read: the kernels keep memory safe on their own (the native
+    # kernels assert, the Triton kernels skip out-of-range rows).
+    if index.numel() == 0 or _values_unreadable(index):
         return
     lo, hi = int(index.min()), int(index.max())
     if lo < 0 or hi >= n:
@@ -140,7 +149,7 @@ def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
     _check_gather_tensors(buffer, index, reinit)
     total = index.shape[0] * math.prod(buffer.shape[1:])
     seed, offset = check_stream_range(seed, offset, total)
-    if not _capturing(index):  # boolean indexing reads reinit: a host sync
+    if not _values_unreadable(index):  # boolean indexing reads reinit: a host sync
         _check_range(index[~reinit], buffer.shape[0], "replay_gather")
     return seed, offset, total
 
@@ -148,7 +157,7 @@ def _check_gather(buffer, index, reinit, seed, offset) -> Tuple[int, int, int]:
 def _check_scatter(buffer, index, values) -> None:
     _check_scatter_tensors(buffer, index, values)
     _check_range(index, buffer.shape[0], "replay_scatter_")
-    if (index.numel() > 1 and not _capturing(index)
+    if (index.numel() > 1 and not _values_unreadable(index)
             and torch.unique(index).numel() != index.numel()):
         raise ValueError("replay_scatter_: index must not contain duplicates (rows are written "
                          "in parallel, so which duplicate lands would be unspecified)")

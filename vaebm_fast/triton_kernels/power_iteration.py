@@ -82,6 +82,14 @@ def _scale(x, n, s_x, factor, BLOCK: tl.constexpr):
         tl.store(x + idx * s_x, tl.load(x + idx * s_x, mask=ok) * factor, mask=ok)
 
 
+@triton.jit
+def _clamp_norm(sq, eps):
+    """max(sqrt(sq), eps), NaN kept (as torch's clamp_min): tl.maximum would return eps for a
+    NaN norm and turn a diverged weight's vectors finite."""
+    norm = tl.sqrt(sq)
+    return tl.where(norm != norm, norm, tl.maximum(norm, eps))
+
+
 @triton.jit(do_not_specialize=["eps_lo", "eps_hi"])
 def _power_iteration_kernel(W, u, v, sigma, R, C, s_wg, s_wr, s_wc, s_ug, s_ur, s_vg, s_vc,
                             n_iter, eps_lo: tl.int32, eps_hi: tl.int32, BLOCK_R: tl.constexpr,
@@ -96,15 +104,25 @@ def _power_iteration_kernel(W, u, v, sigma, R, C, s_wg, s_wr, s_wc, s_ug, s_ur, 
         # v = normalize(W^T u): outputs along C (stride s_wc), inputs along R.
         sq = _matvec(W, u, v, C, R, s_wc, s_wr, s_ur, s_vc, BLOCK_C, BLOCK_R, True)
         tl.debug_barrier()
-        _scale(v, C, s_vc, 1.0 / tl.maximum(tl.sqrt(sq), eps), BLOCK_C)
+        _scale(v, C, s_vc, 1.0 / _clamp_norm(sq, eps), BLOCK_C)
         tl.debug_barrier()
         # u = normalize(W v): outputs along R, inputs along C.
         sq = _matvec(W, v, u, R, C, s_wr, s_wc, s_vc, s_ur, BLOCK_R, BLOCK_C, True)
         tl.debug_barrier()
-        _scale(u, R, s_ur, 1.0 / tl.maximum(tl.sqrt(sq), eps), BLOCK_R)
+        _scale(u, R, s_ur, 1.0 / _clamp_norm(sq, eps), BLOCK_R)
         tl.debug_barrier()
     # sigma = u^T (W v): one more pass over W.
     tl.store(sigma + g, _matvec(W, v, u, R, C, s_wr, s_wc, s_vc, s_ur, BLOCK_R, BLOCK_C, False))
+
+
+def _check_vectors(u: Tensor, v: Tensor) -> None:
+    """Each program writes its own rows of u and v while reading the other: rows sharing
+    memory, or u overlapping v, would race."""
+    _launch.no_internal_overlap("power_iteration_", "u", u)
+    _launch.no_internal_overlap("power_iteration_", "v", v)
+    if torch._C._overlaps(u, v):
+        raise RuntimeError("power_iteration_: u and v are sharing memory; pass separate "
+                           "tensors")
 
 
 def _check(W: Tensor, u: Tensor, v: Tensor, n_iter: int) -> None:
@@ -117,6 +135,7 @@ def _check(W: Tensor, u: Tensor, v: Tensor, n_iter: int) -> None:
                  lambda: f"W, u, v must be all float32 or all float64, got {W.dtype}, "
                          f"{u.dtype}, {v.dtype}")
     torch._check(n_iter >= 0, lambda: f"n_iter must be >= 0, got {n_iter}")
+    _check_vectors(u, v)
 
 
 def _run_group(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float,
@@ -152,6 +171,8 @@ def spectral_norms_(Ws: List[Tensor], us: List[Tensor], vs: List[Tensor], n_iter
                          f"{len(Ws)}, {len(us)}, {len(vs)}")
     torch._check(all(W.dtype == Ws[0].dtype for W in Ws),
                  lambda: "spectral_norms_: every group must have one dtype")
+    for W, u, v in zip(Ws, us, vs):  # every group, before any is written
+        _check(W, u, v, n_iter)
     sigma = Ws[0].new_empty(sum(W.shape[0] for W in Ws))
     for W, u, v, out in zip(Ws, us, vs, sigma.split([W.shape[0] for W in Ws])):
         _run_group(W, u, v, n_iter, eps, out)

@@ -119,6 +119,9 @@ def replay_scatter_(buffer: Tensor, index: Tensor, values: Tensor) -> None:
         raise RuntimeError("replay_scatter_: values must be [B, *S] of buffer's dtype")
     _launch.check_device("replay_scatter_", buffer, index, values)
     _launch.no_internal_overlap("replay_scatter_", "buffer", buffer)
+    if torch._C._overlaps(values, buffer):  # rows written in parallel would race with reads
+        raise RuntimeError("replay_scatter_: values and buffer are sharing memory; pass "
+                           "values.clone()")
     n = values.numel()
     if n == 0:
         return
