@@ -505,6 +505,7 @@ def _assert_step(got, want):
     assert_grads_close(grads, want[1], out.numel())
 
 
+@pytest.mark.graphs
 @pytest.mark.parametrize("name", CASES)
 def test_captured_in_a_cuda_graph(kernel, name):
     if not kernel.is_cuda:
@@ -526,6 +527,7 @@ def test_captured_in_a_cuda_graph(kernel, name):
     _assert_step(helpers.captured(step, reset), want(states[2]))
 
 
+@pytest.mark.graphs
 @pytest.mark.parametrize("name", CASES)
 def test_runs_on_the_current_stream(kernel, name):
     if not kernel.is_cuda:

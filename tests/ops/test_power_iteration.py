@@ -496,6 +496,7 @@ def test_compiles_before_any_eager_call(kernel, monkeypatch):
 
 # ------------------------------------------------------------------------------ CUDA streams
 
+@pytest.mark.graphs
 def test_cuda_graph_capture(kernel):
     # Both public ops enqueue everything on the capturing stream (no host sync, no
     # allocation outside the graph's pool); one replay from the reset vectors gives the eager
@@ -519,6 +520,7 @@ def test_cuda_graph_capture(kernel):
     assert_matches((sigmas[1], u2, v2), reference(W2, u20, v20, 3), "group 1")
 
 
+@pytest.mark.graphs
 def test_side_stream(kernel):
     # The kernels run on the caller's current stream: inputs made on a busy side stream are
     # read only once written (see helpers.on_side_stream).

@@ -457,6 +457,7 @@ def test_raw_ops_compile_to_one_graph(kernel):
 
 # ------------------------------------------------------------------------------ CUDA streams
 
+@pytest.mark.graphs
 def test_cuda_graph_capture(kernel):
     # While capturing, the public ops skip their host-side value checks (a sync is not allowed)
     # and must enqueue everything on the capturing stream; one replay gives the eager results.
@@ -479,6 +480,7 @@ def test_cuda_graph_capture(kernel):
     assert_same_bits(target, expected, "scatter")
 
 
+@pytest.mark.graphs
 def test_side_stream(kernel):
     # The kernels run on the caller's current stream. The public ops synchronise the host with
     # it to read index, so the raw ops are what can show a kernel on another stream (see

@@ -293,6 +293,7 @@ def _step_on_fixed_tensors(kernel, name):
     return x, step, lambda values: reference(values, g, scale)
 
 
+@pytest.mark.graphs
 @pytest.mark.parametrize("name", FUNCS)
 def test_captured_in_a_cuda_graph(kernel, name):
     if not kernel.is_cuda:
@@ -314,6 +315,7 @@ def test_captured_in_a_cuda_graph(kernel, name):
     assert_close(dx, want_dx, TOL, "dx")
 
 
+@pytest.mark.graphs
 @pytest.mark.parametrize("name", FUNCS)
 def test_runs_on_the_current_stream(kernel, name):
     if not kernel.is_cuda:

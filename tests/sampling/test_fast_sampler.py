@@ -286,6 +286,7 @@ def test_train_ebm_fast_and_eager_negative_phase_agree():
 # The graphed chain's body, without a GPU: GraphedChain runs the same code eagerly when it was
 # not captured (the update reads its stream position from the rng_state tensor either way).
 # --------------------------------------------------------------------------------------------
+@pytest.mark.graphs
 @pytest.mark.parametrize("space", ["eps", "data"])
 def test_graphed_chain_body_matches_the_eager_sampler_on_cpu(space):
     from vaebm_fast.sampling.graphs import GraphedChain
@@ -315,6 +316,7 @@ def test_graphed_chain_body_matches_the_eager_sampler_on_cpu(space):
         chain.replay([torch.zeros(1, 2)] * len(starts))
 
 
+@pytest.mark.graphs
 def test_graphed_update_op_matches_the_step_at_the_device_offset(triton_device):
     """langevin_step_graphed_ (Triton, and the eager reference reading rng_state on the host)
     is langevin_step_ at offset rng_state[1] + offset_add, and does not advance rng_state."""
@@ -347,6 +349,7 @@ def test_graphed_update_op_matches_the_step_at_the_device_offset(triton_device):
 # --------------------------------------------------------------------------------------------
 # CUDA graphs
 # --------------------------------------------------------------------------------------------
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("space", ["eps", "latent", "data"])
@@ -370,6 +373,7 @@ def test_cuda_graph_chain_matches_eager(space):
     assert_same_chain(b, c, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("space", ["eps", "latent", "data"])
@@ -395,6 +399,7 @@ def test_cuda_graph_chain_matches_eager_on_image_models(space, no_tf32):
     assert_same_chain(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 def test_cuda_graph_cache_is_bounded_and_replay_uses_the_last_chain():
@@ -424,6 +429,7 @@ def test_cuda_sampler_asked_for_another_update_backend_runs_eagerly():
     assert fast.last_path == "fast"
 
 
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 def test_cuda_graph_replay_advances_the_noise():
@@ -440,6 +446,7 @@ def test_cuda_graph_replay_advances_the_noise():
     assert torch.allclose(again, ref, atol=1e-4)
 
 
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 def test_cuda_graph_sees_training_between_chains_without_recapture():
@@ -458,6 +465,7 @@ def test_cuda_graph_sees_training_between_chains_without_recapture():
     assert torch.allclose(b, ref, atol=1e-4)
 
 
+@pytest.mark.graphs
 @cuda
 @pytest.mark.cuda
 def test_cuda_uncapturable_energy_runs_eagerly_and_says_why_once():
