@@ -108,11 +108,13 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_kernels_compile_for_sm90():
-    pytest.importorskip("triton")
+    # The only check of compiled Triton code without a GPU: under VAEBM_FAST_REQUIRE_TRITON=1
+    # (CI) a missing Triton or NVIDIA backend fails instead of skipping it away.
+    required = os.environ.get("VAEBM_FAST_REQUIRE_TRITON") == "1"
     try:
         import triton.backends.nvidia  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton has no NVIDIA backend here")
+    except ImportError as exc:
+        (pytest.fail if required else pytest.skip)(f"Triton's NVIDIA backend: {exc}")
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
