@@ -1,6 +1,8 @@
 """Tensors and checks the op tests share (the ``kernel`` fixture is in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -53,8 +55,8 @@ def captured(fn, reset=lambda: None):
     as PyTorch documents for graphs: warm up on a side stream, capture, replay. Returns the
     graph's outputs after one replay (from the reset state)."""
     stream = torch.cuda.Stream()
+    reset()  # before the side stream waits for the current one, so the warm-up sees it
     stream.wait_stream(torch.cuda.current_stream())
-    reset()
     with torch.cuda.stream(stream):
         fn()
     torch.cuda.current_stream().wait_stream(stream)
@@ -78,3 +80,16 @@ def on_side_stream(fn):
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     return out
+
+
+# ------------------------------------------------------------------------------ loops over cases
+
+@contextlib.contextmanager
+def case(name):
+    """``with case(name): ...`` in a loop over cheap cases of one test (one test item per
+    target instead of one per case and target): a failure inside names the case."""
+    try:
+        yield
+    except BaseException as exc:  # pytest's failures (pytest.raises, pytest.fail) included
+        exc.add_note(f"case: {name}")
+        raise
