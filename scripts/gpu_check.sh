@@ -170,7 +170,7 @@ tests() {
   if [ "$dry" = 1 ]; then
     # A selection that runs the native, Triton-interpreter and sampler paths quickly.
     VAEBM_FAST_REQUIRE_NATIVE=1 "$PY" -m pytest -q -p no:cacheprovider \
-      --junitxml="$out/tests.xml" tests/ops/test_rng.py tests/ops/test_langevin_op.py
+      --junitxml="$out/tests.xml" tests/ops/test_rng.py tests/ops/test_langevin.py
   else
     local workers=$(( $(nproc) / 2 ))
     [ "$workers" -gt 8 ] && workers=8

@@ -1,6 +1,7 @@
 """Tensors and checks the op tests share (the ``kernel`` fixture is in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import torch
@@ -168,3 +169,16 @@ def op_calls(fn, *args):
     with _OpLog() as log:
         out = fn(*args)
     return out, log.calls
+
+
+# ------------------------------------------------------------------------------ loops over cases
+
+@contextlib.contextmanager
+def case(name):
+    """``with case(name): ...`` in a loop over cheap cases of one test (one test item per
+    target instead of one per case and target): a failure inside names the case."""
+    try:
+        yield
+    except BaseException as exc:  # pytest's failures (pytest.raises, pytest.fail) included
+        exc.add_note(f"case: {name}")
+        raise

@@ -287,8 +287,8 @@ def test_layouts(kernel, name, layout, dtype):
 @pytest.mark.parametrize("name", CASES)
 def test_channels_last_through_a_named_backend(kernel, name):
     # A named kernel backend runs its kernel on channels-last inputs too (through strided reads
-    # or row-major copies): the reference's values, in a new row-major output. ("auto" runs the eager
-    # reference there instead: test_auto_keeps_channels_last.)
+    # or row-major copies): the reference's values, in a new row-major output. ("auto" runs the
+    # eager reference there instead: test_auto_keeps_channels_last.)
     case = CASES[name]
     kernel.require(case.op)
     shape = (2, 6, 4, 6)

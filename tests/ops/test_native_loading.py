@@ -96,8 +96,9 @@ def test_import_is_lazy():
         "print(json.dumps([before, cuda_init, sorted(torch.ops.loaded_libraries)]))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAEBM_FAST_")}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                         env=env, check=True, cwd=repo)
     before, cuda_init, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert before == [] and cuda_init is False
     if _native._find_library() is not None:

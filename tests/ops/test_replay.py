@@ -21,10 +21,9 @@ from .helpers import (DTYPES, LAYOUTS, assert_close, assert_same_bits, captured,
                       on_side_stream, randn, spaced, storage_outside, transposed)
 
 # Fresh rows are float32 normals rounded to the dtype. The kernels' log/sin/cos differ from
-# the reference's by a few float32 ulps of |n| <= 6.66 (test_rng.py, test_triton_rng.py; the
-# CUDA kernels are held to 1e-5 in test_cuda_ops.py); for float16 / bfloat16 such a difference
-# can flip the rounding by one ulp. Everything else the ops move is a copy, compared bit for
-# bit.
+# the reference's by a few float32 ulps of |n| <= 6.66 (held to 1e-5 on every target in
+# test_rng.py); for float16 / bfloat16 such a difference can flip the rounding by one ulp.
+# Everything else the ops move is a copy, compared bit for bit.
 NOISE_TOL = {torch.float32: (1e-5, 0.0), torch.float64: (1e-5, 0.0),
              torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
 

@@ -170,8 +170,9 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     torch._check_value(half_sq_norm.is_contiguous(), explain("half_sq_norm must be contiguous"))
 
 
-def _check_rng_state(rng_state, tensors) -> None:
-    """rng_state: int64 [2] (seed, offset) on the tensors' device."""
+def _check_rng_state(rng_state, tensors, grads) -> None:
+    """rng_state: int64 [2] (seed, offset) on the tensors' device; tensors and grads
+    contiguous (the graphed kernel reads them in place)."""
     torch._check_type(isinstance(rng_state, Tensor), explain(
         "rng_state must be a torch.Tensor (got ", type(rng_state).__name__, ")"))
     torch._check_value(rng_state.dtype == torch.int64 and tuple(rng_state.shape) == (2,),
@@ -181,9 +182,11 @@ def _check_rng_state(rng_state, tensors) -> None:
         torch._check_value(rng_state.device == tensors[0].device, explain(
             "rng_state is on ", rng_state.device, " but the tensors are on ",
             tensors[0].device))
-    for i, t in enumerate(tensors):
-        torch._check_value(t.is_contiguous(), explain(
-            "langevin_step_graphed_ takes contiguous tensors (tensors[", i, "] is not)"))
+    for name, items in (("tensors", tensors), ("grads", grads)):
+        for i, t in enumerate(items):
+            torch._check_value(t.is_contiguous(), explain(
+                "langevin_step_graphed_ takes contiguous tensors and gradients (", name, "[",
+                i, "] is not)"))
 
 
 def _fake_step(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
@@ -194,7 +197,7 @@ def _fake_step(tensors, grads, step_size, seed, offset, prior_weight, noise_scal
 def _fake_graphed(tensors, grads, step_size, rng_state, offset_add, prior_weight, noise_scale,
                   grad_clip, clamp_low, clamp_high, half_sq_norm=None):
     _check_tensors(tensors, grads, half_sq_norm)
-    _check_rng_state(rng_state, tensors)
+    _check_rng_state(rng_state, tensors, grads)
 
 
 def _triton():
@@ -339,7 +342,7 @@ def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_s
     tensors, grads = _as_list(tensors, "tensors"), _as_list(grads, "grads")
     o = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
     _check_tensors(tensors, grads, half_sq_norm)
-    _check_rng_state(rng_state, tensors)
+    _check_rng_state(rng_state, tensors, grads)
     offset_add = check_stream_range(0, offset_add, 0)[1]
     if not tensors:
         _dispatch.check_choice(backend)

@@ -78,6 +78,12 @@ def check_stream_range(seed, offset, n: int) -> tuple:
     return seed, offset
 
 
+def _default_device() -> torch.device:
+    """torch's default device (``torch.set_default_device``), found in a way torch.compile can
+    trace (``torch.get_default_device`` breaks a graph)."""
+    return torch.empty(0).device
+
+
 # --------------------------------------------------------------------------------------------
 # Eager reference.
 
@@ -140,7 +146,7 @@ def philox_normal_reference(n: int, *, seed: int, offset: int,
     """
     n = check_int(n, "n")
     seed, offset = check_stream_range(seed, offset, n)
-    device = torch.device(device) if device is not None else torch.get_default_device()
+    device = torch.device(device) if device is not None else _default_device()
     if n == 0:
         return torch.empty(0, dtype=dtype, device=device)
     first, last = offset // 4, (offset + n - 1) // 4
@@ -230,7 +236,7 @@ def philox_normal(n: int, *, seed: int, offset: int,
     seed, offset = check_stream_range(seed, offset, n)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype (got {dtype})")
-    device = torch.device(device) if device is not None else torch.get_default_device()
+    device = torch.device(device) if device is not None else _default_device()
     chosen = _dispatch.resolve_backend("philox_normal", backend, device)
     if chosen == "eager":
         return philox_normal_reference(n, seed=seed, offset=offset, device=device, dtype=dtype)
