@@ -1,6 +1,12 @@
 // torch-side helpers shared by the torch glue at the end of every csrc/<op>/cuda.cu: the
 // ScalarType -> Dtype mapping, argument checks, contiguous outputs, the current stream and the
-// launch check. Only compiled with a CUDA build of torch (not with VAEBM_FAST_KERNELS_ONLY).
+// launch check.
+//
+// Every cuda.cu is the kernels and their launcher (CUDA runtime headers only), then, inside
+// #ifndef VAEBM_FAST_KERNELS_ONLY, the torch glue that checks, guards the device, picks the
+// stream and registers the op. setup.py compiles the whole file against a CUDA build of torch;
+// the CMake check defines VAEBM_FAST_KERNELS_ONLY and compiles the kernels alone, where only a
+// CPU build of torch exists.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -512,10 +512,7 @@ cudaError_t affine_swish_backward(Dtype dtype, const void* grad, const void* x,
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA epilogue kernels (the kernels above). Checks: the first
 // tensor is a CUDA tensor of a kernel dtype, the rest as checks.h (shared with the
 // CPU kernels). Inputs are read through contiguous copies; outputs are new contiguous tensors.

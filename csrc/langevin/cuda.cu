@@ -216,10 +216,7 @@ cudaError_t langevin_step(Dtype dtype, int64_t n_tensors, void* const* tensors,
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA Langevin kernel: argument checks, streams, contiguity, registration
 // (kernel and launcher: above). Mirrors csrc/langevin/cpu.cpp.
 #include <limits>

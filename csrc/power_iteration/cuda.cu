@@ -276,10 +276,7 @@ cudaError_t power_iteration(Dtype dtype, const PowerIterationGroup* groups, int6
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA power-iteration kernel (the kernels above):
 // argument checks (checks.h, shared with the CPU kernel), contiguous
 // work copies of u / v copied back when the caller's are strided, one launch for all groups of

@@ -165,10 +165,7 @@ cudaError_t replay_scatter(Dtype dtype, void* buffer, int64_t row_stride, int64_
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA replay-buffer kernels (the kernels above). Mirrors the checks
 // of csrc/replay/cpu.cpp except the index range, which would need a host synchronisation: the
 // Python wrappers check it, and the kernels assert on the device.

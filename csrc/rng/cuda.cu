@@ -97,10 +97,7 @@ cudaError_t philox_normal(Dtype dtype, void* out, int64_t n, uint64_t seed, uint
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA Philox kernels (the kernels above). Mirrors csrc/rng/cpu.cpp.
 #include <limits>
 #include <vector>

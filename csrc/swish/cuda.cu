@@ -139,10 +139,7 @@ cudaError_t swish_backward(Dtype dtype, const void* grad, const void* x, void* d
 }  // namespace cuda
 }  // namespace vaebm_fast
 
-#ifndef VAEBM_FAST_KERNELS_ONLY
-// ------------------------------------------------------------------ torch glue
-// Needs a CUDA build of torch (setup.py compiles it so); the CUDA kernels alone, above,
-// need only the CUDA runtime headers (-DVAEBM_FAST_KERNELS_ONLY: the CMake check).
+#ifndef VAEBM_FAST_KERNELS_ONLY  // the torch glue (see csrc/common/cuda_glue.h)
 // torch glue of the CUDA Swish kernels (the kernels above). Mirrors csrc/swish/cpu.cpp:
 // outputs have x's layout (activation_format), inputs are read through copies in that layout.
 #include <torch/library.h>
