@@ -10,14 +10,16 @@ from typing import Optional
 
 import torch
 
-__all__ = ["KERNEL_DTYPES", "compute_dtype", "dtype_reason", "activation_format",
-           "LIPSWISH_SCALE"]
+__all__ = ["KERNEL_DTYPES", "KERNEL_DTYPE_NAMES", "compute_dtype", "dtype_reason",
+           "activation_format", "LIPSWISH_SCALE"]
 
 # The floating dtypes the kernels take. float16 / bfloat16 / float32 are computed in float32
 # and rounded once when stored; float64 in float64.
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_DTYPE_NAMES = "float16, bfloat16, float32 or float64"  # for messages
 
-# LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz.
+# LipSwish divides Swish by 1.1, an upper bound of Swish's slope, so it is 1-Lipschitz
+# (csrc/common/constants.h is the C++ twin).
 LIPSWISH_SCALE = 1.0 / 1.1
 
 

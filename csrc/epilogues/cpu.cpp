@@ -44,6 +44,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../common/constants.h"
 #include "../common/kernel_dtypes.h"
 #include "checks.h"
 #include "../common/simd_math.h"
@@ -59,7 +60,6 @@ constexpr int64_t kGrain = 32768;  // elements per parallel task
 constexpr int64_t kBlock = 1024;
 // Partial sums per plane in the reductions: one AVX-512 register of floats.
 constexpr int kLanes = 16;
-constexpr double kLip = 1.0 / 1.1;
 
 // Pointers of the loops are __restrict, so the compiler needs no runtime alias check.
 #define VAEBM_RESTRICT __restrict
@@ -214,12 +214,12 @@ VAEBM_FAST_INLINE void affine_swish_grad_loop(const T* VAEBM_RESTRICT g, const T
 
 VAEBM_FAST_TARGET_CLONES
 void ebm_tail_f32(const float* h, const float* s, float* out, float* pre, int64_t n) {
-  ebm_tail_loop<float>(h, s, out, pre, n, static_cast<float>(kLip));
+  ebm_tail_loop<float>(h, s, out, pre, n, static_cast<float>(kLipSwishScale));
 }
 
 VAEBM_FAST_TARGET_CLONES
 void lipswish_f32(const float* p, float* out, int64_t n) {
-  swish_loop<float>(p, out, n, static_cast<float>(kLip));
+  swish_loop<float>(p, out, n, static_cast<float>(kLipSwishScale));
 }
 
 VAEBM_FAST_TARGET_CLONES
@@ -284,7 +284,7 @@ void ebm_tail_range(const scalar_t* h, const scalar_t* s, scalar_t* out, scalar_
   if constexpr (kIsFloat<scalar_t>) {
     ebm_tail_f32(h, s, out, pre, n);
   } else if constexpr (kIsDouble<scalar_t>) {
-    ebm_tail_loop<double>(h, s, out, pre, n, kLip);
+    ebm_tail_loop<double>(h, s, out, pre, n, kLipSwishScale);
   } else {
     float hf[kBlock], sf[kBlock], of[kBlock], pf[kBlock];
     for (int64_t c = 0; c < n; c += kBlock) {
@@ -306,7 +306,7 @@ void ebm_tail_pool_rows(const scalar_t* h, const scalar_t* s, scalar_t* out, sca
   const int64_t w = 2 * wo;
   if constexpr (kIsDouble<scalar_t>) {
     pool_loop<double>(h + 2 * r0 * w, s + 2 * r0 * w, 2 * w, w, pre + r0 * wo, r1 - r0, wo);
-    swish_loop<double>(pre + r0 * wo, out + r0 * wo, (r1 - r0) * wo, kLip);
+    swish_loop<double>(pre + r0 * wo, out + r0 * wo, (r1 - r0) * wo, kLipSwishScale);
   } else if constexpr (kIsFloat<scalar_t>) {
     // Blocks of whole rows: the pooled values are re-read from L1 by the sigmoid loop.
     const int64_t nr = std::max<int64_t>(1, kBlock / wo);
@@ -374,16 +374,16 @@ template <typename scalar_t>
 void lipswish_grad_range(const scalar_t* g, const scalar_t* p, scalar_t* d, int64_t n,
                          double factor) {
   if constexpr (kIsFloat<scalar_t>) {
-    lipswish_grad_f32(g, p, d, n, static_cast<float>(kLip * factor));
+    lipswish_grad_f32(g, p, d, n, static_cast<float>(kLipSwishScale * factor));
   } else if constexpr (kIsDouble<scalar_t>) {
-    swish_grad_loop<double>(g, p, d, n, kLip * factor);
+    swish_grad_loop<double>(g, p, d, n, kLipSwishScale * factor);
   } else {
     float gf[kBlock], pf[kBlock], df[kBlock];
     for (int64_t c = 0; c < n; c += kBlock) {
       const int64_t m = std::min(kBlock, n - c);
       widen(g + c, gf, m);
       widen(p + c, pf, m);
-      lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLip * factor));
+      lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLipSwishScale * factor));
       narrow(df, d + c, m);
     }
   }
@@ -404,16 +404,16 @@ void ebm_tail_backward_pool_rows(const scalar_t* g, const scalar_t* p, scalar_t*
       const int64_t len = std::min(seg, wo - x0), m = rows * len, at = r * wo + x0;
       scalar_t* dd = d + 2 * r * w + 2 * x0;
       if constexpr (kIsFloat<scalar_t>) {
-        lipswish_grad_f32(g + at, p + at, df, m, static_cast<float>(kLip * 0.25));
+        lipswish_grad_f32(g + at, p + at, df, m, static_cast<float>(kLipSwishScale * 0.25));
         scatter2x2_f32(df, dd, rows, len, w);
       } else if constexpr (kIsDouble<scalar_t>) {
-        swish_grad_loop<double>(g + at, p + at, df, m, kLip * 0.25);
+        swish_grad_loop<double>(g + at, p + at, df, m, kLipSwishScale * 0.25);
         scatter2x2_loop<double, double>(df, dd, rows, len, w);
       } else {
         float gf[kBlock], pf[kBlock];
         widen(g + at, gf, m);
         widen(p + at, pf, m);
-        lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLip * 0.25));
+        lipswish_grad_f32(gf, pf, df, m, static_cast<float>(kLipSwishScale * 0.25));
         scatter2x2_loop<float, scalar_t>(df, dd, rows, len, w);
       }
     }

@@ -28,6 +28,7 @@
 //   reduction into a workspace), then one warp per channel adds its splits in a fixed order
 //   (deterministic, no atomics). Reads grad, x, writes dx: 12 bytes per element fp32, plus
 //   2 C splits accumulators written and read once.
+#include "../common/constants.h"
 #include "../common/cuda_device.cuh"
 #include "../common/cuda_types.h"
 
@@ -81,7 +82,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / dev::kWarpSize;
-constexpr double kLipScale = 1.0 / 1.1;
 
 template <typename A>
 __device__ __forceinline__ A swish_grad(A a) {  // d/da a sigmoid(a)
@@ -130,7 +130,7 @@ struct EbmTail {
     for (int j = 0; j < W; ++j) {
       const A x = dev::to_acc(hv.v[j]) + dev::to_acc(sv.v[j]);
       p.v[j] = dev::from_acc<T>(x);
-      o.v[j] = dev::from_acc<T>((x * dev::sigmoid(x)) * static_cast<A>(kLipScale));
+      o.v[j] = dev::from_acc<T>((x * dev::sigmoid(x)) * static_cast<A>(kLipSwishScale));
     }
     dev::store_pack<T, W>(pre + e, p);
     dev::store_pack<T, W>(out + e, o);
@@ -171,7 +171,7 @@ ebm_tail_pool_kernel(const T* __restrict__ h, const T* __restrict__ skip, T* __r
     }
     const A p = sum * A(0.25);
     dev::store(pre + q, p);
-    dev::store(out + q, (p * dev::sigmoid(p)) * static_cast<A>(kLipScale));
+    dev::store(out + q, (p * dev::sigmoid(p)) * static_cast<A>(kLipSwishScale));
   }
 }
 
@@ -188,7 +188,7 @@ struct EbmTailBackward {
     dev::Pack<T, W> o;
 #pragma unroll
     for (int j = 0; j < W; ++j) {
-      const A lip_d = static_cast<A>(kLipScale) * swish_grad(dev::to_acc(pv.v[j]));
+      const A lip_d = static_cast<A>(kLipSwishScale) * swish_grad(dev::to_acc(pv.v[j]));
       o.v[j] = dev::from_acc<T>(dev::to_acc(gv.v[j]) * lip_d);
     }
     dev::store_pack<T, W>(d + e, o);
@@ -205,7 +205,7 @@ ebm_tail_unpool_kernel(const T* __restrict__ grad, const T* __restrict__ pre, T*
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < n_pre;
        q += stride) {
-    const A lip_d = static_cast<A>(kLipScale) * swish_grad(dev::load(pre + q));
+    const A lip_d = static_cast<A>(kLipSwishScale) * swish_grad(dev::load(pre + q));
     const T v = dev::from_acc<T>((dev::load(grad + q) * lip_d) * A(0.25));
     const int64_t row = dev::div64(q, Wo);
     const int64_t j = q - row * Wo;

@@ -49,7 +49,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPES, compute_dtype
+from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype
 from ..validation import check_real, explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -127,7 +127,7 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     if tensors:
         dtype, device = tensors[0].dtype, tensors[0].device
         torch._check_value(dtype in KERNEL_DTYPES, explain(
-            "tensors must be float16, bfloat16, float32 or float64 (got ", dtype, ")"))
+            "tensors must be ", KERNEL_DTYPE_NAMES, " (got ", dtype, ")"))
     for i, (t, g) in enumerate(zip(tensors, grads)):
         torch._check_value(t.shape == g.shape, explain(
             "grads[", i, "] must have the shape of tensors[", i, "] ", list(t.shape), " (got ",

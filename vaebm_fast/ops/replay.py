@@ -37,7 +37,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPES
+from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES
 from ..validation import explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -62,7 +62,7 @@ def _check_buffer_index(op: str, buffer, index) -> None:
     torch._check_value(buffer.dim() >= 1, explain(op, ": buffer must have shape [N, *S] (got "
                                                       "a 0-d tensor)"))
     torch._check_value(buffer.dtype in KERNEL_DTYPES, explain(
-        op, ": buffer must be float16, bfloat16, float32 or float64 (got ", buffer.dtype, ")"))
+        op, ": buffer must be ", KERNEL_DTYPE_NAMES, " (got ", buffer.dtype, ")"))
     torch._check_value(index.dtype == torch.int64 and index.dim() == 1, explain(
         op, ": index must be a 1-D int64 tensor (got ", index.dtype, " of shape ",
         list(index.shape), "); convert it with .long()"))

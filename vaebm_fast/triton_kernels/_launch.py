@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._kernel_rules import KERNEL_DTYPES, compute_dtype
+from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype
 
 __all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
            "check_device", "check_dtype", "check_same_shape", "no_internal_overlap",
@@ -48,7 +48,7 @@ def f64_args(x: float) -> tuple:
 def tl_dtype(dtype: torch.dtype):
     """Triton dtype of a floating torch dtype (float16/bfloat16/float32/float64)."""
     if dtype not in _TL_DTYPES:
-        raise RuntimeError(f"expected float16, bfloat16, float32 or float64 (got {dtype})")
+        raise RuntimeError(f"expected {KERNEL_DTYPE_NAMES} (got {dtype})")
     return _TL_DTYPES[dtype]
 
 
