@@ -3,6 +3,7 @@ the structure of its JSON and markdown. No timing assertions (docs/design.md#mea
 benchmarks measure, tests do not)."""
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,13 @@ def test_byte_counts(quick_run):
         numel = case["ceiling_numel"]
         assert rows["torch eager"]["bytes"] == 56 * numel
         assert rows["eager reference"]["bytes"] is None
-        if "native" in rows:  # otherwise reported as skipped, with the reason
+        # Without the library, native is reported as skipped, with the reason (a failure
+        # under VAEBM_FAST_REQUIRE_NATIVE=1). Triton on the CPU is never timed.
+        assert "native" in rows or os.environ.get("VAEBM_FAST_REQUIRE_NATIVE") != "1"
+        if "native" in rows:
             assert rows["native"]["bytes"] == 12 * numel
         else:
-            assert [s["name"] for s in case["skipped"]] == ["native"]
+            assert "native" in [s["name"] for s in case["skipped"]]
     power = {row["name"].split(" (")[0]: row for row in cases["power_iteration_cifar32"]["variants"]
              if row["role"] != "ceiling"}
     eager, loop = power["eager spectral_norms"], power["per-layer loop"]
@@ -105,8 +109,8 @@ def test_byte_counts(quick_run):
         assert native["bytes"] * 9 == eager["bytes"] * 5
         assert native["flops"] == 16 * native["bytes"] // (5 * 4)
     else:
-        assert [s["name"].split(" (")[0] for s in cases["power_iteration_cifar32"]["skipped"]] \
-            == ["native spectral_norms"]
+        assert "native spectral_norms" in [
+            s["name"].split(" (")[0] for s in cases["power_iteration_cifar32"]["skipped"]]
 
 
 def test_markdown_has_one_table_per_case(quick_run):
