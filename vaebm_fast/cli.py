@@ -1,25 +1,31 @@
-"""``vaebm-fast`` (also ``python -m vaebm_fast``): a thin shell over the library.
-
-    vaebm-fast demo --out DIR                       the README's main job (25-Gaussians)
-    vaebm-fast train-vae --dataset digits --out DIR stage 1 -> DIR/vae.pt
-    vaebm-fast train-ebm --out DIR                  stage 2 (reads DIR/vae.pt) -> DIR/ebm.pt
-    vaebm-fast sample --out DIR                     VAE and VAEBM samples side by side
-    vaebm-fast info                                 versions and available backends
-    vaebm-fast bench ops|chains [--quick] [--only RE]  benchmarks -> benchmarks/results/
+"""The ``vaebm-fast`` command (also ``python -m vaebm_fast``): a thin shell over the library.
 
 Training options come from the dataset's preset (``vaebm_fast.presets``), then a JSON config
 file (``--config``: {"vae": {...}, "energy": {...}, "train": {...}}), then flags: every field
-of VAETrainConfig / EBMTrainConfig is a flag (``--steps``, ``--step-size``, ...). Checkpoints are
-written atomically and a rerun with the same --out resumes from them (``--no-resume`` starts
-over).
+of VAETrainConfig / EBMTrainConfig is a flag (``--steps``, ``--step-size``, ...), described and
+range-checked by one rule in ``TRAIN_OPTIONS`` (the same rule checks a --config value).
+Checkpoints are written atomically and a rerun with the same --out resumes from them
+(``--no-resume`` starts over).
+
+Errors: bad input (a flag, a config file, a checkpoint, a path) is one ``error: ...`` line on
+stderr and exit code 2; a diverged run is one line and exit code 1; anything else is a bug,
+reported in one line (exit code 1) that says how to see the traceback
+(``VAEBM_FAST_TRACEBACK=1``). Progress and status go to the ``vaebm_fast`` logger, which
+:func:`main` points at stderr.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import math
 import os
 import sys
+import tempfile
+import textwrap
+import time
+import warnings
 
 import numpy as np
 import torch
@@ -28,48 +34,259 @@ from .presets import TOY, PRESETS, build_energy, build_vae, preset
 from .training.ebm import EBMTrainConfig
 from .training.vae import VAETrainConfig
 
+log = logging.getLogger("vaebm_fast")
+
+TRACEBACK_ENV = "VAEBM_FAST_TRACEBACK"
+EXIT_BAD_INPUT = 2  # also argparse's code for a usage error
+EXIT_FAILED = 1     # the run diverged, or an internal error
+
+EXAMPLES = """\
+examples:
+  vaebm-fast demo --out runs/demo                      # 25-Gaussians: VAE vs VAEBM, a few minutes
+  vaebm-fast train-vae --dataset digits --out runs/d   # stage 1 -> runs/d/vae.pt
+  vaebm-fast train-ebm --out runs/d --steps 500        # stage 2 -> runs/d/ebm.pt
+  vaebm-fast sample --out runs/d --n 64                # VAE | VAEBM samples -> runs/d/samples/
+  vaebm-fast train-ebm --help                          # every training option and its default
+  vaebm-fast info                                      # versions and the backend of every op
+
+Rerunning a command with the same --out resumes from its checkpoint. Bad input exits with
+code 2 and one 'error:' line; set VAEBM_FAST_TRACEBACK=1 to see a traceback instead.
+"""
+
+
+class UsageError(ValueError):
+    """Bad input found by the CLI itself (a flag, a config file, a checkpoint's contents)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Training options: one rule per dataclass field (help text, type, range); the flags and the
+# --config checks are both made from it.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a training option means and which values it takes.
+
+    kind: "int", "float", "str" or "bool". low/high bound the value (open bounds exclude
+    it); choices list the values of a "str" option; nullable lets a --config file say null
+    (the library's default, e.g. noise_scale = sqrt(step_size)).
+    """
+    help: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple = ()
+    nullable: bool = False
+
+    def describe(self) -> str:
+        """The accepted values in words: 'an int >= 1', 'a number in [0, 1)', ..."""
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "str":
+            return ("one of " + ", ".join(repr(c) for c in self.choices) if self.choices
+                    else "a string")
+        what = "an int" if self.kind == "int" else "a finite number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            what += f" in {left}{self.low:g}, {self.high:g}{right}"
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {self.low:g}"
+        return what + (" or null" if self.nullable else "")
+
+    def check(self, value, name: str):
+        """``value`` (a JSON value or a parsed flag) if valid, else UsageError naming ``name``."""
+        if value is None and self.nullable:
+            return None
+        ok = False
+        if self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "str":
+            ok = isinstance(value, str) and (not self.choices or value in self.choices)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif self.kind == "int":
+            ok = isinstance(value, int) and self._in_range(value)
+        else:
+            ok = math.isfinite(value) and self._in_range(value)
+            value = float(value) if ok else value
+        if not ok:
+            shown = "null" if value is None else repr(value)
+            raise UsageError(f"{name} must be {self.describe()} (got {shown})")
+        return value
+
+    def _in_range(self, v) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def parse(self, text: str):
+        """The argparse ``type=``: the flag's text -> a checked value, or a one-line error."""
+        try:
+            value = {"int": int, "float": float}.get(self.kind, str)(text)
+            return self.check(value, "the value")
+        except (ValueError, UsageError):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()} (got {text!r})") from None
+
+
+def _int(help, low=0, high=None):
+    return Rule(help, "int", low=low, high=high)
+
+
+def _num(help, low=0.0, high=None, *, low_open=False, high_open=False, nullable=False):
+    return Rule(help, "float", low=low, high=high, low_open=low_open, high_open=high_open,
+                nullable=nullable)
+
+
+SEED = _int("random seed: of torch's initialisation and batches and, in train-ebm and sample, "
+            "of the Philox streams of the Langevin chains", 0, 2**63 - 1)
+_STEPS = _int("optimizer steps in all; a resumed run continues up to this count")
+_BATCH = _int("training batch size", 1)
+_CHECKPOINT_EVERY = _int("write a checkpoint every this many steps (and at the end)", 1)
+
+TRAIN_OPTIONS: dict[type, dict[str, Rule]] = {
+    VAETrainConfig: {
+        "steps": _STEPS,
+        "batch_size": _BATCH,
+        "lr": _num("peak learning rate (cosine decay from it)", low_open=True),
+        "min_lr": _num("learning rate at the end of the cosine decay"),
+        "optimizer": Rule("optimizer (adamax is NVAE's)", "str", choices=("adam", "adamax")),
+        "kl_warmup_fraction": _num("fraction of the steps over which the KL weight ramps up to "
+                                   "--kl-weight", 0.0, 1.0),
+        "kl_min": _num("smallest KL weight during the warm-up", 0.0, 1.0),
+        "kl_weight": _num("final KL weight (beta-VAE; 1 is the ELBO)"),
+        "weight_decay_norm": _num("weight of NVAE's spectral and BatchNorm regularisers"),
+        "grad_clip_norm": _num("clip the gradient's global norm to this", low_open=True),
+        "checkpoint_every": _CHECKPOINT_EVERY,
+    },
+    EBMTrainConfig: {
+        "steps": _STEPS,
+        "batch_size": _BATCH,
+        "lr": _num("Adam learning rate of the energy network", low_open=True),
+        "beta1": _num("Adam beta1", 0.0, 1.0, high_open=True),
+        "beta2": _num("Adam beta2", 0.0, 1.0, high_open=True),
+        "weight_decay": _num("Adam weight decay"),
+        "space": Rule("where the negative-phase chains run: eps (VAEBM), latent (exponential "
+                      "tilting) or data (pixel-space EBM)", "str",
+                      choices=("eps", "latent", "data")),
+        "langevin_steps": _int("Langevin steps per negative-phase chain"),
+        "step_size": _num("Langevin step size", low_open=True),
+        "noise_scale": _num("Langevin noise scale (unset: sqrt(step size))", nullable=True),
+        "grad_clip": _num("clip each Langevin gradient to this (data space; unset: no clip)",
+                          low_open=True, nullable=True),
+        "alpha_s": _num("weight of the spectral regulariser of the energy network"),
+        "energy_reg": _num("weight of the energy-magnitude regulariser"),
+        "igebm_clip": Rule("IGEBM's per-element gradient clip from Adam's second moment",
+                           "bool"),
+        "data_noise": _num("std of Gaussian noise added to the data samples"),
+        "replay_capacity": _int("replay buffer size in chains (0: no persistent chains)"),
+        "replay_max_p": _num("largest probability of restarting a chain from the buffer",
+                             0.0, 1.0),
+        "replay_anneal_steps": _int("steps over which that probability ramps up"),
+        "seed": SEED,
+        "sampler": Rule("negative-phase sampler: fast (FastSampler) or eager (the reference "
+                        "LangevinSampler)", "str", choices=("fast", "eager")),
+        "checkpoint_every": _CHECKPOINT_EVERY,
+    },
+}
+
+
+def rule_for(cls, name: str) -> Rule:
+    """The rule of field ``name`` of ``cls``; a field added without one gets a plain rule
+    from its default's type (tests/cli flags it, so it does not stay undocumented)."""
+    if name in TRAIN_OPTIONS[cls]:
+        return TRAIN_OPTIONS[cls][name]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    kind = {bool: "bool", int: "int", str: "str"}.get(type(default), "float")
+    return Rule("(not described yet)", kind, nullable=default is None)
+
+
+def _preset_defaults(cls, name: str) -> str:
+    """'default: 15000 (25gaussians, swissroll), 1500 (digits)': the value in every preset."""
+    key = "vae_train" if cls is VAETrainConfig else "ebm_train"
+    by_value: dict[str, list[str]] = {}
+    for dataset in sorted(PRESETS):
+        value = getattr(PRESETS[dataset][key], name)
+        shown = ("unset" if value is None else str(value).lower() if isinstance(value, bool)
+                 else f"{value:g}" if isinstance(value, float) else str(value))
+        by_value.setdefault(shown, []).append(dataset)
+    if len(by_value) == 1:
+        return f"default: {next(iter(by_value))}"
+    return "default: " + ", ".join(f"{v} ({', '.join(ds)})" for v, ds in by_value.items())
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field; defaults stay None so only given flags override.
-    Fields that already have a flag (``--seed``) keep it."""
+    """One flag per dataclass field, with its rule's help, range and the presets' default.
+    Defaults stay None so only given flags override. Fields that already have a flag
+    (``--seed``) keep it."""
+    group = parser.add_argument_group("training options", textwrap.fill(
+        "Defaults come from the dataset's preset (vaebm_fast/presets.py), then from the "
+        "'train' section of --config; a flag overrides both.", 79))
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if flag in parser._option_string_actions:
             continue
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, default=None,
-                                action=argparse.BooleanOptionalAction)
+        rule = rule_for(cls, f.name)
+        help = f"{rule.help}; {_preset_defaults(cls, f.name)}".replace("%", "%%")
+        if rule.kind == "bool":
+            group.add_argument(flag, dest=f.name, default=None, help=help,
+                               action=argparse.BooleanOptionalAction)
+        elif rule.choices:
+            group.add_argument(flag, dest=f.name, default=None, help=help, choices=rule.choices)
         else:
-            kind = type(default) if default is not None else float
-            parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                                metavar=kind.__name__.upper())
+            group.add_argument(flag, dest=f.name, default=None, help=help, type=rule.parse,
+                               metavar="INT" if rule.kind == "int" else "FLOAT")
+
+
+class _Section(dict):
+    """A --config section, remembering where it came from for error messages."""
+    source = "the command line"
 
 
 def _apply(cfg, overrides: dict):
-    known = {f.name for f in dataclasses.fields(cfg)}
-    unknown = set(overrides) - known
+    """``cfg`` with ``overrides`` (a --config 'train' section or flags), each checked by its
+    rule; an unknown key or a bad value is a UsageError."""
+    source = getattr(overrides, "source", "the command line")
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(overrides) - fields
     if unknown:
-        raise SystemExit(f"error: unknown training option(s) {sorted(unknown)}; "
-                         f"valid: {sorted(known)}")
-    return dataclasses.replace(cfg, **overrides)
+        raise UsageError(f"unknown training option(s) {sorted(unknown)} in {source}; "
+                         f"valid: {', '.join(sorted(fields))}")
+    checked = {k: rule_for(type(cfg), k).check(v, f"training option {k!r} in {source}")
+               for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **checked)
 
 
 def _read_config(path: str | None) -> dict:
+    """The --config file as {section: dict}; any other shape is a UsageError."""
     if path is None:
         return {}
     try:
         with open(path) as f:
             cfg = json.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"error: config file {path} not found") from None
+        raise UsageError(f"config file {path} not found") from None
     except json.JSONDecodeError as e:
-        raise SystemExit(f"error: config file {path} is not valid JSON: {e}") from None
-    unknown = set(cfg) - {"vae", "energy", "train"}
+        raise UsageError(f"config file {path} is not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {path}: {e}") from None
+    sections = ("vae", "energy", "train")
+    if not isinstance(cfg, dict):
+        raise UsageError(f"config file {path} must hold a JSON object with sections "
+                         f"{', '.join(sections)} (got {type(cfg).__name__} {cfg!r:.40})")
+    unknown = set(cfg) - set(sections)
     if unknown:
-        raise SystemExit(f"error: config file {path} has unknown section(s) {sorted(unknown)}; "
-                         "valid: vae, energy, train")
-    return cfg
+        raise UsageError(f"config file {path} has unknown section(s) {sorted(unknown)}; "
+                         f"valid: {', '.join(sections)}")
+    out = {}
+    for name, section in cfg.items():
+        if not isinstance(section, dict):
+            shown = "null" if section is None else repr(section)
+            raise UsageError(f"section {name!r} of config file {path} must be a JSON object "
+                             f"{{...}} (got {shown:.40})")
+        out[name] = _Section(section)
+        out[name].source = f"config file {path}"
+    return out
 
 
 def _flag_overrides(args, cls) -> dict:
@@ -86,19 +303,35 @@ def _dataset(name: str):
 
 
 def _load(path: str, kind: str) -> dict:
-    from .checkpoint import CheckpointError, load_checkpoint
-    try:
-        return load_checkpoint(path, kind=kind)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    """The checkpoint at ``path``; CheckpointError (a usage error in :func:`main`) if absent,
+    damaged or of another kind."""
+    from .checkpoint import load_checkpoint
+    return load_checkpoint(path, kind=kind)
 
 
 def _build(builder, cfg: dict, what: str):
-    """Build a model from a preset/--config dict; a bad key or value is a usage error."""
-    try:
-        return builder(cfg)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: invalid {what} config {cfg}: {e}") from None
+    """Build a model from a preset/--config dict; a bad key or value is a usage error.
+
+    Warnings raised while building are held back and shown only if the build succeeds (torch
+    warns about zero-size layers just before failing on them; the error says it better)."""
+    def hint() -> str:
+        sizes = [f"{k}={v}" for k, v in cfg.items()
+                 if isinstance(v, int) and not isinstance(v, bool) and v < 1]
+        return f"; sizes must be >= 1 (got {', '.join(sizes)})" if sizes else ""
+
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        try:
+            model = builder(cfg)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            raise UsageError(f"invalid {what} config {cfg}: {_one_line(e)}{hint()}") from None
+    empty = [n for n, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise UsageError(f"invalid {what} config {cfg}: it gives layers with no weights "
+                         f"({', '.join(empty[:3])}){hint()}")
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
 
 
 def cmd_train_vae(args) -> None:
@@ -141,16 +374,49 @@ def cmd_train_ebm(args) -> None:
                         clamp=clamp if cfg.space == "data" else None, data_shape=shape, log=print)
     print(f"stage 2 done: {metrics}; wrote {path}")
 
+def _load_weights(model, state: dict, path: str) -> None:
+    """Load a checkpoint's weights; a mismatch with the model built from its config is one
+    UsageError line instead of load_state_dict's key dump."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(f"the weights in {path} do not fit the architecture its config "
+                         f"describes ({_one_line(e)[:200]}...); the file was written by "
+                         "another version or edited") from None
+
+
+def _check_writable(directory: str) -> None:
+    """Create ``directory`` and write a scratch file there, so a bad --out fails before any
+    compute instead of after it."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to {directory}: {e.strerror or e}; "
+                         "pass an --out you can write to") from None
+
 
 def cmd_sample(args) -> None:
     from .eval.plots import save_image_grids_side_by_side, save_scatter
     from .sampling.fast import FastSampler
-    ebm_state = _load(args.ebm or os.path.join(args.out, "ebm.pt"), "ebm")
-    vae_state = _load(args.vae or os.path.join(args.out, "vae.pt"), "vae")
+    ebm_path = args.ebm or os.path.join(args.out, "ebm.pt")
+    vae_path = args.vae or os.path.join(args.out, "vae.pt")
+    ebm_state, vae_state = _load(ebm_path, "ebm"), _load(vae_path, "vae")
     config, train = ebm_state["config"], ebm_state["config"]["train"]
-    vae, energy = build_vae(config["vae"]), build_energy(config["energy"])
-    vae.load_state_dict(vae_state["model"])
-    energy.load_state_dict(ebm_state["model"])
+    # The VAE is built from its own file's config; the EBM records the VAE (and data set) it
+    # was trained against, and an energy learned on another generator's samples means nothing.
+    trained_with = (config.get("dataset"), config.get("vae"))
+    given = (vae_state["config"].get("dataset"), vae_state["config"].get("vae"))
+    if given != trained_with:
+        raise UsageError(
+            f"the VAE in {vae_path} (dataset {given[0]}, {given[1]}) is not the one the EBM in "
+            f"{ebm_path} was trained with (dataset {trained_with[0]}, {trained_with[1]}); pass "
+            "--vae the stage-1 checkpoint of that run")
+    vae = _build(build_vae, given[1], f"vae (from {vae_path})")
+    energy = _build(build_energy, config["energy"], f"energy (from {ebm_path})")
+    _load_weights(vae, vae_state["model"], vae_path)
+    _load_weights(energy, ebm_state["model"], ebm_path)
     vae.eval(), energy.eval()
     toy = config["dataset"] in TOY
     space = train["space"] if train["space"] != "data" else "eps"
@@ -158,14 +424,20 @@ def cmd_sample(args) -> None:
                else config.get("sample_steps", train["langevin_steps"]))
     step_size = (args.step_size if args.step_size is not None
                  else config.get("sample_step_size", train["step_size"]))
+    out = os.path.join(args.out, "samples")
+    _check_writable(out)
     output = "sample" if toy else "mean"
     common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"),
                   output=output)
     x_vae = FastSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
-    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(args.n, seed=args.seed,
-                                                                         progress=True)
-    out = os.path.join(args.out, "samples")
-    os.makedirs(out, exist_ok=True)
+    # A bar on a terminal; a start and an end line in a log file (nohup, CI, slurm).
+    on_terminal = sys.stderr.isatty()
+    log.info("sampling %d chains of %d Langevin steps (%s space, step size %g)",
+             args.n, n_steps, space, step_size)
+    start = time.perf_counter()
+    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(
+        args.n, seed=args.seed, progress=on_terminal)
+    log.info("chains done in %.1f s", time.perf_counter() - start)
     np.save(os.path.join(out, "samples_vae.npy"), x_vae.numpy())
     np.save(os.path.join(out, "samples_vaebm.npy"), x_vaebm.numpy())
     if toy:
@@ -199,50 +471,100 @@ def cmd_bench(args) -> None:
         chains.main(args.rest)
 
 
+def _version() -> str:
+    """'vaebm-fast X (torch Y)'. The package's __version__ is read from the already imported
+    package (importing a submodule imports its package first), not by an import statement:
+    the root package imports the samplers, so importing it from here would point upward."""
+    return f"vaebm-fast {sys.modules[__package__].__version__} (torch {torch.__version__})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line that points at --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _with_default(help: str) -> str:
+    return help.replace("%", "%%") + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaebm-fast", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="vaebm-fast", formatter_class=raw, allow_abbrev=False, epilog=EXAMPLES,
+                     description=textwrap.fill(
+                         "Train a VAE, then an energy-based model on top of it (VAEBM), and "
+                         "draw samples with fused Langevin kernels.", 79))
+    parser.add_argument("-V", "--version", action="version",
+                        version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, func, help):
-        p = sub.add_parser(name, help=help, description=help)
+    def command(name, func, help, examples=()):
+        epilog = ("examples:\n" + "\n".join(f"  {e}" for e in examples)) if examples else None
+        p = sub.add_parser(name, help=help, description=textwrap.fill(help, 79), epilog=epilog,
+                           formatter_class=raw, allow_abbrev=False)
         p.set_defaults(func=func)
         return p
 
-    def common(p, out_required=True):
-        p.add_argument("--out", required=out_required, help="run directory (checkpoints, samples)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--no-resume", dest="resume", action="store_false",
-                       help="start over instead of resuming from the checkpoint in --out")
+    def common(p, resume=True):
+        p.add_argument("--out", required=True,
+                       help="run directory: checkpoints (vae.pt, ebm.pt) and samples/")
+        p.add_argument("--seed", type=SEED.parse, default=0, metavar="INT",
+                       help=_with_default(SEED.help))
+        if resume:
+            p.add_argument("--no-resume", dest="resume", action="store_false",
+                           help="start over instead of resuming from the checkpoint in --out")
 
-    p = command("demo", cmd_demo, "train VAE + EBM on 25-Gaussians and compare VAE with VAEBM")
+    p = command("demo", cmd_demo, "train VAE + EBM on 25-Gaussians and compare VAE with VAEBM",
+                ["vaebm-fast demo --out runs/demo", "vaebm-fast demo --out /tmp/d --quick"])
     common(p)
-    p.add_argument("--n-samples", type=int, default=5000)
+    p.add_argument("--n-samples", type=_int("", 1).parse, default=5000, metavar="INT",
+                   help=_with_default("samples drawn from each model for the comparison"))
     p.add_argument("--quick", action="store_true", help="shorter training (for smoke tests)")
 
-    p = command("train-vae", cmd_train_vae, "stage 1: train the VAE by its ELBO")
+    p = command("train-vae", cmd_train_vae, "stage 1: train the VAE by its ELBO -> OUT/vae.pt",
+                ["vaebm-fast train-vae --dataset digits --out runs/d",
+                 "vaebm-fast train-vae --dataset 25gaussians --out runs/g --steps 2000 --lr 5e-4",
+                 "vaebm-fast train-vae --dataset digits --out runs/d --config my.json"])
     common(p)
-    p.add_argument("--dataset", required=True, choices=sorted(PRESETS))
-    p.add_argument("--config", help="JSON file with 'vae' and 'train' sections")
+    p.add_argument("--dataset", required=True, choices=sorted(PRESETS),
+                   help="the data set, and with it the preset of models and training options")
+    p.add_argument("--config", metavar="JSON", help="JSON file with 'vae' (model keyword "
+                   "arguments) and 'train' (training options) sections, over the preset")
     _add_config_flags(p, VAETrainConfig)
 
-    p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen")
+    p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen -> "
+                "OUT/ebm.pt (the data set and its preset come from the VAE checkpoint)",
+                ["vaebm-fast train-ebm --out runs/d",
+                 "vaebm-fast train-ebm --out runs/d --langevin-steps 10 --step-size 5e-4",
+                 "vaebm-fast train-ebm --out runs/d --replay-capacity 1000 --no-resume"])
     common(p)
-    p.add_argument("--vae", help="stage-1 checkpoint (default: OUT/vae.pt)")
-    p.add_argument("--config", help="JSON file with 'energy' and 'train' sections")
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: OUT/vae.pt)")
+    p.add_argument("--config", metavar="JSON", help="JSON file with 'energy' (model keyword "
+                   "arguments) and 'train' (training options) sections, over the preset")
     _add_config_flags(p, EBMTrainConfig)
 
-    p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side")
-    common(p)
-    p.add_argument("--vae", help="default: OUT/vae.pt")
-    p.add_argument("--ebm", help="default: OUT/ebm.pt")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--steps", type=int, help="Langevin steps (default: the preset's test steps)")
-    p.add_argument("--step-size", type=float, help="default: the preset's test step size")
+    p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "
+                "OUT/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy)",
+                ["vaebm-fast sample --out runs/d --n 64",
+                 "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1"])
+    common(p, resume=False)
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: OUT/vae.pt)")
+    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: OUT/ebm.pt)")
+    p.add_argument("--n", type=_int("", 1).parse, default=64, metavar="INT",
+                   help=_with_default("samples to draw from each model"))
+    p.add_argument("--steps", type=_int("", 0).parse, metavar="INT",
+                   help="Langevin steps (default: the preset's sampling steps, stored in the "
+                        "EBM checkpoint)")
+    p.add_argument("--step-size", type=_num("", low_open=True).parse, metavar="FLOAT",
+                   help="Langevin step size (default: the preset's sampling step size, stored "
+                        "in the EBM checkpoint)")
 
     p = command("bench", cmd_bench, "benchmarks: fused vs eager ops ('ops') or Langevin steps "
                 "and whole chains vs eager and official-style loops ('chains'); "
-                "writes JSON, markdown and a PNG chart")
+                "writes JSON, markdown and a PNG chart",
+                ["vaebm-fast bench ops --quick", "vaebm-fast bench chains --only toy",
+                 "vaebm-fast bench ops --help"])
     p.add_argument("suite", choices=["ops", "chains"])
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="options of the suite: --quick, --device cuda, --only REGEX, --out DIR, "
@@ -250,20 +572,76 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see `vaebm-fast bench SUITE --help`)")
 
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (multi-line library messages joined)."""
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (`vaebm-fast info | head`), send what is left to /dev/null so the
+    interpreter's final flush does not raise again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
+    """What :func:`main` prints and returns for an exception a command raised."""
     from .checkpoint import CheckpointError
-    args = build_parser().parse_args(argv)
+    from .ops import BackendUnavailableError
+    if isinstance(e, BrokenPipeError):
+        _silence_stdout()
+        return EXIT_FAILED, None
+    if isinstance(e, KeyboardInterrupt):
+        return 130, "error: interrupted"
+    if isinstance(e, SystemExit):  # a command's own `raise SystemExit("error: ...")`
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0, None
+        message = _one_line(Exception(e.code))
+        return EXIT_BAD_INPUT, message if message.startswith("error:") else f"error: {message}"
+    if isinstance(e, FloatingPointError):  # TrainingDiverged / ChainDivergedError
+        return EXIT_FAILED, f"error: {_one_line(e)}"
+    if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError)):
+        return EXIT_BAD_INPUT, f"error: {_one_line(e)}"
+    return EXIT_FAILED, (f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); "
+                         f"this is a bug in vaebm-fast: rerun with {TRACEBACK_ENV}=1 to see the "
+                         "traceback, and please report it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    # The CLI is the application: it owns the package logger while a command runs.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         args.func(args)
-    except CheckpointError as e:  # e.g. a corrupt checkpoint met on resume
-        raise SystemExit(f"error: {e}") from None
-    except FloatingPointError as e:  # TrainingDiverged / ChainDivergedError: say it, no traceback
-        raise SystemExit(f"error: {e}") from None
-    return 0
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at exit
+        return 0
+    except BaseException as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        code, message = _exit_code_and_message(e)
+        if message:
+            print(message, file=sys.stderr)
+        return code
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 if __name__ == "__main__":
