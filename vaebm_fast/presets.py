@@ -4,10 +4,15 @@ A model config is a small JSON-able dict ``{"type": ..., **kwargs}``; checkpoint
 ``build_vae(cfg)`` / ``build_energy(cfg)`` rebuild exactly the trained architecture.
 
 The toy settings were tuned for the demo (2-core CPU, minutes); the digits settings for a
-small run of the full two-stage pipeline. The official image settings (CIFAR-10 etc.) are in
-docs/design.md#langevin-settings and #stage-2-optimiser; the official energy networks are
-reachable through a ``--config`` file (``{"energy": {"type": "official", "arch": "cifar32"}}``)
-and the training options through flags (``--step-size 8e-5 --langevin-steps 10 ...``).
+small run of the full two-stage pipeline. Every training option of a preset can be overridden
+from the command line (``vaebm-fast train-ebm --help`` lists them with each preset's value) or
+by the ``train`` section of a ``--config`` file; the ``vae`` and ``energy`` sections override
+the model keyword arguments below.
+
+The official image settings (CIFAR-10 etc.) are in docs/design.md#langevin-settings and
+#stage-2-optimiser. The official energy networks are built from Python with
+``build_energy({"type": "official", "arch": "cifar32"})``; the command line has no data set of
+their image sizes, so there is no flag for them.
 """
 from __future__ import annotations
 
