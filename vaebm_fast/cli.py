@@ -607,6 +607,12 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
         return EXIT_BAD_INPUT, message if message.startswith("error:") else f"error: {message}"
     if isinstance(e, FloatingPointError):  # TrainingDiverged / ChainDivergedError
         return EXIT_FAILED, f"error: {_one_line(e)}"
+    if isinstance(e, RuntimeError) and str(e).startswith("Error(s) in loading state_dict"):
+        # Resuming (or loading) weights of another architecture than the one configured now.
+        return EXIT_BAD_INPUT, (
+            "error: a checkpoint's weights do not fit the model built from the current dataset, "
+            f"preset and --config ({_one_line(e)[:200]}...); rerun with the settings it was "
+            "trained with, or pass another --out (or --no-resume to start over)")
     if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError)):
         return EXIT_BAD_INPUT, f"error: {_one_line(e)}"
     return EXIT_FAILED, (f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); "

@@ -7,6 +7,7 @@ runs two of them as real processes. Placeholders in a command line:
 
     {new}    a fresh, empty run directory (must still hold no checkpoint afterwards)
     {run}    a finished toy run (25gaussians: vae.pt + ebm.pt), shared, never written to
+    {runcopy} a copy of {run}'s vae.pt in a directory of its own (a resume target)
     {cfg}    a file holding the row's config text
     {wide}   a 25gaussians vae.pt of another width (hidden 64)
     {swiss}  a swissroll vae.pt (same architecture as {run}'s, other data set)
@@ -15,6 +16,7 @@ runs two of them as real processes. Placeholders in a command line:
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,9 +149,16 @@ CASES = [
     ("sample-vae-other-dataset", SA.replace("{run}/vae.pt", "{swiss}"), None, 2,
      "dataset swissroll"),
     ("sample-out-under-a-file", SA.replace("{new}", "{file}/sub"), None, 2, "cannot write to"),
+    ("train-vae-out-is-a-file", "train-vae --dataset 25gaussians --out {file} --steps 1", None,
+     2, "cannot create the directory"),
+    ("resume-with-another-width", "train-vae --dataset 25gaussians --out {runcopy} --config {cfg}",
+     '{"vae": {"hidden": 64}}', 2, "weights do not fit the model built from the current"),
+    ("resume-with-another-dataset", "train-vae --dataset digits --out {runcopy} --steps 1", None,
+     2, "or --no-resume to start over"),
     # --- a run that diverges: one line, exit code 1
     ("train-ebm-diverges", TE + " --steps 3 --langevin-steps 5 --step-size 1e6 --batch-size 8",
      None, 1, "diverged"),
+    ("sample-diverges", SA + " --steps 5 --step-size 1e6", None, 1, "Langevin chain diverged"),
 ]
 
 
@@ -181,17 +190,23 @@ def _argv(template: str, values: dict) -> list:
 def _assert_one_clear_error(code, expected_code, out, err, fragment):
     assert "Traceback" not in out + err, err
     assert code == expected_code, (code, err)
+    # Only a run that got going (the divergence rows) logs a progress line before its error.
     lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one error line on stderr, got:\n{err}"
-    assert lines[0].startswith("error:") or lines[0].startswith("vaebm-fast"), lines[0]
-    assert "error:" in lines[0] and fragment in lines[0], lines[0]
+    assert len(lines) == 1 or expected_code == 1, f"expected one line on stderr, got:\n{err}"
+    assert [line for line in lines if "error:" in line] == lines[-1:], err
+    assert lines[-1].startswith(("error:", "vaebm-fast")), lines[-1]
+    assert fragment in lines[-1], lines[-1]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_error_line(case, fixtures, tmp_path, capsys):
     _, template, config, expected_code, fragment = case
     new = tmp_path / "new"
-    values = {**fixtures, "new": str(new), "cfg": str(tmp_path / "config.json")}
+    runcopy = tmp_path / "runcopy"
+    runcopy.mkdir()
+    shutil.copy(os.path.join(fixtures["run"], "vae.pt"), runcopy / "vae.pt")
+    values = {**fixtures, "new": str(new), "cfg": str(tmp_path / "config.json"),
+              "runcopy": str(runcopy)}
     if config is not None:
         (tmp_path / "config.json").write_text(config)
     capsys.readouterr()
