@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def common(p, resume=True):
-        p.add_argument("--out", required=True,
+        p.add_argument("--out", required=True, metavar="DIR",
                        help="run directory: checkpoints (vae.pt, ebm.pt) and samples/")
         p.add_argument("--seed", type=SEED.parse, default=0, metavar="INT",
                        help=_with_default(SEED.help))
@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_with_default("samples drawn from each model for the comparison"))
     p.add_argument("--quick", action="store_true", help="shorter training (for smoke tests)")
 
-    p = command("train-vae", cmd_train_vae, "stage 1: train the VAE by its ELBO -> OUT/vae.pt",
+    p = command("train-vae", cmd_train_vae, "stage 1: train the VAE by its ELBO -> DIR/vae.pt",
                 ["vaebm-fast train-vae --dataset digits --out runs/d",
                  "vaebm-fast train-vae --dataset 25gaussians --out runs/g --steps 2000 --lr 5e-4",
                  "vaebm-fast train-vae --dataset digits --out runs/d --config my.json"])
@@ -534,23 +534,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, VAETrainConfig)
 
     p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen -> "
-                "OUT/ebm.pt (the data set and its preset come from the VAE checkpoint)",
+                "DIR/ebm.pt (the data set and its preset come from the VAE checkpoint)",
                 ["vaebm-fast train-ebm --out runs/d",
                  "vaebm-fast train-ebm --out runs/d --langevin-steps 10 --step-size 5e-4",
                  "vaebm-fast train-ebm --out runs/d --replay-capacity 1000 --no-resume"])
     common(p)
-    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: OUT/vae.pt)")
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
     p.add_argument("--config", metavar="JSON", help="JSON file with 'energy' (model keyword "
                    "arguments) and 'train' (training options) sections, over the preset")
     _add_config_flags(p, EBMTrainConfig)
 
     p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "
-                "OUT/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy)",
+                "DIR/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy)",
                 ["vaebm-fast sample --out runs/d --n 64",
                  "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1"])
     common(p, resume=False)
-    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: OUT/vae.pt)")
-    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: OUT/ebm.pt)")
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
+    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: DIR/ebm.pt)")
     p.add_argument("--n", type=_int("", 1).parse, default=64, metavar="INT",
                    help=_with_default("samples to draw from each model"))
     p.add_argument("--steps", type=_int("", 0).parse, metavar="INT",
