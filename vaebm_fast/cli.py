@@ -16,8 +16,10 @@ over).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 
@@ -101,45 +103,101 @@ def _build(builder, cfg: dict, what: str):
         raise SystemExit(f"error: invalid {what} config {cfg}: {e}") from None
 
 
+@contextlib.contextmanager
+def _training_log():
+    """Show the library's training log (logger "vaebm_fast": resume, progress lines off a
+    terminal, divergence recoveries) on stderr while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("vaebm_fast")
+    package_logger.addHandler(handler)
+    level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
+
+
+def _train_config(base, file_section: dict, overrides: dict):
+    """The preset's training config with the --config file's and the flags' values; a bad
+    value is a one-line usage error naming the option."""
+    try:
+        return _apply(_apply(base, file_section), overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def cmd_train_vae(args) -> None:
     from .data import batches
     from .training.vae import train_vae
     p, file_cfg = preset(args.dataset), _read_config(args.config)
     vae_cfg = {**p["vae"], **file_cfg.get("vae", {})}
-    cfg = _apply(_apply(p["vae_train"], file_cfg.get("train", {})),
-                 _flag_overrides(args, VAETrainConfig))
+    cfg = _train_config(p["vae_train"], file_cfg.get("train", {}),
+                        _flag_overrides(args, VAETrainConfig))
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
     vae = _build(build_vae, vae_cfg, "vae")
     path = os.path.join(args.out, "vae.pt")
-    metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
-                        resume=args.resume,
-                        extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}},
-                        log=print)
-    print(f"stage 1 done: {metrics}; wrote {path}")
+    with _training_log():
+        metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
+                            resume=args.resume, allow_config_change=args.allow_config_change,
+                            extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}})
+    if metrics:
+        print(f"stage 1 done: {_format_metrics(metrics)}; wrote {path}")
+
+
+def _format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def _load_vae_for_stage_two(path: str):
+    """(VAE with its trained weights, its checkpoint's config) from a stage-1 checkpoint."""
+    state = _load(path, "vae")
+    config = state.get("config")
+    if not isinstance(config, dict) or "dataset" not in config or "vae" not in config:
+        raise SystemExit(f"error: checkpoint {path} has no 'dataset' and 'vae' in its config; "
+                         f"it was not written by train-vae: pass a stage-1 checkpoint (--vae)")
+    if config["dataset"] not in PRESETS:
+        raise SystemExit(f"error: checkpoint {path} was trained on data set "
+                         f"{config['dataset']!r}, which has no preset here; valid: "
+                         f"{', '.join(PRESETS)}")
+    try:
+        vae = build_vae(config["vae"])
+        vae.load_state_dict(state["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise SystemExit(f"error: checkpoint {path} does not fit the VAE its config "
+                         f"describes ({type(e).__name__}: {detail})") from None
+    return vae, config
 
 
 def cmd_train_ebm(args) -> None:
     from .data import batches
     from .training.ebm import train_ebm
-    vae_state = _load(args.vae or os.path.join(args.out, "vae.pt"), "vae")
-    dataset = vae_state["config"]["dataset"]
+    vae_path = args.vae or os.path.join(args.out, "vae.pt")
+    vae, vae_config = _load_vae_for_stage_two(vae_path)
+    dataset = vae_config["dataset"]
     p, file_cfg = preset(dataset), _read_config(args.config)
     energy_cfg = {**p["energy"], **file_cfg.get("energy", {})}
-    cfg = _apply(_apply(p["ebm_train"], file_cfg.get("train", {})),
-                 {**_flag_overrides(args, EBMTrainConfig), "seed": args.seed})
+    cfg = _train_config(p["ebm_train"], file_cfg.get("train", {}),
+                        {**_flag_overrides(args, EBMTrainConfig), "seed": args.seed})
     torch.manual_seed(args.seed)
     data, shape, clamp = _dataset(dataset)
-    vae = build_vae(vae_state["config"]["vae"])
-    vae.load_state_dict(vae_state["model"])
     energy = _build(build_energy, energy_cfg, "energy")
     path = os.path.join(args.out, "ebm.pt")
-    config = {"dataset": dataset, "vae": vae_state["config"]["vae"], "energy": energy_cfg,
+    config = {"dataset": dataset, "vae": vae_config["vae"], "energy": energy_cfg,
               "sample_steps": p["sample_steps"], "sample_step_size": p["sample_step_size"]}
-    metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
-                        resume=args.resume, extra_state={"config": config},
-                        clamp=clamp if cfg.space == "data" else None, data_shape=shape, log=print)
-    print(f"stage 2 done: {metrics}; wrote {path}")
+    with _training_log():
+        metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg,
+                            checkpoint_path=path, resume=args.resume,
+                            allow_config_change=args.allow_config_change,
+                            extra_state={"config": config},
+                            clamp=clamp if cfg.space == "data" else None, data_shape=shape)
+    if metrics:
+        print(f"stage 2 done: {_format_metrics(metrics)}; wrote {path}")
 
 
 def cmd_sample(args) -> None:
@@ -180,8 +238,9 @@ def cmd_sample(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
-    run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
-             resume=args.resume)
+    with _training_log():
+        run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
+                 resume=args.resume)
 
 
 def cmd_info(args) -> None:
@@ -224,12 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--dataset", required=True, choices=sorted(PRESETS))
     p.add_argument("--config", help="JSON file with 'vae' and 'train' sections")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
     _add_config_flags(p, VAETrainConfig)
 
     p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen")
     common(p)
     p.add_argument("--vae", help="stage-1 checkpoint (default: OUT/vae.pt)")
     p.add_argument("--config", help="JSON file with 'energy' and 'train' sections")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
     _add_config_flags(p, EBMTrainConfig)
 
     p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side")
