@@ -95,13 +95,12 @@ class Stage:
 
 
 def weights_are_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether every entry of every floating-point tensor is finite: one fused norm over all
-    of them and one host sync (a norm is NaN/Inf iff an entry is, or the weights are beyond
-    ~1e19 in L2 norm per tensor, which is divergence too)."""
+    """Whether every entry of every floating-point tensor is finite: one fused max-norm over
+    all of them (NaN and Inf propagate through a max; it cannot overflow) and one host sync."""
     tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel() > 0]
     if not tensors:
         return True
-    return bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all())
+    return bool(torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all())
 
 
 def run_training(stage: Stage, cfg, *, checkpoint_path: str | Path | None,
@@ -196,7 +195,7 @@ class _Run:
         attempts, metrics, step = 0, {}, start
         try:
             while step < cfg.steps:
-                metrics, problem = self._one_step(step)
+                metrics, problem, cause = self._one_step(step)
                 if problem is not None:
                     pending = None  # taken after the weights that just failed: not trusted
                     if attempts < cfg.recover_attempts:
@@ -205,7 +204,7 @@ class _Run:
                         bar.n = step
                         bar.refresh()
                         continue
-                    raise self._diverged(step, problem)
+                    raise self._diverged(step, problem) from cause
                 if pending is not None:
                     self._save(*pending)
                     last_good, pending = pending if recovering else None, None
@@ -221,23 +220,24 @@ class _Run:
         self._save(cfg.steps, None)
         return metrics
 
-    def _one_step(self, step: int) -> tuple[dict, str | None]:
-        """Run step ``step``; return (metrics, what diverged or None)."""
+    def _one_step(self, step: int) -> tuple[dict, str | None, Exception | None]:
+        """Run step ``step``; return (metrics, what diverged or None, the error behind it)."""
         try:
             metrics = self.stage.step(step)
         except ChainDivergedError as error:
-            return {}, f"its negative-phase Langevin chain diverged ({str(error).split('. ')[0]})"
+            return ({}, f"its negative-phase Langevin chain diverged "
+                        f"({str(error).split('. ')[0]})", error)
         for name, value in metrics.items():
             if not math.isfinite(value):
-                return metrics, f"{name} became {value}"
+                return metrics, f"{name} became {value}", None
         bound = self.cfg.max_loss_magnitude
         for name in self.stage.watched:
             if name in metrics and abs(metrics[name]) > bound:
                 return metrics, (f"|{name}| = {abs(metrics[name]):.3g} exceeds "
-                                 f"max_loss_magnitude = {bound:g}")
+                                 f"max_loss_magnitude = {bound:g}"), None
         if not weights_are_finite(self.stage.weights()):
-            return metrics, "the weights became NaN/Inf at the optimizer step"
-        return metrics, None
+            return metrics, "the weights became NaN/Inf at the optimizer step", None
+        return metrics, None, None
 
     def _snapshot(self, step: int) -> bytes:
         return checkpoint_bytes({**self.stage.state(), "config": self.stage.config(),
