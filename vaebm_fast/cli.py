@@ -155,6 +155,7 @@ def _format_metrics(metrics: dict) -> str:
 
 def _load_vae_for_stage_two(path: str):
     """(VAE with its trained weights, its checkpoint's config) from a stage-1 checkpoint."""
+    from .training.loop import weights_are_finite
     state = _load(path, "vae")
     config = state.get("config")
     if not isinstance(config, dict) or "dataset" not in config or "vae" not in config:
@@ -171,6 +172,9 @@ def _load_vae_for_stage_two(path: str):
         detail = " ".join(str(e).split())[:300]
         raise SystemExit(f"error: checkpoint {path} does not fit the VAE its config "
                          f"describes ({type(e).__name__}: {detail})") from None
+    if not weights_are_finite(list(vae.state_dict().values())):
+        raise SystemExit(f"error: checkpoint {path} holds NaN/Inf weights (stage 1 had "
+                         f"diverged when it was written); train the VAE again")
     return vae, config
 
 

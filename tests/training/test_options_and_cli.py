@@ -177,3 +177,14 @@ def test_divergence_on_the_command_line_names_the_checkpoint_and_the_option(tmp_
     assert all(torch.isfinite(v).all() and v.abs().max() < 1e3 for v in state["model"].values())
     run("train-vae", *TOY, "--out", out, "--steps", 8, "--checkpoint-every", 1, "--lr", 1e-3)
     assert load_checkpoint(out / "vae.pt")["step"] == 8
+
+
+def test_train_ebm_refuses_a_vae_with_nan_weights(tmp_path):
+    out = tmp_path / "run"
+    run("train-vae", *TOY, "--out", out, "--steps", 1)
+    state = load_checkpoint(out / "vae.pt")
+    for tensor in state["model"].values():
+        tensor.fill_(float("nan"))
+    save_checkpoint(out / "vae.pt", state)
+    message = fails("train-ebm", "--out", out, "--steps", 1)
+    assert f"checkpoint {out / 'vae.pt'} holds NaN/Inf weights" in message

@@ -186,3 +186,15 @@ def test_config_json_metrics_jsonl_and_the_progress_log(tmp_path, caplog):
     assert config["vae"]["dataset"] == "25gaussians" and config["vae"]["train"]["steps"] == 10
     assert config["ebm"]["train"]["steps"] == 3 and config["ebm"]["vae"]["hidden"] == 32
     assert config["vae"] == load_checkpoint(path)["config"]
+
+
+def test_a_checkpoint_with_nan_weights_is_not_resumed(tmp_path):
+    """Files written before the weights check could hold diverged weights: named as such,
+    not trained on (which would report a diverged chain or a NaN loss instead)."""
+    path = tmp_path / "vae.pt"
+    train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=2), checkpoint_path=path)
+    state = torch.load(path, weights_only=True)
+    next(iter(state["model"].values())).fill_(float("nan"))
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} holds NaN/Inf weights"):
+        train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=4), checkpoint_path=path)

@@ -152,6 +152,10 @@ class _Run:
         if not self.allow_config_change:
             self._check_same_run(state["config"])
         start = self._restore(state, self.path)
+        if not weights_are_finite(self.stage.weights()):  # written before the weights check
+            raise CheckpointError(
+                f"checkpoint {self.path} holds NaN/Inf weights (training had diverged when it "
+                f"was written); resume from an earlier checkpoint, or start over (--no-resume)")
         self.saved_step = start
         logger.info("resumed from %s at step %d", self.path, start)
         return start
