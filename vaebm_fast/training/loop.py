@@ -209,9 +209,11 @@ class _Run:
                         bar.refresh()
                         continue
                     raise self._diverged(step, problem) from cause
-                if pending is not None:
+                if pending is not None:  # this step ran healthy on the pending weights
                     self._save(*pending)
-                    last_good, pending = pending if recovering else None, None
+                    if recovering:
+                        last_good = pending
+                    pending = None
                 step += 1
                 bar.update(1)
                 if (step - 1) % cfg.log_every == 0 or step == cfg.steps:
