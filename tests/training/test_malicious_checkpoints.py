@@ -14,7 +14,9 @@ import torch
 from vaebm_fast.checkpoint import CheckpointError, load_checkpoint
 from vaebm_fast.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              # torch notes that a bare pickle's protocol is not its own; beside the point here
+              pytest.mark.filterwarnings("ignore:Detected pickle protocol")]
 
 FORMS = ["zip", "legacy", "pickle"]
 
