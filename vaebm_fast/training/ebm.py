@@ -52,8 +52,9 @@ class EBMTrainConfig:
     sampler: str = "fast"             # negative phase: "fast" (FastSampler) or "eager"
     checkpoint_every: int = 200
     log_every: int = 20               # steps between progress lines / metrics.jsonl records
-    # Divergence: a loss or mean energy beyond this magnitude is an explosion (healthy runs of
-    # the presets stay below 1e3: README, "Training and checkpoints"); inf turns it off.
+    # Divergence: a loss or mean energy beyond this magnitude is an explosion (healthy runs
+    # measured: at most 7.4 after the full demo: README, "Training and checkpoints"); inf
+    # turns the test off.
     max_loss_magnitude: float = 1e6
     recover_attempts: int = 0         # automatic recoveries from divergence (0: off)
     recover_factor: float = 0.5       # each recovery multiplies lr and step_size by this
