@@ -16,6 +16,7 @@ reported in one line (exit code 1) that says how to see the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -78,6 +79,7 @@ class Rule:
     high_open: bool = False
     choices: tuple = ()
     nullable: bool = False
+    allow_inf: bool = False  # inf is a value (e.g. max_loss_magnitude=inf: no explosion test)
 
     def describe(self) -> str:
         """The accepted values in words: 'an int >= 1', 'a number in [0, 1)', ..."""
@@ -86,7 +88,8 @@ class Rule:
         if self.kind == "str":
             return ("one of " + ", ".join(repr(c) for c in self.choices) if self.choices
                     else "a string")
-        what = "an int" if self.kind == "int" else "a finite number"
+        what = ("an int" if self.kind == "int" else "a number" if self.allow_inf
+                else "a finite number")
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             what += f" in {left}{self.low:g}, {self.high:g}{right}"
@@ -108,7 +111,8 @@ class Rule:
         elif self.kind == "int":
             ok = isinstance(value, int) and self._in_range(value)
         else:
-            ok = math.isfinite(value) and self._in_range(value)
+            ok = ((math.isfinite(value) or (self.allow_inf and not math.isnan(value)))
+                  and self._in_range(value))
             value = float(value) if ok else value
         if not ok:
             shown = "null" if value is None else repr(value)
@@ -133,9 +137,10 @@ def _int(help, low=0, high=None):
     return Rule(help, "int", low=low, high=high)
 
 
-def _num(help, low=0.0, high=None, *, low_open=False, high_open=False, nullable=False):
+def _num(help, low=0.0, high=None, *, low_open=False, high_open=False, nullable=False,
+         allow_inf=False):
     return Rule(help, "float", low=low, high=high, low_open=low_open, high_open=high_open,
-                nullable=nullable)
+                nullable=nullable, allow_inf=allow_inf)
 
 
 SEED = _int("random seed: of torch's initialisation and batches and, in train-ebm and sample, "
@@ -143,6 +148,16 @@ SEED = _int("random seed: of torch's initialisation and batches and, in train-eb
 _STEPS = _int("optimizer steps in all; a resumed run continues up to this count")
 _BATCH = _int("training batch size", 1)
 _CHECKPOINT_EVERY = _int("write a checkpoint every this many steps (and at the end)", 1)
+_LOOP = {
+    "log_every": _int("steps between two progress lines (off a terminal) and metrics.jsonl "
+                      "records", 1),
+    "max_loss_magnitude": _num("divergence test: a loss (or mean energy) beyond this magnitude "
+                               "counts as an explosion, like NaN/Inf (inf: off)", low_open=True,
+                               allow_inf=True),
+    "recover_attempts": _int("on divergence, reload the last healthy checkpoint and lower the "
+                             "learning rate (and step size) this many times (0: stop and say "
+                             "how to resume)"),
+}
 
 TRAIN_OPTIONS: dict[type, dict[str, Rule]] = {
     VAETrainConfig: {
@@ -158,6 +173,9 @@ TRAIN_OPTIONS: dict[type, dict[str, Rule]] = {
         "weight_decay_norm": _num("weight of NVAE's spectral and BatchNorm regularisers"),
         "grad_clip_norm": _num("clip the gradient's global norm to this", low_open=True),
         "checkpoint_every": _CHECKPOINT_EVERY,
+        **_LOOP,
+        "recover_factor": _num("each recovery multiplies the learning rates by this", 0.0, 1.0,
+                               low_open=True, high_open=True),
     },
     EBMTrainConfig: {
         "steps": _STEPS,
@@ -187,6 +205,9 @@ TRAIN_OPTIONS: dict[type, dict[str, Rule]] = {
         "sampler": Rule("negative-phase sampler: fast (FastSampler) or eager (the reference "
                         "LangevinSampler)", "str", choices=("fast", "eager")),
         "checkpoint_every": _CHECKPOINT_EVERY,
+        **_LOOP,
+        "recover_factor": _num("each recovery multiplies the learning rate and the Langevin "
+                               "step size by this", 0.0, 1.0, low_open=True, high_open=True),
     },
 }
 
@@ -334,45 +355,105 @@ def _build(builder, cfg: dict, what: str):
     return model
 
 
+@contextlib.contextmanager
+def _training_log():
+    """Show the library's training log (logger "vaebm_fast": resume, progress lines off a
+    terminal, divergence recoveries) on stderr while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_logger = logging.getLogger("vaebm_fast")
+    package_logger.addHandler(handler)
+    level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
+
+
+def _train_config(base, file_section: dict, overrides: dict):
+    """The preset's training config with the --config file's and the flags' values; a bad
+    value is a one-line usage error naming the option."""
+    try:
+        return _apply(_apply(base, file_section), overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def cmd_train_vae(args) -> None:
     from .data import batches
     from .training.vae import train_vae
     p, file_cfg = preset(args.dataset), _read_config(args.config)
     vae_cfg = {**p["vae"], **file_cfg.get("vae", {})}
-    cfg = _apply(_apply(p["vae_train"], file_cfg.get("train", {})),
-                 _flag_overrides(args, VAETrainConfig))
+    cfg = _train_config(p["vae_train"], file_cfg.get("train", {}),
+                        _flag_overrides(args, VAETrainConfig))
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
     vae = _build(build_vae, vae_cfg, "vae")
     path = os.path.join(args.out, "vae.pt")
-    metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
-                        resume=args.resume,
-                        extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}},
-                        log=print)
-    print(f"stage 1 done: {metrics}; wrote {path}")
+    with _training_log():
+        metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
+                            resume=args.resume, allow_config_change=args.allow_config_change,
+                            extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}})
+    if metrics:
+        print(f"stage 1 done: {_format_metrics(metrics)}; wrote {path}")
+
+
+def _format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def _load_vae_for_stage_two(path: str):
+    """(VAE with its trained weights, its checkpoint's config) from a stage-1 checkpoint."""
+    from .training.loop import weights_are_finite
+    state = _load(path, "vae")
+    config = state.get("config")
+    if not isinstance(config, dict) or "dataset" not in config or "vae" not in config:
+        raise SystemExit(f"error: checkpoint {path} has no 'dataset' and 'vae' in its config; "
+                         f"it was not written by train-vae: pass a stage-1 checkpoint (--vae)")
+    if config["dataset"] not in PRESETS:
+        raise SystemExit(f"error: checkpoint {path} was trained on data set "
+                         f"{config['dataset']!r}, which has no preset here; valid: "
+                         f"{', '.join(PRESETS)}")
+    try:
+        vae = build_vae(config["vae"])
+        vae.load_state_dict(state["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise SystemExit(f"error: checkpoint {path} does not fit the VAE its config "
+                         f"describes ({type(e).__name__}: {detail})") from None
+    if not weights_are_finite(list(vae.state_dict().values())):
+        raise SystemExit(f"error: checkpoint {path} holds NaN/Inf weights (stage 1 had "
+                         f"diverged when it was written); train the VAE again")
+    return vae, config
 
 
 def cmd_train_ebm(args) -> None:
     from .data import batches
     from .training.ebm import train_ebm
-    vae_state = _load(args.vae or os.path.join(args.out, "vae.pt"), "vae")
-    dataset = vae_state["config"]["dataset"]
+    vae_path = args.vae or os.path.join(args.out, "vae.pt")
+    vae, vae_config = _load_vae_for_stage_two(vae_path)
+    dataset = vae_config["dataset"]
     p, file_cfg = preset(dataset), _read_config(args.config)
     energy_cfg = {**p["energy"], **file_cfg.get("energy", {})}
-    cfg = _apply(_apply(p["ebm_train"], file_cfg.get("train", {})),
-                 {**_flag_overrides(args, EBMTrainConfig), "seed": args.seed})
+    cfg = _train_config(p["ebm_train"], file_cfg.get("train", {}),
+                        {**_flag_overrides(args, EBMTrainConfig), "seed": args.seed})
     torch.manual_seed(args.seed)
     data, shape, clamp = _dataset(dataset)
-    vae = build_vae(vae_state["config"]["vae"])
-    vae.load_state_dict(vae_state["model"])
     energy = _build(build_energy, energy_cfg, "energy")
     path = os.path.join(args.out, "ebm.pt")
-    config = {"dataset": dataset, "vae": vae_state["config"]["vae"], "energy": energy_cfg,
+    config = {"dataset": dataset, "vae": vae_config["vae"], "energy": energy_cfg,
               "sample_steps": p["sample_steps"], "sample_step_size": p["sample_step_size"]}
-    metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
-                        resume=args.resume, extra_state={"config": config},
-                        clamp=clamp if cfg.space == "data" else None, data_shape=shape, log=print)
-    print(f"stage 2 done: {metrics}; wrote {path}")
+    with _training_log():
+        metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg,
+                            checkpoint_path=path, resume=args.resume,
+                            allow_config_change=args.allow_config_change,
+                            extra_state={"config": config},
+                            clamp=clamp if cfg.space == "data" else None, data_shape=shape)
+    if metrics:
+        print(f"stage 2 done: {_format_metrics(metrics)}; wrote {path}")
 
 def _load_weights(model, state: dict, path: str) -> None:
     """Load a checkpoint's weights; a mismatch with the model built from its config is one
@@ -452,8 +533,9 @@ def cmd_sample(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
-    run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
-             resume=args.resume)
+    with _training_log():
+        run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
+                 resume=args.resume)
 
 
 def cmd_info(args) -> None:
@@ -531,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the data set, and with it the preset of models and training options")
     p.add_argument("--config", metavar="JSON", help="JSON file with 'vae' (model keyword "
                    "arguments) and 'train' (training options) sections, over the preset")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
     _add_config_flags(p, VAETrainConfig)
 
     p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen -> "
@@ -542,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
     p.add_argument("--config", metavar="JSON", help="JSON file with 'energy' (model keyword "
                    "arguments) and 'train' (training options) sections, over the preset")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
     _add_config_flags(p, EBMTrainConfig)
 
     p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "

@@ -117,20 +117,23 @@ def test_rerunning_train_vae_resumes(tmp_path, capsys):
     first = load_checkpoint(out / "vae.pt")
     capsys.readouterr()
 
-    run(*common, "--steps", 6)  # already done: loads, trains nothing
-    assert f"resumed from {out / 'vae.pt'} at step 6" in capsys.readouterr().out
+    run(*common, "--steps", 6)  # already done: loads, trains nothing, writes nothing
+    printed = capsys.readouterr()  # the training log goes to stderr
+    assert f"resumed from {out / 'vae.pt'} at step 6" in printed.err
+    assert "already at step 6 >= --steps 6; nothing to train" in printed.err
+    assert "wrote" not in printed.out
     again = load_checkpoint(out / "vae.pt")
     assert again["step"] == 6
     assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
 
     run(*common, "--steps", 9)  # continues from 6, not from 0
-    assert "at step 6" in capsys.readouterr().out
+    assert "at step 6" in capsys.readouterr().err
     longer = load_checkpoint(out / "vae.pt")
     assert longer["step"] == 9
     assert not all(torch.equal(first["model"][k], longer["model"][k]) for k in first["model"])
 
     run(*common, "--steps", 3, "--no-resume")  # starts over
-    assert "resumed" not in capsys.readouterr().out
+    assert "resumed" not in capsys.readouterr().err
     assert load_checkpoint(out / "vae.pt")["step"] == 3
     assert no_temp_files(out)
 

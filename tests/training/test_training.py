@@ -263,7 +263,7 @@ def test_hierarchical_vae_tiny_trains_through_train_vae(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Resumable training
 # --------------------------------------------------------------------------------------------
-def test_vae_resume_after_crash_is_identical_to_a_straight_run(tmp_path):
+def test_vae_resume_after_crash_is_identical_to_a_straight_run(tmp_path, caplog):
     cfg = vae_cfg(steps=20, checkpoint_every=10)
     torch.manual_seed(1)
     straight = tiny_vae()
@@ -279,12 +279,13 @@ def test_vae_resume_after_crash_is_identical_to_a_straight_run(tmp_path):
 
     torch.manual_seed(99)  # a new process: other weights, other RNG state
     resumed = tiny_vae(seed=99)
-    logs = []
-    train_vae(resumed, toy_batches(64), cfg, checkpoint_path=str(path), log=logs.append)
-    assert any("at step 10" in line for line in logs)
+    with caplog.at_level("INFO", logger="vaebm_fast"):
+        train_vae(resumed, toy_batches(64), cfg, checkpoint_path=str(path))
+    assert f"resumed from {path} at step 10" in caplog.text
     assert same_params(params(resumed), params(straight))
     assert load_checkpoint(path)["step"] == 20
-    assert [p.name for p in tmp_path.iterdir()] == ["vae.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "metrics.jsonl", "vae.prev.pt", "vae.pt"]
 
 
 def test_ebm_resume_after_crash_is_identical_to_a_straight_run(tmp_path):
@@ -327,13 +328,13 @@ def test_rerun_with_fewer_steps_does_not_rewind_the_checkpoint(tmp_path):
     assert load_checkpoint(path)["step"] == 10  # still says 10 steps were done
 
 
-def test_no_resume_starts_over(tmp_path):
+def test_no_resume_starts_over(tmp_path, caplog):
     path = str(tmp_path / "vae.pt")
     train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=6), checkpoint_path=path)
-    logs = []
-    train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=3), checkpoint_path=path, resume=False,
-              log=logs.append)
-    assert logs == [] and load_checkpoint(path)["step"] == 3
+    with caplog.at_level("INFO", logger="vaebm_fast"):
+        train_vae(tiny_vae(), toy_batches(64), vae_cfg(steps=3), checkpoint_path=path,
+                  resume=False)
+    assert "resumed" not in caplog.text and load_checkpoint(path)["step"] == 3
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])
@@ -378,9 +379,11 @@ def test_diverging_loss_raises_and_keeps_the_last_checkpoint(tmp_path, stage):
 
         def run(data):
             return train_ebm(model, vae, data, cfg, checkpoint_path=str(path))
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 7.*untouched"):
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 7: (loss|e_pos) became nan; "
+                       r"the last healthy checkpoint is .*(vae|ebm)\.pt \(step 5\)") as info:
         run(nan_at(toy_batches(32), 7))
-    assert isinstance(TrainingDiverged("x"), FloatingPointError)
+    assert info.value.checkpoint == path and info.value.checkpoint_step == 5
+    assert isinstance(info.value, FloatingPointError)
     state = load_checkpoint(path, kind=stage)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())

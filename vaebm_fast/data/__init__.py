@@ -8,12 +8,12 @@
   ``split``, ``seed``, ``test_fraction``).
 
 ``batches(dataset, batch_size, generator)`` turns either kind into an endless stream of
-batches for a trainer.
+batches for a trainer, whose position can be checkpointed (``state_dict``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
@@ -30,6 +30,9 @@ __all__ = [
     "DATASETS",
     "make_dataset",
     "batches",
+    "BatchStream",
+    "ShuffledEpochs",
+    "FreshSamples",
 ]
 
 Dataset = Union[torch.Tensor, TwentyFiveGaussians, SwissRoll]
@@ -60,8 +63,8 @@ def batches(
     data_or_sampler: Dataset,
     batch_size: int,
     generator: Optional[torch.Generator] = None,
-) -> Iterator[torch.Tensor]:
-    """Yield batches forever.
+) -> "BatchStream":
+    """An endless stream of batches, whose position can be saved and restored.
 
     Args:
         data_or_sampler: either a sampler (anything with ``sample(n, generator)``, such as the
@@ -72,37 +75,92 @@ def batches(
         batch_size: items per batch; at most ``N`` for a tensor.
         generator: CPU generator for the draws and shuffles (None: torch's global generator).
 
-    Yields:
-        [batch_size, ...] tensors; for a tensor dataset, on the dataset's device.
+    Returns:
+        an iterator of [batch_size, ...] tensors (for a tensor dataset, on the dataset's
+        device) with ``state_dict()`` / ``load_state_dict()``: the current epoch's order, the
+        position in it and the private generator's state (the trainers checkpoint it, so a
+        resumed run sees the batches an uninterrupted one would; torch's global generator is
+        checkpointed with the other RNG states).
     """
-    # A plain function returning generators, so that bad arguments fail here, at the call.
     check_positive(batch_size, "batch_size", integer=True)
     if isinstance(data_or_sampler, torch.Tensor):
         num_items = data_or_sampler.shape[0] if data_or_sampler.dim() > 0 else 0
         if batch_size > num_items:
             raise ValueError(f"batch_size ({batch_size}) must not exceed the number of items "
                              f"in the dataset ({num_items}); lower batch_size")
-        return _shuffled_epochs(data_or_sampler, batch_size, generator)
+        return ShuffledEpochs(data_or_sampler, batch_size, generator)
     if callable(getattr(data_or_sampler, "sample", None)):
-        return _fresh_samples(data_or_sampler, batch_size, generator)
+        return FreshSamples(data_or_sampler, batch_size, generator)
     raise TypeError(
         "batches() needs a tensor [N, ...] or a sampler with .sample(n, generator) "
         f"(got {type(data_or_sampler).__name__}); build one with make_dataset(name)")
 
 
-def _fresh_samples(
-    sampler: Any, batch_size: int, generator: Optional[torch.Generator]
-) -> Iterator[torch.Tensor]:
-    while True:
-        yield sampler.sample(batch_size, generator)
+class BatchStream:
+    """An endless iterator of batches whose state is plain data (see ``batches``)."""
+
+    def __init__(self, batch_size: int, generator: Optional[torch.Generator]) -> None:
+        self.batch_size, self.generator = batch_size, generator
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": None if self.generator is None else self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 
 
-def _shuffled_epochs(
-    data: torch.Tensor, batch_size: int, generator: Optional[torch.Generator]
-) -> Iterator[torch.Tensor]:
-    num_items = data.shape[0]
-    num_full_batches = num_items // batch_size
-    while True:
-        order = torch.randperm(num_items, generator=generator).to(data.device)
-        for start in range(0, num_full_batches * batch_size, batch_size):
-            yield data[order[start:start + batch_size]]
+class FreshSamples(BatchStream):
+    """``sampler.sample(batch_size, generator)`` every time."""
+
+    def __init__(self, sampler: Any, batch_size: int,
+                 generator: Optional[torch.Generator]) -> None:
+        super().__init__(batch_size, generator)
+        self.sampler = sampler
+
+    def __next__(self) -> torch.Tensor:
+        return self.sampler.sample(self.batch_size, self.generator)
+
+
+class ShuffledEpochs(BatchStream):
+    """Full batches of a tensor in a fresh random order each epoch. The order of an epoch is
+    drawn when its first batch is asked for; ``order`` [N] and ``position`` (batches of it
+    given out) are the state."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int,
+                 generator: Optional[torch.Generator]) -> None:
+        super().__init__(batch_size, generator)
+        self.data = data
+        self.num_batches = data.shape[0] // batch_size  # full batches per epoch
+        self.order: Optional[torch.Tensor] = None
+        self.position = 0
+
+    def __next__(self) -> torch.Tensor:
+        if self.order is None or self.position == self.num_batches:
+            self.order = torch.randperm(self.data.shape[0], generator=self.generator)
+            self.position = 0
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.data[self.order[start:start + self.batch_size].to(self.data.device)]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "order": self.order, "position": self.position,
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue where ``state`` was saved; an order saved for another number of items or
+        another batch size (a run resumed with other settings) is dropped, and the next batch
+        starts a new epoch."""
+        super().load_state_dict(state)
+        order = state.get("order")
+        if (order is None or tuple(order.shape) != (self.data.shape[0],)
+                or state.get("batch_size") != self.batch_size):
+            self.order, self.position = None, 0
+        else:
+            self.order, self.position = order.cpu(), int(state["position"])

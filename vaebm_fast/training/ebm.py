@@ -13,7 +13,7 @@ clip to +-(3 sqrt(v_hat) + 0.1) from Adam's second moment.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import torch
@@ -22,11 +22,14 @@ from torch import nn
 from ..sampling.fast import FastSampler
 from ..sampling.langevin import LangevinSampler
 from ..sampling.replay import ReplayBuffer, reinit_probability
-from .loop import run_training
+from . import options
+from .loop import Stage, run_training
 
 
 @dataclass
 class EBMTrainConfig:
+    """Stage-2 options; each is also a command-line flag (``--step-size``). Checked on
+    construction (``training/options.py``: bad values raise ValueError naming the option)."""
     steps: int = 1000
     batch_size: int = 32
     lr: float = 4e-5
@@ -48,6 +51,37 @@ class EBMTrainConfig:
     seed: int = 0                     # Philox seed of the chains
     sampler: str = "fast"             # negative phase: "fast" (FastSampler) or "eager"
     checkpoint_every: int = 200
+    log_every: int = 20               # steps between progress lines / metrics.jsonl records
+    # Divergence: a loss or mean energy beyond this magnitude is an explosion (healthy runs
+    # measured: at most 7.4 after the full demo: README, "Training and checkpoints"); inf
+    # turns the test off.
+    max_loss_magnitude: float = 1e6
+    recover_attempts: int = 0         # automatic recoveries from divergence (0: off)
+    recover_factor: float = 0.5       # each recovery multiplies lr and step_size by this
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        options.check_loop_options(self)
+        options.check_real(self, "beta1", low=0, high=1, high_open=True)
+        options.check_real(self, "beta2", low=0, high=1, high_open=True)
+        options.check_real(self, "weight_decay", low=0)
+        options.check_choice(self, "space", ("eps", "latent", "data"))
+        options.check_int(self, "langevin_steps", 0)
+        options.check_real(self, "step_size", low=0, low_open=True)
+        options.check_real(self, "noise_scale", low=0, optional=True)
+        options.check_real(self, "grad_clip", low=0, low_open=True, optional=True)
+        options.check_real(self, "alpha_s", low=0)
+        options.check_real(self, "energy_reg", low=0)
+        options.check_bool(self, "igebm_clip")
+        options.check_real(self, "data_noise", low=0)
+        options.check_int(self, "replay_capacity", 0)
+        options.check_real(self, "replay_max_p", low=0, high=1)
+        options.check_int(self, "replay_anneal_steps", 0)
+        options.check_int(self, "seed", 0)
+        options.check_choice(self, "sampler", ("fast", "eager"))
 
 
 def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0,
@@ -73,8 +107,6 @@ def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None 
     after every optimizer step, and of the frozen generator, made once; CUDA graphs on a GPU)
     or, with ``cfg.sampler == "eager"``, the reference LangevinSampler. Same chains either way
     (same seed and offsets), to float tolerance."""
-    if cfg.sampler not in ("fast", "eager"):
-        raise ValueError(f"EBMTrainConfig.sampler must be 'fast' or 'eager' (got {cfg.sampler!r})")
     cls = FastSampler if cfg.sampler == "fast" else LangevinSampler
     # output="sample": the negatives are draws x = T(eps_z, eps_x) of h, which the chain's last
     # potential has already decoded; the decoder mean would cost another decoder pass.
@@ -88,12 +120,20 @@ def make_sampler(energy, generator, cfg: EBMTrainConfig, *, n_steps: int | None 
 
 def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[torch.Tensor],
               cfg: EBMTrainConfig, *, checkpoint_path: str | None = None, resume: bool = True,
-              extra_state: dict | None = None, clamp=None, data_shape=None, log=None) -> dict:
+              extra_state: dict | None = None, clamp=None, data_shape=None,
+              allow_config_change: bool = False) -> dict:
     """Train ``energy`` in place against the frozen ``generator``.
 
-    data: endless iterator of [B, *data_shape] batches. The checkpoint holds
-    ``{'kind': 'ebm', 'config', 'model', 'optimizer', 'replay', 'chain_offset', 'step', 'rng'}``.
+    data: endless iterator of [B, *data_shape] batches; a stream from
+    ``vaebm_fast.data.batches`` is checkpointed too (exact resume). ``cfg`` is copied (a
+    recovery lowers the copy's lr and step size). The checkpoint holds ``{'kind': 'ebm',
+    'config', 'model', 'optimizer', 'replay', 'chain_offset', 'data', 'step', 'rng'}``;
+    resuming, divergence (a diverged chain included), config.json and metrics.jsonl:
+    ``run_training``. Options given now override the checkpoint's (a lower ``lr`` or
+    ``step_size`` takes effect on resume). Returns the last step's metrics ({} if the
+    checkpoint was already at ``cfg.steps``).
     """
+    cfg = replace(cfg)  # validated again; a recovery changes this copy, not the caller's
     device = next(energy.parameters()).device
     if generator is not None:
         generator.eval()
@@ -105,12 +145,18 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         shapes = ([tuple(generator.latent_shapes[i]) for i in range(len(generator.latent_shapes))]
                   if cfg.space != "data" else [tuple(data_shape)])
         replay = ReplayBuffer(cfg.replay_capacity, shapes, device=device)
-    sampler = make_sampler(energy, generator, cfg, clamp=clamp, data_shape=data_shape,
-                           replay=replay)
+    chain = {"offset": 0, "sampler": None}
+
+    def new_sampler() -> None:
+        chain["sampler"] = make_sampler(energy, generator, cfg, clamp=clamp,
+                                        data_shape=data_shape, replay=replay)
+
+    new_sampler()
     spectral = getattr(energy, "spectral_norm_loss", None)
-    chain = {"offset": 0}
+    data_state = getattr(data, "state_dict", None)
 
     def step_fn(step: int) -> dict:
+        sampler = chain["sampler"]
         x_pos = next(data).to(device)
         if step == 0:
             with torch.no_grad():
@@ -139,20 +185,49 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
             out["spectral"] = spec.item()
         return out
 
+    def config() -> dict:
+        return {**(extra_state or {}).get("config", {}), "train": asdict(cfg)}
+
     def state_fn() -> dict:
-        return {"kind": "ebm",
-                "config": {**(extra_state or {}).get("config", {}), "train": asdict(cfg)},
-                "model": energy.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"kind": "ebm", "model": energy.state_dict(), "optimizer": optimizer.state_dict(),
                 "replay": None if replay is None else replay.state_dict(),
-                "chain_offset": chain["offset"]}
+                "chain_offset": chain["offset"],
+                "data": data_state() if data_state is not None else None}
+
+    def set_optimizer_options() -> None:
+        for group in optimizer.param_groups:  # the options of this run, not the checkpoint's
+            group.update(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
 
     def load_fn(state: dict) -> None:
         energy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        set_optimizer_options()
         chain["offset"] = int(state["chain_offset"])
         if replay is not None and state.get("replay") is not None:
             replay.load_state_dict(state["replay"])
+        if data_state is not None and state.get("data") is not None:
+            data.load_state_dict(state["data"])
 
-    return run_training(total_steps=cfg.steps, step_fn=step_fn, state_fn=state_fn, load_fn=load_fn,
-                        checkpoint_path=checkpoint_path, checkpoint_every=cfg.checkpoint_every,
-                        resume=resume, desc="stage 2: EBM", log=log)
+    def lower(factor: float) -> str:
+        old_lr, old_step = cfg.lr, cfg.step_size
+        cfg.lr, cfg.step_size = cfg.lr * factor, cfg.step_size * factor
+        if cfg.noise_scale is not None:  # keep noise^2 / step_size, the chain's temperature
+            cfg.noise_scale *= factor ** 0.5
+        set_optimizer_options()
+        new_sampler()
+        return (f"lr {old_lr:.3g} -> {cfg.lr:.3g}, Langevin step size {old_step:.3g} -> "
+                f"{cfg.step_size:.3g}")
+
+    def resume_options(factor: float) -> str:
+        return (f"--step-size {cfg.step_size * factor:.3g} (a smaller Langevin step; "
+                f"EBMTrainConfig.step_size) or --lr {cfg.lr * factor:.3g} (a lower learning "
+                f"rate; EBMTrainConfig.lr)")
+
+    def weights() -> list:
+        return [*energy.parameters(), *energy.buffers()]
+
+    stage = Stage(kind="ebm", desc="stage 2: EBM", config=config, step=step_fn, state=state_fn,
+                  load=load_fn, weights=weights, lower=lower, resume_options=resume_options,
+                  watched=("loss", "e_pos", "e_neg"))
+    return run_training(stage, cfg, checkpoint_path=checkpoint_path, resume=resume,
+                        allow_config_change=allow_config_change)
