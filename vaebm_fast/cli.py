@@ -33,6 +33,7 @@ import torch
 
 from .presets import TOY, PRESETS, build_energy, build_vae, preset
 from .training.ebm import EBMTrainConfig
+from .training.options import CHOICES as TRAIN_CHOICES
 from .training.vae import VAETrainConfig
 
 log = logging.getLogger("vaebm_fast")
@@ -79,7 +80,6 @@ class Rule:
     high_open: bool = False
     choices: tuple = ()
     nullable: bool = False
-    allow_inf: bool = False  # inf is a value (e.g. max_loss_magnitude=inf: no explosion test)
 
     def describe(self) -> str:
         """The accepted values in words: 'an int >= 1', 'a number in [0, 1)', ..."""
@@ -88,8 +88,7 @@ class Rule:
         if self.kind == "str":
             return ("one of " + ", ".join(repr(c) for c in self.choices) if self.choices
                     else "a string")
-        what = ("an int" if self.kind == "int" else "a number" if self.allow_inf
-                else "a finite number")
+        what = "an int" if self.kind == "int" else "a finite number"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             what += f" in {left}{self.low:g}, {self.high:g}{right}"
@@ -111,8 +110,7 @@ class Rule:
         elif self.kind == "int":
             ok = isinstance(value, int) and self._in_range(value)
         else:
-            ok = ((math.isfinite(value) or (self.allow_inf and not math.isnan(value)))
-                  and self._in_range(value))
+            ok = math.isfinite(value) and self._in_range(value)
             value = float(value) if ok else value
         if not ok:
             shown = "null" if value is None else repr(value)
@@ -137,89 +135,86 @@ def _int(help, low=0, high=None):
     return Rule(help, "int", low=low, high=high)
 
 
-def _num(help, low=0.0, high=None, *, low_open=False, high_open=False, nullable=False,
-         allow_inf=False):
+def _num(help, low=0.0, high=None, *, low_open=False, high_open=False, nullable=False):
     return Rule(help, "float", low=low, high=high, low_open=low_open, high_open=high_open,
-                nullable=nullable, allow_inf=allow_inf)
+                nullable=nullable)
 
 
 SEED = _int("random seed: of torch's initialisation and batches and, in train-ebm and sample, "
             "of the Philox streams of the Langevin chains", 0, 2**63 - 1)
-_STEPS = _int("optimizer steps in all; a resumed run continues up to this count")
-_BATCH = _int("training batch size", 1)
-_CHECKPOINT_EVERY = _int("write a checkpoint every this many steps (and at the end)", 1)
-_LOOP = {
-    "log_every": _int("steps between two progress lines (off a terminal) and metrics.jsonl "
-                      "records", 1),
-    "max_loss_magnitude": _num("divergence test: a loss (or mean energy) beyond this magnitude "
-                               "counts as an explosion, like NaN/Inf (inf: off)", low_open=True,
-                               allow_inf=True),
-    "recover_attempts": _int("on divergence, reload the last healthy checkpoint and lower the "
-                             "learning rate (and step size) this many times (0: stop and say "
-                             "how to resume)"),
+# The help of each training option. Its type comes from the dataclass field, its choices from
+# training/options.py CHOICES, and its range from the config's own validation (one place for
+# each rule: a bad flag or --config value gets the library's message, naming the option).
+_LOOP_HELP = {
+    "steps": "optimizer steps in all; a resumed run continues up to this count",
+    "batch_size": "training batch size",
+    "checkpoint_every": "write a checkpoint every this many steps (and at the end)",
+    "log_every": "steps between two progress lines (off a terminal) and metrics.jsonl records",
+    "max_loss_magnitude": "divergence test: a loss (or mean energy) beyond this magnitude counts "
+                          "as an explosion, like NaN/Inf (inf: off)",
+    "recover_attempts": "on divergence, reload the last healthy checkpoint and lower the "
+                        "learning rate (and step size) this many times (0: stop and say how to "
+                        "resume)",
 }
 
-TRAIN_OPTIONS: dict[type, dict[str, Rule]] = {
+TRAIN_OPTIONS: dict[type, dict[str, str]] = {
     VAETrainConfig: {
-        "steps": _STEPS,
-        "batch_size": _BATCH,
-        "lr": _num("peak learning rate (cosine decay from it)", low_open=True),
-        "min_lr": _num("learning rate at the end of the cosine decay"),
-        "optimizer": Rule("optimizer (adamax is NVAE's)", "str", choices=("adam", "adamax")),
-        "kl_warmup_fraction": _num("fraction of the steps over which the KL weight ramps up to "
-                                   "--kl-weight", 0.0, 1.0),
-        "kl_min": _num("smallest KL weight during the warm-up", 0.0, 1.0),
-        "kl_weight": _num("final KL weight (beta-VAE; 1 is the ELBO)"),
-        "weight_decay_norm": _num("weight of NVAE's spectral and BatchNorm regularisers"),
-        "grad_clip_norm": _num("clip the gradient's global norm to this", low_open=True),
-        "checkpoint_every": _CHECKPOINT_EVERY,
-        **_LOOP,
-        "recover_factor": _num("each recovery multiplies the learning rates by this", 0.0, 1.0,
-                               low_open=True, high_open=True),
+        **_LOOP_HELP,
+        "lr": "peak learning rate (cosine decay from it)",
+        "min_lr": "learning rate at the end of the cosine decay",
+        "optimizer": "optimizer (adamax is NVAE's)",
+        "kl_warmup_fraction": "fraction of the steps over which the KL weight ramps up to "
+                              "--kl-weight",
+        "kl_min": "smallest KL weight during the warm-up",
+        "kl_weight": "final KL weight (beta-VAE; 1 is the ELBO)",
+        "weight_decay_norm": "weight of NVAE's spectral and BatchNorm regularisers",
+        "grad_clip_norm": "clip the gradient's global norm to this",
+        "recover_factor": "each recovery multiplies the learning rates by this",
     },
     EBMTrainConfig: {
-        "steps": _STEPS,
-        "batch_size": _BATCH,
-        "lr": _num("Adam learning rate of the energy network", low_open=True),
-        "beta1": _num("Adam beta1", 0.0, 1.0, high_open=True),
-        "beta2": _num("Adam beta2", 0.0, 1.0, high_open=True),
-        "weight_decay": _num("Adam weight decay"),
-        "space": Rule("where the negative-phase chains run: eps (VAEBM), latent (exponential "
-                      "tilting) or data (pixel-space EBM)", "str",
-                      choices=("eps", "latent", "data")),
-        "langevin_steps": _int("Langevin steps per negative-phase chain"),
-        "step_size": _num("Langevin step size", low_open=True),
-        "noise_scale": _num("Langevin noise scale (unset: sqrt(step size))", nullable=True),
-        "grad_clip": _num("clip each Langevin gradient to this (data space; unset: no clip)",
-                          low_open=True, nullable=True),
-        "alpha_s": _num("weight of the spectral regulariser of the energy network"),
-        "energy_reg": _num("weight of the energy-magnitude regulariser"),
-        "igebm_clip": Rule("IGEBM's per-element gradient clip from Adam's second moment",
-                           "bool"),
-        "data_noise": _num("std of Gaussian noise added to the data samples"),
-        "replay_capacity": _int("replay buffer size in chains (0: no persistent chains)"),
-        "replay_max_p": _num("largest probability of restarting a chain from the buffer",
-                             0.0, 1.0),
-        "replay_anneal_steps": _int("steps over which that probability ramps up"),
-        "seed": SEED,
-        "sampler": Rule("negative-phase sampler: fast (FastSampler) or eager (the reference "
-                        "LangevinSampler)", "str", choices=("fast", "eager")),
-        "checkpoint_every": _CHECKPOINT_EVERY,
-        **_LOOP,
-        "recover_factor": _num("each recovery multiplies the learning rate and the Langevin "
-                               "step size by this", 0.0, 1.0, low_open=True, high_open=True),
+        **_LOOP_HELP,
+        "lr": "Adam learning rate of the energy network",
+        "beta1": "Adam beta1",
+        "beta2": "Adam beta2",
+        "weight_decay": "Adam weight decay",
+        "space": "where the negative-phase chains run: eps (VAEBM), latent (exponential "
+                 "tilting) or data (pixel-space EBM)",
+        "langevin_steps": "Langevin steps per negative-phase chain",
+        "step_size": "Langevin step size",
+        "noise_scale": "Langevin noise scale (unset: sqrt(step size))",
+        "grad_clip": "clip each Langevin gradient to this (data space; unset: no clip)",
+        "alpha_s": "weight of the spectral regulariser of the energy network",
+        "energy_reg": "weight of the energy-magnitude regulariser",
+        "igebm_clip": "IGEBM's per-element gradient clip from Adam's second moment",
+        "data_noise": "std of Gaussian noise added to the data samples",
+        "replay_capacity": "replay buffer size in chains (0: no persistent chains)",
+        "replay_max_p": "largest probability of restarting a chain from the buffer",
+        "replay_anneal_steps": "steps over which that probability ramps up",
+        "seed": SEED.help,
+        "sampler": "negative-phase sampler: fast (FastSampler) or eager (the reference "
+                   "LangevinSampler)",
+        "recover_factor": "each recovery multiplies the learning rate and the Langevin step "
+                          "size by this",
     },
 }
 
 
-def rule_for(cls, name: str) -> Rule:
-    """The rule of field ``name`` of ``cls``; a field added without one gets a plain rule
-    from its default's type (tests/cli flags it, so it does not stay undocumented)."""
-    if name in TRAIN_OPTIONS[cls]:
-        return TRAIN_OPTIONS[cls][name]
+def _field_kind(cls, name: str) -> str:
+    """'bool', 'int', 'str' or 'float' (a None default, such as noise_scale's, is a float)."""
     default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    kind = {bool: "bool", int: "int", str: "str"}.get(type(default), "float")
-    return Rule("(not described yet)", kind, nullable=default is None)
+    return {bool: "bool", int: "int", str: "str"}.get(type(default), "float")
+
+
+def _parse_as(kind: str):
+    """The argparse ``type=`` of a training flag: text -> int or float (a range error comes
+    later, from the config's validation, with the option's rule)."""
+    def parse(text: str):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an int' if kind == 'int' else 'a number'} (got {text!r})") from None
+    return parse
 
 
 def _preset_defaults(cls, name: str) -> str:
@@ -247,16 +242,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         if flag in parser._option_string_actions:
             continue
-        rule = rule_for(cls, f.name)
-        help = f"{rule.help}; {_preset_defaults(cls, f.name)}".replace("%", "%%")
-        if rule.kind == "bool":
+        kind = _field_kind(cls, f.name)
+        help = f"{TRAIN_OPTIONS[cls].get(f.name, '(not described yet)')}; "
+        help = (help + _preset_defaults(cls, f.name)).replace("%", "%%")
+        if kind == "bool":
             group.add_argument(flag, dest=f.name, default=None, help=help,
                                action=argparse.BooleanOptionalAction)
-        elif rule.choices:
-            group.add_argument(flag, dest=f.name, default=None, help=help, choices=rule.choices)
+        elif f.name in TRAIN_CHOICES:
+            group.add_argument(flag, dest=f.name, default=None, help=help,
+                               choices=TRAIN_CHOICES[f.name])
         else:
-            group.add_argument(flag, dest=f.name, default=None, help=help, type=rule.parse,
-                               metavar="INT" if rule.kind == "int" else "FLOAT")
+            group.add_argument(flag, dest=f.name, default=None, help=help, type=_parse_as(kind),
+                               metavar=kind.upper())
 
 
 class _Section(dict):
@@ -265,17 +262,22 @@ class _Section(dict):
 
 
 def _apply(cfg, overrides: dict):
-    """``cfg`` with ``overrides`` (a --config 'train' section or flags), each checked by its
-    rule; an unknown key or a bad value is a UsageError."""
+    """``cfg`` with ``overrides`` (a --config 'train' section or flags); an unknown key or a
+    bad value is a UsageError."""
     source = getattr(overrides, "source", "the command line")
     fields = {f.name for f in dataclasses.fields(cfg)}
     unknown = set(overrides) - fields
     if unknown:
         raise UsageError(f"unknown training option(s) {sorted(unknown)} in {source}; "
                          f"valid: {', '.join(sorted(fields))}")
-    checked = {k: rule_for(type(cfg), k).check(v, f"training option {k!r} in {source}")
-               for k, v in overrides.items()}
-    return dataclasses.replace(cfg, **checked)
+    # An int where a float option is expected (lr: 1 in a JSON file) is that float.
+    overrides = {k: float(v) if (_field_kind(type(cfg), k) == "float" and type(v) is int) else v
+                 for k, v in overrides.items()}
+    try:  # the config validates itself (training/options.py): one rule per option
+        return dataclasses.replace(cfg, **overrides)
+    except ValueError as e:
+        where = "" if source == "the command line" else f", in {source}"
+        raise UsageError(f"{e}{where}") from None
 
 
 def _read_config(path: str | None) -> dict:
@@ -389,6 +391,7 @@ def cmd_train_vae(args) -> None:
     vae_cfg = {**p["vae"], **file_cfg.get("vae", {})}
     cfg = _train_config(p["vae_train"], file_cfg.get("train", {}),
                         _flag_overrides(args, VAETrainConfig))
+    _check_writable(args.out)
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
     vae = _build(build_vae, vae_cfg, "vae")
@@ -440,6 +443,7 @@ def cmd_train_ebm(args) -> None:
     energy_cfg = {**p["energy"], **file_cfg.get("energy", {})}
     cfg = _train_config(p["ebm_train"], file_cfg.get("train", {}),
                         {**_flag_overrides(args, EBMTrainConfig), "seed": args.seed})
+    _check_writable(args.out)
     torch.manual_seed(args.seed)
     data, shape, clamp = _dataset(dataset)
     energy = _build(build_energy, energy_cfg, "energy")
@@ -533,6 +537,7 @@ def cmd_sample(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
+    _check_writable(args.out)
     with _training_log():
         run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
                  resume=args.resume)

@@ -166,7 +166,7 @@ def test_argument_errors(tmp_path, capsys):
         capsys, "train-vae", "--dataset", "25gaussians", "--out", out, "--bogus", 1)
     assert "invalid choice: 'cifar100'" in fails(
         capsys, "train-vae", "--dataset", "cifar100", "--out", out)
-    assert "--steps: must be an int >= 0 (got 'many')" in fails(
+    assert "--steps: must be an int (got 'many')" in fails(
         capsys, "train-vae", "--dataset", "digits", "--out", out, "--steps", "many")
     assert "invalid choice: 'frobnicate'" in fails(capsys, "frobnicate")
     assert "see 'vaebm-fast --help'" in fails(capsys)
@@ -300,7 +300,7 @@ def test_every_training_option_has_help_a_rule_and_its_preset_default(command, c
     parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
     helps = {a.dest: a.help for a in parser._actions}
     for name in fields - {"seed"}:  # seed has its own flag with a fixed default
-        assert cli.TRAIN_OPTIONS[cls][name].help in helps[name], name
+        assert cli.TRAIN_OPTIONS[cls][name] in helps[name], name
         assert "default:" in helps[name], name
     if cls is EBMTrainConfig:
         assert "--space {eps,latent,data}" in text and "--sampler {fast,eager}" in text

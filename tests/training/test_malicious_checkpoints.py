@@ -8,6 +8,9 @@ that names the file and says why, and the marker must not exist afterwards.
 """
 import pickle
 
+import contextlib
+import io
+
 import pytest
 import torch
 
@@ -52,10 +55,15 @@ def refused(path, message):
 
 
 def cli_error(*argv):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    assert isinstance(info.value.code, str) and info.value.code.startswith("error: ")
-    return info.value.code
+    """Run the command line; it must fail with one ``error: ...`` line, the last on stderr
+    (training logs may come before it); return that line."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in argv])
+    lines = stderr.getvalue().splitlines()
+    assert code != 0 and lines and lines[-1].startswith("error: "), (code, stderr.getvalue())
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    return lines[-1]
 
 
 @pytest.mark.parametrize("form", FORMS)

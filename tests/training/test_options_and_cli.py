@@ -1,5 +1,6 @@
 """Training options are validated with messages naming the option; the train commands turn
 bad options, foreign run folders, foreign checkpoints and divergence into one-line errors."""
+import contextlib
 import io
 import json
 import math
@@ -67,11 +68,15 @@ def test_options_assigned_later_are_checked_when_training_starts():
 
 
 def fails(*argv):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in argv])
-    message = info.value.code
-    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
-    return message
+    """Run the command line; it must fail with one ``error: ...`` line, the last on stderr
+    (training logs may come before it); return that line."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in argv])
+    lines = stderr.getvalue().splitlines()
+    assert code != 0 and lines and lines[-1].startswith("error: "), (code, stderr.getvalue())
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
+    return lines[-1]
 
 
 def run(*argv):

@@ -68,7 +68,7 @@ class EBMTrainConfig:
         options.check_real(self, "beta1", low=0, high=1, high_open=True)
         options.check_real(self, "beta2", low=0, high=1, high_open=True)
         options.check_real(self, "weight_decay", low=0)
-        options.check_choice(self, "space", ("eps", "latent", "data"))
+        options.check_choice(self, "space")
         options.check_int(self, "langevin_steps", 0)
         options.check_real(self, "step_size", low=0, low_open=True)
         options.check_real(self, "noise_scale", low=0, optional=True)
@@ -81,7 +81,7 @@ class EBMTrainConfig:
         options.check_real(self, "replay_max_p", low=0, high=1)
         options.check_int(self, "replay_anneal_steps", 0)
         options.check_int(self, "seed", 0)
-        options.check_choice(self, "sampler", ("fast", "eager"))
+        options.check_choice(self, "sampler")
 
 
 def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0,

@@ -19,7 +19,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable
+from typing import Any
+
+
+# The options with a fixed set of values (the command line offers them as ``choices``).
+CHOICES = {
+    "optimizer": ("adam", "adamax"),
+    "space": ("eps", "latent", "data"),
+    "sampler": ("fast", "eager"),
+}
 
 
 def _fail(cfg: Any, name: str, rule: str) -> None:
@@ -61,8 +69,8 @@ def check_real(cfg: Any, name: str, *, low: float | None = None, high: float | N
         _fail(cfg, name, rule)
 
 
-def check_choice(cfg: Any, name: str, choices: Iterable[str]) -> None:
-    choices = tuple(choices)
+def check_choice(cfg: Any, name: str) -> None:
+    choices = CHOICES[name]
     if getattr(cfg, name) not in choices:
         _fail(cfg, name, "one of " + ", ".join(repr(c) for c in choices))
 

@@ -51,7 +51,7 @@ class VAETrainConfig:
         """Raise ValueError naming the first bad option."""
         options.check_loop_options(self)
         options.check_real(self, "min_lr", low=0)
-        options.check_choice(self, "optimizer", ("adam", "adamax"))
+        options.check_choice(self, "optimizer")
         options.check_real(self, "kl_warmup_fraction", low=0, high=1)
         options.check_real(self, "kl_min", low=0, high=1)
         options.check_real(self, "kl_weight", low=0)
@@ -60,7 +60,7 @@ class VAETrainConfig:
 
 
 def make_optimizer(name: str, params, lr: float, **kw) -> torch.optim.Optimizer:
-    check_choice(name, "optimizer", ("adam", "adamax"))
+    check_choice(name, "optimizer", options.CHOICES["optimizer"])
     cls = torch.optim.Adam if name == "adam" else torch.optim.Adamax
     return cls(params, lr=lr, **kw)
 
