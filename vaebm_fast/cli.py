@@ -5,6 +5,7 @@
     vaebm-fast train-ebm --out DIR                  stage 2 (reads DIR/vae.pt) -> DIR/ebm.pt
     vaebm-fast sample --out DIR                     VAE and VAEBM samples side by side
     vaebm-fast info                                 versions and available backends
+    vaebm-fast build                                compile the native kernels ahead of time
     vaebm-fast bench ops|chains [--quick] [--only RE]  benchmarks -> benchmarks/results/
 
 Training options come from the dataset's preset (``vaebm_fast.presets``), then a JSON config
@@ -199,6 +200,20 @@ def cmd_bench(args) -> None:
         chains.main(args.rest)
 
 
+def cmd_build(args) -> None:
+    """Compile the native kernels now, as the first native op would (once per torch)."""
+    from . import _compile, _native
+    if _native._find_library() is None:  # no installed _C: compile into the cache
+        try:
+            _compile.ensure_library()
+        except _compile.CompileError as e:
+            raise SystemExit(f"error: {e}") from None
+    st = _native.status()
+    if not st.loaded:
+        raise SystemExit(f"error: the native kernels do not load: {st.reason}")
+    print(f"native kernels for torch {torch.__version__} loaded from {st.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaebm-fast", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -249,16 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "--repeats N; chains also --set KEY=VALUE, --compile-timeout S "
                         "(see `vaebm-fast bench SUITE --help`)")
 
+    command("build", cmd_build, "compile the native kernels for the installed torch now "
+            "(otherwise the first native op does, once)")
+
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
     p.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._requirements import MissingExtraError
     from .checkpoint import CheckpointError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except MissingExtraError as e:  # matplotlib / scikit-learn: the [cli] extra
+        raise SystemExit(f"error: {e}") from None
     except CheckpointError as e:  # e.g. a corrupt checkpoint met on resume
         raise SystemExit(f"error: {e}") from None
     except FloatingPointError as e:  # TrainingDiverged / ChainDivergedError: say it, no traceback
