@@ -63,9 +63,9 @@ class MissingExtraError(ModuleNotFoundError):
     """An optional dependency is missing; the message names the extra that installs it."""
 
 
-def missing_extra(exc: ModuleNotFoundError, extra: str, purpose: str) -> MissingExtraError:
-    """The error to raise (``from None``) when importing an optional dependency failed with
-    ``exc``: e.g. ``missing_extra(exc, "cli", "the plots")`` for matplotlib."""
-    return MissingExtraError(f"{purpose} need {exc.name}, which is not installed: "
-                             f"pip install 'vaebm_fast[{extra}]' (or pip install {exc.name})",
-                             name=exc.name)
+def missing_extra(purpose: str, package: str, extra: str = "cli") -> MissingExtraError:
+    """The error to raise (``from None``) when the optional dependency ``package`` (its pip
+    name) is missing: e.g. ``missing_extra("drawing figures", "matplotlib")``."""
+    return MissingExtraError(f"{purpose} needs {package}, which is not installed: "
+                             f"pip install 'vaebm_fast[{extra}]' (or pip install {package})",
+                             name=package)

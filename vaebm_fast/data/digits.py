@@ -29,9 +29,8 @@ def _bundled_digits() -> Tuple[np.ndarray, np.ndarray]:
     """(images [1797, 8, 8] float32 in [0, 1], labels [1797] int64), read once per process."""
     try:  # imported here: sklearn takes a while to import, and it is optional (the [cli] extra)
         from sklearn.datasets import load_digits
-    except ModuleNotFoundError as exc:
-        raise missing_extra(exc, "cli", "the digits data set (bundled with scikit-learn)") \
-            from None
+    except ModuleNotFoundError:
+        raise missing_extra("the digits data set (bundled with it)", "scikit-learn") from None
 
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)

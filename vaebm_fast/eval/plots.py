@@ -23,8 +23,8 @@ try:  # matplotlib is optional (the [cli] extra): only the figures need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.image import imsave
-except ModuleNotFoundError as exc:
-    raise missing_extra(exc, "cli", "vaebm_fast's figures") from None
+except ModuleNotFoundError:
+    raise missing_extra("drawing figures", "matplotlib") from None
 
 __all__ = ["save_scatter", "save_image_grid", "save_image_grids_side_by_side", "save_bar_chart"]
 
