@@ -220,3 +220,14 @@ def test_an_unwritable_cache_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("VAEBM_FAST_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(_compile.CompileError, match="VAEBM_FAST_CACHE_DIR to a writable"):
         _compile.ensure_library(announce=lambda m: None)
+
+
+def test_a_build_killed_midway_is_cleaned_up_by_the_next(monkeypatch, cache):
+    key = _compile.recipe().key
+    leftover = cache / (key + ".tmp-killed")
+    leftover.mkdir(parents=True)
+    (leftover / "half.o").write_bytes(b"")
+    monkeypatch.setattr(_compile, "_compile_into",
+                        lambda build, work: Path(work, _compile.LIBRARY).write_bytes(b"lib"))
+    _compile.ensure_library(announce=lambda m: None)
+    assert sorted(p.name for p in cache.iterdir()) == [key, key + ".lock"]

@@ -185,6 +185,9 @@ def ensure_library(announce: Callable[[str], None] = _stderr) -> str:
             fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isfile(library):  # compiled by the process we waited for
             return library
+        for name in os.listdir(root):  # left by a process killed while compiling (we hold
+            if name.startswith(build.key + ".tmp-"):  # the lock: nobody else is)
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         announce(f"vaebm_fast: compiling vaebm_fast's kernels for torch {torch.__version__} "
                  f"(one time, ~{estimated_minutes(build)} min; cached in {final})")
         work = tempfile.mkdtemp(prefix=build.key + ".tmp-", dir=root)

@@ -118,8 +118,8 @@ def _compiled_library() -> Tuple[Optional[str], Optional[str]]:
         return _compile.ensure_library(), None
     except _compile.CompileError as exc:
         return None, (f"the compiled extension vaebm_fast._C is not installed and compiling it "
-                      f"failed: {exc}; or reinstall with `pip install --no-build-isolation .` "
-                      "with a C++ compiler present" + note)
+                      f"on first use failed: {exc}; fix that and run `vaebm-fast build`, or "
+                      "reinstall with `pip install --no-build-isolation .`" + note)
 
 
 def _parse_build_info(text: str) -> Dict[str, str]:

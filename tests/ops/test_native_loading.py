@@ -81,7 +81,7 @@ def test_a_failed_first_use_compile_warns_with_its_cause(monkeypatch, reload_nat
     caught = _collect_native_warnings(_run_ops_expecting_eager)
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert "compiling it failed" in message and "no C++ compiler" in message
+    assert "compiling it on first use failed" in message and "no C++ compiler" in message
     assert "/nonexistent/c++" in message
 
 
