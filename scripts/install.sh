@@ -23,6 +23,6 @@ esac
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
   "$PYTHON" -m pip install "torch==2.13.0"
 fi
-"$PYTHON" -m pip install "setuptools>=77" wheel ninja
+"$PYTHON" -m pip install setuptools wheel ninja
 "$PYTHON" -m pip install --no-build-isolation -e ".${extras}"
 "$PYTHON" -c "import vaebm_fast._native as n; s = n.status(); print('vaebm_fast native extension:', 'loaded' if s.loaded else 'NOT loaded: ' + str(s.reason))"

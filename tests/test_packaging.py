@@ -88,7 +88,10 @@ def test_the_pure_wheel_ships_the_sources_and_no_torch_requirement(sdist_and_pur
     assert [r for r in requires if r.startswith("matplotlib") and 'extra == "cli"' in r]
     assert [r for r in requires if r.startswith("scikit-learn") and 'extra == "cli"' in r]
     assert meta["Version"] == vaebm_fast.__version__  # written once, in __init__.py
-    assert meta["License-Expression"] == "MIT"
+    assert meta["License"] == "MIT" and "License :: OSI Approved :: MIT License" in meta.get_all(
+        "Classifier")
+    assert [n for n in names if n.endswith(".dist-info/licenses/LICENSE")
+            or n.endswith(".dist-info/LICENSE")]
 
 
 def test_a_compiled_wheel_requires_the_torch_it_was_built_for():
