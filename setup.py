@@ -82,7 +82,13 @@ class BuildPyWithSources(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return
-        target = os.path.join(self.build_lib, "vaebm_fast", "_csrc")
+        # A library left in build/ by an earlier build (for another torch, perhaps) must not
+        # slip into a wheel built without one: build_ext, which runs next, makes it anew.
+        package = os.path.join(self.build_lib, "vaebm_fast")
+        for name in os.listdir(package):
+            if name.startswith("_C.") and name.endswith(".so"):
+                os.remove(os.path.join(package, name))
+        target = os.path.join(package, "_csrc")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(CSRC, target)
 

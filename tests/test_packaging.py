@@ -13,6 +13,7 @@ import threading
 import time
 import zipfile
 from email.parser import Parser
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,10 @@ def sdist_and_pure_wheel(tmp_path_factory):
     with tarfile.open(sdist) as tar:
         tar.extractall(out / "unpacked")
     (unpacked,) = (out / "unpacked").iterdir()
+    # A library an earlier build left in build/ must not slip into a wheel built without one.
+    stale = unpacked / "build" / "lib" / "vaebm_fast" / ("_C" + EXTENSION_SUFFIXES[0])
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
     wheel = _run(f"from setuptools import build_meta as b; print(b.build_wheel({str(out)!r}))",
                  unpacked, env)
     return sdist, out / wheel.stdout.strip().splitlines()[-1]
