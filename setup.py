@@ -93,6 +93,16 @@ class BuildPyWithSources(build_py):
         shutil.copytree(CSRC, target)
 
 
+def _license():
+    """MIT: a PEP 639 expression for setuptools 77+ (isolated builds get the newest, which
+    deprecates the older forms), the plain field for older ones (a --no-build-isolation install
+    uses whatever the environment has). LICENSE itself is included by default."""
+    import setuptools
+    if int(setuptools.__version__.split(".")[0]) >= 77:
+        return {"license_expression": "MIT"}
+    return {"license": "MIT"}
+
+
 def _extensions(torch):
     """(ext_modules, build_ext command, requirements) for the torch of this build."""
     if torch is None:
@@ -120,4 +130,4 @@ def _extensions(torch):
 if __name__ == "__main__":
     ext_modules, cmdclass, install_requires = _extensions(_build_torch())
     setup(ext_modules=ext_modules, cmdclass={**cmdclass, "build_py": BuildPyWithSources},
-          install_requires=install_requires)
+          install_requires=install_requires, **_license())

@@ -93,8 +93,7 @@ def test_the_pure_wheel_ships_the_sources_and_no_torch_requirement(sdist_and_pur
     assert [r for r in requires if r.startswith("matplotlib") and 'extra == "cli"' in r]
     assert [r for r in requires if r.startswith("scikit-learn") and 'extra == "cli"' in r]
     assert meta["Version"] == vaebm_fast.__version__  # written once, in __init__.py
-    assert meta["License"] == "MIT" and "License :: OSI Approved :: MIT License" in meta.get_all(
-        "Classifier")
+    assert meta["License-Expression"] == "MIT"  # setuptools 77+ (the tests' own is newer)
     assert [n for n in names if n.endswith(".dist-info/licenses/LICENSE")
             or n.endswith(".dist-info/LICENSE")]
 
