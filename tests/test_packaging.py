@@ -238,3 +238,24 @@ def test_a_build_killed_midway_is_cleaned_up_by_the_next(monkeypatch, cache):
                         lambda build, work: Path(work, _compile.LIBRARY).write_bytes(b"lib"))
     _compile.ensure_library(announce=lambda m: None)
     assert sorted(p.name for p in cache.iterdir()) == [key, key + ".lock"]
+
+
+def test_vaebm_fast_build(monkeypatch, cache, capsys):
+    from vaebm_fast import _native
+    from vaebm_fast.cli import main
+    if not _native.status().loaded:
+        pytest.skip(f"native extension unavailable: {_native.status().reason}")
+    # An installed (or VAEBM_FAST_LIBRARY) library for this torch: nothing to compile.
+    monkeypatch.setattr(_compile, "ensure_library", lambda: pytest.fail("compiled"))
+    assert main(["build"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"native kernels for torch {torch.__version__} loaded from {_native.status().path}")
+    # None installed and the compile fails: one line with the cause, exit status 1.
+
+    def fail():
+        raise _compile.CompileError("no C++ compiler: `c++ --version` failed")
+
+    monkeypatch.setattr(_native, "_find_library", lambda: None)
+    monkeypatch.setattr(_compile, "ensure_library", fail)
+    with pytest.raises(SystemExit, match=r"^error: no C\+\+ compiler"):
+        main(["build"])
