@@ -29,7 +29,9 @@ LAYERS = [
     ("ops",),                           # one module per op: spec, reference, checks, dispatch
     ("triton_kernels",),                # Triton kernels and launchers (leaves)
     ("data", "eval"),                   # data sets, metrics and plots
-    ("_native", "_triton", "_kernel_rules", "_heap", "_toolchain", "validation", "checkpoint"),
+    ("_native", "_triton", "_kernel_rules", "_heap", "validation", "checkpoint"),
+    ("_compile",),                      # the native library compiled on first use
+    ("_toolchain", "_requirements"),    # build recipe, torch floor (stdlib only: setup.py)
 ]
 FLOOR = {name: i for i, names in enumerate(LAYERS) for name in names}
 

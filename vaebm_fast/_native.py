@@ -7,26 +7,34 @@ it is looked up next to the package under the names an extension module may have
 ``torch.ops.load_library``, whose static initialisers register the kernels.
 
 Loading happens on the first call of :func:`status` (the ops call it when they dispatch), never
-at import, and queries no device. When the library is missing, fails to load, or was built
-for another torch, a single ``RuntimeWarning`` names the cause and the fix, and every op falls
-back to its eager PyTorch reference.
+at import, and queries no device. Where the package has no compiled ``_C`` (a plain ``pip
+install .``, whose isolated build could not see torch, or a source checkout), the library
+compiled for this torch by ``vaebm_fast._compile`` is loaded from its cache, after compiling it
+there if needed (minutes, once per torch version). When no library can be had, one fails to
+load, or it was built for another torch, a single ``RuntimeWarning`` names the cause and the
+fix, and every op falls back to its next backend (Triton on CUDA, else the eager reference).
 
 Environment:
 
 * ``VAEBM_FAST_DISABLE_NATIVE=1``: do not load the library (no warning); everything is eager.
 * ``VAEBM_FAST_LIBRARY=/path/to/_C.so``: load this file instead of the installed
   ``vaebm_fast._C`` (e.g. a CMake build, see CMakeLists.txt).
+* ``VAEBM_FAST_JIT=0``: never compile on first use (a library already in the cache is still
+  used; ``vaebm-fast build`` compiles one ahead of time).
 """
 from __future__ import annotations
 
 import importlib.machinery
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+
+from . import _compile
 
 __all__ = ["NativeStatus", "status", "is_loaded", "FIX"]
 
@@ -76,6 +84,44 @@ def _find_library() -> Optional[str]:
     return None
 
 
+def _shadowed_install() -> Optional[str]:
+    """The folder of another vaebm_fast on sys.path that has a compiled library, when this
+    package (say, a source checkout run from its root) has none and hides it; else None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.join(os.path.abspath(entry or os.curdir), "vaebm_fast")
+        if folder == here or not os.path.isdir(folder):
+            continue
+        if any(os.path.isfile(os.path.join(folder, "_C" + suffix))
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            return folder
+    return None
+
+
+def _compiled_library() -> Tuple[Optional[str], Optional[str]]:
+    """(path, None) of the library compiled on first use for this torch (compiling it now when
+    the cache has none and VAEBM_FAST_JIT is not 0), or (None, why not)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    shadowed = _shadowed_install()
+    note = ("" if shadowed is None else
+            f"; note: {here} (a source checkout?) shadows the vaebm_fast installed in "
+            f"{shadowed}, which has a compiled library: run from outside the checkout, or "
+            "install the checkout with `pip install --no-build-isolation -e .`")
+    try:
+        cached = _compile.cached_library()
+        if cached is not None:
+            return cached, None
+        if os.environ.get("VAEBM_FAST_JIT", "") == "0":
+            return None, ("the compiled extension vaebm_fast._C is not installed and compiling "
+                          "it on first use is off (VAEBM_FAST_JIT=0); run `vaebm-fast build` "
+                          "once, or reinstall with `pip install --no-build-isolation .`" + note)
+        return _compile.ensure_library(), None
+    except _compile.CompileError as exc:
+        return None, (f"the compiled extension vaebm_fast._C is not installed and compiling it "
+                      f"on first use failed: {exc}; fix that and run `vaebm-fast build`, or "
+                      "reinstall with `pip install --no-build-isolation .`" + note)
+
+
 def _parse_build_info(text: str) -> Dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(";") if "=" in item)
 
@@ -85,9 +131,9 @@ def _load() -> NativeStatus:
         return NativeStatus(False, "disabled by VAEBM_FAST_DISABLE_NATIVE=1")
     path = _find_library()
     if path is None:
-        return NativeStatus(False, "the compiled extension vaebm_fast._C is not installed "
-                                   "(built with VAEBM_FAST_NO_EXT=1, or installed without a "
-                                   f"compiler); {FIX}")
+        path, reason = _compiled_library()
+        if path is None:
+            return NativeStatus(False, reason)
     try:
         torch.ops.load_library(path)
     except (OSError, RuntimeError) as exc:

@@ -50,6 +50,7 @@ examples:
   vaebm-fast sample --out runs/d --n 64                # VAE | VAEBM samples -> runs/d/samples/
   vaebm-fast train-ebm --help                          # every training option and its default
   vaebm-fast info                                      # versions and the backend of every op
+  vaebm-fast build                                     # compile the native kernels now
 
 Rerunning a command with the same --out resumes from its checkpoint. Bad input exits with
 code 2 and one 'error:' line; set VAEBM_FAST_TRACEBACK=1 to see a traceback instead.
@@ -576,6 +577,20 @@ def _with_default(help: str) -> str:
     return help.replace("%", "%%") + " (default: %(default)s)"
 
 
+def cmd_build(args) -> None:
+    """Compile the native kernels now, as the first native op would (once per torch)."""
+    from . import _compile, _native
+    if _native._find_library() is None:  # no installed _C: compile into the cache
+        try:
+            _compile.ensure_library()
+        except _compile.CompileError as e:
+            raise SystemExit(f"error: {e}") from None
+    st = _native.status()
+    if not st.loaded:
+        raise SystemExit(f"error: the native kernels do not load: {st.reason}")
+    print(f"native kernels for torch {torch.__version__} loaded from {st.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="vaebm-fast", formatter_class=raw, allow_abbrev=False, epilog=EXAMPLES,
@@ -662,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--repeats N; chains also --set KEY=VALUE, --compile-timeout S "
                         "(see `vaebm-fast bench SUITE --help`)")
 
+    command("build", cmd_build, "compile the native kernels for the installed torch now "
+            "(otherwise the first native op does, once)")
+
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -684,6 +702,7 @@ def _silence_stdout() -> None:
 
 def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
     """What :func:`main` prints and returns for an exception a command raised."""
+    from ._requirements import MissingExtraError
     from .checkpoint import CheckpointError
     from .ops import BackendUnavailableError
     if isinstance(e, BrokenPipeError):
@@ -704,7 +723,8 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
             "error: a checkpoint's weights do not fit the model built from the current dataset, "
             f"preset and --config ({_one_line(e)[:200]}...); rerun with the settings it was "
             "trained with, or pass another --out (or --no-resume to start over)")
-    if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError)):
+    if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError,
+                      MissingExtraError)):
         return EXIT_BAD_INPUT, f"error: {_one_line(e)}"
     return EXIT_FAILED, (f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); "
                          f"this is a bug in vaebm-fast: rerun with {TRACEBACK_ENV}=1 to see the "

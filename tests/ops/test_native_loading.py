@@ -1,4 +1,5 @@
 """Loading of vaebm_fast._C: lazy, one warning with cause and fix, eager fallback; info."""
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -23,10 +24,15 @@ def _require_native() -> bool:
 
 
 @pytest.fixture
-def reload_native(monkeypatch):
-    """Forget the loading outcome before and after the test (the real library stays loaded)."""
+def reload_native(monkeypatch, tmp_path):
+    """Forget the loading outcome before and after the test (the real library stays loaded).
+
+    The first-use compile is off and its cache empty: a test turns it on only with a compile
+    that cannot load a second copy of the library into this process."""
     monkeypatch.delenv("VAEBM_FAST_DISABLE_NATIVE", raising=False)
     monkeypatch.delenv("VAEBM_FAST_LIBRARY", raising=False)
+    monkeypatch.setenv("VAEBM_FAST_JIT", "0")
+    monkeypatch.setenv("VAEBM_FAST_CACHE_DIR", str(tmp_path / "cache"))
     _native._reset()
     yield
     _native._reset()
@@ -62,8 +68,49 @@ def test_missing_extension_warns_once_and_falls_back(monkeypatch, reload_native)
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "not installed" in message and "pip install --no-build-isolation ." in message
+    assert "VAEBM_FAST_JIT=0" in message and "vaebm-fast build" in message
+    assert "shadows" not in message
     assert issubclass(caught[0].category, RuntimeWarning)
     assert not _native.status().loaded
+
+
+def test_a_failed_first_use_compile_warns_with_its_cause(monkeypatch, reload_native):
+    monkeypatch.setattr(_native, "_find_library", lambda: None)
+    monkeypatch.setenv("VAEBM_FAST_JIT", "1")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    caught = _collect_native_warnings(_run_ops_expecting_eager)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "compiling it on first use failed" in message and "no C++ compiler" in message
+    assert "/nonexistent/c++" in message
+
+
+def test_a_library_compiled_earlier_is_taken_from_the_cache(monkeypatch, reload_native):
+    # No library installed and compiling off (VAEBM_FAST_JIT=0): what `vaebm-fast build` or an
+    # earlier first use compiled for this torch is still used, and nothing is compiled.
+    from vaebm_fast import _compile
+    monkeypatch.setattr(_native, "_find_library", lambda: None)
+    cached = os.path.join(_compile.cache_dir(), _compile.recipe().key, _compile.LIBRARY)
+    os.makedirs(os.path.dirname(cached))
+    open(cached, "w").close()
+    monkeypatch.setattr(_compile, "ensure_library", lambda: pytest.fail("compiled again"))
+    assert _native._compiled_library() == (cached, None)
+
+
+def test_a_checkout_that_shadows_an_installed_library_says_so(monkeypatch, reload_native,
+                                                               tmp_path):
+    # A source checkout's vaebm_fast/ (no _C) imported instead of the site-packages copy that
+    # has one: the warning names both folders instead of claiming nothing is installed.
+    installed = tmp_path / "site-packages" / "vaebm_fast"
+    installed.mkdir(parents=True)
+    (installed / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path / "site-packages"))
+    monkeypatch.setattr(_native, "_find_library", lambda: None)
+    caught = _collect_native_warnings(_run_ops_expecting_eager)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"shadows the vaebm_fast installed in {installed}" in message
+    assert os.path.dirname(_native.__file__) in message
 
 
 def test_stale_extension_is_refused(monkeypatch, reload_native):

@@ -15,6 +15,7 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
+from .._requirements import missing_extra
 from ..validation import check_choice
 
 __all__ = ["load_digits_images", "split_indices", "NUM_DIGITS_IMAGES"]
@@ -26,7 +27,10 @@ _SPLITS = ("train", "test", "all")
 @functools.lru_cache(maxsize=1)
 def _bundled_digits() -> Tuple[np.ndarray, np.ndarray]:
     """(images [1797, 8, 8] float32 in [0, 1], labels [1797] int64), read once per process."""
-    from sklearn.datasets import load_digits  # imported here: sklearn takes a while to import
+    try:  # imported here: sklearn takes a while to import, and it is optional (the [cli] extra)
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise missing_extra("the digits data set (bundled with it)", "scikit-learn") from None
 
     bunch = load_digits()
     images = (bunch.images / 16.0).astype(np.float32)

@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.image import imsave
 
+from .._requirements import missing_extra
 from ..checkpoint import write_atomically
+
+try:  # matplotlib is optional (the [cli] extra): only the figures need it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.image import imsave
+except ModuleNotFoundError:
+    raise missing_extra("drawing figures", "matplotlib") from None
 
 __all__ = ["save_scatter", "save_image_grid", "save_image_grids_side_by_side", "save_bar_chart"]
 
