@@ -1,12 +1,14 @@
 """No hidden global state: samplers leave the caller's modules as they found them, even when
 two threads sample with one module at once; the default backend is per thread."""
+import copy
 import threading
 
 import torch
 from torch import nn
 
-from vaebm_fast import FastSampler, LangevinSampler
+from vaebm_fast import FastSampler, LangevinSampler, ops
 from vaebm_fast.models import MLPEnergy, MLPVAE
+from vaebm_fast.ops._dispatch import resolve_backend
 
 
 class _Gate(nn.Module):
@@ -16,6 +18,10 @@ class _Gate(nn.Module):
     def __init__(self, energy, actions):
         super().__init__()
         self.energy, self.actions, self.calls = energy, actions, 0
+
+    def __deepcopy__(self, memo):
+        """FastSampler's snapshot: the energy copied, the same actions (events)."""
+        return _Gate(copy.deepcopy(self.energy, memo), self.actions)
 
     def forward(self, x):
         self.calls += 1
@@ -82,13 +88,85 @@ def test_two_threads_sharing_both_modules_give_the_sequential_samples():
     state = {k: v.clone() for k, v in [*energy.state_dict().items(), *vae.state_dict().items()]}
     flags = [p.requires_grad for p in [*energy.parameters(), *vae.parameters()]]
     for cls in (LangevinSampler, FastSampler):
+        made = []
+
         def make(e, g, cls=cls):
-            return cls(e, g, space="eps", step_size=0.01, n_steps=4)
+            made.append(cls(e, g, space="eps", step_size=0.01, n_steps=4))
+            return made[-1]
         alone = {name: make(energy, vae).sample(8, seed=seed)
                  for name, seed in (("a", 0), ("b", 1))}
         together = _overlapping_chains(make, energy, vae)
         assert all(torch.equal(together[k], alone[k]) for k in alone), cls.__name__
+        if cls is FastSampler:
+            assert [s.last_path for s in made] == ["fast"] * 4
     assert [p.requires_grad for p in [*energy.parameters(), *vae.parameters()]] == flags
     assert not vae.training and energy.training
     after = {k: v for k, v in [*energy.state_dict().items(), *vae.state_dict().items()]}
     assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+def _in_thread(fn):
+    """fn() run in a new thread; its result (or its exception, raised here)."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 -- re-raised below
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout=60)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_default_backend_is_per_thread():
+    """``with ops.default_backend(...)`` (here one that cannot run on the CPU) in one thread
+    changes nothing for another thread's backend="auto" ops, nor for the main thread after."""
+    x = torch.randn(1 << 17)  # above swish's native threshold
+    auto = resolve_backend("swish", "auto", "cpu", numel=x.numel())
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_triton():
+        with ops.default_backend("triton"):
+            assert ops.get_default_backend() == "triton"
+            inside.set()
+            assert release.wait(timeout=60)
+        return ops.get_default_backend()
+
+    holder = threading.Thread(target=lambda: results.append(hold_triton()))
+    results = []
+    holder.start()
+    try:
+        assert inside.wait(timeout=60)
+        assert ops.get_default_backend() == "auto"
+        assert resolve_backend("swish", "auto", "cpu", numel=x.numel()) == auto
+        assert _in_thread(lambda: resolve_backend("swish", "auto", "cpu",
+                                                      numel=x.numel())) == auto
+        assert torch.equal(_in_thread(lambda: ops.swish(x)), ops.swish(x))
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    assert results == ["auto"]  # restored in that thread too
+    _in_thread(lambda: ops.set_default_backend("eager"))  # no `with`: stays in that thread
+    assert ops.get_default_backend() == "auto"
+    assert _in_thread(ops.get_default_backend) == "auto"  # a new thread starts at "auto"
+
+
+def test_compiled_ops_trace_the_tracing_threads_default():
+    """torch.compile(fullgraph=True) traces the dispatch (the ContextVar is read through a
+    constant-result call) and uses the default of the thread that traced."""
+    x = torch.randn(1 << 17)
+    targets = []
+
+    def record(gm, inputs):
+        targets.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm
+
+    with ops.default_backend("eager"):
+        y = torch.compile(lambda t: ops.swish(t), fullgraph=True, backend=record)(x)
+    assert torch.allclose(y, x * torch.sigmoid(x))
+    assert not any("vaebm_fast" in t for t in targets[-1])  # the eager reference was traced
