@@ -155,9 +155,8 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
 
     ``"auto"`` means the default backend of the calling thread / task; a default of ``"auto"``
     picks the first available backend in the op's order for the device (:data:`BACKENDS`
-    unless measured otherwise),
-    skipping the native kernel for inputs of fewer than the op's ``auto_native_min_numel``
-    elements when ``numel`` is given.
+    unless measured otherwise), skipping the native kernel for inputs of fewer than the op's
+    ``auto_native_min_numel`` elements when ``numel`` is given.
 
     ``unsupported``: why the op's kernels (native and Triton) cannot take these inputs, phrased
     to follow "the <backend> kernel ..." (e.g. "takes float32 or float64 tensors (got
