@@ -59,6 +59,14 @@ def as_int(value, name: str, what: str = "an int") -> int:
     return int(number)
 
 
+# One message for an energy whose output has no autograd path to x, whether it ignored x or
+# detached it (an energy with trainable parameters ignoring x still has a graph: the missing
+# gradient then shows in check_state_gradients).
+_NO_GRADIENT = ("the energy's output does not depend on its input through autograd{at} (does it "
+                "ignore x, or detach it: .detach(), torch.no_grad(), a NumPy round trip?); "
+                "Langevin needs dE/dx")
+
+
 def check_energy_output(energy_value, batch: int, step: Optional[int], *,
                         needs_grad: bool = True) -> None:
     """Raise a one-line error unless the energy returned a real floating tensor of shape
@@ -77,12 +85,11 @@ def check_energy_output(energy_value, batch: int, step: Optional[int], *,
         raise ValueError(f"energy must return shape [B] = [{batch}] (got "
                          f"{list(energy_value.shape)}{at}){changed}")
     if needs_grad and not energy_value.requires_grad:
-        raise ValueError(f"energy returned a tensor detached from its input{at} "
-                         "(no autograd graph: .detach(), torch.no_grad() or a round trip "
-                         "through NumPy inside the energy?); Langevin needs dE/dx")
+        raise ValueError(_NO_GRADIENT.format(at=at))
 
 
-def check_state_gradients(grads: Sequence[Optional[torch.Tensor]], space: str) -> None:
+def check_state_gradients(grads: Sequence[Optional[torch.Tensor]], space: str,
+                          step: int) -> None:
     """Raise a one-line error for a chain state that no gradient reached (``autograd.grad``
     with ``allow_unused=True`` gave None): the energy, or the generator for one state group,
     ignores its input. ``grads`` follow the state order (eps_z groups, then eps_x in "eps")."""
@@ -90,16 +97,15 @@ def check_state_gradients(grads: Sequence[Optional[torch.Tensor]], space: str) -
     if not missing:
         return
     if len(missing) == len(grads):
-        raise ValueError("the energy does not depend on its input: no gradient reaches the "
-                         "chain state (does the energy ignore or detach x?)")
+        raise ValueError(_NO_GRADIENT.format(at=f" at step {step}"))
     last = len(grads) - 1
     if space == "eps" and missing == [last]:
         raise ValueError("the generator's decode_eps ignores eps_x in space='eps', so the chain "
                          "cannot move it: use space='latent' for a deterministic decoder")
     groups = ", ".join(f"eps_z[{i}]" if i < last or space != "eps" else "eps_x"
                        for i in missing)
-    raise ValueError(f"no gradient reaches {groups}: the generator's decode_eps ignores "
-                     "that input (every state group must feed the decoder)")
+    raise ValueError(f"no gradient reaches {groups} at step {step}: the generator's "
+                     "decode_eps ignores that input (every state group must feed the decoder)")
 
 
 # Layers whose forward differs between training and eval mode: BatchNorm and InstanceNorm that

@@ -418,7 +418,7 @@ class LangevinSampler:
                 energies[step].copy_(E.detach())
                 # The prior term is not differentiated: the fused update adds lambda * t itself.
                 grads = torch.autograd.grad(E.sum(), states, allow_unused=True)
-                check_state_gradients(grads, self.space)
+                check_state_gradients(grads, self.space, step)
                 offset = step_(grads, seed=seed, offset=offset,
                                half_sq_norm=half_sq[step + 1] if use_prior else None)
                 del E, grads
