@@ -1,12 +1,15 @@
 """No hidden global state: samplers leave the caller's modules as they found them, even when
 two threads sample with one module at once; the default backend is per thread."""
 import copy
+import os
+import sys
 import threading
 
+import pytest
 import torch
 from torch import nn
 
-from vaebm_fast import FastSampler, LangevinSampler, ops
+from vaebm_fast import FastSampler, LangevinSampler, _heap, ops
 from vaebm_fast.models import MLPEnergy, MLPVAE
 from vaebm_fast.ops._dispatch import resolve_backend
 
@@ -170,3 +173,44 @@ def test_compiled_ops_trace_the_tracing_threads_default():
         y = torch.compile(lambda t: ops.swish(t), fullgraph=True, backend=record)(x)
     assert torch.allclose(y, x * torch.sigmoid(x))
     assert not any("vaebm_fast" in t for t in targets[-1])  # the eager reference was traced
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_kept_by_other_thread(heap_reuse: bool, block=128 << 20, rounds=4) -> int:
+    """While a FastSampler CPU chain runs (held at its second energy call), another thread
+    allocates, touches and frees ``block`` bytes ``rounds`` times; returns the most resident
+    memory that thread's freed blocks left behind (bytes above the RSS before each round)."""
+    _, energy = MLPVAE(data_dim=2, latent_dim=2, hidden=8, depth=1), MLPEnergy(2, 8, 1)
+    in_chain, done = threading.Event(), threading.Event()
+    gate = _Gate(energy, {2: lambda: (in_chain.set(), assert_set(done.wait(timeout=60)))})
+    sampler = FastSampler(gate, space="data", step_size=0.01, n_steps=3, data_shape=(2,),
+                          heap_reuse=heap_reuse)
+    chain = threading.Thread(target=lambda: sampler.sample(4, seed=0))
+    chain.start()
+    kept = []
+    try:
+        assert in_chain.wait(timeout=60)
+        for _ in range(rounds):
+            before = _rss_bytes()
+            t = torch.ones(block // 4)  # written: every page resident
+            del t
+            kept.append(_rss_bytes() - before)
+    finally:
+        done.set()
+        chain.join(timeout=60)
+    assert sampler.last_path == "fast"
+    return max(kept)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_default_chain_leaves_other_threads_memory_alone():
+    """Heap reuse is off by default: a thread that frees 128 MiB while a chain runs gets its
+    memory back to the kernel at once. With heap_reuse=True (opt-in, glibc) the same loop
+    keeps it resident for as long as the chain runs, the process-wide effect it opts into."""
+    assert _rss_kept_by_other_thread(heap_reuse=False) < (32 << 20)
+    if _heap.heap_reuse_available() is None:
+        assert _rss_kept_by_other_thread(heap_reuse=True) > (96 << 20)
