@@ -211,6 +211,7 @@ class LangevinSampler:
         self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
         self.output, self.backend = output, backend
         self.prior_weight = 0.0 if space == "data" else 1.0
+        self._warned_training = False  # the training-mode warning is given once per sampler
 
     # -- state layout -----------------------------------------------------------------------
     def state_shapes(self) -> list[tuple[int, ...]]:
@@ -371,7 +372,7 @@ class LangevinSampler:
     def _warn_if_training(self, generator) -> None:
         """Warn once per sampler when the generator's mode changes its forward: the chain then
         runs it as it is (training mode: batch statistics, running-statistics updates)."""
-        if self.space == "data" or getattr(self, "_warned_training", False):
+        if self.space == "data" or self._warned_training:
             return
         layers = mode_dependent_layers(generator)
         if layers:
