@@ -118,8 +118,8 @@ def collect_info() -> Dict[str, Any]:
     ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda_devices`` (names),
     ``cpu`` (model name), ``usable_cores``, ``cpu_threads`` (torch's), ``git`` (source commit
     or None), ``triton``, ``cxx``, ``nvcc``, ``native`` (loaded / reason / path /
-    build_info), ``heap_reuse`` (None when FastSampler's CPU chains keep freed memory in the
-    heap, else why not), ``default_backend`` and ``ops``:
+    build_info), ``heap_reuse`` (None when FastSampler's CPU chains can keep freed memory in
+    the heap when asked to, else why not), ``default_backend`` and ``ops``:
     ``{op: {device_type: {backend: None if available else reason}}}`` and ``auto``:
     ``{op: {device_type: the backend "auto" picks there}}``.
     """
@@ -158,6 +158,18 @@ def collect_info() -> Dict[str, Any]:
     }
 
 
+def _heap_line() -> str:
+    """FastSampler's default for CPU chains: heap reuse is opt-in (vaebm_fast._heap)."""
+    from . import _heap
+    try:
+        on = _heap.heap_reuse_requested()
+    except ValueError as exc:
+        return f"off ({exc})"
+    if on:
+        return "on by default (VAEBM_FAST_HEAP_REUSE=1; glibc mallopt)"
+    return "off by default (opt in: FastSampler(heap_reuse=True) or VAEBM_FAST_HEAP_REUSE=1)"
+
+
 def format_info(info: Optional[Dict[str, Any]] = None) -> str:
     """A readable report of :func:`collect_info` (collected now unless ``info`` is given)."""
     info = collect_info() if info is None else info
@@ -182,7 +194,7 @@ def format_info(info: Optional[Dict[str, Any]] = None) -> str:
         lines.append(f"native       unavailable: {native['reason']}")
     reuse = info.get("heap_reuse")
     lines.append(f"CPU chains   freed memory kept in the heap: "
-                 f"{'yes (glibc mallopt)' if reuse is None else 'no, ' + reuse}")
+                 f"{_heap_line() if reuse is None else 'unavailable, ' + reuse}")
     lines.append(f"default backend: {info['default_backend']}")
     lines.append("ops (backend: available, or why not):")
     for op, per_device in info["ops"].items():

@@ -1,6 +1,7 @@
 """vaebm_fast._heap.heap_reuse: the malloc settings it makes and undoes (through a recording
-stand-in for glibc's mallopt), its opt-outs, that FastSampler's CPU chains run inside it, and,
-with the real glibc, that the settings take effect (read back through mallinfo2)."""
+stand-in for glibc's mallopt), its opt-outs, that FastSampler's CPU chains run inside it only
+when asked to, and, with the real glibc, that the settings take effect (read back through
+mallinfo2)."""
 import ctypes
 import ctypes.util
 import sys
@@ -24,7 +25,13 @@ def recorded(monkeypatch):
     return calls
 
 
-AFTER = list(heap._AFTER.items()) + [("trim", 0)]  # defaults back, free pages to the kernel
+AFTER = list(heap._DEFAULTS.items()) + [("trim", 0)]  # defaults back, free pages to the kernel
+
+
+def test_restores_glibcs_documented_defaults():
+    """mallopt(3): M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB (glibc cannot report the values
+    in force, so these are what the block writes back)."""
+    assert heap._DEFAULTS == {heap._M_MMAP_MAX: 65536, heap._M_TRIM_THRESHOLD: 128 * 1024}
 
 
 def test_sets_then_restores_once_for_nested_blocks(recorded):
@@ -56,15 +63,32 @@ def test_user_settings_are_left_alone(monkeypatch, env):
     assert heap._mallopt is False
 
 
-def test_fast_sampler_runs_cpu_chains_inside_it(recorded):
+def test_fast_sampler_uses_it_only_when_asked(recorded, monkeypatch):
     torch.manual_seed(0)
-    vae, energy = MLPVAE(data_dim=2, latent_dim=2, hidden=8, depth=1), MLPEnergy(2, 8, 1)
+    vae, energy = MLPVAE(data_dim=2, latent_dim=2, hidden=8, depth=1).eval(), MLPEnergy(2, 8, 1)
     kw = dict(space="eps", step_size=0.05, n_steps=2)
+    monkeypatch.delenv("VAEBM_FAST_HEAP_REUSE", raising=False)
+    default = FastSampler(energy, vae, **kw).sample(4, seed=0)  # off by default
+    assert recorded == []
+    on = FastSampler(energy, vae, heap_reuse=True, **kw).sample(4, seed=0)
+    assert recorded == list(heap._DURING.items()) + AFTER
+    assert torch.equal(default, on)  # the same chain either way
+    recorded.clear()
+    monkeypatch.setenv("VAEBM_FAST_HEAP_REUSE", "1")  # the switch turns the default on ...
     FastSampler(energy, vae, **kw).sample(4, seed=0)
     assert recorded == list(heap._DURING.items()) + AFTER
     recorded.clear()
-    LangevinSampler(energy, vae, **kw).sample(4, seed=0)  # the eager baseline: untouched
+    FastSampler(energy, vae, heap_reuse=False, **kw).sample(4, seed=0)  # ... not a False
+    LangevinSampler(energy, vae, **kw).sample(4, seed=0)  # the eager baseline: never
     assert recorded == []
+
+
+def test_bad_switch_values_are_rejected(monkeypatch):
+    monkeypatch.setenv("VAEBM_FAST_HEAP_REUSE", "yes")
+    with pytest.raises(ValueError, match="VAEBM_FAST_HEAP_REUSE must be 0 or 1 \\(got 'yes'\\)"):
+        FastSampler(MLPEnergy(2, 8, 1), space="data", step_size=0.1, n_steps=1)
+    with pytest.raises(TypeError, match="heap_reuse must be None, True or False"):
+        FastSampler(MLPEnergy(2, 8, 1), space="data", step_size=0.1, n_steps=1, heap_reuse=1)
 
 
 class _Mallinfo2(ctypes.Structure):

@@ -6,6 +6,7 @@ sqrt(eta) xi is a linear AR(1) process whose stationary law is N(mu, S) with
 S = (Q (I - eta Q / 4))^{-1}: the mean is exact and the covariance carries an O(eta) bias.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -402,70 +403,93 @@ def test_huge_step_size_raises_instead_of_returning_inf(space):
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Frozen parameters, eval mode
+# 5. The caller's modules are left alone; the generator's mode is honoured
 # --------------------------------------------------------------------------------------------
-def test_parameters_frozen_during_chain_and_restored_after():
+def test_modules_untouched_during_and_after_the_chain():
+    """No requires_grad toggling, no mode switching, no parameter gradient: during the chain
+    the modules look exactly as the caller left them (so another thread may train them)."""
     torch.manual_seed(0)
-    vae = MLPVAE(data_dim=2, latent_dim=2, hidden=16, depth=2, learn_decoder_std=False)
-    inner = MLPEnergy(in_dim=2, hidden=16, depth=2)
+    vae = MLPVAE(data_dim=2, latent_dim=2, hidden=16, depth=2, learn_decoder_std=False).eval()
+    inner = MLPEnergy(in_dim=2, hidden=16, depth=2)  # training mode, as while being trained
     inner.out.bias.requires_grad_(False)  # a user's own choice that must survive
+    flags = [p.requires_grad for p in [*vae.parameters(), *inner.parameters()]]
     seen = []
 
     def energy(x):
-        seen.append((vae.training, any(p.requires_grad for p in vae.parameters()),
-                     any(p.requires_grad for p in inner.parameters())))
+        seen.append((vae.training, inner.training,
+                     [p.requires_grad for p in [*vae.parameters(), *inner.parameters()]]))
         return inner(x)
 
-    vae.train()
-    flags_vae = [p.requires_grad for p in vae.parameters()]
-    flags_energy = [p.requires_grad for p in inner.parameters()]
-    assert not vae.decoder_log_std.requires_grad and sum(flags_vae) == len(flags_vae) - 1
-    assert sum(flags_energy) == len(flags_energy) - 1
     sampler = LangevinSampler(energy, vae, space="eps", step_size=0.01, n_steps=4)
-    with frozen(inner):  # what the trainer does; the sampler freezes the generator itself
-        sampler.sample(8, seed=0)
-    assert seen and all(s == (False, False, False) for s in seen)
-    assert vae.training
-    assert [p.requires_grad for p in vae.parameters()] == flags_vae
-    assert [p.requires_grad for p in inner.parameters()] == flags_energy
+    sampler.sample(8, seed=0)
+    assert len(seen) == 5 and all(s == (False, True, flags) for s in seen)
+    assert not vae.training and inner.training
+    assert [p.requires_grad for p in [*vae.parameters(), *inner.parameters()]] == flags
     assert all(p.grad is None for p in [*vae.parameters(), *inner.parameters()])
 
 
-def test_sampler_freezes_an_energy_module_and_restores_on_error():
-    vae, energy = small_mlp_models()
-    calls = {"n": 0}
-
-    class Failing(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = energy
-
-        def forward(self, x):
-            calls["n"] += 1
-            assert not any(p.requires_grad for p in self.parameters())
-            if calls["n"] == 3:
-                raise RuntimeError("boom")
-            return self.net(x)
-
-    failing = Failing()
-    vae.train()
-    with pytest.raises(RuntimeError, match="boom"):
-        LangevinSampler(failing, vae, space="eps", step_size=0.01, n_steps=5).sample(4, seed=0)
-    assert vae.training  # train mode restored although the chain failed
-    assert all(p.requires_grad for p in [*vae.parameters(), *energy.parameters()])
-    assert all(p.grad is None for p in [*vae.parameters(), *energy.parameters()])
+def test_frozen_context_freezes_and_restores():
+    """``frozen`` (not used by the samplers any more) still restores the user's flags."""
+    _, energy = small_mlp_models()
+    energy.out.bias.requires_grad_(False)
+    flags = [p.requires_grad for p in energy.parameters()]
+    with frozen(energy):
+        assert not any(p.requires_grad for p in energy.parameters())
+    assert [p.requires_grad for p in energy.parameters()] == flags
 
 
-def test_generator_put_in_eval_for_the_chain():
+class BatchNormGenerator(nn.Module):
+    """x = BN(W eps_z) (+ eps_x): a generator whose forward depends on its mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.bn = nn.BatchNorm1d(2)
+        self.latent_shapes, self.data_shape = [(2,)], (2,)
+
+    def decode_eps(self, eps_z, eps_x=None):
+        x = self.bn(self.lin(eps_z[0]))
+        return x if eps_x is None else x + 0.1 * eps_x
+
+
+@pytest.mark.parametrize("space", ["eps", "latent"])
+def test_generator_in_training_mode_is_honoured_with_one_warning(space):
+    """Decision: the chain runs the generator in the mode the caller left it in. With
+    BatchNorm/Dropout in training mode that means batch statistics and running-statistics
+    updates, which is rarely what is wanted, so both samplers warn once with the fix;
+    FastSampler then runs the same eager chain, so the two still agree bitwise."""
+    from vaebm_fast import FastSampler
+    torch.manual_seed(0)
+    gen, energy = BatchNormGenerator().train(), MLPEnergy(in_dim=2, hidden=8, depth=1)
+    kw = dict(space=space, step_size=0.01, n_steps=3)
+    eager = LangevinSampler(energy, gen, **kw)
+    with pytest.warns(RuntimeWarning, match=r"generator is in training mode .*\(bn\).*call "
+                                            r"generator\.eval\(\) before sampling"):
+        a = eager.sample(8, seed=0)
+    assert gen.training and int(gen.bn.num_batches_tracked) == 3 + 1 + (space == "eps")
+    fast = FastSampler(energy, gen, **kw)
+    with pytest.warns(RuntimeWarning, match="FastSampler: the generator is in training mode"):
+        b = fast.sample(8, seed=0)
+    assert torch.equal(a, b) and fast.last_path == "eager"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per sampler
+        eager.sample(8, seed=0)
+        fast.sample(8, seed=0)
+        gen.eval()  # the fix: running statistics, the fast path, no warning
+        fresh = FastSampler(energy, gen, **kw)
+        c = fresh.sample(8, seed=0)
+        assert fresh.last_path == "fast"
+        assert torch.allclose(c, LangevinSampler(energy, gen, **kw).sample(8, seed=0))
+
+
+def test_generator_mode_matters_only_with_mode_dependent_layers():
+    """A generator without BatchNorm/Dropout runs the same in either mode: no warning."""
     vae, energy = linear_vae(), eps_energy()
     vae.train()
-    LangevinSampler(energy, vae, space="eps", step_size=0.1, n_steps=3).sample(4, seed=0)
-    assert vae.training_flags and not any(vae.training_flags)
-    assert vae.training
-    vae.eval()
-    vae.training_flags.clear()
-    LangevinSampler(energy, vae, space="latent", step_size=0.1, n_steps=3).sample(4, seed=0)
-    assert not vae.training and not any(vae.training_flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LangevinSampler(energy, vae, space="eps", step_size=0.1, n_steps=3).sample(4, seed=0)
+    assert vae.training_flags and all(vae.training_flags) and vae.training
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ benchmarks (``vaebm-fast bench ops --device cuda``) time both side by side; thei
 are in ``benchmarks/results/``. The one measured exception to the order is a size below which
 ``"auto"`` passes over the native kernel (``register_op(auto_native_min_numel=...)``).
 
-An op called with ``backend="auto"`` (the default) uses the global default backend, which is
-itself ``"auto"`` (the fastest available backend for the tensors' device) unless changed with
-:func:`set_default_backend`. Naming a backend that is unavailable raises
-:class:`BackendUnavailableError` with the reason; ``auto`` never raises.
+An op called with ``backend="auto"`` (the default) uses the default backend of the calling
+thread (or asyncio task; a ``contextvars.ContextVar``), which is itself ``"auto"`` (the fastest
+available backend for the tensors' device) unless changed with :func:`default_backend` or
+:func:`set_default_backend`; no thread's setting changes another's. Naming a backend that is
+unavailable raises :class:`BackendUnavailableError` with the reason; ``auto`` never raises.
 
 Nothing here queries a device; availability is decided from the device type of the tensors an
 op receives.
@@ -27,6 +28,7 @@ op receives.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
@@ -62,7 +64,10 @@ class _OpSpec:
 
 
 _ops: Dict[str, _OpSpec] = {}
-_default = "auto"
+# The default backend is per thread and per asyncio task (a ContextVar): a new thread starts
+# at "auto", and a `with default_backend(...)` in one thread changes nothing in another.
+_default: "contextvars.ContextVar[str]" = contextvars.ContextVar("vaebm_fast_default_backend",
+                                                                default="auto")
 # (op, device type) -> reasons of (native, triton, eager), None where available; valid for one
 # loading outcome of _native.
 _cache: Dict[Tuple[str, str], Tuple[Optional[str], ...]] = {}
@@ -148,10 +153,10 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
                     numel: Optional[int] = None, unsupported: Optional[str] = None) -> str:
     """The backend that will run ``op`` on ``device`` when the caller asked for ``backend``.
 
-    ``"auto"`` means the global default; a default of ``"auto"`` picks the first available
-    backend in the op's order for the device (:data:`BACKENDS` unless measured otherwise),
-    skipping the native kernel for inputs of fewer than the op's ``auto_native_min_numel``
-    elements when ``numel`` is given.
+    ``"auto"`` means the default backend of the calling thread / task; a default of ``"auto"``
+    picks the first available backend in the op's order for the device (:data:`BACKENDS`
+    unless measured otherwise), skipping the native kernel for inputs of fewer than the op's
+    ``auto_native_min_numel`` elements when ``numel`` is given.
 
     ``unsupported``: why the op's kernels (native and Triton) cannot take these inputs, phrased
     to follow "the <backend> kernel ..." (e.g. "takes float32 or float64 tensors (got
@@ -165,7 +170,7 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
     check_choice(backend)
     named = backend != "auto"
     if backend == "auto":
-        backend = _default
+        backend = _traced_default()
     availability = backend_availability(op, device)
     if backend == "auto":
         device_type = _device_type(device)
@@ -189,23 +194,35 @@ def resolve_backend(op: str, backend: str, device: DeviceLike,
 
 
 def set_default_backend(backend: str) -> None:
-    """Set the backend that ops called with ``backend="auto"`` use: ``"auto"`` (fastest
-    available, the initial setting), ``"native"``, ``"triton"`` or ``"eager"``."""
-    global _default
+    """Set the backend that ops called with ``backend="auto"`` use in the calling thread (or
+    asyncio task): ``"auto"`` (fastest available, the initial setting), ``"native"``,
+    ``"triton"`` or ``"eager"``. Other threads keep theirs; a thread started later starts at
+    ``"auto"``. Prefer the :func:`default_backend` context manager, which undoes it."""
     check_choice(backend)
-    _default = backend
+    _default.set(backend)
 
 
 def get_default_backend() -> str:
-    return _default
+    """The calling thread's (or task's) default backend."""
+    return _default.get()
+
+
+# torch.compile cannot trace ContextVar.get: it calls this when it traces and keeps the result
+# as a constant, so a compiled function runs with the default backend of the thread that traced
+# it (no guard notices a later change; pass backend= explicitly inside compiled code to vary
+# it). Eagerly it is the plain look-up.
+@torch.compiler.assume_constant_result
+def _traced_default() -> str:
+    return _default.get()
 
 
 @contextlib.contextmanager
 def default_backend(backend: str) -> Iterator[None]:
-    """Context manager: ``with default_backend("eager"): ...`` restores the old default."""
-    previous = get_default_backend()
-    set_default_backend(backend)
+    """``with default_backend("eager"): ...``: the calling thread's (or task's) default backend
+    for the block, restored after it; other threads are not affected."""
+    check_choice(backend)
+    token = _default.set(backend)
     try:
         yield
     finally:
-        set_default_backend(previous)
+        _default.reset(token)

@@ -25,7 +25,9 @@ What it does differently:
   convolutions of NVAE's cells ran 2-3x faster forward and backward than in NCHW. On CUDA
   "auto" keeps row-major (not measured there); ``"channels_last"`` / ``"contiguous"`` force
   a layout.
-* **Freed memory is reused on the CPU.** The chain runs inside
+* **Freed memory is reused on the CPU, when asked for** (``heap_reuse=True`` or
+  ``VAEBM_FAST_HEAP_REUSE=1``; off by default because it changes malloc for the whole
+  process, every thread included). The chain then runs inside
   :func:`vaebm_fast._heap.heap_reuse`: glibc keeps freed activations in the heap instead of
   unmapping them, so steps after the first do not page-fault their activations in again (at
   CIFAR-10 scale this kernel time exceeded the computation); they go back to the kernel when
@@ -67,8 +69,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._heap import heap_reuse
+from .._heap import heap_reuse, heap_reuse_requested
 from .graphs import GraphedChain, graph_unavailable_reason
+from .checks import mode_dependent_layers
 from .langevin import LangevinSampler, _module_device
 from .prepare import prepared, state_key
 
@@ -120,6 +123,15 @@ class FastSampler(LangevinSampler):
         memory_format: layout of the prepared networks' weights and activations: ``"auto"``
             (channels-last on the CPU, row-major elsewhere), ``"channels_last"`` or
             ``"contiguous"``. The samples are the same to float tolerance.
+        heap_reuse: keep freed CPU memory in the process heap while a CPU chain runs
+            (:func:`vaebm_fast._heap.heap_reuse`; a process-wide malloc setting, so off unless
+            asked for): True, False, or None (the default) for the environment switch
+            ``VAEBM_FAST_HEAP_REUSE=1`` (off when unset). Fixed when the sampler is made.
+
+    A generator in training mode with BatchNorm/Dropout layers cannot run as an eval-mode
+    snapshot without changing the samples: its chains run as :class:`LangevinSampler`'s (the
+    module as it is, one warning with the fix: ``generator.eval()``), so that the two samplers
+    still agree.
 
     ``sample(x0_or_n, *, seed, offset=0, return_chain=False, device=None, dtype=float32,
     check_finite=True, progress=False)`` returns samples [B, *data_shape] or a
@@ -128,11 +140,15 @@ class FastSampler(LangevinSampler):
     """
 
     def __init__(self, energy, generator=None, *, graphs: bool = True,
-                 memory_format: str = "auto", **kwargs):
+                 memory_format: str = "auto", heap_reuse: Optional[bool] = None, **kwargs):
         super().__init__(energy, generator, **kwargs)
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS} (got "
                              f"{memory_format!r})")
+        if heap_reuse is not None and not isinstance(heap_reuse, bool):
+            raise TypeError(f"heap_reuse must be None, True or False (got "
+                            f"{type(heap_reuse).__name__} {heap_reuse!r})")
+        self.heap_reuse = heap_reuse_requested(heap_reuse)
         self.graphs = bool(graphs)
         self.memory_format = memory_format
         # The layout the 4-D states are fed to the networks in, while a chain runs (decode).
@@ -202,24 +218,29 @@ class FastSampler(LangevinSampler):
                device=None, dtype: torch.dtype = torch.float32, check_finite: bool = True,
                progress: bool = False):
         """Run the chain; arguments and results as :meth:`LangevinSampler.sample`."""
-        if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-            raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        seed, offset = self._stream_position(seed, offset)
         device = device if device is not None else _module_device(self.generator, self.energy)
         memory_format = self.format_for(device)
         try:
-            energy, generator = self.prepared_models(memory_format)
+            # A snapshot runs in eval mode: a generator whose training mode changes its forward
+            # runs as it is, in the eager chain (which warns), so that both samplers agree.
+            eager = self.space != "data" and mode_dependent_layers(self.generator)
+            energy, generator = (None, None) if eager else self.prepared_models(memory_format)
         except Exception as exc:  # e.g. a module that cannot be deep-copied
             if self._prepare_failed is None:
                 self._prepare_failed = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"FastSampler: could not prepare the networks "
                               f"({self._prepare_failed}); running the eager LangevinSampler "
                               f"chain instead", RuntimeWarning, stacklevel=2)
+            eager = True
+        if eager:
             self.last_path = "eager"
             return super().sample(x0_or_n, seed=seed, offset=offset, return_chain=return_chain,
                                   device=device, dtype=dtype, check_finite=check_finite,
                                   progress=progress)
         states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
-                                             dtype=dtype)
+                                             dtype=dtype, check_finite=check_finite)
+        self._check_model_dtype(states)
         states = [s.contiguous() for s in states]
         cpu = states[0].device.type == "cpu"
         run = None
@@ -229,7 +250,7 @@ class FastSampler(LangevinSampler):
                     states[0].device.type == "cuda":
                 run = self._run_graph(energy, generator, states, seed, offset)
             if run is None:
-                with heap_reuse() if cpu else contextlib.nullcontext():
+                with heap_reuse() if cpu and self.heap_reuse else contextlib.nullcontext():
                     run = self._run_chain(energy, generator, states, seed, offset, progress)
                 self.last_path = "fast"
         finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
@@ -34,6 +35,8 @@ from torch import nn
 from ..nn import frozen_normalized_weights
 from ..ops import philox_normal
 from ..ops.langevin import LangevinStepper
+from .checks import (ArgumentTypeError, as_int, as_real, check_energy_output,
+                     check_state_gradients, mode_dependent_layers)
 from .replay import ReplayBuffer
 
 SPACES = ("eps", "latent", "data")
@@ -103,12 +106,13 @@ class ChainResult:
 
 @contextlib.contextmanager
 def frozen(*modules: object):
-    """Freeze every nn.Module given for the duration of a chain.
+    """Freeze every nn.Module given for the duration of a ``with`` block: parameter gradients
+    off, weight-normalised convs' effective weights computed once.
 
-    Langevin needs gradients with respect to the state only: parameter gradients are turned
-    off (else every backward also computes weight gradients: the official loop's waste #1), and
-    weight-normalised convs compute their effective weight once instead of at every step
-    (waste #2).
+    The samplers do not use it: they take gradients with respect to the chain state alone and
+    leave your modules untouched. It is kept for code that wants the official loop's freezing
+    (the chain benchmarks). It mutates the modules and restores the flags it saved on exit, so
+    it must not be used on a module that another thread uses at the same time.
     """
     saved = []
     with contextlib.ExitStack() as stack:
@@ -132,8 +136,10 @@ class LangevinSampler:
         energy: the energy network or function; lower = more data-like.
         generator: for "eps"/"latent": a :class:`ReparameterizedGenerator`, i.e. an object with
             ``latent_shapes``, ``data_shape`` and ``decode_eps(eps_z, eps_x=None)``
-            (docs/interfaces.md). A module is put into eval mode for the chain (BatchNorm
-            running statistics) and restored afterwards.
+            (docs/interfaces.md). Its mode is honoured: call ``generator.eval()`` before
+            sampling (BatchNorm with running statistics, no dropout). A generator left in
+            training mode with BatchNorm/Dropout layers runs that way (batch statistics,
+            running-statistics updates at every step) and the sampler warns once with the fix.
         space: "eps" (VAEBM), "latent" (exponential tilting) or "data" (IGEBM).
         step_size: eta. n_steps: Langevin steps per chain.
         noise_scale: sigma; default sqrt(eta) (exact Langevin). IGEBM-style chains use a
@@ -147,6 +153,13 @@ class LangevinSampler:
         output: "mean" (decoder mean at the final eps_z; default, as the official code) or
             "sample" (T(eps_z, eps_x) with the chain's eps_x) -- eps space only.
         backend: backend of the fused update ("auto", "native", "eager").
+
+    Numbers may be Python numbers, NumPy scalars or 0-d tensors (not bools). The sampler never
+    modifies the energy or the generator: gradients are taken with respect to the chain state
+    only (no ``requires_grad`` toggling, no ``train()``/``eval()``), so one module can be
+    sampled from several threads at once, or trained in one thread while another samples.
+    Every step checks the energy's output (a real floating tensor [B] attached to autograd;
+    host metadata only, no sync) and that every state group gets a gradient.
     """
 
     def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor],
@@ -168,29 +181,37 @@ class LangevinSampler:
                     f"{', '.join(_GENERATOR_MEMBERS)} (missing: "
                     f"{', '.join(missing) or 'generator'}); see ReparameterizedGenerator in "
                     "docs/interfaces.md")
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        step_size = as_real(step_size, "step_size", "a positive finite number")
+        if not (math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be a positive finite number (got {step_size!r})")
-        if not (isinstance(n_steps, int) and n_steps >= 0):
+        n_steps = as_int(n_steps, "n_steps", "a non-negative int")
+        if n_steps < 0:
             raise ValueError(f"n_steps must be a non-negative int (got {n_steps!r})")
-        if clamp is not None and not (len(clamp) == 2 and (None in clamp or clamp[0] < clamp[1])):
-            raise ValueError(f"clamp must be a (low, high) pair with low < high, either side may "
-                             f"be None (got {clamp!r})")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
+        if noise_scale is not None:
+            noise_scale = as_real(noise_scale, "noise_scale", "None or a non-negative number")
+            if not (math.isfinite(noise_scale) and noise_scale >= 0):
+                raise ValueError(f"noise_scale must be None or a non-negative finite number "
+                                 f"(got {noise_scale!r})")
+        if grad_clip is not None:
+            grad_clip = as_real(grad_clip, "grad_clip", "None or a positive number")
+            if not grad_clip > 0:
+                raise ValueError(f"grad_clip must be positive (got {grad_clip!r})")
+        clamp = _clamp_bounds(clamp)
         if output not in ("mean", "sample"):
             raise ValueError(f"output must be 'mean' or 'sample' (got {output!r})")
+        reuse_prob = as_real(reuse_prob, "reuse_prob", "a number in [0, 1]")
         if not 0.0 <= reuse_prob <= 1.0:
             raise ValueError(f"reuse_prob must be in [0, 1] (got {reuse_prob!r})")
         self.energy, self.generator, self.space = energy, generator, space
-        self.step_size, self.n_steps = float(step_size), n_steps
+        self.step_size, self.n_steps = step_size, n_steps
         self.noise_scale = noise_scale
         self.grad_clip = grad_clip
-        self.clamp = (None if clamp is None
-                      else tuple(None if c is None else float(c) for c in clamp))
+        self.clamp = clamp
         self.data_shape = None if data_shape is None else tuple(data_shape)
         self.replay_buffer, self.reuse_prob = replay_buffer, reuse_prob
         self.output, self.backend = output, backend
         self.prior_weight = 0.0 if space == "data" else 1.0
+        self._warned_training = False  # the training-mode warning is given once per sampler
 
     # -- state layout -----------------------------------------------------------------------
     def state_shapes(self) -> list[tuple[int, ...]]:
@@ -223,38 +244,42 @@ class LangevinSampler:
         term is 1/2 ||eps||^2 in eps/latent."""
         x = self.decode(states)
         energy = self.energy(x)
-        if energy.dim() != 1 or energy.shape[0] != states[0].shape[0]:
-            raise ValueError(f"energy must return shape [B] = [{states[0].shape[0]}] "
-                             f"(got {list(energy.shape)})")
+        check_energy_output(energy, states[0].shape[0], None, needs_grad=False)
         if self.space == "data":
             return energy, energy, x
         prior = sum(0.5 * s.detach().pow(2).flatten(1).sum(1) for s in states)
         return energy + prior, energy, x
 
     # -- the chain --------------------------------------------------------------------------
-    def initial_states(self, x0_or_n, *, seed: int, offset: int, device, dtype
-                       ) -> tuple[list[torch.Tensor], int]:
-        """Start states and the next free offset."""
-        if isinstance(x0_or_n, torch.Tensor):
+    def initial_states(self, x0_or_n, *, seed: int, offset: int, device, dtype,
+                       check_finite: bool = True) -> tuple[list[torch.Tensor], int]:
+        """Start states and the next free offset. Given states (a tensor x0 or a list) are
+        copied; with ``check_finite`` a NaN/Inf in them is reported as bad input (one host
+        sync; fresh draws need none)."""
+        if isinstance(x0_or_n, torch.Tensor) and x0_or_n.dim() > 0:
             x0 = x0_or_n
             if self.space == "data":
                 if not x0.is_floating_point():
                     raise TypeError(f"x0 must be a floating tensor (got {x0.dtype})")
-                return [x0.detach().clone()], offset
+                return _given_states([x0], "x0", check_finite), offset
             raise TypeError(f"space={self.space!r} starts from a count of chains: pass an int n, "
                             "or a list of initial eps tensors (one per state group)")
         if isinstance(x0_or_n, (list, tuple)):
-            states = [t.detach().clone() for t in x0_or_n]
+            for i, t in enumerate(x0_or_n):
+                if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+                    raise TypeError(f"initial state {i} must be a floating tensor (got "
+                                    f"{getattr(t, 'dtype', type(t).__name__)})")
             expected = self.state_shapes()
-            got = [tuple(t.shape[1:]) for t in states]
+            got = [tuple(t.shape[1:]) for t in x0_or_n]
             if got != expected:
                 raise ValueError(f"initial states must have per-sample shapes {expected} "
                                  f"(got {got})")
-            if len({t.shape[0] for t in states}) > 1:
+            if len({t.shape[0] for t in x0_or_n}) > 1:
                 raise ValueError("initial states must all hold the same number of chains "
-                                 f"(got batch sizes {[t.shape[0] for t in states]})")
-            return states, offset
-        n = int(x0_or_n)
+                                 f"(got batch sizes {[t.shape[0] for t in x0_or_n]})")
+            return _given_states(x0_or_n, "initial states", check_finite), offset
+        n = as_int(x0_or_n, "the number of chains",
+                   "a positive int (or a tensor x0, or a list of initial states)")
         if n <= 0:
             raise ValueError(f"number of chains must be positive (got {x0_or_n!r})")
         shapes = self.state_shapes()
@@ -303,25 +328,62 @@ class LangevinSampler:
             return_chain: return a ChainResult (potentials per step, states, next offset)
                 instead of the samples alone.
             check_finite: raise ChainDivergedError if any potential or state is NaN/Inf
-                (checked once at the end of the chain: no host sync per step).
+                (checked once at the end of the chain: no host sync per step), and ValueError
+                if given initial states are not finite (bad input, not divergence).
 
         Returns:
             samples [B, *data_shape] (see ``output``), or a ChainResult.
         """
-        if not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-            raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        seed, offset = self._stream_position(seed, offset)
         device = device if device is not None else _module_device(self.generator, self.energy)
         states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
-                                             dtype=dtype)
-        was_training = self.generator.training if isinstance(self.generator, nn.Module) else None
-        if was_training:
-            self.generator.eval()
-        try:
-            run = self._run_chain(self.energy, self.generator, states, seed, offset, progress)
-        finally:
-            if was_training:
-                self.generator.train()
+                                             dtype=dtype, check_finite=check_finite)
+        self._check_model_dtype(states)
+        self._warn_if_training(self.generator)
+        run = self._run_chain(self.energy, self.generator, states, seed, offset, progress)
         return self._finish(*run, return_chain=return_chain, check_finite=check_finite)
+
+    @staticmethod
+    def _stream_position(seed, offset) -> tuple[int, int]:
+        """(seed, offset) checked and as Python ints."""
+        seed = as_int(seed, "seed", "an int in [0, 2**63)")
+        offset = as_int(offset, "offset", "a non-negative int")
+        if not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed must be an int in [0, 2**63) (got {seed!r})")
+        if not 0 <= offset < 2 ** 63:
+            raise ValueError(f"offset must be an int in [0, 2**63) (got {offset!r})")
+        return seed, offset
+
+    def _check_model_dtype(self, states) -> None:
+        """The chain state must have the dtype of the network it enters first (the generator
+        in eps/latent space, else the energy): say so rather than fail inside a conv. Skipped
+        under autocast, which casts on its own."""
+        model, name = ((self.energy, "energy") if self.space == "data"
+                       else (self.generator, "generator"))
+        if not isinstance(model, nn.Module) or torch.is_autocast_enabled(states[0].device.type):
+            return
+        wanted = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        got = states[0].dtype
+        if wanted is not None and got != wanted:
+            raise TypeError(f"the chain state is {got} but the {name}'s parameters are "
+                            f"{wanted}: pass dtype={wanted} (and {wanted} initial states) to "
+                            f"sample(), or convert the model with .to({got})")
+
+    def _warn_if_training(self, generator) -> None:
+        """Warn once per sampler when the generator's mode changes its forward: the chain then
+        runs it as it is (training mode: batch statistics, running-statistics updates)."""
+        if self.space == "data" or self._warned_training:
+            return
+        layers = mode_dependent_layers(generator)
+        if layers:
+            self._warned_training = True
+            shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
+            warnings.warn(
+                f"{type(self).__name__}: the generator is in training mode and has "
+                f"BatchNorm/Dropout layers ({shown}): the chain runs it that way (batch "
+                "statistics, running-statistics updates at every step); call generator.eval() "
+                "before sampling for the usual samples (the sampler does not change the "
+                "module's mode)", RuntimeWarning, stacklevel=3)
 
     def _run_chain(self, energy, generator, states, seed, offset, progress):
         """The K steps from ``states`` with the given networks (FastSampler passes prepared
@@ -343,16 +405,21 @@ class LangevinSampler:
         step_ = LangevinStepper(states, step_size=self.step_size,
                                 prior_weight=self.prior_weight, noise_scale=self.noise_scale,
                                 grad_clip=self.grad_clip, clamp=self.clamp, backend=self.backend)
-        with frozen(energy, generator), torch.enable_grad():
+        # Gradients are taken with respect to the states only (autograd.grad's inputs): no
+        # parameter gradient is computed, and the caller's modules (requires_grad flags, mode)
+        # are never touched, so other threads may use them at the same time.
+        with torch.enable_grad():
             for s in states:
                 s.requires_grad_(True)
             for step in steps:
                 E = energy(self.decode(states, generator=generator))
+                check_energy_output(E, batch, step)
                 if energies is None:
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[step].copy_(E.detach())
                 # The prior term is not differentiated: the fused update adds lambda * t itself.
-                grads = torch.autograd.grad(E.sum(), states)
+                grads = torch.autograd.grad(E.sum(), states, allow_unused=True)
+                check_state_gradients(grads, self.space, step)
                 offset = step_(grads, seed=seed, offset=offset,
                                half_sq_norm=half_sq[step + 1] if use_prior else None)
                 del E, grads
@@ -361,6 +428,7 @@ class LangevinSampler:
             with torch.no_grad():
                 x = self.decode(states, generator=generator)
                 E = energy(x)
+                check_energy_output(E, batch, n_steps, needs_grad=False)
                 if energies is None:  # n_steps == 0
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[n_steps].copy_(E)
@@ -373,8 +441,6 @@ class LangevinSampler:
     def _chain_buffers(self, E, states, batch, n_steps):
         """Preallocated energies [K + 1, B] and prior terms [K + 1, B] (row 0 filled; None in
         data space), made at the first energy evaluation (which fixes the dtype)."""
-        if E.dim() != 1 or E.shape[0] != batch:
-            raise ValueError(f"energy must return shape [B] = [{batch}] (got {list(E.shape)})")
         energies = torch.empty(n_steps + 1, batch, dtype=E.dtype, device=E.device)
         half_sq = None
         if self.prior_weight != 0:
@@ -406,6 +472,18 @@ class LangevinSampler:
                            next_offset=offset)
 
 
+def _given_states(tensors, what: str, check_finite: bool) -> list[torch.Tensor]:
+    """Copies of user-given initial states; NaN/Inf in them is bad input, reported as such."""
+    states = [t.detach().clone() for t in tensors]
+    if check_finite:
+        bad = sum((~torch.isfinite(s.flatten(1)).all(1)).int() for s in states)
+        n_bad = int((bad > 0).sum())  # one host sync
+        if n_bad:
+            raise ValueError(f"{what} hold NaN/Inf in {n_bad} of {states[0].shape[0]} chains: "
+                             "start the chains from finite states")
+    return states
+
+
 def _half_sq_buffer(states, n_steps):
     """[K + 1, B] float32 (float64 for float64 states) rows for the prior term."""
     dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
@@ -416,6 +494,20 @@ def _half_sq_norm(states):
     """1/2 ||eps||^2 per sample over every state tensor, [B] (as _half_sq_buffer's dtype)."""
     dtype = torch.float64 if states[0].dtype == torch.float64 else torch.float32
     return sum(0.5 * s.detach().to(dtype).flatten(1).square().sum(1) for s in states)
+
+
+def _clamp_bounds(clamp) -> Optional[tuple]:
+    """``clamp`` checked: None, or a (low, high) pair of numbers or None with low < high."""
+    if clamp is None:
+        return None
+    what = "None or a (low, high) pair, each a number or None"
+    if not isinstance(clamp, (tuple, list)):
+        raise ArgumentTypeError(f"clamp must be {what} (got {type(clamp).__name__} {clamp!r})")
+    bounds = tuple(None if c is None else as_real(c, "clamp", what) for c in clamp)
+    if not (len(bounds) == 2 and (None in bounds or bounds[0] < bounds[1])):
+        raise ValueError(f"clamp must be a (low, high) pair with low < high, either side may "
+                         f"be None (got {clamp!r})")
+    return bounds
 
 
 def _module_device(*objs) -> torch.device:

@@ -6,10 +6,10 @@ where x_neg comes from a short Langevin chain of the joint model h (eps space fo
 space for exponential tilting, data space for a pixel EBM), optionally persistent through a
 replay buffer of eps_z (x in data space) with the official re-initialisation ramp.
 
-The generator is frozen for good (eval mode, requires_grad False); the energy's parameters are
-frozen only during the chain (the sampler's ``frozen`` context), so Langevin never computes
-weight gradients. Adam with betas (0.99, 0.999) and, optionally, IGEBM's per-element gradient
-clip to +-(3 sqrt(v_hat) + 0.1) from Adam's second moment.
+The generator is frozen for good (eval mode, requires_grad False); the sampler differentiates
+with respect to the chain state only, so Langevin never computes the energy's weight gradients
+and leaves its parameters as they are. Adam with betas (0.99, 0.999) and, optionally, IGEBM's
+per-element gradient clip to +-(3 sqrt(v_hat) + 0.1) from Adam's second moment.
 """
 from __future__ import annotations
 
