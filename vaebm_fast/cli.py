@@ -5,7 +5,7 @@
     vaebm-fast train-ebm --out DIR                  stage 2 (reads DIR/vae.pt) -> DIR/ebm.pt
     vaebm-fast sample --out DIR                     VAE and VAEBM samples side by side
     vaebm-fast info                                 versions and available backends
-    vaebm-fast bench ops|chains [--quick] [--only RE]  benchmarks -> benchmarks/results/
+    vaebm-fast bench ops|chains|plot [--list] [--out DIR]  benchmarks (a markdown table)
 
 Training options come from the dataset's preset (``vaebm_fast.presets``), then a JSON config
 file (``--config``: {"vae": {...}, "energy": {...}, "train": {...}}), then flags: every field
@@ -191,7 +191,20 @@ def cmd_info(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    if args.suite == "ops":
+    """``bench ops|chains [...]`` runs a suite (its own parser: ``bench ops --help``);
+    ``bench plot DIR`` redraws DIR's markdown tables and charts from DIR/results.jsonl."""
+    if args.suite == "plot":
+        from .bench.harness import usage_error
+        from .bench.plot import redraw
+        if len(args.rest) != 1 or args.rest[0].startswith("-"):
+            usage_error("vaebm-fast bench plot", "give one folder holding results.jsonl, e.g. "
+                        "`vaebm-fast bench plot benchmarks/results`")
+        try:
+            written = redraw(args.rest[0])
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"vaebm-fast bench plot: error: {e}") from None
+        print("wrote " + ", ".join(str(p) for p in written))
+    elif args.suite == "ops":
         from .bench import ops
         ops.main(args.rest)
     else:
@@ -240,14 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="Langevin steps (default: the preset's test steps)")
     p.add_argument("--step-size", type=float, help="default: the preset's test step size")
 
-    p = command("bench", cmd_bench, "benchmarks: fused vs eager ops ('ops') or Langevin steps "
-                "and whole chains vs eager and official-style loops ('chains'); "
-                "writes JSON, markdown and a PNG chart")
-    p.add_argument("suite", choices=["ops", "chains"])
+    p = command("bench", cmd_bench, "benchmarks: our ops ('ops') or Langevin steps and whole "
+                "chains ('chains') against plain PyTorch, the official-style loop and "
+                "torch.compile; prints a markdown table, or with --out DIR appends to "
+                "DIR/results.jsonl and redraws DIR's tables and charts ('plot DIR' redraws only)")
+    p.add_argument("suite", choices=["ops", "chains", "plot"])
     p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="options of the suite: --quick, --device cuda, --only REGEX, --out DIR, "
-                        "--repeats N; chains also --set KEY=VALUE, --compile-timeout S "
-                        "(see `vaebm-fast bench SUITE --help`)")
+                   help="options of the suite: --list, --quick, --device cuda, --only REGEX, "
+                        "--out DIR, --repeats N; chains also --set KEY=VALUE, --variants REGEX, "
+                        "--compile-timeout S (see `vaebm-fast bench SUITE --help`); plot: DIR")
 
     p = command("info", cmd_info, "versions, compilers and the available backend of every op")
     p.add_argument("--json", action="store_true")
