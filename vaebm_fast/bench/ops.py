@@ -278,7 +278,7 @@ def swish_case(key: str, numel: int, device: str) -> Case:
 # ------------------------------------------------------------------------------ epilogues
 
 def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
-    """One fused epilogue, forward + backward (all input gradients), native vs eager reference.
+    """One fused epilogue, forward + backward (all input gradients), native vs plain PyTorch.
 
     ``key`` picks the op: ``ebm_block_tail`` (with 2x2 pooling: the EBM's downsampling blocks),
     ``nvae_cell_tail`` (with the SE gate) or ``affine_swish`` (BN-Swish in eval mode).

@@ -99,7 +99,7 @@ def device_label(device: str) -> str:
 def latest_cases(rows: Iterable[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
     """{case: the rows of its latest run}, cases in the order their latest runs were made
     (a case rerun later moves down; within one run, the order it ran)."""
-    latest: Dict[str, str] = {}
+    latest: Dict[str, tuple] = {}  # case -> (timestamp, run) of its latest run
     for row in rows:
         key = row["case"]
         if key not in latest or (row["timestamp"], row["run"]) >= latest[key]:
