@@ -65,7 +65,7 @@ from torch import nn
 from .._heap import trim_heap
 from ..sampling import FastSampler
 from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
-                      select_keys, usage_error)
+                      select_keys, torch_threads, usage_error)
 from .record import Recorder
 from .table import PLAIN
 
@@ -898,6 +898,13 @@ def main(argv=None) -> Dict[str, Any]:
     timing = dict(TIMING_QUICK if args.quick else TIMING_FULL)
     compile_timeout = (args.compile_timeout if args.compile_timeout is not None
                        else 0.0 if args.quick else COMPILE_TIMEOUT_S)
+    if args.threads is not None and args.threads < 1:
+        usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
+    with torch_threads(args.threads):
+        return _run(args, argv, sizes, keys, timing, compile_timeout)
+
+
+def _run(args, argv, sizes, keys, timing, compile_timeout) -> Dict[str, Any]:
     recorder = Recorder("chains", args.device, args.out, " ".join([PROG] + argv), args.note,
                         label="bench chains")
     for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, keys):

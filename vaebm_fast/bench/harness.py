@@ -27,6 +27,7 @@ Nothing here queries a device at import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import re
@@ -35,12 +36,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = ["Variant", "Case", "run_case", "add_run_arguments", "select_keys", "usage_error",
-           "print_catalogue", "describe_machine", "CEILING", "ROLES"]
+           "print_catalogue", "torch_threads", "describe_machine", "CEILING", "ROLES"]
 
 CEILING = "copy_ (ceiling)"
 ROLES = ("ours", "baseline", "reference", "ceiling")
@@ -220,6 +221,27 @@ def add_run_arguments(parser: argparse.ArgumentParser, repeats_help: str) -> Non
                         help="list the case keys with a line each and exit")
     parser.add_argument("--note", default="", metavar="TEXT",
                         help="a sentence for the report, e.g. 'The machine was shared.'")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for this run (default: torch's default, recorded "
+                             "either way); 1 steadies the medians on a shared machine, where "
+                             "threads waiting for each other at every barrier dominate")
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (nothing when ``n`` is None), then restored:
+    ``--threads`` changes the run, not the caller's process."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1 (got {n})")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def usage_error(prog: str, message: str) -> None:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
-                      select_keys)
+                      select_keys, torch_threads, usage_error)
 from .record import Recorder
 from .table import PLAIN
 from vaebm_fast.models import official_ebm
@@ -427,14 +427,17 @@ def main(argv=None) -> Dict[str, object]:
     sizes, timing = (QUICK, dict(TIMING_QUICK)) if args.quick else (FULL, dict(TIMING_FULL))
     if args.repeats is not None:
         timing["repeats"] = args.repeats
-    recorder = Recorder("ops", args.device, args.out, " ".join([PROG] + argv), args.note,
-                        label="bench ops")
-    for key in keys:
-        case = CASES[key][1](sizes, args.device)  # one case's tensors alive at a time
-        print(f"[bench ops] {case.title} ...", file=sys.stderr, flush=True)
-        recorder.add(run_case(case, **timing))
-        del case
-    return recorder.finish()
+    if args.threads is not None and args.threads < 1:
+        usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
+    with torch_threads(args.threads):
+        recorder = Recorder("ops", args.device, args.out, " ".join([PROG] + argv), args.note,
+                            label="bench ops")
+        for key in keys:
+            case = CASES[key][1](sizes, args.device)  # one case's tensors alive at a time
+            print(f"[bench ops] {case.title} ...", file=sys.stderr, flush=True)
+            recorder.add(run_case(case, **timing))
+            del case
+        return recorder.finish()
 
 
 if __name__ == "__main__":
