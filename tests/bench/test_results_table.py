@@ -170,3 +170,14 @@ def test_noisy_medians_are_flagged_in_the_table_and_on_stderr(capsys):
     out = capsys.readouterr().out
     assert [line.split(" |")[0] for line in out.splitlines()
             if line.endswith("**noisy** |")] == ["| plain PyTorch (baseline)"]
+
+
+def test_threads_applies_to_the_run_only(tmp_path, capsys):
+    import torch
+    before = torch.get_num_threads()
+    ops.main(["--quick", "--only", "replay", "--repeats", "1", "--threads", "1",
+              "--out", str(tmp_path)])
+    assert torch.get_num_threads() == before
+    rows = table.read_rows(tmp_path)
+    assert all("with 1 thread," in r["machine"] for r in rows)
+    assert rows[0]["command"].endswith("--threads 1 --out " + str(tmp_path))

@@ -197,7 +197,8 @@ def _quartiles(samples: Sequence[float]) -> tuple:
 def describe_machine(info: Dict[str, Any]) -> str:
     """One sentence of :func:`vaebm_fast.info.machine_info`'s dict, for report headers."""
     text = (f"{info['cpu']}, {info['usable_cores']} usable cores (of {info['cpu_count']}), "
-            f"torch {info['torch']} with {info['torch_threads']} threads, "
+            f"torch {info['torch']} with {info['torch_threads']} thread"
+            f"{'' if info['torch_threads'] == 1 else 's'}, "
             f"Python {info['python']}, {info['platform']}; device {info['device']}")
     if "gpu" in info:
         text += f" ({info['gpu']})"

@@ -127,10 +127,10 @@ def draw_chart(rows: Sequence[Dict[str, Any]], path, title: str) -> Path:
 
 def format_ms(ms: float) -> str:
     """A duration given in ms, in the unit that reads best: 752 ns, 77 µs, 61.6 ms, 1.43 s."""
-    for unit, scale in (("s", 1e3), ("ms", 1.0), ("µs", 1e-3)):
-        if ms >= scale:
-            return f"{ms / scale:.3g} {unit}"
-    return f"{ms * 1e6:.3g} ns"
+    unit, scale = next(((u, k) for u, k in (("s", 1e3), ("ms", 1.0), ("µs", 1e-3))
+                        if ms >= k), ("ns", 1e-6))
+    value = ms / scale
+    return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
 
 
 def _shorten(text: str, width: int) -> str:
