@@ -52,6 +52,7 @@ import gc
 import math
 import re
 import resource
+import shlex
 import signal
 import sys
 import threading
@@ -905,7 +906,7 @@ def main(argv=None) -> Dict[str, Any]:
 
 
 def _run(args, argv, sizes, keys, timing, compile_timeout) -> Dict[str, Any]:
-    recorder = Recorder("chains", args.device, args.out, " ".join([PROG] + argv), args.note,
+    recorder = Recorder("chains", args.device, args.out, f"{PROG} {shlex.join(argv)}", args.note,
                         label="bench chains")
     for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, keys):
         if args.variants:

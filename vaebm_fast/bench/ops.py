@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -430,7 +431,7 @@ def main(argv=None) -> Dict[str, object]:
     if args.threads is not None and args.threads < 1:
         usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
     with torch_threads(args.threads):
-        recorder = Recorder("ops", args.device, args.out, " ".join([PROG] + argv), args.note,
+        recorder = Recorder("ops", args.device, args.out, f"{PROG} {shlex.join(argv)}", args.note,
                             label="bench ops")
         for key in keys:
             case = CASES[key][1](sizes, args.device)  # one case's tensors alive at a time
