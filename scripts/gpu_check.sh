@@ -223,8 +223,10 @@ EOF
 
 chain() {
   if [ "$dry" = 1 ]; then
-    "$PY" -m vaebm_fast bench chains --quick --device cpu --only 'chain16_cifar' \
-      --variants 'fast' --compile-timeout 0 --repeats 1 --out "$out"
+    # Short chains on one thread: this exercises the script, it measures nothing.
+    "$PY" -m vaebm_fast bench chains --quick --device cpu --only '^chain4_cifar' \
+      --set n_steps=4 --threads 1 --variants 'fast' --compile-timeout 0 --repeats 1 \
+      --out "$out"
   else
     # CIFAR-10 scale (official widths, batch 32): plain PyTorch vs FastSampler without and with
     # its CUDA graph; torch.compile is left to the full chain benchmark.
@@ -233,13 +235,14 @@ chain() {
       --compile-timeout 0 --out "$out"
   fi
   local rc=$?
-  headline chains '^chain16_cifar' ms
+  headline chains '^chain[0-9]+_cifar' ms
   return $rc
 }
 
 bench_ops() {
   if [ "$dry" = 1 ]; then
-    "$PY" -m vaebm_fast bench ops --quick --device cpu --only 'langevin|swish' --out "$out"
+    "$PY" -m vaebm_fast bench ops --quick --device cpu --only 'langevin|swish' --threads 1 \
+      --out "$out"
   else
     "$PY" -m vaebm_fast bench ops --device cuda --repeats 9 --out "$out"
   fi
