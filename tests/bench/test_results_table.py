@@ -128,6 +128,10 @@ def test_plot_redraws_from_the_table_alone(tmp_path, capsys):
     text = (tmp_path / "ops_cpu.md").read_text()
     assert "| v1 | ours | 1 | 0.1 | 4× |" in text  # 4 ms / 1 ms against the baseline v0
     assert "| v0 (baseline) | baseline | 2 | 1.2 | 1× |" in text
+    overview = {line.split(" |")[0]: line for line in text.splitlines() if line.startswith("| `")}
+    assert overview["| `c`"].endswith("| v1 | 1 | v0 | 4 | 4× | — |")
+    # A baseline faster than our best is named, not hidden behind a ratio.
+    assert overview["| `d`"].endswith("| 0.4× | v0 (2 ms) |")
     flagged = [line.split(" |")[0] for line in text.splitlines()
                if line.startswith("| v") and line.endswith("**noisy** |")]
     assert flagged == ["| v0 (baseline)", "| v1"]  # case d's IQRs are 60% of the medians
