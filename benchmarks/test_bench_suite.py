@@ -4,8 +4,9 @@ whose testpaths are tests/):
     pip install pytest-benchmark && python -m pytest benchmarks/
 
 Each benchmark times one call of a variant (a Langevin step or a 16-step chain) at the
-``--quick`` sizes of :mod:`vaebm_fast.bench.chains`; ``--benchmark-compare`` etc. work as usual.
-The full report with ratios and peak memory is ``vaebm-fast bench chains``.
+``--quick`` sizes of :mod:`vaebm_fast.bench.chains`, the plain PyTorch loop (the baseline of
+``vaebm-fast bench``) among them; ``--benchmark-compare`` etc. work as usual. The full report
+with ratios and peak memory is ``vaebm-fast bench chains``.
 
 Before timing, each variant other than the eager baseline is checked once, untimed, against
 the eager sampler at a fixed seed: a broken fast path fails here instead of being timed.
@@ -82,9 +83,14 @@ def test_step_toy(benchmark, toy, backend):
         benchmark(step)
 
 
-@pytest.mark.parametrize("variant", ["official-style", "eager", "fused"])
+@pytest.mark.parametrize("variant", ["plain PyTorch", "official-style", "eager", "fused"])
 def test_chain16_toy(benchmark, toy, variant):
     n = chains.N_STEPS
+    if variant == "plain PyTorch":  # the baseline: the textbook loop (its own noise)
+        chain = chains.plain_chain_fn(toy, chains.plain_step(toy), n)
+        assert chain().shape == sampler(toy, "eager", n).sample(toy.batch, seed=0).shape
+        benchmark(chain)
+        return
     if variant == "official-style":
         # Its noise comes from torch's generator, so it is compared with the noise off and the
         # same start states: then its steps must be the sampler's steps.

@@ -23,7 +23,8 @@
 # --dry-run (what CI runs, on a CPU machine): the same phases with CPU stand-ins, so the
 # script's own logic is exercised: the extension is built only if it is not loaded already, the
 # tests are a small selection, the graph tests run their CPU parts, the benchmarks run at their
-# --quick sizes on the CPU.
+# --quick sizes on the CPU. The benchmarks append their rows to OUTDIR/results.jsonl and draw
+# OUTDIR/<suite>_<device>.md and .png from it.
 set -uo pipefail
 
 usage() { echo "usage: bash scripts/gpu_check.sh OUTDIR [--budget SECONDS] [--phases LIST] [--tests ARGS] [--dry-run]" >&2; exit 2; }
@@ -196,52 +197,61 @@ graphs() {
     --junitxml="$out/graphs.xml" tests/
 }
 
+# One line from the rows a benchmark phase appended to OUTDIR/results.jsonl:
+# headline SUITE CASE_REGEX ms|copy (ms: each timed variant's median; copy: our variants'
+# bandwidth as a share of the copy_ ceiling's), for the first case whose key matches.
+headline() {
+  "$PY" - "$out" "$@" <<'EOF'
+import re, sys
+from vaebm_fast.bench.table import latest_cases, read_rows
+out, suite, pattern, field = sys.argv[1:]
+for key, rows in latest_cases([r for r in read_rows(out) if r["suite"] == suite]).items():
+    if not re.search(pattern, key):
+        continue
+    timed = [r for r in rows if r["median_s"]]
+    ceiling = next((r for r in timed if r["role"] == "ceiling"), None)
+    if field == "ms":
+        cells = [f"{r['variant']} {r['median_s'] * 1e3:.0f} ms" for r in timed]
+    else:
+        gbps = lambda r: r["bytes"] / r["median_s"]  # noqa: E731
+        cells = [f"{r['variant']} {100 * gbps(r) / gbps(ceiling):.0f}% of copy_"
+                 for r in timed if ceiling and r["role"] == "ours" and r["bytes"]]
+    print("headline:", key, "; ".join(cells))
+    break
+EOF
+}
+
 chain() {
   if [ "$dry" = 1 ]; then
-    "$PY" -m vaebm_fast bench chains --quick --device cpu --only 'chain16_cifar' \
-      --variants 'fast' --compile-timeout 0 --out "$out" --name chain_cifar_dry
+    # Short chains on one thread: this exercises the script, it measures nothing.
+    "$PY" -m vaebm_fast bench chains --quick --device cpu --only '^chain4_cifar' \
+      --set n_steps=4 --threads 1 --variants 'fast' --compile-timeout 0 --repeats 1 \
+      --out "$out"
   else
-    # CIFAR-10 scale (official widths, batch 32): eager LangevinSampler vs FastSampler without
-    # and with its CUDA graph; torch.compile is left to the full chain benchmark.
+    # CIFAR-10 scale (official widths, batch 32): plain PyTorch vs FastSampler without and with
+    # its CUDA graph; torch.compile is left to the full chain benchmark.
     "$PY" -m vaebm_fast bench chains --device cuda --only '^chain16_cifar_b32$' \
       --set cifar_batches=32 --set warmup_cifar=1 --repeats 3 --variants 'fast' \
-      --compile-timeout 0 --out "$out" --name chain_cifar_cuda
+      --compile-timeout 0 --out "$out"
   fi
   local rc=$?
-  "$PY" - "$out" <<'EOF'
-import json, sys, pathlib
-for path in sorted(pathlib.Path(sys.argv[1]).glob("chain_cifar_*.json")):
-    case = json.loads(path.read_text())["cases"][0]
-    cells = [f"{r['name']} {r['median_s'] * 1e3:.0f} ms" for r in case["variants"]
-             if r.get("median_s")]
-    print("headline:", "; ".join(cells))
-EOF
+  headline chains '^chain[0-9]+_cifar' ms
   return $rc
 }
 
 bench_ops() {
   if [ "$dry" = 1 ]; then
-    "$PY" -m vaebm_fast bench ops --quick --device cpu --only 'langevin|swish' \
-      --out "$out" --name ops_dry
+    "$PY" -m vaebm_fast bench ops --quick --device cpu --only 'langevin|swish' --threads 1 \
+      --out "$out"
   else
-    "$PY" -m vaebm_fast bench ops --device cuda --repeats 9 --out "$out" --name ops_cuda
+    "$PY" -m vaebm_fast bench ops --device cuda --repeats 9 --out "$out"
   fi
   local rc=$?
-  "$PY" - "$out" <<'EOF'
-import json, sys, pathlib
-for path in sorted(pathlib.Path(sys.argv[1]).glob("ops_*.json")):
-    for case in json.loads(path.read_text())["cases"]:
-        if case["key"].startswith("langevin_"):
-            best = [f"{r['name']} {100 * r['fraction_of_copy_bw']:.0f}% of copy_"
-                    for r in case["variants"]
-                    if r["name"] in ("native", "triton") and r.get("fraction_of_copy_bw")]
-            print("headline:", case["key"], "; ".join(best))
-            break
-EOF
+  headline ops '^langevin_' copy
   return $rc
 }
 
-export -f env_report error_path_ok build tests graphs chain bench_ops
+export -f env_report error_path_ok build tests graphs headline chain bench_ops
 export PY out dry test_args
 
 # Caps sum to more than the default budget on purpose: a fast build leaves time to later phases.

@@ -551,7 +551,20 @@ def cmd_info(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    if args.suite == "ops":
+    """``bench ops|chains [...]`` runs a suite (its own parser: ``bench ops --help``);
+    ``bench plot DIR`` redraws DIR's markdown tables and charts from DIR/results.jsonl."""
+    if args.suite == "plot":
+        from .bench.harness import usage_error
+        from .bench.plot import redraw
+        if len(args.rest) != 1 or args.rest[0].startswith("-"):
+            usage_error("vaebm-fast bench plot", "give one folder holding results.jsonl, e.g. "
+                        "`vaebm-fast bench plot benchmarks/results`")
+        try:
+            written = redraw(args.rest[0])
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"vaebm-fast bench plot: error: {e}") from None
+        print("wrote " + ", ".join(str(p) for p in written))
+    elif args.suite == "ops":
         from .bench import ops
         ops.main(args.rest)
     else:
@@ -666,16 +679,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Langevin step size (default: the preset's sampling step size, stored "
                         "in the EBM checkpoint)")
 
-    p = command("bench", cmd_bench, "benchmarks: fused vs eager ops ('ops') or Langevin steps "
-                "and whole chains vs eager and official-style loops ('chains'); "
-                "writes JSON, markdown and a PNG chart",
-                ["vaebm-fast bench ops --quick", "vaebm-fast bench chains --only toy",
+    p = command("bench", cmd_bench, "benchmarks: our ops ('ops') or Langevin steps and whole "
+                "chains ('chains') against plain PyTorch, the official-style loop and "
+                "torch.compile; prints a markdown table, or with --out DIR appends to "
+                "DIR/results.jsonl and redraws DIR's tables and charts ('plot DIR' redraws only)",
+                ["vaebm-fast bench ops --list", "vaebm-fast bench chains --only toy --quick",
+                 "vaebm-fast bench ops --out bench_results", "vaebm-fast bench plot bench_results",
                  "vaebm-fast bench ops --help"])
-    p.add_argument("suite", choices=["ops", "chains"])
+    p.add_argument("suite", choices=["ops", "chains", "plot"])
     p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="options of the suite: --quick, --device cuda, --only REGEX, --out DIR, "
-                        "--repeats N; chains also --set KEY=VALUE, --compile-timeout S "
-                        "(see `vaebm-fast bench SUITE --help`)")
+                   help="options of the suite: --list, --quick, --device cuda, --only REGEX, "
+                        "--out DIR, --repeats N; chains also --set KEY=VALUE, --variants REGEX, "
+                        "--compile-timeout S (see `vaebm-fast bench SUITE --help`); plot: DIR")
 
     command("build", cmd_build, "compile the native kernels for the installed torch now "
             "(otherwise the first native op does, once)")

@@ -1,6 +1,7 @@
 """Chain benchmarks: the Langevin update alone, one Langevin step and a whole 16-step chain.
 
-    vaebm-fast bench chains [--quick] [--only REGEX] [--set KEY=VALUE ...]
+    vaebm-fast bench chains [--quick] [--only REGEX] [--set KEY=VALUE ...] [--out DIR]
+    vaebm-fast bench chains --list                     # the cases
     python -m benchmarks.bench_chains --quick          # the same, from a checkout
 
 Models (``setups``):
@@ -22,17 +23,20 @@ Cases: ``update_<setup>`` (the update op alone, on that setup's chain state), ``
 (one Langevin step: potential, gradient, update, on a persistent state) and ``chain16_<setup>``
 (a whole chain as a user calls it: start draws, 16 steps, the returned samples).
 
-Variants (every case lists all of them, timed or "not run" with the reason):
+Variants (every case lists all of them, timed or "not run" with the reason), by role:
 
-* ``official-style``: :func:`official_style_chain`, the official VAEBM loop's per-step waste
-  (docs/design.md#official-loop-waste) reproduced with our models;
-* ``eager``: ``LangevinSampler(backend="eager")`` -- the baseline of every ratio "vs eager";
-* ``fused``: ``LangevinSampler(backend="native")`` (the fused C++/CUDA update);
-* ``fast``: ``vaebm_fast.FastSampler`` with ``graphs=False``;
-* ``torch.compile``: ``torch.compile`` of the eager step written as a user would (autograd
-  gradient + ``sub_``/``add_`` update with ``torch.randn_like`` noise); skipped with the
-  reason when compiling fails or takes longer than ``--compile-timeout`` seconds;
-* ``fast + CUDA graph``: FastSampler with ``graphs=True`` (its default), CUDA only.
+* baselines, what a user would otherwise run: ``plain PyTorch``, the textbook loop
+  (:func:`plain_step`: ``torch.randn`` start states, ``torch.autograd.grad`` of the potential,
+  ``add_`` update with ``torch.randn_like`` noise; the models frozen as our samplers freeze
+  them), the baseline of every speed-up; ``official-style``: :func:`official_style_chain`, the
+  official VAEBM loop's per-step waste (docs/design.md#official-loop-waste) reproduced with
+  our models (a second ratio, "vs official-style"); ``torch.compile`` of the plain step,
+  skipped with the reason when compiling fails or takes longer than ``--compile-timeout``;
+* reference: ``eager reference``, ``LangevinSampler(backend="eager")`` (Philox in int64 torch
+  ops): a correctness oracle, timed for information, never a baseline;
+* ours: ``fused`` (``LangevinSampler(backend="native")``, the fused C++/CUDA update), ``fast``
+  (``vaebm_fast.FastSampler`` with ``graphs=False``) and ``fast + CUDA graph`` (FastSampler
+  with ``graphs=True``, its default; CUDA only).
 
 Peak memory: on the CPU, the growth of the process's peak resident set (VmHWM, reset through
 ``/proc/self/clear_refs`` after ``malloc_trim``) during the variant's first (warm-up) call; on
@@ -48,26 +52,31 @@ import gc
 import math
 import re
 import resource
+import shlex
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .._heap import trim_heap
-from ..info import machine_info
 from ..sampling import FastSampler
-from .harness import Case, Variant, _fmt, add_run_arguments, report_header, run_case, write_report
+from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
+                      select_keys, torch_threads, usage_error)
+from .record import Recorder
+from .table import PLAIN
 
 N_STEPS = 16
 OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH = (
-    "official-style", "eager", "fused", "fast", "torch.compile", "fast + CUDA graph")
-VARIANTS = (OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH)
+    "official-style", "eager reference", "fused", "fast", "torch.compile", "fast + CUDA graph")
+VARIANTS = (PLAIN, OFFICIAL, COMPILE, EAGER, FUSED, FAST, GRAPH)
+ROLE = {PLAIN: "baseline", OFFICIAL: "baseline", COMPILE: "baseline", EAGER: "reference",
+        FUSED: "ours", FAST: "ours", GRAPH: "ours"}
+PROG = "vaebm-fast bench chains"
 
 # Sizes: full, and --quick (every case and variant in a few seconds). --set KEY=VALUE overrides.
 FULL = {"toy_batch": 5000, "cifar_batches": (32, 64), "cifar_channels": 128,
@@ -102,6 +111,7 @@ class Setup:
     replay_capacity: int = 0
     reuse_prob: float = 0.0
     notes: List[str] = field(default_factory=list)
+    size: str = ""  # the sizes in a few words (the results table's size column)
     compiled: Dict[str, Any] = field(default_factory=dict)  # cache shared by step/chain cases
 
     @property
@@ -132,7 +142,7 @@ def toy_setup(sizes: dict, device: str) -> Setup:
     return Setup("toy", f"2-D toy VAEBM (25gaussians preset), batch {sizes['toy_batch']}",
                  energy, vae, sizes["toy_batch"],
                  dict(space="eps", step_size=p["sample_step_size"], output="sample"),
-                 sizes["repeats_toy"], device,
+                 sizes["repeats_toy"], device, size=f"batch {sizes['toy_batch']}, 2-D",
                  notes=[f"MLPVAE {p['vae']} + MLPEnergy {p['energy']}, untrained weights; "
                         f"step size {p['sample_step_size']} (the preset's sampling setting)"])
 
@@ -151,6 +161,8 @@ def cifar_setup(sizes: dict, batch: int, device: str) -> Setup:
              + ("" if official else f" (narrowed: VAE width {c}, EBM width {ce}, {groups} groups)"))
     return Setup(f"cifar_b{batch}", title, energy, vae, batch,
                  dict(space="eps", step_size=8e-5, output="mean"), sizes["repeats_cifar"], device,
+                 size=f"batch {batch}, VAE width {c} ({n_vae / 1e6:.3g}M), EBM width {ce}, "
+                      f"{groups} groups",
                  notes=[f"HierarchicalVAE preset cifar10 with num_channels_enc/dec={c}, "
                         f"num_groups_per_scale={groups} ({n_vae:,} parameters; the official "
                         f"width 128 with 30 groups has 129,107,204); official_ebm('cifar32', "
@@ -168,7 +180,7 @@ def igebm_setup(sizes: dict, device: str) -> Setup:
                  dict(space="data", step_size=2 * lam, noise_scale=0.005, grad_clip=0.01,
                       clamp=(0.0, 1.0), data_shape=(3, 32, 32)),
                  sizes["repeats_igebm"], device, replay_capacity=sizes["replay_capacity"],
-                 reuse_prob=0.95,
+                 reuse_prob=0.95, size=f"batch {sizes['igebm_batch']}, [3, 32, 32], EBM width {c}",
                  notes=[f"official_ebm('cifar32', n_channel={c}) on [3, 32, 32] images in data "
                         f"space: x <- clamp(x - {lam:g} clip(grad E, 0.01) + 0.005 xi, 0, 1); "
                         f"start states from a {sizes['replay_capacity']:,}-chain replay buffer "
@@ -366,15 +378,33 @@ def sampler_step_fn(setup: Setup, backend: str) -> Callable[[], None]:
     return step
 
 
-def user_eager_step(setup: Setup) -> Callable[[List[torch.Tensor]], None]:
-    """The eager step as a user writes it (what ``torch.compile`` is given): autograd for the
-    gradient of E, then ``t.sub_(eta/2 (clip(g) + lambda t)).add_(sigma randn_like(t))``
-    [.clamp_] per tensor. Updates ``states`` in place."""
+def plain_update_(states: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], *,
+                  step_size: float, sigma: float, prior_weight: float,
+                  grad_clip: Optional[float] = None,
+                  clamp: Optional[Tuple[float, float]] = None) -> None:
+    """The Langevin update as a user writes it in plain PyTorch, in place, per tensor:
+    ``t.add_(clip(g) + lambda t, alpha=-eta/2).add_(torch.randn_like(t), alpha=sigma)``
+    [``.clamp_``]: the baseline of the update, step and chain cases."""
+    with torch.no_grad():
+        for s, g in zip(states, grads):
+            if grad_clip is not None:
+                g = g.clamp(-grad_clip, grad_clip)
+            s.add_(g + prior_weight * s if prior_weight else g, alpha=-step_size / 2)
+            s.add_(torch.randn_like(s), alpha=sigma)
+            if clamp is not None:
+                s.clamp_(clamp[0], clamp[1])
+
+
+def plain_step(setup: Setup) -> Callable[[List[torch.Tensor]], None]:
+    """One step of the textbook loop (also what ``torch.compile`` is given): autograd for the
+    gradient of E(T(eps)) with respect to the state, then :func:`plain_update_` (prior weight 1
+    in eps space, 0 in data space). Updates ``states`` in place."""
     kw = setup.sampler
-    eta = kw["step_size"]
-    sigma = math.sqrt(eta) if kw.get("noise_scale") is None else kw["noise_scale"]
-    lam = 0.0 if setup.space == "data" else 1.0
-    clip, clamp = kw.get("grad_clip"), kw.get("clamp")
+    update = dict(step_size=kw["step_size"],
+                  sigma=(math.sqrt(kw["step_size"]) if kw.get("noise_scale") is None
+                         else kw["noise_scale"]),
+                  prior_weight=0.0 if setup.space == "data" else 1.0,
+                  grad_clip=kw.get("grad_clip"), clamp=kw.get("clamp"))
     energy, generator = setup.energy, setup.generator
 
     def step(states: List[torch.Tensor]) -> None:
@@ -382,19 +412,14 @@ def user_eager_step(setup: Setup) -> Callable[[List[torch.Tensor]], None]:
             leaves = [s.detach().requires_grad_(True) for s in states]
             x = leaves[0] if generator is None else generator.decode_eps(leaves[:-1], leaves[-1])
             grads = torch.autograd.grad(energy(x).sum(), leaves)
-        with torch.no_grad():
-            for s, g in zip(states, grads):
-                if clip is not None:
-                    g = g.clamp(-clip, clip)
-                s.sub_(eta / 2 * (g + lam * s)).add_(sigma * torch.randn_like(s))
-                if clamp is not None:
-                    s.clamp_(clamp[0], clamp[1])
+        plain_update_(states, grads, **update)
     return step
 
 
-def compiled_chain_fn(setup: Setup, step: Callable, n_steps: int) -> Callable[[], torch.Tensor]:
-    """A whole chain around a (compiled) step: start draws, ``n_steps`` steps, the samples
-    (decoder mean / sample as the sampler returns), under ``frozen`` as the sampler runs."""
+def plain_chain_fn(setup: Setup, step: Callable, n_steps: int) -> Callable[[], torch.Tensor]:
+    """A whole chain around a plain (or compiled) step: ``torch.randn`` start draws (uniform
+    in data space), ``n_steps`` steps, the samples (decoder mean / sample as the sampler
+    returns), under ``frozen`` as the sampler runs."""
     from ..sampling.langevin import frozen
     output = setup.sampler.get("output", "mean")
 
@@ -538,13 +563,21 @@ def update_case(setup: Setup) -> ChainCase:
             offset[0] = langevin_step_(xs, grads, offset=offset[0], backend=backend, **common)
         return call
 
-    official_xs = [x.clone() for x in start]
-    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, lambda: official_style_update(
+    official_xs, plain_xs = [x.clone() for x in start], [x.clone() for x in start]
+    sigma = (math.sqrt(kw["step_size"]) if kw.get("noise_scale") is None
+             else kw["noise_scale"])
+    variants = [Variant(PLAIN, probe.wrap(PLAIN, lambda: plain_update_(
+        plain_xs, grads, step_size=kw["step_size"], sigma=sigma, prior_weight=lam,
+        grad_clip=kw.get("grad_clip"), clamp=kw.get("clamp"))), role="baseline",
+        note="plain_update_: per tensor, add_(clip(g) + lambda t, alpha=-eta/2), "
+             "add_(torch.randn_like(t), alpha=sigma)[, clamp_]")]
+    variants.append(Variant(OFFICIAL, probe.wrap(OFFICIAL, lambda: official_style_update(
         official_xs, grads, step_size=kw["step_size"], noise_scale=kw.get("noise_scale"),
-        device=setup.device)), note="per tensor: add_(grad, alpha=-eta/2), then add_ of "
+        device=setup.device)), role="baseline",
+        note="per tensor: add_(grad, alpha=-eta/2), then add_ of "
         "torch.randn(shape).to(device) (host noise, official-loop waste 4); the prior term is "
-        "in grads")]
-    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
+        "in grads"))
+    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")), role="reference",
                             note="langevin_step_(backend='eager'): the reference (Philox in "
                                  "int64 torch ops), what LangevinSampler(backend='eager') runs"))
     skipped = {}
@@ -561,8 +594,8 @@ def update_case(setup: Setup) -> ChainCase:
     case = Case(f"update_{setup.key}", f"Langevin update alone: {setup.title}",
                 f"{len(shapes)} fp32 tensors, {numel:,} elements in all; each variant updates "
                 f"its own copy of the state with fixed random gradients.",
-                variants, baseline=EAGER, ceiling_numel=numel, device=setup.device,
-                skipped=skipped)
+                variants, baseline=PLAIN, ceiling_numel=numel, device=setup.device,
+                skipped=skipped, size=setup.size + f", {len(shapes)} tensors, {numel:,} elements")
     return ChainCase(case, setup.batch, 1, probe)
 
 
@@ -578,7 +611,7 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
         return None, cache["error"]
     if "step" not in cache:
         torch._dynamo.reset()
-        cache["step"] = torch.compile(user_eager_step(setup), backend=compile_backend)
+        cache["step"] = torch.compile(plain_step(setup), backend=compile_backend)
         cache["seconds"] = 0.0
     step = cache["step"]
     if kind == "step":
@@ -589,7 +622,7 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
             step(states)
         context = frozen(setup.energy, setup.generator)
     else:
-        fn, context = compiled_chain_fn(setup, step, n_steps), contextlib.nullcontext()
+        fn, context = plain_chain_fn(setup, step, n_steps), contextlib.nullcontext()
     start = time.perf_counter()
     try:
         with time_limit(max(1.0, compile_timeout - cache["seconds"])), context:
@@ -604,9 +637,9 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
         torch._dynamo.reset()
         return None, cache["error"]
     cache["seconds"] += time.perf_counter() - start
-    return fn, (f"torch.compile(step, backend={compile_backend!r}) of the eager step as a user "
-                f"writes it (autograd gradient, sub_/add_ update, torch.randn_like noise); "
-                f"dynamo breaks the graph at torch.autograd.grad; compile + first call took "
+    return fn, (f"torch.compile(step, backend={compile_backend!r}) of the plain PyTorch step "
+                f"(autograd gradient, add_ update, torch.randn_like noise); dynamo breaks "
+                f"the graph at torch.autograd.grad; compile + first call took "
                 f"{cache['seconds']:.0f} s in all (not timed)")
 
 
@@ -630,10 +663,15 @@ def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
                        clamp=kw.get("clamp"), device=setup.device)
         official_energy.zero_grad(set_to_none=True)
 
-    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, official_step),
-                        note="the loop body of official_style_chain (its own model copies, "
-                             "weights not frozen): see the chain16 note")]
+    plain_states, plain = _start_states(setup), plain_step(setup)
+    variants = [Variant(PLAIN, probe.wrap(PLAIN, lambda: plain(plain_states)), role="baseline",
+                        note="plain_step: autograd.grad of E(T(eps)) w.r.t. the state, then "
+                             "plain_update_ (models frozen once for the case, as for ours)")]
+    variants.append(Variant(OFFICIAL, probe.wrap(OFFICIAL, official_step), role="baseline",
+                            note="the loop body of official_style_chain (its own model copies, "
+                                 "weights not frozen): see the chain16 note"))
     variants.append(Variant(EAGER, probe.wrap(EAGER, sampler_step_fn(setup, "eager")),
+                            role="reference",
                             note="LangevinSampler's step body, backend='eager' (models frozen "
                                  "once for the case, as a chain does)"))
     variants.append(Variant(FUSED, probe.wrap(FUSED, sampler_step_fn(setup, "native")),
@@ -643,13 +681,13 @@ def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
     if fn is None:
         skipped[COMPILE] = note
     else:
-        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note))
+        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note, role="baseline"))
     skipped[GRAPH] = _gpu_only(setup.device) or "see the chain16 case"
     case = Case(f"step_{setup.key}", f"One Langevin step: {setup.title}",
                 "; ".join(setup.notes) + ". Each variant steps its own persistent state "
                 "(potential, gradient, update); no start draws, no output decode.",
-                variants, baseline=EAGER, ceiling_numel=None, device=setup.device,
-                skipped=skipped)
+                variants, baseline=PLAIN, ceiling_numel=None, device=setup.device,
+                skipped=skipped, size=setup.size)
     return ChainCase(case, setup.batch, 1, probe,
                      context=lambda: frozen(setup.energy, setup.generator))
 
@@ -690,12 +728,20 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
 
     replay_note = ("; replay: official_style list of per-sample CPU tensors vs our on-device "
                    "ReplayBuffer" if setup.replay_capacity else "")
-    variants = [Variant(OFFICIAL, probe.wrap(OFFICIAL, official),
-                        note="official_style_chain: official-loop wastes 1-5 (EBM weight "
-                             "gradients via .backward(), weight norm recomputed every forward, "
-                             "2 host syncs per step, host-drawn noise, list replay buffer), "
-                             "separate update passes, the official potential" + replay_note)]
-    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")),
+    plain_note = ("the textbook loop: torch.randn start states, then per step autograd.grad "
+                  "and plain_update_ (plain_chain_fn around plain_step), models frozen"
+                  + ("; no replay buffer: every chain starts fresh" if setup.replay_capacity
+                     else ""))
+    variants = [Variant(PLAIN, probe.wrap(PLAIN, plain_chain_fn(setup, plain_step(setup),
+                                                                n_steps)),
+                        role="baseline", note=plain_note)]
+    variants.append(Variant(OFFICIAL, probe.wrap(OFFICIAL, official), role="baseline",
+                            note="official_style_chain: official-loop wastes 1-5 (EBM weight "
+                                 "gradients via .backward(), weight norm recomputed every "
+                                 "forward, 2 host syncs per step, host-drawn noise, list replay "
+                                 "buffer), separate update passes, the official potential"
+                                 + replay_note))
+    variants.append(Variant(EAGER, probe.wrap(EAGER, ours("eager")), role="reference",
                             note="LangevinSampler(backend='eager').sample(B, seed=0)"))
     variants.append(Variant(FUSED, probe.wrap(FUSED, ours("native")),
                             note="LangevinSampler(backend='native').sample(B, seed=0)"))
@@ -719,12 +765,12 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
     if fn is None:
         skipped[COMPILE] = note
     else:
-        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note))
+        variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note, role="baseline"))
     case = Case(f"chain{n_steps}_{setup.key}", f"{n_steps}-step chain: {setup.title}",
                 "; ".join(setup.notes) + f". One call = a whole chain as a user runs it: "
                 f"start states, {n_steps} Langevin steps, the returned samples.",
-                variants, baseline=EAGER, ceiling_numel=None, device=setup.device,
-                skipped=skipped)
+                variants, baseline=PLAIN, ceiling_numel=None, device=setup.device,
+                skipped=skipped, size=setup.size + f", {n_steps} steps")
     return ChainCase(case, setup.batch, n_steps, probe)
 
 
@@ -739,114 +785,67 @@ def select_variants(case: Case, pattern: str) -> None:
     case.variants = keep
 
 
-def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
-                only: Optional[str] = None) -> Iterator[ChainCase]:
-    """Yield the cases one setup at a time (one setup's models alive at once)."""
+def setup_keys(sizes: dict) -> List[str]:
+    """The model setups at these sizes: toy, cifar_b<batch> per batch, igebm."""
+    return ["toy"] + [f"cifar_b{b}" for b in sizes["cifar_batches"]] + ["igebm"]
+
+
+def catalogue(sizes: dict) -> List[Tuple[str, str]]:
+    """[(case key, one line)] at these sizes, for --list and the --only check (builds nothing)."""
+    what = {"toy": f"2-D toy VAEBM, batch {sizes['toy_batch']}",
+            "igebm": f"pixel-space IGEBM with a replay buffer, batch {sizes['igebm_batch']}"}
+    for b in sizes["cifar_batches"]:
+        what[f"cifar_b{b}"] = (f"CIFAR-32 EBM + CIFAR-scale hierarchical VAE (width "
+                               f"{sizes['cifar_channels']}), batch {b}")
     n = sizes["n_steps"]
+    out = []
+    for key in setup_keys(sizes):
+        out += [(f"update_{key}", f"the Langevin update alone: {what[key]}"),
+                (f"step_{key}", f"one Langevin step: {what[key]}"),
+                (f"chain{n}_{key}", f"a whole {n}-step chain: {what[key]}")]
+    return out
 
-    def wanted(key):
-        return not only or re.search(only, key)
 
-    makers = [("toy", lambda: toy_setup(sizes, device))]
+def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
+                keys: Sequence[str]) -> Iterator[ChainCase]:
+    """Yield the cases of ``keys`` one setup at a time (one setup's models alive at once)."""
+    n = sizes["n_steps"]
+    makers = {"toy": lambda: toy_setup(sizes, device),
+              "igebm": lambda: igebm_setup(sizes, device)}
     for batch in sizes["cifar_batches"]:
-        makers.append((f"cifar_b{batch}", lambda b=batch: cifar_setup(sizes, b, device)))
-    makers.append(("igebm", lambda: igebm_setup(sizes, device)))
-    for key, make in makers:
-        keys = [f"update_{key}", f"step_{key}", f"chain{n}_{key}"]
-        if not any(wanted(k) for k in keys):
+        makers[f"cifar_b{batch}"] = lambda b=batch: cifar_setup(sizes, b, device)
+    for key in setup_keys(sizes):
+        wanted = [k in keys for k in (f"update_{key}", f"step_{key}", f"chain{n}_{key}")]
+        if not any(wanted):
             continue
-        setup = make()
-        if wanted(keys[0]):
+        setup = makers[key]()
+        if wanted[0]:
             yield update_case(setup)
         timeout = compile_timeout
         if timeout and not re.search(sizes["compile_setups"], key):
             setup.compiled["error"] = (f"not attempted for this model (--set compile_setups="
                                        f"{sizes['compile_setups']!r})")
-        if wanted(keys[1]):
+        if wanted[1]:
             yield step_case(setup, timeout, compile_backend)
-        if wanted(keys[2]):
+        if wanted[2]:
             yield chain_case(setup, n, timeout, compile_backend)
         del setup
         gc.collect()
 
 
-def run_chain_case(cc: ChainCase, timing: dict, repeats: int) -> Dict[str, Any]:
-    """run_case plus the chain columns: ms per step, samples/s, ratios, peak memory."""
+def run_chain_case(cc: ChainCase, timing: dict, repeats: int) -> Tuple[Dict[str, Any], dict]:
+    """run_case of a chain case, and the per-variant row fields the results table adds
+    (peak memory, roles of variants not run, steps per call and batch)."""
     with cc.context():
         result = run_case(cc.case, repeats=repeats, **timing)
-    rows = {row["name"]: row for row in result["variants"]}
-    official = rows.get(OFFICIAL)
-    for row in result["variants"]:
-        median = row["median_s"]
-        row["ms_per_step"] = median * 1e3 / cc.steps_per_call
-        row["samples_per_s"] = cc.batch / median if row["role"] != "ceiling" else None
-        row["speedup_vs_eager"] = row["speedup_vs_baseline"]
-        row["speedup_vs_official"] = (None if official is None or row["role"] == "ceiling"
-                                      else official["median_s"] / median)
-        row["peak_mb"] = cc.probe.peaks.get(row["name"])
-    result.update(batch=cc.batch, steps_per_call=cc.steps_per_call,
-                  peak_memory_method=cc.probe.how)
-    return result
-
-
-# ------------------------------------------------------------------------------ report
-
-def warmups_note(settings: Dict[str, Any]) -> str:
-    """Where a model's warm-up count differs from the default (``warmup_<model>`` sizes)."""
-    special = [f"{k[7:]} steps and chains: {v}" for k, v in settings.get("sizes", {}).items()
-               if k.startswith("warmup_") and v != settings["warmup"]]
-    return "per model: " + ", ".join(special) if special else "every model"
-
-
-def render_chains_markdown(report: Dict[str, Any]) -> str:
-    s = report["settings"]
-    lines = report_header(report) + [
-        f"Method: per case, variants interleaved round-robin in one process after "
-        f"{s['warmup']} warm-up call(s) each ({warmups_note(s)}; the first call also measures "
-        f"peak memory); "
-        f"median (and IQR) of the per-call time over the samples. ms/step = ms per call / steps "
-        f"per call; samples/s = batch / seconds per call (for step and update cases: "
-        f"sample-steps per second). Ratios: eager median / variant median (\"vs eager\", "
-        f"eager = `LangevinSampler(backend=\"eager\")`), official-style median / variant median "
-        f"(\"vs official\"). Peak MB: growth of the peak resident set during the first call "
-        f"(CPU: VmHWM after malloc_trim and a reset through /proc/self/clear_refs; CUDA: "
-        f"max_memory_allocated minus allocated before).", "",
-    ]
-    headline = [case for case in report["cases"] if case["key"].startswith("chain")]
-    if headline:
-        lines += ["## Whole chains at a glance", "",
-                  "| case | " + " | ".join(f"{v} ms/step" for v in VARIANTS[:5])
-                  + " | best vs eager | best vs official |", "|" + "---|" * 8]
-        for case in headline:
-            rows = {r["name"]: r for r in case["variants"]}
-            cells = [_fmt(rows[v]["ms_per_step"], ".3g") if v in rows else "not run"
-                     for v in VARIANTS[:5]]
-            ours = [r for r in case["variants"] if r["name"] not in (OFFICIAL, EAGER)]
-            best = max(ours, key=lambda r: r["speedup_vs_eager"]) if ours else None
-            lines.append(f"| {case['key']} | " + " | ".join(cells) + " | "
-                         + (f"{best['speedup_vs_eager']:.2f}× ({best['name']})" if best else "—")
-                         + " | " + (f"{best['speedup_vs_official']:.2f}× ({best['name']})"
-                                    if best and best["speedup_vs_official"] else "—") + " |")
-        lines.append("")
-    for case in report["cases"]:
-        lines += [f"## {case['title']} (`{case['key']}`)", "", case["description"], ""]
-        header = ["variant", "median ms/call", "IQR ms", "ms/step", "samples/s", "vs eager",
-                  "vs official", "peak MB"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in case["variants"]:
-            name = row["name"] + (" (baseline)" if row["role"] == "baseline" else "")
-            lines.append("| " + " | ".join([
-                name, _fmt(row["median_s"] * 1e3, ".3g"), _fmt(row["iqr_s"] * 1e3, ".2g"),
-                _fmt(row["ms_per_step"], ".3g"), _fmt(row["samples_per_s"], ".3g"),
-                _fmt(row["speedup_vs_eager"], ".3g") + "×",
-                (_fmt(row["speedup_vs_official"], ".3g") + "×"
-                 if row["speedup_vs_official"] is not None else "—"),
-                _fmt(row["peak_mb"], ".3g")]) + " |")
-        lines.append("")
-        lines += [f"- **{row['name']}**: {row['note']}" for row in case["variants"] if row["note"]]
-        lines += [f"- **{skip['name']}**: not run ({skip['reason']})" for skip in case["skipped"]]
-        lines.append("")
-    return "\n".join(lines)
+    extra: Dict[str, Dict[str, Any]] = {
+        "*": dict(steps_per_call=cc.steps_per_call, batch=cc.batch,
+                  peak_memory_method=cc.probe.how)}
+    for name in VARIANTS:
+        extra[name] = dict(role=ROLE[name])
+    for name, peak in cc.probe.peaks.items():
+        extra[name]["peak_mb"] = peak
+    return result, extra
 
 
 def _parse_set(items: Sequence[str], sizes: dict) -> dict:
@@ -854,21 +853,25 @@ def _parse_set(items: Sequence[str], sizes: dict) -> dict:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or key not in sizes:
-            raise SystemExit(f"error: --set wants KEY=VALUE with KEY one of {', '.join(sizes)} "
-                             f"(got {item!r})")
-        if isinstance(sizes[key], tuple):
-            sizes[key] = tuple(int(v) for v in value.split(",") if v)
-        else:
-            sizes[key] = type(sizes[key])(value)
+            usage_error(PROG, f"--set wants KEY=VALUE with KEY one of {', '.join(sizes)} "
+                              f"(got {item!r})")
+        try:
+            if isinstance(sizes[key], tuple):
+                sizes[key] = tuple(int(v) for v in value.split(",") if v)
+            else:
+                sizes[key] = type(sizes[key])(value)
+        except ValueError:
+            usage_error(PROG, f"--set {item!r}: {value!r} is not a valid "
+                              f"{type(sizes[key]).__name__} (e.g. {key}={sizes[key]!r})")
     return sizes
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_run_arguments(parser, "chains", "default: per setup")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_run_arguments(parser, "default: per setup")
     parser.add_argument("--variants", metavar="REGEX",
-                        help="time only the variants whose name matches (eager, the baseline of "
-                             "every ratio, always runs), e.g. 'fast' for eager vs FastSampler")
+                        help=f"time only the variants whose name matches ({PLAIN}, the "
+                             f"baseline of every speed-up, always runs), e.g. 'fast'")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override a size, e.g. cifar_channels=32 or cifar_batches=32,64")
     parser.add_argument("--compile-timeout", type=float, metavar="S",
@@ -876,65 +879,48 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                              f"{COMPILE_TIMEOUT_S:g}; 0 in --quick: not attempted)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default inductor)")
-    parser.add_argument("--machine-note", default="", help="a sentence for the report, e.g. "
-                        "'The machine was shared with other jobs.'")
     return parser
 
 
-def main(argv=None) -> Dict[str, Path]:
+def main(argv=None) -> Dict[str, Any]:
+    """Run the chosen cases; returns the paths written ({} without --out)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return run(args, argv)
-
-
-def run(args, argv=None) -> Dict[str, Path]:
     sizes = _parse_set(args.set, QUICK if args.quick else FULL)
+    if args.list:
+        print_catalogue(catalogue(sizes))
+        return {}
+    keys = select_keys(PROG, catalogue(sizes), args.only)  # before any model is built
+    if args.variants:
+        try:
+            re.compile(args.variants)
+        except re.error as e:
+            usage_error(PROG, f"--variants {args.variants!r} is not a regular expression ({e})")
     timing = dict(TIMING_QUICK if args.quick else TIMING_FULL)
     compile_timeout = (args.compile_timeout if args.compile_timeout is not None
                        else 0.0 if args.quick else COMPILE_TIMEOUT_S)
-    name = args.name or (f"chains_{torch.device(args.device).type}"
-                         + ("_quick" if args.quick else ""))
-    machine = machine_info(args.device)
-    results = []
-    started = time.perf_counter()
-    for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, args.only):
-        if args.only and not re.search(args.only, cc.case.key):
-            continue
-        setup_key = cc.case.key.split("_", 1)[1]
+    if args.threads is not None and args.threads < 1:
+        usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
+    with torch_threads(args.threads):
+        return _run(args, argv, sizes, keys, timing, compile_timeout)
+
+
+def _run(args, argv, sizes, keys, timing, compile_timeout) -> Dict[str, Any]:
+    recorder = Recorder("chains", args.device, args.out, f"{PROG} {shlex.join(argv)}", args.note,
+                        label="bench chains")
+    for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, keys):
         if args.variants:
             select_variants(cc.case, args.variants)
-        model = setup_key.split("_")[0]
+        model = cc.case.key.split("_", 1)[1].split("_")[0]
         repeats = args.repeats or sizes["repeats_" + model]
         case_timing = dict(timing)
         if not cc.case.key.startswith("update_"):  # the update alone takes ms at any scale
             case_timing["warmup"] = sizes.get("warmup_" + model, timing["warmup"])
-        print(f"[bench_chains] {cc.case.title} ({repeats} repeats) ...", file=sys.stderr,
+        print(f"[bench chains] {cc.case.title} ({repeats} repeats) ...", file=sys.stderr,
               flush=True)
-        results.append(run_chain_case(cc, case_timing, repeats))
+        recorder.add(*run_chain_case(cc, case_timing, repeats))  # appended as each case ends
         del cc
-        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
-                       started)  # after every case: a long run killed midway keeps its results
-    if not results:
-        paths = _write(args, argv, name, results, machine, sizes, timing, compile_timeout,
-                       started)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return paths
-
-
-def _write(args, argv, name, results, machine, sizes, timing, compile_timeout, started):
-    settings = dict(timing, repeats="per setup: " + ", ".join(
-        f"{k[8:]} {v}" for k, v in sizes.items() if k.startswith("repeats_"))
-        if args.repeats is None else args.repeats,
-        quick=args.quick, sizes={k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in sizes.items()},
-        compile_timeout_s=compile_timeout, compile_backend=args.compile_backend,
-        wall_s=round(time.perf_counter() - started, 1), machine_note=args.machine_note,
-        command=" ".join(["vaebm-fast bench chains"]
-                         + list(sys.argv[1:] if argv is None else argv)))
-    paths = write_report(name, "Chain benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
-                         results, args.out, machine=machine, settings=settings,
-                         render=render_chains_markdown)
-    return paths
+    return recorder.finish()
 
 
 if __name__ == "__main__":

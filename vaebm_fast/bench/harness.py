@@ -14,33 +14,37 @@ many elements the memory-bandwidth ceiling should copy. :func:`run_case` then
    (``baseline median / variant median``), and, where the variant states the bytes it moves
    (or FLOPs it does), GB/s (GFLOP/s) and the fraction of the copy_ bandwidth.
 
-:func:`write_report` writes ``<name>.json``, ``<name>.md`` (markdown tables) and ``<name>.png``
-(bar chart of the speed-ups). Nothing here queries a device at import.
+Every variant has a role: ``ours`` (what vaebm_fast offers), ``baseline`` (what a user would
+otherwise run: a plain PyTorch loop written the obvious way, the official-style loop,
+torch.compile, torch's own op), ``reference`` (our eager reference, a correctness oracle that is
+timed for information, never a baseline) or ``ceiling`` (the copy_ the harness adds). A case's
+``baseline`` names the one variant its speed-ups are taken against.
+
+The options every suite takes (:func:`add_run_arguments`) and the ``--only`` check
+(:func:`select_keys`) are here too; what a run writes is :mod:`.table`'s and :mod:`.plot`'s job.
+Nothing here queries a device at import.
 """
 from __future__ import annotations
 
-import datetime
+import argparse
+import contextlib
 import gc
-import json
 import math
+import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Variant", "Case", "run_case", "write_report", "render_markdown",
-           "report_header", "add_run_arguments", "save_chart", "describe_machine", "CEILING",
-           "RESULTS"]
+__all__ = ["Variant", "Case", "run_case", "add_run_arguments", "select_keys", "usage_error",
+           "print_catalogue", "torch_threads", "describe_machine", "CEILING", "ROLES"]
 
 CEILING = "copy_ (ceiling)"
-_ROOT = Path(__file__).resolve().parents[2]
-# Default results directory: benchmarks/results of the source checkout this package lives in
-# (also an editable install); for an installed package, ./benchmarks/results of the cwd.
-RESULTS = (_ROOT / "benchmarks" / "results" if (_ROOT / "benchmarks").is_dir()
-           else Path("benchmarks") / "results")
+ROLES = ("ours", "baseline", "reference", "ceiling")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Variant:
 
     ``fn`` runs one call (it may mutate tensors it owns). ``bytes_moved`` / ``flops``: what one
     call reads + writes / computes by our count (None: not counted); ``note`` says how.
+    ``role``: ``ours``, ``baseline`` or ``reference`` (module docstring).
     """
 
     name: str
@@ -56,6 +61,12 @@ class Variant:
     bytes_moved: Optional[int] = None
     flops: Optional[int] = None
     note: str = ""
+    role: str = "ours"
+
+    def __post_init__(self):
+        if self.role not in ROLES[:3]:
+            raise ValueError(f"variant {self.name!r}: role must be one of {ROLES[:3]} "
+                             f"(got {self.role!r})")
 
 
 @dataclass
@@ -65,7 +76,8 @@ class Case:
     ``key``: short id (chart labels, JSON); ``ceiling_numel``: elements the copy_ ceiling
     copies (normally the op's element count; None: no ceiling, e.g. for whole Langevin chains,
     which are not memory-bound); ``skipped``: ``{variant: reason}`` for variants
-    that cannot run on this machine (reported, not timed).
+    that cannot run on this machine (reported, not timed); ``size``: the sizes and shapes in a
+    few words (a column of the results table).
     """
 
     key: str
@@ -77,6 +89,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     skipped: Optional[Dict[str, str]] = None
+    size: str = ""
 
 
 def _sync(device: torch.device) -> None:
@@ -103,10 +116,18 @@ def _time_calls(fn: Callable[[], Any], calls: int, device: torch.device) -> floa
     return (time.perf_counter() - start) / calls
 
 
+def _ceiling_role(v: Variant, case: Case) -> str:
+    return "ceiling" if v.name == CEILING and case.ceiling_numel is not None else v.role
+
+
 def run_case(case: Case, *, repeats: int = 15, warmup: int = 2,
              min_sample_s: float = 0.05) -> Dict[str, Any]:
     """Time ``case`` (see the module docstring) and return its JSON-ready result."""
     names = [v.name for v in case.variants]
+    roles = {v.name: v.role for v in case.variants}
+    if roles.get(case.baseline, "baseline") != "baseline":
+        raise ValueError(f"{case.key}: speed-ups are taken against a baseline, not against "
+                         f"{case.baseline!r} (role {roles[case.baseline]!r})")
     if case.baseline not in names:
         raise ValueError(f"baseline {case.baseline!r} is not a variant of {case.key} "
                          f"(variants: {names})")
@@ -143,9 +164,7 @@ def run_case(case: Case, *, repeats: int = 15, warmup: int = 2,
         gbps = None if v.bytes_moved is None else v.bytes_moved / median / 1e9
         rows.append({
             "name": v.name,
-            "role": ("baseline" if v.name == case.baseline
-                     else "ceiling" if v.name == CEILING and case.ceiling_numel is not None
-                     else "variant"),
+            "role": _ceiling_role(v, case),
             "median_s": median, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1,
             "speedup_vs_baseline": baseline_median / median,
             "bytes": v.bytes_moved, "gbps": gbps,
@@ -157,6 +176,7 @@ def run_case(case: Case, *, repeats: int = 15, warmup: int = 2,
         })
     return {
         "key": case.key, "title": case.title, "description": case.description,
+        "size": case.size,
         "device": str(device), "dtype": str(case.dtype).replace("torch.", ""),
         "baseline": case.baseline, "ceiling_numel": case.ceiling_numel,
         "ceiling_gbps": ceiling_gbps, "repeats": repeats, "warmup": warmup,
@@ -177,118 +197,88 @@ def _quartiles(samples: Sequence[float]) -> tuple:
 def describe_machine(info: Dict[str, Any]) -> str:
     """One sentence of :func:`vaebm_fast.info.machine_info`'s dict, for report headers."""
     text = (f"{info['cpu']}, {info['usable_cores']} usable cores (of {info['cpu_count']}), "
-            f"torch {info['torch']} with {info['torch_threads']} threads, "
+            f"torch {info['torch']} with {info['torch_threads']} thread"
+            f"{'' if info['torch_threads'] == 1 else 's'}, "
             f"Python {info['python']}, {info['platform']}; device {info['device']}")
     if "gpu" in info:
         text += f" ({info['gpu']})"
     return text
 
 
-# ------------------------------------------------------------------------------ the report
+# ------------------------------------------------------------------------------ the command line
+
+def add_run_arguments(parser: argparse.ArgumentParser, repeats_help: str) -> None:
+    """The options every benchmark suite takes."""
+    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="append the rows to DIR/results.jsonl and redraw "
+                             "DIR/<suite>_<device>.md and .png from it (default: print the "
+                             "markdown table, write nothing)")
+    parser.add_argument("--repeats", type=int, help=f"samples per variant ({repeats_help})")
+    parser.add_argument("--only", metavar="REGEX",
+                        help="run only the cases whose key matches (re.search); see --list")
+    parser.add_argument("--list", action="store_true",
+                        help="list the case keys with a line each and exit")
+    parser.add_argument("--note", default="", metavar="TEXT",
+                        help="a sentence for the report, e.g. 'The machine was shared.'")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for this run (default: torch's default, recorded "
+                             "either way); 1 steadies the medians on a shared machine, where "
+                             "threads waiting for each other at every barrier dominate")
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (nothing when ``n`` is None), then restored:
+    ``--threads`` changes the run, not the caller's process."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1 (got {n})")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def usage_error(prog: str, message: str) -> None:
+    """Print ``prog: error: message`` (one line) and exit with status 2, as argparse does."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def select_keys(prog: str, catalogue: Sequence[Tuple[str, str]],
+                only: Optional[str]) -> List[str]:
+    """The keys of ``catalogue`` ([(key, description)]) that ``only`` matches (all without it).
+
+    A pattern that is not a regular expression or matches no key is a usage error that lists
+    the keys: nothing has been built or written when it is raised."""
+    keys = [key for key, _ in catalogue]
+    if not only:
+        return keys
+    try:
+        pattern = re.compile(only)
+    except re.error as e:
+        usage_error(prog, f"--only {only!r} is not a regular expression ({e})")
+    chosen = [key for key in keys if pattern.search(key)]
+    if not chosen:
+        usage_error(prog, f"--only {only!r} matches no case; cases: {', '.join(keys)}")
+    return chosen
+
+
+def print_catalogue(catalogue: Sequence[Tuple[str, str]]) -> None:
+    """``--list``: one line per case, its key then its description."""
+    width = max(len(key) for key, _ in catalogue)
+    for key, description in catalogue:
+        print(f"{key:<{width}}  {description}")
+
 
 def _fmt(value: Optional[float], spec: str) -> str:
     """``value`` formatted with ``spec``, but whole numbers from 100 on (no 5.7e+03)."""
     if value is None:
         return "—"
     return f"{value:,.0f}" if abs(value) >= 100 else format(value, spec)
-
-
-def add_run_arguments(parser, kind: str, repeats_help: str) -> None:
-    """The options every benchmark command takes: --quick, --device, --out, --name, --repeats,
-    --only (``kind`` names the default file stem, ``<kind>_<device type>[_quick]``)."""
-    parser.add_argument("--quick", action="store_true", help="smoke sizes and few repeats")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    parser.add_argument("--name", help=f"file stem (default {kind}_<device type>[_quick])")
-    parser.add_argument("--repeats", type=int, help=f"samples per variant ({repeats_help})")
-    parser.add_argument("--only", metavar="REGEX", help="run only the cases whose key matches")
-
-
-def report_header(report: Dict[str, Any]) -> List[str]:
-    """The title and the "Measured ... on ..." paragraph of a report (markdown lines): when,
-    which machine, commit, command, and the threads / machine notes in its settings."""
-    s = report["settings"]
-    return [
-        f"# {report['title']}", "",
-        f"Measured {report['created']} on {describe_machine(report['machine'])}. "
-        f"Commit: {report['machine']['git'] or 'unknown'}."
-        + (f" Command: `{s['command'].strip()}`." if s.get("command") else "")
-        + (f" Threads: {s['threads_note']}." if s.get("threads_note") else "")
-        + (f" {s['machine_note']}" if s.get("machine_note") else ""), "",
-    ]
-
-
-def render_markdown(report: Dict[str, Any]) -> str:
-    """Markdown: the machine, the method, then one table per case."""
-    s = report["settings"]
-    lines = report_header(report) + [
-        f"Method: variants interleaved round-robin in one process after {s['warmup']} warm-up "
-        f"call(s) each; {s['repeats']} samples per variant, each sample ≥ "
-        f"{s['min_sample_s'] * 1e3:g} ms of back-to-back calls. Times are per call: median and "
-        f"IQR (q3 − q1) over the samples. Speed-up = baseline median / variant median. GB/s = "
-        f"bytes we count per call / median. The ceiling is a plain `copy_` of the same number "
-        f"of elements on the same device in the same run; \"% of copy_\" is a variant's GB/s "
-        f"over the ceiling's.", "",
-    ]
-    for case in report["cases"]:
-        lines += [f"## {case['title']}", "", case["description"], ""]
-        with_flops = any(row["flops"] is not None for row in case["variants"])
-        header = ["variant", "median ms", "IQR ms", f"speed-up vs {case['baseline']}",
-                  "MB/call", "GB/s", "% of copy_"] + (["GFLOP/s"] if with_flops else [])
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in case["variants"]:
-            name = row["name"] + (" (baseline)" if row["role"] == "baseline" else "")
-            cells = [name, _fmt(row["median_s"] * 1e3, ".3g"), _fmt(row["iqr_s"] * 1e3, ".2g"),
-                     _fmt(row["speedup_vs_baseline"], ".3g") + "×",
-                     _fmt(None if row["bytes"] is None else row["bytes"] / 1e6, ".1f"),
-                     _fmt(row["gbps"], ".3g"),
-                     _fmt(None if row["fraction_of_copy_bw"] is None
-                          else 100 * row["fraction_of_copy_bw"], ".0f")]
-            if with_flops:
-                cells.append(_fmt(row["gflops"], ".3g"))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines += [f"- **{row['name']}**: {row['note']}" for row in case["variants"]
-                  if row["note"]]
-        lines += [f"- **{skip['name']}**: not run ({skip['reason']})"
-                  for skip in case["skipped"]]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def write_report(name: str, title: str, cases: Sequence[Dict[str, Any]], out_dir, *,
-                 machine: Dict[str, Any], settings: Dict[str, Any],
-                 render: Callable[[Dict[str, Any]], str] = None,
-                 chart: Callable[[Dict[str, Any], Path], Any] = None) -> Dict[str, Path]:
-    """Write ``<out_dir>/<name>.json``, ``.md`` and ``.png``; return their paths.
-
-    ``render`` (report -> markdown) and ``chart`` (report, path -> None) default to
-    :func:`render_markdown` and :func:`save_chart` (the op tables); a benchmark with other
-    columns passes its own."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
-        "name": name, "title": title,
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine, "settings": dict(settings), "cases": list(cases),
-    }
-    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md",
-             "png": out_dir / f"{name}.png"}
-    paths["json"].write_text(json.dumps(report, indent=1) + "\n")
-    paths["md"].write_text((render or render_markdown)(report))
-    (chart or save_chart)(report, paths["png"])
-    return paths
-
-
-def save_chart(report: Dict[str, Any], path) -> Path:
-    """Bar chart of every variant's speed-up against its case's baseline (ceilings left out)."""
-    from vaebm_fast.eval.plots import save_bar_chart  # matplotlib: only when writing
-
-    machine = report["machine"]
-    bars = [(f"{case['key']}: {row['name']}", row["speedup_vs_baseline"])
-            for case in report["cases"] for row in case["variants"] if row["role"] != "ceiling"]
-    return save_bar_chart(path, [label for label, _ in bars], [value for _, value in bars],
-                          ylabel="speed-up vs baseline (×)",
-                          title=f"{report['title']}: speed-up vs each case's baseline\n"
-                                f"{machine['cpu']}, {machine['torch_threads']} torch threads, "
-                                f"{machine['device']}")

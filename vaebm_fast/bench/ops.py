@@ -1,19 +1,22 @@
 """Op benchmarks: the fused Langevin step, Philox normals, grouped power iteration.
 
-    vaebm-fast bench ops [--quick]            # full sizes -> benchmarks/results/ops_cpu.*
-    python -m benchmarks.bench_ops --quick    # the same, from a source checkout
+    vaebm-fast bench ops [--quick] [--only REGEX] [--out DIR]   # prints the markdown table
+    vaebm-fast bench ops --list                                 # the cases
+    python -m benchmarks.bench_ops --quick                      # the same, from a checkout
 
-Cases (timed by ``benchmarks.harness``; torch's thread count is left at its default):
+Cases (timed by :mod:`.harness`; torch's thread count is left at its default); the keys do not
+depend on the sizes, which ``--quick`` shrinks:
 
-* ``langevin_16M``: ``langevin_step_`` on one 16M-element fp32 tensor, native kernel vs the
-  update as a user would write it in eager torch vs our eager reference (Philox in torch).
+* ``langevin_flat``: ``langevin_step_`` on one 16M-element fp32 tensor, native kernel vs the
+  update as a user would write it in plain PyTorch (the baseline) vs our eager reference
+  (Philox in int64 torch ops: a correctness oracle, timed for information).
 * ``langevin_cifar10``: the same on the CIFAR-10 VAEBM sampling state, ε_x [32, 3, 32, 32] plus
   30 latent groups [32, 20, 16, 16] (NVAE's CIFAR-10 model), 31 tensors in one call.
-* ``philox_normal_16M``: 16M normals, native vs eager reference vs ``torch.randn``.
+* ``philox_normal``: 16M normals, native vs eager reference vs ``torch.randn``.
 * ``power_iteration_cifar32``: the spectral regulariser's 4 power iterations over the CIFAR-32
   EBM's conv weights: ``spectral_norms`` native (all groups in one call) and eager (batched per
   shape group) vs a per-layer loop.
-* ``swish_16M``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
+* ``swish``: Swish forward + backward on one 16M-element fp32 tensor, native op vs
   ``x * sigmoid(x)`` vs ``F.silu``.
 * ``ebm_block_tail`` / ``nvae_cell_tail`` / ``affine_swish``: the fused epilogues, forward +
   backward, native vs their eager references, at the CIFAR-32 EBM's and NVAE's sizes.
@@ -21,22 +24,24 @@ Cases (timed by ``benchmarks.harness``; torch's thread count is left at its defa
   [3, 32, 32], 5% fresh) from a 10,000-chain replay buffer, ``replay_gather`` vs
   ``index_select`` + ``randn`` + ``where``.
 
-``--only REGEX`` runs the cases whose key matches (e.g. ``--only 'langevin|replay'``).
+``--only REGEX`` runs the cases whose key matches (e.g. ``--only 'langevin|replay'``); a
+pattern that matches none is an error before anything is built.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import re
+import shlex
 import sys
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..info import machine_info
-from .harness import Case, Variant, add_run_arguments, run_case, write_report
+from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
+                      select_keys, torch_threads, usage_error)
+from .record import Recorder
+from .table import PLAIN
 from vaebm_fast.models import official_ebm
 from vaebm_fast.nn import WNConv2d
 from vaebm_fast.ops import (affine_swish, backend_availability, ebm_block_tail,
@@ -97,11 +102,11 @@ def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device:
                                          offset=state["offset"])
         return call
 
-    user_xs = [x.clone() for x in start]
+    plain_xs = [x.clone() for x in start]
 
-    def user_eager():
-        for x, g in zip(user_xs, grads):
-            x.sub_(eta / 2 * (g + x)).add_(sigma * torch.randn_like(x))
+    def plain():
+        for x, g in zip(plain_xs, grads):
+            x.add_(g + x, alpha=-eta / 2).add_(torch.randn_like(x), alpha=sigma)
 
     variants, skipped = kernel_variants(
         "langevin_step_", device,
@@ -110,21 +115,22 @@ def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device:
         note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are made in "
              f"registers (Philox + Box-Muller), never stored")
     variants.append(Variant(
-        "torch eager", user_eager, bytes_moved=14 * item * numel,
-        note=f"`x.sub_(eta / 2 * (g + x)).add_(sqrt(eta) * torch.randn_like(x))` per tensor: "
-             f"6 kernels, 14 passes over N elements = {14 * item} B/elem (g + x: r2 w1; "
-             f"× eta/2: r1 w1; sub_: r2 w1; randn_like: w1; × sqrt(eta): r1 w1; add_: r2 w1). "
-             f"Noise from torch's generator, not our Philox stream"))
+        PLAIN, plain, bytes_moved=10 * item * numel, role="baseline",
+        note=f"`x.add_(g + x, alpha=-eta / 2).add_(torch.randn_like(x), alpha=sqrt(eta))` per "
+             f"tensor: 4 kernels, 10 passes over N elements = {10 * item} B/elem (g + x: r2 w1; "
+             f"add_: r2 w1; randn_like: w1; add_: r2 w1). Noise from torch's generator, not our "
+             f"Philox stream"))
     variants.append(Variant(
-        "eager reference", fused(langevin_step_reference),
+        "eager reference", fused(langevin_step_reference), role="reference",
         note="`langevin_step_reference`, the specification: Philox4x32-10 in int64 torch ops "
              "(dozens of full-size int64 temporaries), then the update in float32; "
              "compute-bound, bytes not counted"))
     description = (f"{len(shapes)} fp32 tensor(s), {numel:,} elements in all; eta = {eta}, "
                    f"prior weight 1, sigma = sqrt(eta), no clip/clamp. Each variant steps its "
                    f"own copy of the state; the gradients are shared and read-only.")
-    return Case(key, title, description, variants, baseline="torch eager",
-                ceiling_numel=numel, device=device, skipped=skipped)
+    return Case(key, title, description, variants, baseline=PLAIN,
+                ceiling_numel=numel, device=device, skipped=skipped,
+                size=f"{len(shapes)} fp32 tensor(s), {numel:,} elements")
 
 
 def cifar10_state_shapes(batch: int) -> List[List[int]]:
@@ -142,18 +148,19 @@ def philox_case(key: str, numel: int, device: str) -> Case:
         bytes_moved=4 * numel, note="writes 4 B/elem (into a fresh tensor each call)")
     variants.append(Variant(
         "eager reference", lambda: philox_normal(numel, seed=0, offset=0, device=device,
-                                                 backend="eager"),
+                                                 backend="eager"), role="reference",
         note="`philox_normal_reference`: Philox4x32-10 in int64 torch ops, Box-Muller in "
              "float32; compute-bound, bytes not counted"))
     variants.append(Variant(
         "torch.randn", lambda: torch.randn(numel, device=device), bytes_moved=4 * numel,
+        role="baseline",
         note="torch's default generator (a different stream); writes 4 B/elem into a fresh "
              "tensor each call"))
     return Case(key, f"philox_normal, {numel:,} fp32 normals",
                 "Standard normals from offset 0 of seed 0's stream (native and eager reference "
                 "give the same numbers to ~1e-6).",
                 variants, baseline="torch.randn", ceiling_numel=numel, device=device,
-                skipped=skipped)
+                skipped=skipped, size=f"{numel:,} fp32 normals")
 
 
 # ------------------------------------------------------------------------------ power iteration
@@ -214,10 +221,12 @@ def power_iteration_case(channels: Optional[int], device: str) -> Case:
              f"Triton: one launch per shape group")
     variants += [
         Variant(f"eager spectral_norms ({len(groups)} groups)", grouped("eager"), **traffic,
+                role="reference",
                 note=f"the eager reference, one bmm pair per shape group and iteration; "
                      f"counted: W read {passes}× ({n_iter} iterations × 2 + sigma), vectors "
                      f"ignored"),
-        Variant(f"per-layer loop ({len(layers)} layers)", per_layer_loop, **traffic,
+        Variant(f"{PLAIN} per-layer loop ({len(layers)} layers)", per_layer_loop, **traffic,
+                role="baseline",
                 note="the same maths with torch.mv per layer; same bytes and FLOPs"),
     ]
     description = (f"{n_iter} power iterations + sigma on the {len(layers)} WNConv2d weights of "
@@ -230,7 +239,9 @@ def power_iteration_case(channels: Optional[int], device: str) -> Case:
                    f"beat the streaming copy_ ceiling.")
     return Case("power_iteration_cifar32", "power iteration, CIFAR-32 EBM spectral regulariser",
                 description, variants, baseline=variants[-1].name, ceiling_numel=numel,
-                device=device, skipped=skipped)
+                device=device, skipped=skipped,
+                size=f"{len(layers)} weights, {numel:,} fp32 in {len(groups)} shape groups, "
+                     f"{n_iter} iterations")
 
 
 # ------------------------------------------------------------------------------ swish
@@ -253,22 +264,22 @@ def swish_case(key: str, numel: int, device: str) -> Case:
         note=f"swish_forward (reads x, writes y) + swish_backward (reads g and x, writes dx): "
              f"{5 * item} B/elem; autograd saves only x, the sigmoid is recomputed")
     variants.append(Variant(
-        "torch eager", fwd_bwd(lambda t: t * torch.sigmoid(t)),
-        note="`x * torch.sigmoid(x)` (the eager reference): saves x and sigmoid(x); several "
-             "kernels each way, bytes not counted"))
+        PLAIN, fwd_bwd(lambda t: t * torch.sigmoid(t)), role="baseline",
+        note="`x * torch.sigmoid(x)`, as the formula reads (also the eager reference's "
+             "maths): saves x and sigmoid(x); several kernels each way, bytes not counted"))
     variants.append(Variant(
-        "F.silu", fwd_bwd(F.silu), bytes_moved=5 * item * numel,
+        "F.silu", fwd_bwd(F.silu), bytes_moved=5 * item * numel, role="baseline",
         note="torch's fused SiLU (same maths, scale 1), counted like native"))
     return Case(key, f"swish forward + backward, one fp32 tensor of {numel:,}",
                 "y = x * sigmoid(x), then dx = torch.autograd.grad(y, x, g); one call does both.",
-                variants, baseline="torch eager", ceiling_numel=numel, device=device,
-                skipped=skipped)
+                variants, baseline=PLAIN, ceiling_numel=numel, device=device,
+                skipped=skipped, size=f"one fp32 tensor of {numel:,}")
 
 
 # ------------------------------------------------------------------------------ epilogues
 
 def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
-    """One fused epilogue, forward + backward (all input gradients), native vs eager reference.
+    """One fused epilogue, forward + backward (all input gradients), native vs plain PyTorch.
 
     ``key`` picks the op: ``ebm_block_tail`` (with 2x2 pooling: the EBM's downsampling blocks),
     ``nvae_cell_tail`` (with the SE gate) or ``affine_swish`` (BN-Swish in eval mode).
@@ -317,12 +328,14 @@ def epilogue_case(key: str, shape: Sequence[int], device: str) -> Case:
     variants, skipped = kernel_variants(
         key, device, fwd_bwd, bytes_moved=int(bytes_fused * numel),
         note="one kernel each way; autograd saves only what the backward reads")
-    variants.append(Variant("eager reference", fwd_bwd("eager"),
-                            note="the reference in torch ops (what the model computed before "
-                                 "the fused op); several kernels each way, bytes not counted"))
+    variants.append(Variant(PLAIN, fwd_bwd("eager"), role="baseline",
+                            note="the expression in torch ops, as the model computed it before "
+                                 "the fused op (it is also the op's eager reference); several "
+                                 "kernels each way, bytes not counted"))
     return Case(key, f"{key} forward + backward, {list(shape)} fp32", f"{what}; "
                 f"torch.autograd.grad with a random output gradient.", variants,
-                baseline="eager reference", ceiling_numel=numel, device=device, skipped=skipped)
+                baseline=PLAIN, ceiling_numel=numel, device=device, skipped=skipped,
+                size=f"{list(shape)} fp32")
 
 
 # ------------------------------------------------------------------------------ replay_gather
@@ -348,7 +361,7 @@ def replay_case(rows: int, batch: int, device: str) -> Case:
         note=f"one pass: reads a kept row or makes a fresh one in registers, writes the batch "
              f"({2 * item} B/elem at most); no host sync")
     variants.append(Variant(
-        "torch eager", eager, bytes_moved=6 * item * numel,
+        PLAIN, eager, bytes_moved=6 * item * numel, role="baseline",
         note=f"`torch.where(reinit, torch.randn(...), buffer.index_select(0, index))`: randn "
              f"(w1), index_select (r1 w1), where (r2 w1) = {6 * item} B/elem; torch's "
              f"generator, not our stream"))
@@ -356,58 +369,76 @@ def replay_case(rows: int, batch: int, device: str) -> Case:
                 f"replay_gather, {batch} chains of [3, 32, 32] from {rows:,}",
                 f"A pixel-space EBM's start states: rows gathered from the buffer, "
                 f"{REINIT_PROB:.0%} of them fresh N(0, 1) noise (the same reinit mask each call).",
-                variants, baseline="torch eager", ceiling_numel=numel, device=device,
-                skipped=skipped)
+                variants, baseline=PLAIN, ceiling_numel=numel, device=device,
+                skipped=skipped, size=f"{batch} × [3, 32, 32] from {rows:,} rows")
 
 
 # ------------------------------------------------------------------------------ main
 
-def build_cases(sizes: dict, device: str):
-    """Yield the cases one at a time, so only one case's tensors are alive at once."""
-    numel = sizes["numel"]
-    label = "16M" if numel == FULL["numel"] else str(numel)
-    yield langevin_case(f"langevin_{label}", f"langevin_step_, one fp32 tensor of {numel:,}",
-                        [[numel]], device)
-    yield langevin_case("langevin_cifar10",
-                        f"langevin_step_, CIFAR-10 VAEBM state (batch {sizes['batch']}, "
-                        f"31 tensors)", cifar10_state_shapes(sizes["batch"]), device)
-    yield philox_case(f"philox_normal_{label}", numel, device)
-    yield power_iteration_case(sizes["ebm_channels"], device)
-    yield swish_case(f"swish_{label}", numel, device)
-    for key in ("ebm_block_tail", "nvae_cell_tail", "affine_swish"):
-        yield epilogue_case(key, sizes["epilogue_shape"], device)
-    yield replay_case(sizes["replay_rows"], sizes["replay_batch"], device)
+# The cases: key -> (one line for --list, builder(sizes, device) -> Case). Nothing is built
+# before a case is chosen; keys do not depend on the sizes.
+CASES: Dict[str, Tuple[str, Callable[[dict, str], Case]]] = {
+    "langevin_flat": ("langevin_step_ on one fp32 tensor (16M; quick 64K)",
+                      lambda z, d: langevin_case(
+                          "langevin_flat", f"langevin_step_, one fp32 tensor of {z['numel']:,}",
+                          [[z["numel"]]], d)),
+    "langevin_cifar10": ("langevin_step_ on the CIFAR-10 VAEBM state (31 tensors, batch 32)",
+                         lambda z, d: langevin_case(
+                             "langevin_cifar10", f"langevin_step_, CIFAR-10 VAEBM state "
+                             f"(batch {z['batch']}, 31 tensors)",
+                             cifar10_state_shapes(z["batch"]), d)),
+    "philox_normal": ("philox_normal vs torch.randn (16M normals)",
+                      lambda z, d: philox_case("philox_normal", z["numel"], d)),
+    "power_iteration_cifar32": ("spectral_norms over the CIFAR-32 EBM's conv weights vs a "
+                                "per-layer loop",
+                                lambda z, d: power_iteration_case(z["ebm_channels"], d)),
+    "swish": ("swish forward + backward vs x * sigmoid(x) and F.silu (16M)",
+              lambda z, d: swish_case("swish", z["numel"], d)),
+    "ebm_block_tail": ("fused EBM block tail (add, 2x2 pool, LipSwish), fwd + bwd",
+                       lambda z, d: epilogue_case("ebm_block_tail", z["epilogue_shape"], d)),
+    "nvae_cell_tail": ("fused NVAE cell tail (SE-gated residual), fwd + bwd",
+                       lambda z, d: epilogue_case("nvae_cell_tail", z["epilogue_shape"], d)),
+    "affine_swish": ("fused BN-Swish (eval mode), fwd + bwd",
+                     lambda z, d: epilogue_case("affine_swish", z["epilogue_shape"], d)),
+    "replay_gather_cifar10": ("replay_gather: IGEBM start states from a replay buffer",
+                              lambda z, d: replay_case(z["replay_rows"], z["replay_batch"], d)),
+}
+PROG = "vaebm-fast bench ops"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_run_arguments(parser, "ops", "default 15; quick 3")
-    return parser.parse_args(argv)
+def catalogue() -> List[Tuple[str, str]]:
+    """[(key, description)] of every case, for --list and the --only check."""
+    return [(key, description) for key, (description, _) in CASES.items()]
 
 
-def main(argv=None) -> Dict[str, Path]:
-    args = parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_run_arguments(parser, "default 15; quick 3")
+    return parser
+
+
+def main(argv=None) -> Dict[str, object]:
+    """Run the chosen cases; returns the paths written ({} without --out)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print_catalogue(catalogue())
+        return {}
+    keys = select_keys(PROG, catalogue(), args.only)  # before anything is built
     sizes, timing = (QUICK, dict(TIMING_QUICK)) if args.quick else (FULL, dict(TIMING_FULL))
     if args.repeats is not None:
         timing["repeats"] = args.repeats
-    name = args.name or f"ops_{torch.device(args.device).type}" + ("_quick" if args.quick else "")
-    machine = machine_info(args.device)
-    results = []
-    for case in build_cases(sizes, args.device):
-        if args.only and not re.search(args.only, case.key):
-            continue
-        print(f"[bench_ops] {case.title} ...", file=sys.stderr, flush=True)
-        results.append(run_case(case, **timing))
-        del case
-    settings = dict(timing, quick=args.quick, step_size=STEP_SIZE,
-                    command=" ".join(["vaebm-fast bench ops"]
-                                     + list(sys.argv[1:] if argv is None else argv)),
-                    threads_note="torch.set_num_threads left at its default")
-    paths = write_report(name, "Op benchmarks" + (" (quick smoke sizes)" if args.quick else ""),
-                         results, args.out, machine=machine, settings=settings)
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return paths
+    if args.threads is not None and args.threads < 1:
+        usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
+    with torch_threads(args.threads):
+        recorder = Recorder("ops", args.device, args.out, f"{PROG} {shlex.join(argv)}", args.note,
+                            label="bench ops")
+        for key in keys:
+            case = CASES[key][1](sizes, args.device)  # one case's tensors alive at a time
+            print(f"[bench ops] {case.title} ...", file=sys.stderr, flush=True)
+            recorder.add(run_case(case, **timing))
+            del case
+        return recorder.finish()
 
 
 if __name__ == "__main__":
