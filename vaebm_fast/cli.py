@@ -729,7 +729,8 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0, None
         message = _one_line(Exception(e.code))
-        return EXIT_BAD_INPUT, message if message.startswith("error:") else f"error: {message}"
+        said = message.startswith("error:") or ": error: " in message  # "vaebm-fast X: error:"
+        return EXIT_BAD_INPUT, message if said else f"error: {message}"
     if isinstance(e, FloatingPointError):  # TrainingDiverged / ChainDivergedError
         return EXIT_FAILED, f"error: {_one_line(e)}"
     if isinstance(e, RuntimeError) and str(e).startswith("Error(s) in loading state_dict"):
