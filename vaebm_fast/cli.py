@@ -594,13 +594,10 @@ def cmd_build(args) -> None:
     """Compile the native kernels now, as the first native op would (once per torch)."""
     from . import _compile, _native
     if _native._find_library() is None:  # no installed _C: compile into the cache
-        try:
-            _compile.ensure_library()
-        except _compile.CompileError as e:
-            raise SystemExit(f"error: {e}") from None
+        _compile.ensure_library()  # CompileError: reported by main, exit code 1
     st = _native.status()
     if not st.loaded:
-        raise SystemExit(f"error: the native kernels do not load: {st.reason}")
+        raise _compile.CompileError(f"the native kernels do not load: {st.reason}")
     print(f"native kernels for torch {torch.__version__} loaded from {st.path}")
 
 
@@ -717,6 +714,7 @@ def _silence_stdout() -> None:
 
 def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
     """What :func:`main` prints and returns for an exception a command raised."""
+    from ._compile import CompileError
     from ._requirements import MissingExtraError
     from .checkpoint import CheckpointError
     from .ops import BackendUnavailableError
@@ -739,8 +737,9 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
             "error: a checkpoint's weights do not fit the model built from the current dataset, "
             f"preset and --config ({_one_line(e)[:200]}...); rerun with the settings it was "
             "trained with, or pass another --out (or --no-resume to start over)")
-    if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError,
-                      MissingExtraError)):
+    if isinstance(e, (MissingExtraError, CompileError)):  # the installation, not the input
+        return EXIT_FAILED, f"error: {_one_line(e)}"
+    if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError)):
         return EXIT_BAD_INPUT, f"error: {_one_line(e)}"
     return EXIT_FAILED, (f"error: internal error ({type(e).__name__}: {_one_line(e)[:300]}); "
                          f"this is a bug in vaebm-fast: rerun with {TRACEBACK_ENV}=1 to see the "
