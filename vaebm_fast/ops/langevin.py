@@ -32,9 +32,9 @@ the states are in registers.
 materialises the noise). :func:`langevin_step_` validates its inputs and dispatches to the
 native kernel (no noise tensor, one pass over memory), the Triton kernel (one launch for the
 whole list) or the reference. The update is not differentiable and runs under
-``torch.no_grad()``. Tensors in the list must not share memory with each other or with the
-gradients: a tensor whose own elements overlap (an ``expand``), or one passed twice, is
-refused; partial overlaps between different tensors are not detected.
+``torch.no_grad()``. Tensors in the list must not share memory with each other or with
+another tensor's gradient: a tensor whose own elements overlap (an ``expand``), one passed
+twice (or as a view of another) and a gradient in another state's memory are refused.
 
 :func:`langevin_step_graphed_` is the same step for a captured CUDA graph: it reads the
 stream position ``(seed, offset)`` from a device tensor ``rng_state`` when it runs, instead of
@@ -116,11 +116,9 @@ def _options(step_size, prior_weight, noise_scale, grad_clip, clamp) -> _Options
     return _Options(step_size, prior_weight, sigma, grad_clip, low, high)
 
 
-def _check_tensors(tensors, grads, half_sq_norm) -> None:
-    """The tensors of a step: tensors[i] [*] and grads[i] [same shape], one floating dtype of
-    KERNEL_DTYPES and one device; no state passed twice or overlapping itself; the optional
-    output half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for
-    float64 tensors). The wrappers' check and the fake kernels' body."""
+def _check_grads(tensors, grads) -> None:
+    """grads[i] of tensors[i]'s shape, one floating dtype of KERNEL_DTYPES and one device for
+    all: the part of :func:`_check_tensors` a :class:`LangevinStepper` repeats every step."""
     torch._check_value(len(tensors) == len(grads), explain(
         "tensors and grads must have the same length (got ", len(tensors), " tensors and ",
         len(grads), " grads)"))
@@ -129,6 +127,8 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
         torch._check_value(dtype in KERNEL_DTYPES, explain(
             "tensors must be ", KERNEL_DTYPE_NAMES, " (got ", dtype, ")"))
     for i, (t, g) in enumerate(zip(tensors, grads)):
+        torch._check_type(isinstance(g, Tensor), explain(
+            "grads[", i, "] must be a torch.Tensor (got ", type(g).__name__, ")"))
         torch._check_value(t.shape == g.shape, explain(
             "grads[", i, "] must have the shape of tensors[", i, "] ", list(t.shape), " (got ",
             list(g.shape), ")"))
@@ -139,12 +139,43 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
             torch._check_value(x.device == device, explain(
                 name, " is on ", x.device, " but tensors[0] is on ", device,
                 "; all tensors and grads must be on one device"))
+
+
+def _check_tensors(tensors, grads, half_sq_norm) -> None:
+    """The tensors of a step: tensors[i] [*] and grads[i] [same shape], one floating dtype of
+    KERNEL_DTYPES and one device; no state passed twice, overlapping itself or sharing memory
+    with another state, another state's gradient or half_sq_norm; the optional output
+    half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for float64
+    tensors). The wrappers' check and the fake kernels' body."""
+    _check_grads(tensors, grads)
+    for i, t in enumerate(tensors):
         # The certain case of elements sharing memory: a stride-0 dimension of size > 1.
         torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
                            explain("tensors[", i, "] has elements sharing memory (e.g. from "
                                    "expand); pass a tensor with distinct elements (.clone())"))
         torch._check_value(all(t is not u for u in tensors[:i]), explain(
             "tensors[", i, "] is passed twice; each state must be its own tensor"))
+    # The kernels update every state in parallel: a state read or written through another
+    # list entry (a view of it, or its memory as a gradient) races. A gradient that is exactly
+    # its own state's elements is read and written element by element, which is safe.
+    # (Not while dynamo traces the wrapper, which cannot trace the check; the fake kernel runs
+    # it on the traced tensors.) Pairwise: O(len(tensors)^2) cheap pointer comparisons.
+    if not torch.compiler.is_compiling():
+        for i, t in enumerate(tensors):
+            for j, u in enumerate(tensors[:i]):
+                torch._check_value(not torch._C._overlaps(t, u), explain(
+                    "tensors[", i, "] shares memory with tensors[", j, "] (a view of it?); "
+                    "each state must be its own tensor"))
+        for i, t in enumerate(tensors):
+            for j, g in enumerate(grads):
+                same_elements = (j == i and g.storage_offset() == t.storage_offset()
+                                 and g.stride() == t.stride())
+                torch._check_value(same_elements or not torch._C._overlaps(t, g), explain(
+                    "grads[", j, "] shares memory with tensors[", i, "]; pass "
+                    "grads[", j, "].clone()"))
+            if isinstance(half_sq_norm, Tensor):
+                torch._check_value(not torch._C._overlaps(t, half_sq_norm), explain(
+                    "half_sq_norm shares memory with tensors[", i, "]; pass its own tensor"))
     if half_sq_norm is None:
         return
     torch._check_type(isinstance(half_sq_norm, Tensor), explain(
@@ -366,8 +397,9 @@ class LangevinStepper:
     ``LangevinStepper(tensors, step_size=..., ...)`` checks the state list and the options
     (as :func:`langevin_step_`) and picks the backend once; each ``stepper(grads, seed=...,
     offset=..., half_sq_norm=None)`` then runs one in-place step and returns the next offset,
-    checking only the stream range and the output row. ``grads`` must be the gradients of
-    these tensors (as autograd returns them: same shapes, dtype and device).
+    checking the stream range, the gradients (length, shapes, dtype, device; not their memory)
+    and the output row. ``grads`` must be the gradients of these tensors (as autograd returns
+    them: same shapes, dtype and device, memory of their own).
     """
 
     def __init__(self, tensors: Sequence[Tensor], *, step_size: float, prior_weight: float = 1.0,
@@ -385,10 +417,15 @@ class LangevinStepper:
     def __call__(self, grads: Sequence[Tensor], *, seed: int, offset: int,
                  half_sq_norm: Optional[Tensor] = None) -> int:
         seed, offset = check_stream_range(seed, offset, self.total)
+        grads = _as_list(grads, "grads")
+        # Every backend must refuse what the native kernel refuses: the eager update would
+        # broadcast a wrong-shaped gradient, and zip() would skip states without one.
+        _check_grads(self.tensors, grads)
         if half_sq_norm is not None:
-            like = (half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
-            if like != self._norm_like or not half_sq_norm.is_contiguous():
-                _check_tensors(self.tensors, list(grads), half_sq_norm)
+            like = ((half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
+                    if isinstance(half_sq_norm, Tensor) else None)  # None: a TypeError below
+            if like is None or like != self._norm_like or not half_sq_norm.is_contiguous():
+                _check_tensors(self.tensors, grads, half_sq_norm)
                 self._norm_like = like
-        return _run(self.backend, self.tensors, list(grads), self.options, seed, offset,
+        return _run(self.backend, self.tensors, grads, self.options, seed, offset,
                     self.total, half_sq_norm)

@@ -96,6 +96,11 @@ def _check_scatter_tensors(buffer, index, values) -> None:
         "; convert with .to(buffer.dtype)"))
     torch._check_value(values.device == buffer.device, explain(
         "replay_scatter_: values are on ", values.device, " but buffer is on ", buffer.device))
+    # A buffer whose rows share memory (an expand) would take several writes per element.
+    torch._check_value(not any(st == 0 and sz > 1
+                               for sz, st in zip(buffer.shape, buffer.stride())), explain(
+        "replay_scatter_: buffer has elements sharing memory (e.g. from expand); pass a "
+        "buffer with distinct elements (.clone())"))
     # Rows are written in parallel: values read from rows being written would make the result
     # depend on the order of the writes. (Not while dynamo traces the wrapper, which cannot
     # trace the check; the fake kernel runs it on the traced tensors.)
