@@ -118,27 +118,32 @@ def _options(step_size, prior_weight, noise_scale, grad_clip, clamp) -> _Options
 
 def _check_grads(tensors, grads) -> None:
     """grads[i] of tensors[i]'s shape, one floating dtype of KERNEL_DTYPES and one device for
-    all: the part of :func:`_check_tensors` a :class:`LangevinStepper` repeats every step."""
-    torch._check_value(len(tensors) == len(grads), explain(
-        "tensors and grads must have the same length (got ", len(tensors), " tensors and ",
-        len(grads), " grads)"))
-    if tensors:
-        dtype, device = tensors[0].dtype, tensors[0].device
-        torch._check_value(dtype in KERNEL_DTYPES, explain(
-            "tensors must be ", KERNEL_DTYPE_NAMES, " (got ", dtype, ")"))
+    all: the part of :func:`_check_tensors` a :class:`LangevinStepper` repeats every step.
+
+    Plain ifs rather than torch._check_value(cond, explain(...)): this runs every step of a
+    chain, and explain() formats its message even when the check passes (~50 us a tensor).
+    """
+    if len(tensors) != len(grads):
+        raise ValueError(f"tensors and grads must have the same length (got {len(tensors)} "
+                         f"tensors and {len(grads)} grads)")
+    if not tensors:
+        return
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"tensors must be {KERNEL_DTYPE_NAMES} (got {dtype})")
     for i, (t, g) in enumerate(zip(tensors, grads)):
-        torch._check_type(isinstance(g, Tensor), explain(
-            "grads[", i, "] must be a torch.Tensor (got ", type(g).__name__, ")"))
-        torch._check_value(t.shape == g.shape, explain(
-            "grads[", i, "] must have the shape of tensors[", i, "] ", list(t.shape), " (got ",
-            list(g.shape), ")"))
+        if not isinstance(g, Tensor):
+            raise TypeError(f"grads[{i}] must be a torch.Tensor (got {type(g).__name__})")
+        if t.shape != g.shape:
+            raise ValueError(f"grads[{i}] must have the shape of tensors[{i}] {list(t.shape)} "
+                             f"(got {list(g.shape)})")
         for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
-            torch._check_value(x.dtype == dtype, explain(
-                name, " has dtype ", x.dtype, " but tensors[0] has ", dtype,
-                "; all tensors and grads must share one dtype"))
-            torch._check_value(x.device == device, explain(
-                name, " is on ", x.device, " but tensors[0] is on ", device,
-                "; all tensors and grads must be on one device"))
+            if x.dtype != dtype:
+                raise ValueError(f"{name} has dtype {x.dtype} but tensors[0] has {dtype}; all "
+                                 f"tensors and grads must share one dtype")
+            if x.device != device:
+                raise ValueError(f"{name} is on {x.device} but tensors[0] is on {device}; all "
+                                 f"tensors and grads must be on one device")
 
 
 def _check_tensors(tensors, grads, half_sq_norm) -> None:
@@ -146,36 +151,37 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     KERNEL_DTYPES and one device; no state passed twice, overlapping itself or sharing memory
     with another state, another state's gradient or half_sq_norm; the optional output
     half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for float64
-    tensors). The wrappers' check and the fake kernels' body."""
+    tensors). The wrappers' check and the fake kernels' body. The per-tensor and per-pair
+    checks are plain ifs (see _check_grads): explain() would format a message for each."""
     _check_grads(tensors, grads)
     for i, t in enumerate(tensors):
         # The certain case of elements sharing memory: a stride-0 dimension of size > 1.
-        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
-                           explain("tensors[", i, "] has elements sharing memory (e.g. from "
-                                   "expand); pass a tensor with distinct elements (.clone())"))
-        torch._check_value(all(t is not u for u in tensors[:i]), explain(
-            "tensors[", i, "] is passed twice; each state must be its own tensor"))
+        if any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())):
+            raise ValueError(f"tensors[{i}] has elements sharing memory (e.g. from expand); "
+                             f"pass a tensor with distinct elements (.clone())")
+        if any(t is u for u in tensors[:i]):
+            raise ValueError(f"tensors[{i}] is passed twice; each state must be its own tensor")
     # The kernels update every state in parallel: a state read or written through another
     # list entry (a view of it, or its memory as a gradient) races. A gradient that is exactly
     # its own state's elements is read and written element by element, which is safe.
     # (Not while dynamo traces the wrapper, which cannot trace the check; the fake kernel runs
-    # it on the traced tensors.) Pairwise: O(len(tensors)^2) cheap pointer comparisons.
+    # it on the traced tensors.) O(len(tensors)^2) pointer comparisons.
     if not torch.compiler.is_compiling():
         for i, t in enumerate(tensors):
             for j, u in enumerate(tensors[:i]):
-                torch._check_value(not torch._C._overlaps(t, u), explain(
-                    "tensors[", i, "] shares memory with tensors[", j, "] (a view of it?); "
-                    "each state must be its own tensor"))
+                if torch._C._overlaps(t, u):
+                    raise ValueError(f"tensors[{i}] shares memory with tensors[{j}] (a view of "
+                                     f"it?); each state must be its own tensor")
         for i, t in enumerate(tensors):
             for j, g in enumerate(grads):
                 same_elements = (j == i and g.storage_offset() == t.storage_offset()
                                  and g.stride() == t.stride())
-                torch._check_value(same_elements or not torch._C._overlaps(t, g), explain(
-                    "grads[", j, "] shares memory with tensors[", i, "]; pass "
-                    "grads[", j, "].clone()"))
-            if isinstance(half_sq_norm, Tensor):
-                torch._check_value(not torch._C._overlaps(t, half_sq_norm), explain(
-                    "half_sq_norm shares memory with tensors[", i, "]; pass its own tensor"))
+                if not same_elements and torch._C._overlaps(t, g):
+                    raise ValueError(f"grads[{j}] shares memory with tensors[{i}]; pass "
+                                     f"grads[{j}].clone()")
+            if isinstance(half_sq_norm, Tensor) and torch._C._overlaps(t, half_sq_norm):
+                raise ValueError(f"half_sq_norm shares memory with tensors[{i}]; pass its own "
+                                 f"tensor")
     if half_sq_norm is None:
         return
     torch._check_type(isinstance(half_sq_norm, Tensor), explain(
