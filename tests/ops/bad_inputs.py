@@ -319,7 +319,7 @@ def langevin_invalid(draw, backend, device, stepper=False):
         "view twice", *([] if stepper else ["grad in other state"]), "expanded state",
         "mixed dtypes", "seed", "offset", "offset overflow", "step_size", "noise_scale",
         "prior_weight", "grad_clip", "clamp", "norm dtype", "norm shape", "norm strided",
-        "norm aliases state", "backend"]))
+        "norm aliases state", "norm without tensors", "backend"]))
     error, match = ValueError, None
     if kind == "state dtype":
         bad = draw(bad_dtypes())
@@ -390,8 +390,9 @@ def langevin_invalid(draw, backend, device, stepper=False):
         match = "offset"  # past 2**63 - 1 itself, or with the normals
     elif kind in ("step_size", "noise_scale"):
         kw[kind], error = draw(bad_positive_reals())
-        if kind == "noise_scale" and isinstance(kw[kind], float) and kw[kind] == 0.0:
-            kw[kind] = -0.5  # sigma = 0 is valid (no noise)
+        if kind == "noise_scale" and (kw[kind] is None or kw[kind] == 0.0):
+            kw[kind] = -0.5  # valid for a noise scale: None (sqrt(step_size)), 0 (no noise)
+            error = ValueError
         match = kind
     elif kind == "prior_weight":
         kw[kind], error = draw(st.sampled_from([(float("nan"), ValueError),
@@ -430,6 +431,10 @@ def langevin_invalid(draw, backend, device, stepper=False):
         gs = [torch.zeros(rows, 2, dtype=flat.dtype, device=device)]
         call["half_sq_norm"] = flat[:rows]
         match = r"half_sq_norm shares memory with tensors\[0\]"
+    elif kind == "norm without tensors":  # an empty list is a no-op, but has no B for the row
+        ts, gs = [], []
+        call["half_sq_norm"] = torch.zeros(rows, device=device)
+        match = "half_sq_norm needs at least one tensor"
     elif kind == "backend":
         backend = draw(backend_names())
         match = "backend must be one of"
