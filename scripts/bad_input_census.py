@@ -176,7 +176,9 @@ def main(argv=None) -> int:
         "written; unclear = any other error or message; crash = the process died; silent wrong "
         "= a bad input accepted or a valid input's result off the eager reference. Valid "
         "inputs: agreed = within the dtype's tolerance of the reference; refused = a valid "
-        "input raised. Triton runs in its CPU interpreter (few, tiny inputs).",
+        "input raised. Triton runs in its CPU interpreter (few, tiny inputs). Fewer bad "
+        "inputs than asked for: the op's strategy has no more distinct ones (hypothesis "
+        "stops when it has drawn them all).",
         "",
         "| op | backend | bad inputs tried | clear errors | unclear errors | crashes | "
         "silent wrong results | valid inputs | valid agreed | valid refused |",
