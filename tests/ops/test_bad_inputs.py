@@ -137,3 +137,16 @@ def test_numpy_and_0d_tensor_scalars_are_accepted_and_bools_refused():
     with pytest.raises(TypeError, match="n_iter"):
         bad_inputs.ops.power_iteration_(torch.randn(1, 2, 2), torch.randn(1, 2),
                                         torch.randn(1, 2), torch.tensor(True))
+
+
+def test_empty_tensors_with_stride_0_are_not_sharing_memory(kernel):
+    # An empty tensor has no elements to share, whatever its strides (found: a [5, 0, 1]
+    # bfloat16 buffer with a stride-0 dim 0 was refused by replay_scatter_).
+    kernel.require("replay_scatter_").require("langevin_step_")
+    d, b = kernel.device, kernel.backend
+    buffer = torch.empty(0, device=d).as_strided((5, 0, 1), (0, 1, 1))
+    bad_inputs.ops.replay_scatter_(buffer, torch.tensor([0, 4], device=d),
+                                   torch.empty(2, 0, 1, device=d), backend=b)
+    state = torch.empty(0, device=d).as_strided((3, 0), (0, 1))
+    assert bad_inputs.ops.langevin_step_([state], [torch.empty(3, 0, device=d)], step_size=0.1,
+                                         seed=0, offset=5, backend=b) == 5

@@ -49,7 +49,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype
+from .._kernel_rules import (KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype,
+                             elements_share_memory)
 from ..validation import check_real, explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -155,8 +156,7 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     checks are plain ifs (see _check_grads): explain() would format a message for each."""
     _check_grads(tensors, grads)
     for i, t in enumerate(tensors):
-        # The certain case of elements sharing memory: a stride-0 dimension of size > 1.
-        if any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())):
+        if elements_share_memory(t):
             raise ValueError(f"tensors[{i}] has elements sharing memory (e.g. from expand); "
                              f"pass a tensor with distinct elements (.clone())")
         if any(t is u for u in tensors[:i]):

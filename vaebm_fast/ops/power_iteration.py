@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._kernel_rules import elements_share_memory
 from ..validation import check_int, check_real, explain
 from . import _dispatch, _library
 
@@ -68,9 +69,8 @@ def _check_group(W, u, v, where: str = "") -> None:
         torch._check_value(not t.requires_grad, explain(
             where, name, " must not require grad (it is updated in place)"))
         # The matrices of a group run in parallel, each writing its row of u and v.
-        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
-                           explain(where, name, " has elements sharing memory (e.g. from "
-                                   "expand); pass a .clone()"))
+        torch._check_value(not elements_share_memory(t), explain(
+            where, name, " has elements sharing memory (e.g. from expand); pass a .clone()"))
     # v is written while u is read (and the other way round). (Not while dynamo traces the
     # wrapper, which cannot trace the check; the fake kernel runs it on the traced tensors.)
     if not torch.compiler.is_compiling():

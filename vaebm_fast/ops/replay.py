@@ -37,7 +37,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES
+from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, elements_share_memory
 from ..validation import explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -97,8 +97,7 @@ def _check_scatter_tensors(buffer, index, values) -> None:
     torch._check_value(values.device == buffer.device, explain(
         "replay_scatter_: values are on ", values.device, " but buffer is on ", buffer.device))
     # A buffer whose rows share memory (an expand) would take several writes per element.
-    torch._check_value(not any(st == 0 and sz > 1
-                               for sz, st in zip(buffer.shape, buffer.stride())), explain(
+    torch._check_value(not elements_share_memory(buffer), explain(
         "replay_scatter_: buffer has elements sharing memory (e.g. from expand); pass a "
         "buffer with distinct elements (.clone())"))
     # Rows are written in parallel: values read from rows being written would make the result
