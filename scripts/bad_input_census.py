@@ -113,6 +113,16 @@ def run_batch(op: str, backend: str, device: str, kind: str, examples: int) -> d
         return {"counts": counts, "details": details}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=200,
@@ -166,7 +176,8 @@ def main(argv=None) -> int:
         f"Command: `python scripts/bad_input_census.py --examples {args.examples} "
         f"--triton-examples {args.triton_examples} --device {args.device}"
         + (f" --ops {' '.join(args.ops)}" if args.ops else "") + "`",
-        f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
+        f"Machine: {_cpu_model()} ({platform.machine()} {platform.system()}), "
+        f"{os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, torch {torch.__version__}; native library "
         f"{'loaded' if st.loaded else 'not loaded: ' + str(st.reason)}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
