@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 __all__ = ["KERNEL_DTYPES", "KERNEL_DTYPE_NAMES", "compute_dtype", "dtype_reason",
-           "activation_format", "LIPSWISH_SCALE"]
+           "activation_format", "elements_share_memory", "LIPSWISH_SCALE"]
 
 # The floating dtypes the kernels take. float16 / bfloat16 / float32 are computed in float32
 # and rounded once when stored; float64 in float64.
@@ -47,3 +47,11 @@ def activation_format(x: torch.Tensor) -> torch.memory_format:
             memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def elements_share_memory(x: torch.Tensor) -> bool:
+    """True when elements of ``x`` are one memory location in the certain way (the certain
+    case of ATen's has_internal_overlap): a dimension of size > 1 with stride 0 (from
+    ``expand``) in a non-empty tensor. An empty tensor has no elements to share, whatever its
+    strides. Kernels that write ``x`` in parallel refuse it."""
+    return x.numel() > 0 and any(st == 0 and sz > 1 for sz, st in zip(x.shape, x.stride()))

@@ -169,12 +169,27 @@ def check_positive(value: Any, name: str, *, integer: bool = False) -> Any:
     return value
 
 
+def _unwrap_scalar_tensor(value: Any, name: str) -> Any:
+    """A 0-d tensor's value as a Python number (reading it: a host sync on a GPU); any other
+    value unchanged. Tensors of other shapes and bool tensors raise TypeError."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must be a number or a 0-d real tensor (got a {value.dtype} "
+                        f"tensor of shape {_format_shape(value.shape)})")
+    return value.item()
+
+
 def check_int(value: Any, name: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
-    """``value`` as a Python int in ``[low, high]`` (bools refused); returns it.
+    """``value`` as a Python int in ``[low, high]``; returns it.
+
+    Accepts Python and NumPy integers and 0-d integer tensors (read on the host); refuses
+    bools, floats and everything else.
 
     Raises:
         TypeError: not an integer. ValueError: out of range.
     """
+    value = _unwrap_scalar_tensor(value, name)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int (got {type(value).__name__} {value!r})")
     value = int(value)
@@ -184,12 +199,15 @@ def check_int(value: Any, name: str, *, low: int = 0, high: int = 2**63 - 1) -> 
 
 
 def check_real(value: Any, name: str, *, finite: bool = False) -> float:
-    """``value`` as a Python float (bools refused; NaN and infinities refused with
-    ``finite=True``); returns it.
+    """``value`` as a Python float (NaN and infinities refused with ``finite=True``); returns
+    it.
+
+    Accepts Python and NumPy reals and 0-d real tensors (read on the host); refuses bools.
 
     Raises:
         TypeError: not a real number. ValueError: not finite when required.
     """
+    value = _unwrap_scalar_tensor(value, name)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number (got {type(value).__name__} {value!r})")
     value = float(value)

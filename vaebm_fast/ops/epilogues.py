@@ -52,12 +52,13 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._kernel_rules import LIPSWISH_SCALE, activation_format, dtype_reason
-from ..validation import explain
+from ..validation import check_real, explain
 from . import _dispatch, _library
 
 __all__ = [
@@ -171,9 +172,16 @@ def _pooled(op: str, t: Tensor, downsample: bool) -> tuple:
     return b, c, hh // 2, ww // 2
 
 
+def _check_downsample(op: str, downsample) -> None:
+    # A truthy string or tensor would silently pick a branch: only a bool says which.
+    torch._check_type(isinstance(downsample, (bool, np.bool_)), explain(
+        op, ": downsample must be a bool (got ", type(downsample).__name__, ")"))
+
+
 def _check_ebm(h, skip, downsample) -> tuple:
     """ebm_block_tail(h [B, C, H, W], skip [same], downsample) -> (out, pre), each
     [B, C, H/2, W/2] when downsampling, else [B, C, H, W]: returns that shape."""
+    _check_downsample("ebm_block_tail", downsample)
     _check_nchw_pair("ebm_block_tail", "h", h, "skip", skip)
     return _pooled("ebm_block_tail", h, downsample)
 
@@ -181,6 +189,7 @@ def _check_ebm(h, skip, downsample) -> tuple:
 def _check_ebm_backward(grad, pre, downsample) -> tuple:
     """ebm_block_tail_backward(grad, pre [B, C, h, w], downsample) -> d [B, C, 2h, 2w] when
     downsampling, else [B, C, h, w]: returns that shape."""
+    _check_downsample("ebm_block_tail_backward", downsample)
     _check_nchw_pair("ebm_block_tail_backward", "pre", pre, "grad", grad)
     b, c, hh, ww = pre.shape
     return (b, c, 2 * hh, 2 * ww) if downsample else (b, c, hh, ww)
@@ -194,15 +203,24 @@ def _check_gate(op: str, gate, h: Tensor) -> None:
     _check_like(op, "h", h, gate=gate)
 
 
-def _check_cell(skip, h, gate, scale) -> None:
-    """nvae_cell_tail(skip [B, C, H, W], h [same], gate [B, C], scale) -> out [B, C, H, W]."""
+def _check_scale(op: str, scale) -> float:
+    return check_real(scale, f"{op}: scale", finite=True)
+
+
+def _check_cell(skip, h, gate, scale) -> float:
+    """nvae_cell_tail(skip [B, C, H, W], h [same], gate [B, C] or None, scale finite) -> out
+    [B, C, H, W]; returns scale as a float."""
+    scale = _check_scale("nvae_cell_tail", scale)
     _check_nchw_pair("nvae_cell_tail", "h", h, "skip", skip)
-    _check_gate("nvae_cell_tail", gate, h)
+    if gate is not None:
+        _check_gate("nvae_cell_tail", gate, h)
+    return scale
 
 
 def _check_cell_backward(grad, h, gate, scale) -> None:
     """nvae_cell_tail_backward(grad, h [B, C, H, W], gate [B, C], scale) -> (dh like h,
     dgate like gate)."""
+    _check_scale("nvae_cell_tail_backward", scale)
     _check_nchw_pair("nvae_cell_tail_backward", "h", h, "grad", grad)
     _check_gate("nvae_cell_tail_backward", gate, h)
 
@@ -307,7 +325,8 @@ def ebm_block_tail(h: Tensor, skip: Tensor, *, downsample: bool = False,
                    backend: str = "auto") -> Tensor:
     """``lip_swish(avg_pool2d(h + skip, 2) if downsample else h + skip)`` in one pass.
 
-    h, skip: [B, C, H, W], same shape, dtype and device (H, W even when downsampling).
+    h, skip: [B, C, H, W], same shape, dtype and device (H, W even when downsampling);
+    downsample: a bool.
     Returns [B, C, H/2, W/2] if downsample else [B, C, H, W]. Autograd on the kernel backends
     saves only the pre-activation (a quarter of h when downsampling).
 
@@ -329,15 +348,14 @@ def nvae_cell_tail(skip: Tensor, h: Tensor, gate: Optional[Tensor] = None, *,
     the branch, scaled, plus the skip). Without ``gate`` it is ``torch.add(skip, h,
     alpha=scale)`` (one eager op already).
 
-    skip, h: [B, C, H, W]; gate: [B, C]; same dtype and device. Returns [B, C, H, W].
+    skip, h: [B, C, H, W]; gate: [B, C]; same dtype and device; scale: a finite real.
+    Returns [B, C, H, W].
     Autograd on the kernel backends saves h and gate. Raises as :func:`ebm_block_tail`.
     """
-    scale = float(scale)
+    scale = _check_cell(skip, h, gate, scale)
     if gate is None:
-        _check_nchw_pair("nvae_cell_tail", "h", h, "skip", skip)
         _dispatch.resolve_backend("nvae_cell_tail", backend, h.device)  # validates the name
         return torch.add(skip, h, alpha=scale)
-    _check_cell(skip, h, gate, scale)
     ns = _kernel_ns("nvae_cell_tail", backend, h)
     if ns is None:
         return nvae_cell_tail_reference(skip, h, gate, scale)

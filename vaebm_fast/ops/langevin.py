@@ -32,9 +32,9 @@ the states are in registers.
 materialises the noise). :func:`langevin_step_` validates its inputs and dispatches to the
 native kernel (no noise tensor, one pass over memory), the Triton kernel (one launch for the
 whole list) or the reference. The update is not differentiable and runs under
-``torch.no_grad()``. Tensors in the list must not share memory with each other or with the
-gradients: a tensor whose own elements overlap (an ``expand``), or one passed twice, is
-refused; partial overlaps between different tensors are not detected.
+``torch.no_grad()``. Tensors in the list must not share memory with each other or with
+another tensor's gradient: a tensor whose own elements overlap (an ``expand``), one passed
+twice (or as a view of another) and a gradient in another state's memory are refused.
 
 :func:`langevin_step_graphed_` is the same step for a captured CUDA graph: it reads the
 stream position ``(seed, offset)`` from a device tensor ``rng_state`` when it runs, instead of
@@ -49,7 +49,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype
+from .._kernel_rules import (KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype,
+                             elements_share_memory)
 from ..validation import check_real, explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -116,35 +117,71 @@ def _options(step_size, prior_weight, noise_scale, grad_clip, clamp) -> _Options
     return _Options(step_size, prior_weight, sigma, grad_clip, low, high)
 
 
+def _check_grads(tensors, grads) -> None:
+    """grads[i] of tensors[i]'s shape, one floating dtype of KERNEL_DTYPES and one device for
+    all: the part of :func:`_check_tensors` a :class:`LangevinStepper` repeats every step.
+
+    Plain ifs rather than torch._check_value(cond, explain(...)): this runs every step of a
+    chain, and explain() formats its message even when the check passes (~50 us a tensor).
+    """
+    if len(tensors) != len(grads):
+        raise ValueError(f"tensors and grads must have the same length (got {len(tensors)} "
+                         f"tensors and {len(grads)} grads)")
+    if not tensors:
+        return
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"tensors must be {KERNEL_DTYPE_NAMES} (got {dtype})")
+    for i, (t, g) in enumerate(zip(tensors, grads)):
+        if not isinstance(g, Tensor):
+            raise TypeError(f"grads[{i}] must be a torch.Tensor (got {type(g).__name__})")
+        if t.shape != g.shape:
+            raise ValueError(f"grads[{i}] must have the shape of tensors[{i}] {list(t.shape)} "
+                             f"(got {list(g.shape)})")
+        for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
+            if x.dtype != dtype:
+                raise ValueError(f"{name} has dtype {x.dtype} but tensors[0] has {dtype}; all "
+                                 f"tensors and grads must share one dtype")
+            if x.device != device:
+                raise ValueError(f"{name} is on {x.device} but tensors[0] is on {device}; all "
+                                 f"tensors and grads must be on one device")
+
+
 def _check_tensors(tensors, grads, half_sq_norm) -> None:
     """The tensors of a step: tensors[i] [*] and grads[i] [same shape], one floating dtype of
-    KERNEL_DTYPES and one device; no state passed twice or overlapping itself; the optional
-    output half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for
-    float64 tensors). The wrappers' check and the fake kernels' body."""
-    torch._check_value(len(tensors) == len(grads), explain(
-        "tensors and grads must have the same length (got ", len(tensors), " tensors and ",
-        len(grads), " grads)"))
-    if tensors:
-        dtype, device = tensors[0].dtype, tensors[0].device
-        torch._check_value(dtype in KERNEL_DTYPES, explain(
-            "tensors must be ", KERNEL_DTYPE_NAMES, " (got ", dtype, ")"))
-    for i, (t, g) in enumerate(zip(tensors, grads)):
-        torch._check_value(t.shape == g.shape, explain(
-            "grads[", i, "] must have the shape of tensors[", i, "] ", list(t.shape), " (got ",
-            list(g.shape), ")"))
-        for name, x in ((f"tensors[{i}]", t), (f"grads[{i}]", g)):
-            torch._check_value(x.dtype == dtype, explain(
-                name, " has dtype ", x.dtype, " but tensors[0] has ", dtype,
-                "; all tensors and grads must share one dtype"))
-            torch._check_value(x.device == device, explain(
-                name, " is on ", x.device, " but tensors[0] is on ", device,
-                "; all tensors and grads must be on one device"))
-        # The certain case of elements sharing memory: a stride-0 dimension of size > 1.
-        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
-                           explain("tensors[", i, "] has elements sharing memory (e.g. from "
-                                   "expand); pass a tensor with distinct elements (.clone())"))
-        torch._check_value(all(t is not u for u in tensors[:i]), explain(
-            "tensors[", i, "] is passed twice; each state must be its own tensor"))
+    KERNEL_DTYPES and one device; no state passed twice, overlapping itself or sharing memory
+    with another state, another state's gradient or half_sq_norm; the optional output
+    half_sq_norm [B] (B = dim 0 of every tensor) contiguous, float32 (float64 for float64
+    tensors). The wrappers' check and the fake kernels' body. The per-tensor and per-pair
+    checks are plain ifs (see _check_grads): explain() would format a message for each."""
+    _check_grads(tensors, grads)
+    for i, t in enumerate(tensors):
+        if elements_share_memory(t):
+            raise ValueError(f"tensors[{i}] has elements sharing memory (e.g. from expand); "
+                             f"pass a tensor with distinct elements (.clone())")
+        if any(t is u for u in tensors[:i]):
+            raise ValueError(f"tensors[{i}] is passed twice; each state must be its own tensor")
+    # The kernels update every state in parallel: a state read or written through another
+    # list entry (a view of it, or its memory as a gradient) races. A gradient that is exactly
+    # its own state's elements is read and written element by element, which is safe.
+    # (Not while dynamo traces the wrapper, which cannot trace the check; the fake kernel runs
+    # it on the traced tensors.) O(len(tensors)^2) pointer comparisons.
+    if not torch.compiler.is_compiling():
+        for i, t in enumerate(tensors):
+            for j, u in enumerate(tensors[:i]):
+                if torch._C._overlaps(t, u):
+                    raise ValueError(f"tensors[{i}] shares memory with tensors[{j}] (a view of "
+                                     f"it?); each state must be its own tensor")
+        for i, t in enumerate(tensors):
+            for j, g in enumerate(grads):
+                same_elements = (j == i and g.storage_offset() == t.storage_offset()
+                                 and g.stride() == t.stride())
+                if not same_elements and torch._C._overlaps(t, g):
+                    raise ValueError(f"grads[{j}] shares memory with tensors[{i}]; pass "
+                                     f"grads[{j}].clone()")
+            if isinstance(half_sq_norm, Tensor) and torch._C._overlaps(t, half_sq_norm):
+                raise ValueError(f"half_sq_norm shares memory with tensors[{i}]; pass its own "
+                                 f"tensor")
     if half_sq_norm is None:
         return
     torch._check_type(isinstance(half_sq_norm, Tensor), explain(
@@ -366,8 +403,9 @@ class LangevinStepper:
     ``LangevinStepper(tensors, step_size=..., ...)`` checks the state list and the options
     (as :func:`langevin_step_`) and picks the backend once; each ``stepper(grads, seed=...,
     offset=..., half_sq_norm=None)`` then runs one in-place step and returns the next offset,
-    checking only the stream range and the output row. ``grads`` must be the gradients of
-    these tensors (as autograd returns them: same shapes, dtype and device).
+    checking the stream range, the gradients (length, shapes, dtype, device; not their memory)
+    and the output row. ``grads`` must be the gradients of these tensors (as autograd returns
+    them: same shapes, dtype and device, memory of their own).
     """
 
     def __init__(self, tensors: Sequence[Tensor], *, step_size: float, prior_weight: float = 1.0,
@@ -385,10 +423,15 @@ class LangevinStepper:
     def __call__(self, grads: Sequence[Tensor], *, seed: int, offset: int,
                  half_sq_norm: Optional[Tensor] = None) -> int:
         seed, offset = check_stream_range(seed, offset, self.total)
+        grads = _as_list(grads, "grads")
+        # Every backend must refuse what the native kernel refuses: the eager update would
+        # broadcast a wrong-shaped gradient, and zip() would skip states without one.
+        _check_grads(self.tensors, grads)
         if half_sq_norm is not None:
-            like = (half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
-            if like != self._norm_like or not half_sq_norm.is_contiguous():
-                _check_tensors(self.tensors, list(grads), half_sq_norm)
+            like = ((half_sq_norm.shape, half_sq_norm.dtype, half_sq_norm.device)
+                    if isinstance(half_sq_norm, Tensor) else None)  # None: a TypeError below
+            if like is None or like != self._norm_like or not half_sq_norm.is_contiguous():
+                _check_tensors(self.tensors, grads, half_sq_norm)
                 self._norm_like = like
-        return _run(self.backend, self.tensors, list(grads), self.options, seed, offset,
+        return _run(self.backend, self.tensors, grads, self.options, seed, offset,
                     self.total, half_sq_norm)

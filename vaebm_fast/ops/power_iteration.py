@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..validation import explain
+from .._kernel_rules import elements_share_memory
+from ..validation import check_int, check_real, explain
 from . import _dispatch, _library
 
 __all__ = ["power_iteration_", "spectral_norms", "DEFAULT_EPS"]
@@ -45,10 +46,15 @@ _dispatch.register_op("spectral_norms", native="vaebm_fast::spectral_norms_", tr
 # ------------------------------------------------------------------------- validation
 
 def _check_group(W, u, v, where: str = "") -> None:
-    """One group: W [G, R, C], u [G, R], v [G, C] of one dtype and device, u and v not requiring
-    grad (they are written in place). The wrappers' check and the fakes' body."""
+    """One group: W [G, R, C] floating, u [G, R], v [G, C] of W's dtype and device, u and v not
+    requiring grad (they are written in place) and not sharing memory."""
+    for name, t in (("W", W), ("u", u), ("v", v)):
+        torch._check_type(isinstance(t, Tensor), explain(
+            where, name, " must be a torch.Tensor (got ", type(t).__name__, ")"))
     torch._check_value(W.dim() == 3, explain(where, "W must be [G, R, C], got shape ",
                                              tuple(W.shape)))
+    torch._check_value(W.is_floating_point(), explain(
+        where, "W must be a floating tensor (got ", W.dtype, "); convert it with .float()"))
     G, R, C = W.shape
     torch._check_value(tuple(u.shape) == (G, R), explain(
         where, "u must be [G, R] = ", (G, R), " for W ", tuple(W.shape), ", got ",
@@ -63,9 +69,8 @@ def _check_group(W, u, v, where: str = "") -> None:
         torch._check_value(not t.requires_grad, explain(
             where, name, " must not require grad (it is updated in place)"))
         # The matrices of a group run in parallel, each writing its row of u and v.
-        torch._check_value(not any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride())),
-                           explain(where, name, " has elements sharing memory (e.g. from "
-                                   "expand); pass a .clone()"))
+        torch._check_value(not elements_share_memory(t), explain(
+            where, name, " has elements sharing memory (e.g. from expand); pass a .clone()"))
     # v is written while u is read (and the other way round). (Not while dynamo traces the
     # wrapper, which cannot trace the check; the fake kernel runs it on the traced tensors.)
     if not torch.compiler.is_compiling():
@@ -73,21 +78,56 @@ def _check_group(W, u, v, where: str = "") -> None:
             where, "u and v are sharing memory; pass separate tensors"))
 
 
-def _check_groups(Ws, us, vs) -> None:
+def _check_scalars(n_iter, eps) -> tuple:
+    """n_iter: int >= 0; eps: finite float > 0 (NaN would make normalize's max() differ
+    between backends). Python or NumPy numbers or 0-d tensors; returns them as int, float."""
+    n_iter = check_int(n_iter, "n_iter")
+    eps = check_real(eps, "eps", finite=True)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (got {eps}); it bounds the norm in normalize "
+                         f"from below (default {DEFAULT_EPS})")
+    return n_iter, eps
+
+
+def _check_power_iteration(W, u, v, n_iter, eps) -> tuple:
+    """power_iteration_(W [G, R, C], u [G, R], v [G, C], n_iter, eps) -> sigma [G]: the
+    wrapper's check and the fake's body; returns (n_iter, eps) as int, float."""
+    _check_group(W, u, v)
+    return _check_scalars(n_iter, eps)
+
+
+def _check_spectral_norms(Ws, us, vs, n_iter, eps) -> tuple:
+    """spectral_norms_(Ws [G_k, R_k, C_k], us [G_k, R_k], vs [G_k, C_k], n_iter, eps): each group
+    as power_iteration_, and no u or v shared between groups (they run in parallel). The
+    wrapper's check and the fake's body; returns (n_iter, eps)."""
+    for name, items in (("weights_by_group", Ws), ("us", us), ("vs", vs)):
+        torch._check_type(isinstance(items, (list, tuple)), explain(
+            name, " must be a list of tensors (got ", type(items).__name__, ")"))
     torch._check_value(len(Ws) == len(us) == len(vs), explain(
         "need one u and one v per weight group, got ", len(Ws), " groups, ", len(us),
         " u's and ", len(vs), " v's"))
     for k, (W, u, v) in enumerate(zip(Ws, us, vs)):
         _check_group(W, u, v, where=f"group {k}: ")
+    if not torch.compiler.is_compiling():
+        vectors = [(k, "us", u) for k, u in enumerate(us)] + [
+            (k, "vs", v) for k, v in enumerate(vs)]
+        for i, (k, name, t) in enumerate(vectors):
+            for k_other, other, o in vectors[:i]:
+                # u and v of one group are checked above, with their own message. (A plain if:
+                # O(K^2) pairs, no message formatted unless one fails.)
+                if k != k_other and torch._C._overlaps(t, o):
+                    raise ValueError(f"{name}[{k}] shares memory with {other}[{k_other}]; "
+                                     f"every group needs its own u and v")
+    return _check_scalars(n_iter, eps)
 
 
 def _fake_power_iteration(W, u, v, n_iter, eps):
-    _check_group(W, u, v)
+    _check_power_iteration(W, u, v, n_iter, eps)
     return W.new_empty(W.shape[0])
 
 
 def _fake_spectral_norms(Ws, us, vs, n_iter, eps):
-    _check_groups(Ws, us, vs)
+    _check_spectral_norms(Ws, us, vs, n_iter, eps)
     torch._check_value(len(Ws) > 0, explain("spectral_norms_: needs at least one group"))
     return Ws[0].new_empty(sum(W.shape[0] for W in Ws))
 
@@ -105,11 +145,6 @@ _library.define("power_iteration_(Tensor W, Tensor(a!) u, Tensor(b!) v, int n_it
 _library.define("spectral_norms_(Tensor[] Ws, Tensor(a!)[] us, Tensor(b!)[] vs, int n_iter, "
                 "float eps) -> Tensor", fake=_fake_spectral_norms,
                 triton=lambda: _triton().spectral_norms_)
-
-
-def _check_n_iter(n_iter: int) -> None:
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-        raise ValueError(f"n_iter must be a non-negative int, got {n_iter!r}")
 
 
 def _power_iteration_eager(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float) -> Tensor:
@@ -185,20 +220,20 @@ def power_iteration_(W: Tensor, u: Tensor, v: Tensor, n_iter: int, eps: float = 
         W: [G, R, C] matrices (may require grad; any strides).
         u: [G, R] left vectors, updated in place (no grad).
         v: [G, C] right vectors, updated in place (no grad).
-        n_iter: iterations (0 just evaluates sigma with the current u, v).
-        eps: lower bound on the norm in ``normalize``.
+        n_iter: iterations, an int >= 0 (0 just evaluates sigma with the current u, v).
+        eps: lower bound on the norm in ``normalize``, finite and > 0.
         backend: "auto", "native", "triton" or "eager" (see ``vaebm_fast.ops._dispatch``).
 
     Returns:
         sigma: [G], sigma[g] = u[g]^T W[g] v[g], differentiable w.r.t. W only.
 
     Raises:
-        ValueError: bad shapes, dtypes, n_iter or backend name, or a named kernel backend with
-        a dtype other than float32 / float64. BackendUnavailableError: the named backend cannot
-        run on W's device.
+        TypeError: a non-tensor W, u or v, or a non-integer n_iter / non-real eps.
+        ValueError: bad shapes, dtypes, a negative n_iter, eps not finite and > 0, an unknown
+        backend name, or a named kernel backend with a dtype other than float32 / float64.
+        BackendUnavailableError: the named backend cannot run on W's device.
     """
-    _check_group(W, u, v)
-    _check_n_iter(n_iter)
+    n_iter, eps = _check_power_iteration(W, u, v, n_iter, eps)
     return _run("power_iteration_", [W], [u], [v], n_iter, eps, backend)[0]
 
 
@@ -217,7 +252,6 @@ def spectral_norms(weights_by_group: Sequence[Tensor], us: Sequence[Tensor],
     Returns:
         K tensors, the k-th sigma_k [G_k].
     """
-    _check_groups(weights_by_group, us, vs)
-    _check_n_iter(n_iter)
+    n_iter, eps = _check_spectral_norms(weights_by_group, us, vs, n_iter, eps)
     return _run("spectral_norms", list(weights_by_group), list(us), list(vs), n_iter, eps,
                 backend)

@@ -37,7 +37,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES
+from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, elements_share_memory
 from ..validation import explain
 from . import _dispatch, _library
 from .rng import check_stream_range, philox_normal_reference
@@ -96,6 +96,10 @@ def _check_scatter_tensors(buffer, index, values) -> None:
         "; convert with .to(buffer.dtype)"))
     torch._check_value(values.device == buffer.device, explain(
         "replay_scatter_: values are on ", values.device, " but buffer is on ", buffer.device))
+    # A buffer whose rows share memory (an expand) would take several writes per element.
+    torch._check_value(not elements_share_memory(buffer), explain(
+        "replay_scatter_: buffer has elements sharing memory (e.g. from expand); pass a "
+        "buffer with distinct elements (.clone())"))
     # Rows are written in parallel: values read from rows being written would make the result
     # depend on the order of the writes. (Not while dynamo traces the wrapper, which cannot
     # trace the check; the fake kernel runs it on the traced tensors.)

@@ -159,6 +159,19 @@ def philox_normal_reference(n: int, *, seed: int, offset: int,
 # --------------------------------------------------------------------------------------------
 # The ops: validation (the fake kernels' bodies) and schemas.
 
+def _offsets_from_ints(values) -> Tensor:
+    """A list (or array) of ints as an int64 tensor; floats and bools are refused rather than
+    truncated (``torch.as_tensor([1.5], dtype=torch.int64)`` would give 1)."""
+    try:
+        offsets = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(f"offsets must be an int64 tensor or a list of ints in "
+                         f"[-2**63, 2**63) (got {type(values).__name__}: {error})") from None
+    if offsets.numel() == 0:  # [] has no element to type it: torch's default float dtype
+        offsets = offsets.long()
+    return offsets
+
+
 def _check_offsets(offsets) -> None:
     """philox4x32(seed, offsets int64 [*]) -> words int64 [*, 4]."""
     torch._check_value(offsets.dtype == torch.int64, explain(
@@ -207,7 +220,7 @@ def philox4x32(seed: int, offsets: Tensor, *, backend: str = "auto") -> Tensor:
         int64 [*, 4]: the four 32-bit words of each call, values in [0, 2**32).
     """
     if not isinstance(offsets, Tensor):
-        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+        offsets = _offsets_from_ints(offsets)
     seed = check_int(seed, "seed")
     _check_offsets(offsets)
     chosen = _dispatch.resolve_backend("philox4x32", backend, offsets.device)
@@ -234,6 +247,9 @@ def philox_normal(n: int, *, seed: int, offset: int,
     """
     n = check_int(n, "n")
     seed, offset = check_stream_range(seed, offset, n)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32 (got "
+                        f"{type(dtype).__name__} {dtype!r})")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype (got {dtype})")
     device = torch.device(device) if device is not None else _default_device()

@@ -17,7 +17,7 @@ backward).
 differentiable PyTorch, any device and dtype). ``backend="auto"`` runs the kernel for tensors of
 at least ``_CPU_NATIVE_MIN_NUMEL`` elements on the CPU (below, the Python autograd formula's
 fixed cost loses; measured: ``benchmarks/results/auto_choices_cpu.md``) and the reference for
-dtypes the kernels do not take.
+floating dtypes the kernels do not take; integer, bool and complex tensors are refused.
 """
 from __future__ import annotations
 
@@ -55,13 +55,21 @@ def swish_backward_reference(grad: Tensor, x: Tensor, scale: float = 1.0) -> Ten
 # The public wrapper's check and the body of the fake kernel (which adds the output's like).
 
 def _check_forward(x, scale) -> None:
-    """swish_forward(x [*], scale) -> y [*] in x's layout."""
+    """swish_forward(x [*] floating, scale) -> y [*] in x's layout."""
     torch._check_type(isinstance(x, Tensor),
                       explain("swish: x must be a torch.Tensor (got ", type(x).__name__, ")"))
+    # An activation of an integer, bool or complex tensor is a bug upstream, not a request.
+    torch._check_value(x.is_floating_point(), explain(
+        "swish: x must be a floating tensor (got ", x.dtype, "); convert it with .float()"))
 
 
 def _check_backward(grad, x, scale) -> None:
     """swish_backward(grad [*], x [same], scale) -> dx [*] in x's layout."""
+    for name, t in (("grad", grad), ("x", x)):
+        torch._check_type(isinstance(t, Tensor), explain(
+            "swish_backward: ", name, " must be a torch.Tensor (got ", type(t).__name__, ")"))
+    torch._check_value(x.is_floating_point(), explain(
+        "swish_backward: x must be a floating tensor (got ", x.dtype, ")"))
     torch._check_value(grad.dtype == x.dtype, explain("swish_backward: grad has dtype ",
                                                       grad.dtype, " but x has ", x.dtype))
     torch._check_value(grad.shape == x.shape, explain("swish_backward: grad has shape ",
@@ -150,9 +158,9 @@ def swish(x: Tensor, backend: str = "auto") -> Tensor:
     backends.
 
     Raises:
-        TypeError: ``x`` is not a tensor. ValueError: unknown backend, or a named kernel
-        backend with a dtype the kernels do not take. BackendUnavailableError: the named backend
-        cannot run here.
+        TypeError: ``x`` is not a tensor. ValueError: ``x`` is not floating, an unknown
+        backend, or a named kernel backend with a dtype the kernels do not take.
+        BackendUnavailableError: the named backend cannot run here.
     """
     return _apply("swish", x, 1.0, backend)
 

@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._kernel_rules import KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype
+from .._kernel_rules import (KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype,
+                             elements_share_memory)
 
 __all__ = ["BLOCK", "aligned_grid", "split64", "f64_args", "tl_dtype", "compute_dtype",
            "check_device", "check_dtype", "check_same_shape", "no_internal_overlap",
@@ -63,8 +64,7 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
 def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
     """Refuse a tensor written in place whose elements share memory (e.g. an ``expand``):
     which write lands would be unspecified."""
-    # The certain case of ATen's has_internal_overlap: a stride-0 dimension of size > 1.
-    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+    if elements_share_memory(t):
         raise RuntimeError(f"{op}: {name} has elements sharing memory (e.g. from expand); "
                            f"pass a tensor with distinct elements (.clone())")
 
