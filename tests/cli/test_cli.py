@@ -11,6 +11,7 @@ import torch
 
 import vaebm_fast
 from vaebm_fast import cli
+from vaebm_fast.cli import options as cli_options
 from vaebm_fast.checkpoint import load_checkpoint
 from vaebm_fast.cli import main
 from vaebm_fast.training.ebm import EBMTrainConfig
@@ -319,7 +320,8 @@ def test_sample_help_offers_only_what_sample_uses(capsys):
 def test_config_values_of_the_right_type_are_accepted():
     """The checks reject bad values, not good ones: an int for a float, null where the
     library has a default, the largest seed."""
-    section = cli._Section({"lr": 1, "noise_scale": None, "seed": 2**63 - 1, "igebm_clip": False})
-    cfg = cli._apply(EBMTrainConfig(), section)
+    section = cli_options._Section({"lr": 1, "noise_scale": None, "seed": 2**63 - 1,
+                                    "igebm_clip": False})
+    cfg = cli_options._apply(EBMTrainConfig(), section)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert cfg.noise_scale is None and cfg.seed == 2**63 - 1 and cfg.igebm_clip is False

@@ -1,0 +1,181 @@
+"""The ``vaebm-fast`` command (also ``python -m vaebm_fast``): a thin shell over the library.
+
+``build_parser`` declares the commands and flags, ``main`` runs one and returns its exit code.
+The pieces: ``options.py`` (training options, --config files, numeric flags), ``commands.py``
+(one function per command), ``errors.py`` (exit codes and one-line messages).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+
+import torch
+
+from ..presets import PRESETS
+from ..training.ebm import EBMTrainConfig
+from ..training.vae import VAETrainConfig
+from .commands import (cmd_bench, cmd_build, cmd_demo, cmd_info, cmd_sample, cmd_train_ebm,
+                       cmd_train_vae, log)
+from .errors import EXIT_BAD_INPUT, TRACEBACK_ENV, _exit_code_and_message
+from .options import SEED, TRAIN_OPTIONS, _add_config_flags, _int, _num, _with_default
+
+__all__ = ["main", "build_parser", "TRAIN_OPTIONS"]
+
+
+EXAMPLES = """\
+examples:
+  vaebm-fast demo --out runs/demo                      # 25-Gaussians: VAE vs VAEBM, a few minutes
+  vaebm-fast train-vae --dataset digits --out runs/d   # stage 1 -> runs/d/vae.pt
+  vaebm-fast train-ebm --out runs/d --steps 500        # stage 2 -> runs/d/ebm.pt
+  vaebm-fast sample --out runs/d --n 64                # VAE | VAEBM samples -> runs/d/samples/
+  vaebm-fast train-ebm --help                          # every training option and its default
+  vaebm-fast info                                      # versions and the backend of every op
+  vaebm-fast build                                     # compile the native kernels now
+
+Rerunning a command with the same --out resumes from its checkpoint. Bad input exits with
+code 2 and one 'error:' line; set VAEBM_FAST_TRACEBACK=1 to see a traceback instead.
+"""
+
+
+def _version() -> str:
+    """'vaebm-fast X (torch Y)'. The package's __version__ is read from the already imported
+    package (importing a submodule imports its package first), not by an import statement:
+    the root package imports the samplers, so importing it from here would point upward."""
+    package = sys.modules[__package__.partition(".")[0]]
+    return f"vaebm-fast {package.__version__} (torch {torch.__version__})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line that points at --help."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="vaebm-fast", formatter_class=raw, allow_abbrev=False, epilog=EXAMPLES,
+                     description=textwrap.fill(
+                         "Train a VAE, then an energy-based model on top of it (VAEBM), and "
+                         "draw samples with fused Langevin kernels.", 79))
+    parser.add_argument("-V", "--version", action="version",
+                        version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help, examples=()):
+        epilog = ("examples:\n" + "\n".join(f"  {e}" for e in examples)) if examples else None
+        p = sub.add_parser(name, help=help, description=textwrap.fill(help, 79), epilog=epilog,
+                           formatter_class=raw, allow_abbrev=False)
+        p.set_defaults(func=func)
+        return p
+
+    def common(p, resume=True):
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="run directory: checkpoints (vae.pt, ebm.pt) and samples/")
+        p.add_argument("--seed", type=SEED.parse, default=0, metavar="INT",
+                       help=_with_default(SEED.help))
+        if resume:
+            p.add_argument("--no-resume", dest="resume", action="store_false",
+                           help="start over instead of resuming from the checkpoint in --out")
+
+    p = command("demo", cmd_demo, "train VAE + EBM on 25-Gaussians and compare VAE with VAEBM",
+                ["vaebm-fast demo --out runs/demo", "vaebm-fast demo --out /tmp/d --quick"])
+    common(p)
+    p.add_argument("--n-samples", type=_int("", 1).parse, default=5000, metavar="INT",
+                   help=_with_default("samples drawn from each model for the comparison"))
+    p.add_argument("--quick", action="store_true", help="shorter training (for smoke tests)")
+
+    p = command("train-vae", cmd_train_vae, "stage 1: train the VAE by its ELBO -> DIR/vae.pt",
+                ["vaebm-fast train-vae --dataset digits --out runs/d",
+                 "vaebm-fast train-vae --dataset 25gaussians --out runs/g --steps 2000 --lr 5e-4",
+                 "vaebm-fast train-vae --dataset digits --out runs/d --config my.json"])
+    common(p)
+    p.add_argument("--dataset", required=True, choices=sorted(PRESETS),
+                   help="the data set, and with it the preset of models and training options")
+    p.add_argument("--config", metavar="JSON", help="JSON file with 'vae' (model keyword "
+                   "arguments) and 'train' (training options) sections, over the preset")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
+    _add_config_flags(p, VAETrainConfig)
+
+    p = command("train-ebm", cmd_train_ebm, "stage 2: train the EBM with the VAE frozen -> "
+                "DIR/ebm.pt (the data set and its preset come from the VAE checkpoint)",
+                ["vaebm-fast train-ebm --out runs/d",
+                 "vaebm-fast train-ebm --out runs/d --langevin-steps 10 --step-size 5e-4",
+                 "vaebm-fast train-ebm --out runs/d --replay-capacity 1000 --no-resume"])
+    common(p)
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
+    p.add_argument("--config", metavar="JSON", help="JSON file with 'energy' (model keyword "
+                   "arguments) and 'train' (training options) sections, over the preset")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint of another data set or architecture")
+    _add_config_flags(p, EBMTrainConfig)
+
+    p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "
+                "DIR/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy)",
+                ["vaebm-fast sample --out runs/d --n 64",
+                 "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1"])
+    common(p, resume=False)
+    p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
+    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: DIR/ebm.pt)")
+    p.add_argument("--n", type=_int("", 1).parse, default=64, metavar="INT",
+                   help=_with_default("samples to draw from each model"))
+    p.add_argument("--steps", type=_int("", 0).parse, metavar="INT",
+                   help="Langevin steps (default: the preset's sampling steps, stored in the "
+                        "EBM checkpoint)")
+    p.add_argument("--step-size", type=_num("", low_open=True).parse, metavar="FLOAT",
+                   help="Langevin step size (default: the preset's sampling step size, stored "
+                        "in the EBM checkpoint)")
+
+    p = command("bench", cmd_bench, "benchmarks: our ops ('ops') or Langevin steps and whole "
+                "chains ('chains') against plain PyTorch, the official-style loop and "
+                "torch.compile; prints a markdown table, or with --out DIR appends to "
+                "DIR/results.jsonl and redraws DIR's tables and charts ('plot DIR' redraws only)",
+                ["vaebm-fast bench ops --list", "vaebm-fast bench chains --only toy --quick",
+                 "vaebm-fast bench ops --out bench_results", "vaebm-fast bench plot bench_results",
+                 "vaebm-fast bench ops --help"])
+    p.add_argument("suite", choices=["ops", "chains", "plot"])
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="options of the suite: --list, --quick, --device cuda, --only REGEX, "
+                        "--out DIR, --repeats N; chains also --set KEY=VALUE, --variants REGEX, "
+                        "--compile-timeout S (see `vaebm-fast bench SUITE --help`); plot: DIR")
+
+    command("build", cmd_build, "compile the native kernels for the installed torch now "
+            "(otherwise the first native op does, once)")
+
+    p = command("info", cmd_info, "versions, compilers and the available backend of every op")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    # The CLI is the application: it owns the package logger while a command runs.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the try, not at exit
+        return 0
+    except BaseException as e:
+        if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        code, message = _exit_code_and_message(e)
+        if message:
+            print(message, file=sys.stderr)
+        return code
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
