@@ -121,6 +121,7 @@ def test_rerunning_train_vae_resumes(tmp_path, capsys):
     run(*common, "--steps", 6)  # already done: loads, trains nothing, writes nothing
     printed = capsys.readouterr()  # the training log goes to stderr
     assert f"resumed from {out / 'vae.pt'} at step 6" in printed.err
+    assert printed.err.count("resumed from") == 1  # each log line printed once
     assert "already at step 6 >= --steps 6; nothing to train" in printed.err
     assert "wrote" not in printed.out
     again = load_checkpoint(out / "vae.pt")
