@@ -8,14 +8,14 @@ that names the file and says why, and the marker must not exist afterwards.
 """
 import pickle
 
-import contextlib
-import io
 
 import pytest
 import torch
 
 from vaebm_fast.checkpoint import CheckpointError, load_checkpoint
 from vaebm_fast.cli import main
+
+from .helpers import cli_error
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               # torch notes that a bare pickle's protocol is not its own; beside the point here
@@ -52,18 +52,6 @@ def plant(path, marker, form="zip"):
 def refused(path, message):
     return (f"checkpoint {path} was refused" in message and "run code" in message
             and "\n" not in message)
-
-
-def cli_error(*argv):
-    """Run the command line; it must fail with one ``error: ...`` line, the last on stderr
-    (training logs may come before it); return that line."""
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in argv])
-    lines = stderr.getvalue().splitlines()
-    assert code != 0 and lines and lines[-1].startswith("error: "), (code, stderr.getvalue())
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
-    return lines[-1]
 
 
 @pytest.mark.parametrize("form", FORMS)

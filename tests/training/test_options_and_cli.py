@@ -1,6 +1,5 @@
 """Training options are validated with messages naming the option; the train commands turn
 bad options, foreign run folders, foreign checkpoints and divergence into one-line errors."""
-import contextlib
 import io
 import json
 import math
@@ -11,6 +10,8 @@ import torch
 from vaebm_fast.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from vaebm_fast.cli import main
 from vaebm_fast.training import EBMTrainConfig, VAETrainConfig
+
+from .helpers import cli_error as fails
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,18 +66,6 @@ def test_options_assigned_later_are_checked_when_training_starts():
     with pytest.raises(ValueError, match=r"checkpoint_every \(--checkpoint-every\)"):
         train_vae(MLPVAE(data_dim=2, latent_dim=2, hidden=8, depth=1),
                   batches(TwentyFiveGaussians(), 8), cfg)
-
-
-def fails(*argv):
-    """Run the command line; it must fail with one ``error: ...`` line, the last on stderr
-    (training logs may come before it); return that line."""
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in argv])
-    lines = stderr.getvalue().splitlines()
-    assert code != 0 and lines and lines[-1].startswith("error: "), (code, stderr.getvalue())
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:]
-    return lines[-1]
 
 
 def run(*argv):
