@@ -135,10 +135,10 @@ def test_make_dataset_builds_each_kind():
 
 def test_make_dataset_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as info:
-        make_dataset("mnist")
+        make_dataset("imagenet")
     message = str(info.value)
-    assert "'mnist'" in message
-    for name in ("25gaussians", "swissroll", "digits"):
+    assert "'imagenet'" in message
+    for name in ("25gaussians", "swissroll", "digits", "cifar10", "stackedmnist", "lmdb"):
         assert name in message
 
 

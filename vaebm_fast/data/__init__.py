@@ -1,11 +1,22 @@
-"""Datasets: 2-D toy densities, scikit-learn's 8 x 8 digits, and an infinite batch iterator.
+"""Datasets: 2-D toy densities, scikit-learn's 8 x 8 digits, image data sets read from local
+files (CIFAR-10, MNIST, Fashion-MNIST, StackedMNIST, image folders, LMDB image sets) and an
+infinite batch iterator.
+
+Every image loader returns float32 ``[N, C, H, W]`` in ``[0, 1]``; the models map images to
+``2x - 1`` inside, as the official VAEBM code does, so no loader rescales. Nothing is downloaded:
+a missing file raises ``DataFileNotFoundError`` saying which file to put where and where to get
+it. Each loaded tensor feeds ``batches`` directly.
 
 ``make_dataset(name, **kw)`` builds a dataset by name:
 
 - ``"25gaussians"``: a ``TwentyFiveGaussians`` sampler (keywords ``spacing``, ``std``);
 - ``"swissroll"``: a ``SwissRoll`` sampler (keyword ``noise``);
 - ``"digits"``: images ``[N, 1, 8, 8]`` in ``[0, 1]`` (keywords of ``load_digits_images``:
-  ``split``, ``seed``, ``test_fraction``).
+  ``split``, ``seed``, ``test_fraction``);
+- ``"cifar10"``, ``"mnist"``, ``"fashionmnist"``, ``"stackedmnist"``: the loaders of the same
+  names (keyword ``root``, the folder of the files, and ``split``; StackedMNIST also ``seed``);
+- ``"imagefolder"``: ``load_image_folder`` (keywords ``root``, ``size``);
+- ``"lmdb"``: ``load_lmdb_images`` (keywords ``root``, ``split``, ``size``, ``encoded``).
 
 ``batches(dataset, batch_size, generator)`` turns either kind into an endless stream of
 batches for a trainer, whose position can be checkpointed (``state_dict``).
@@ -18,7 +29,13 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..validation import check_positive
+from ._images import DataFileNotFoundError
+from .cifar import UnsafePickleError, load_cifar10
 from .digits import NUM_DIGITS_IMAGES, load_digits_images, split_indices
+from .image_folder import load_image_folder
+from .lmdb_images import load_lmdb_images
+from .mnist import load_fashion_mnist, load_mnist, read_idx
+from .stacked_mnist import NUM_STACKED_MNIST_MODES, load_stacked_mnist
 from .toy import SwissRoll, TwentyFiveGaussians
 
 __all__ = [
@@ -27,6 +44,16 @@ __all__ = [
     "load_digits_images",
     "split_indices",
     "NUM_DIGITS_IMAGES",
+    "load_cifar10",
+    "load_mnist",
+    "load_fashion_mnist",
+    "read_idx",
+    "load_stacked_mnist",
+    "NUM_STACKED_MNIST_MODES",
+    "load_image_folder",
+    "load_lmdb_images",
+    "DataFileNotFoundError",
+    "UnsafePickleError",
     "DATASETS",
     "make_dataset",
     "batches",
@@ -41,6 +68,12 @@ DATASETS: Dict[str, Callable[..., Any]] = {
     "25gaussians": TwentyFiveGaussians,
     "swissroll": SwissRoll,
     "digits": load_digits_images,
+    "cifar10": load_cifar10,
+    "mnist": load_mnist,
+    "fashionmnist": load_fashion_mnist,
+    "stackedmnist": load_stacked_mnist,
+    "imagefolder": load_image_folder,
+    "lmdb": load_lmdb_images,
 }
 
 
