@@ -81,6 +81,19 @@ def test_cifar10_reads_python3_pickles_of_any_protocol(tmp_path):
     assert load_cifar10(tmp_path, "test").shape == (2, 3, 32, 32)
 
 
+def test_cifar10_reads_arrays_pickled_by_numpy_1(tmp_path):
+    """The official files name NumPy 1's module numpy.core.multiarray (NumPy 2: numpy._core)."""
+    folder = write_cifar(tmp_path)
+    batch = {b"data": cifar_levels(3, offset=40), b"labels": [7, 8, 9]}
+    raw = pickle.dumps(batch, protocol=2)
+    assert b"numpy._core.multiarray\n" in raw  # the GLOBAL opcode spells module and name
+    (folder / "test_batch").write_bytes(
+        raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    images, labels = load_cifar10(tmp_path, "test", return_labels=True)
+    assert labels.tolist() == [7, 8, 9]
+    assert float(images[2, 1, 0, 0]) == pytest.approx(142 / 255)
+
+
 class RunsCode:
     def __init__(self, marker):
         self.marker = marker
@@ -287,7 +300,7 @@ def png_bytes(array):
 
 
 def write_lmdb(path, values):
-    lmdb = pytest.importorskip("lmdb")
+    lmdb = pytest.importorskip("lmdb")  # in the [test] extra; the tests skip without it
     env = lmdb.open(str(path), map_size=1 << 24)
     with env.begin(write=True) as txn:
         for key, value in values.items():
@@ -322,7 +335,8 @@ def test_lmdb_reads_raw_square_pixels(tmp_path):
         load_lmdb_images(tmp_path, "validation")  # raw pixels are not an image file
 
 
-def test_lmdb_errors(tmp_path, monkeypatch):
+def test_lmdb_errors(tmp_path):
+    pytest.importorskip("lmdb")
     with pytest.raises(DataFileNotFoundError, match=r"train\.lmdb.*data\.mdb not found"):
         load_lmdb_images(tmp_path)
     write_lmdb(tmp_path / "train.lmdb", {b"0": png_bytes(colour_square(1, 4)),
