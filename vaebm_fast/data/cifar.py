@@ -12,6 +12,7 @@ batch could run any code. ``_BatchUnpickler`` therefore resolves only the names 
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -42,6 +43,7 @@ def _plain_dtype(*args: Any) -> np.dtype:
     return dtype
 
 
+@functools.lru_cache(maxsize=1)
 def _allowed_callables() -> Dict[Tuple[str, str], Any]:
     """(module, name) -> object, for the names a pickled uint8 array refers to: NumPy 1 and 2
     spell the module differently, protocol-5 pickles use ``_frombuffer``, and Python 3 writes
