@@ -294,6 +294,22 @@ class DecodeOutput(NamedTuple):
     x_sigma: Tensor
 
 
+class DecodeLogSigmas(NamedTuple):
+    """What :meth:`HierarchicalVAE.decode_eps_log_sigmas` returns.
+
+    x: [B, *data_shape] in [0, 1], equal to ``decode_eps(eps_z, eps_x)``;
+    log_sigma_z: per latent group (decoder order), [B]: the sum over the group's elements of
+    log sigma_g, the std of p(z_g | z_<g) at the reparameterised z (top: log top_prior_std);
+    x_mu, x_log_sigma: [B, *data_shape], the decoder's soft-clamped mean (in [-1, 1] scale) and
+    log std *before* the exp and the + 0.01 (sigma_x = exp(x_log_sigma) + 0.01).
+    """
+
+    x: Tensor
+    log_sigma_z: list
+    x_mu: Tensor
+    x_log_sigma: Tensor
+
+
 # (g, s, prior_raw) -> z_g, where s [B, C, h, w] is the decoder state before group g and
 # prior_raw is (mu_raw, log_sigma_raw) of p(z_g | z_<g) for g >= 1, None for the top group.
 _LatentChooser = Callable[[int, Tensor, Optional[tuple]], Tensor]
@@ -441,11 +457,12 @@ class HierarchicalVAE(nn.Module):
     def _top_prior_sigma(self, like: Tensor) -> Tensor:
         return torch.full((), self.config.top_prior_std, dtype=like.dtype, device=like.device)
 
-    def _decode_tower(self, batch_size: int, choose_latent: _LatentChooser
-                      ) -> tuple[Tensor, Tensor]:
+    def _decode_tower(self, batch_size: int, choose_latent: _LatentChooser, *,
+                      raw: bool = False) -> tuple[Tensor, Tensor]:
         """Runs prior_ftr0 -> dec_tower -> post_process -> image_conditional, asking
         ``choose_latent`` for each group's z. Returns the decoder Normal (x_mu, x_sigma),
-        each [B, *data_shape], in the [-1, 1] data scale."""
+        each [B, *data_shape], in the [-1, 1] data scale; ``raw=True``: the head's raw
+        (mu_raw, log_sigma_raw) instead, before the soft clamps."""
         s = self.prior_ftr0.unsqueeze(0).expand(batch_size, -1, -1, -1)
         g = 0
         for cell in self.dec_tower:
@@ -458,7 +475,7 @@ class HierarchicalVAE(nn.Module):
         for cell in self.post_process:
             s = cell(s)
         mu_raw, log_sigma_raw = self.image_conditional(s).chunk(2, dim=1)
-        return normal_params(mu_raw, log_sigma_raw)
+        return (mu_raw, log_sigma_raw) if raw else normal_params(mu_raw, log_sigma_raw)
 
     # -- generator contract ------------------------------------------------------------------
     def decode_eps(self, eps_z: Sequence[Tensor], eps_x: Optional[Tensor] = None) -> Tensor:
@@ -503,6 +520,32 @@ class HierarchicalVAE(nn.Module):
         x = torch.clamp(x_pm, -1.0, 1.0) / 2 + 0.5
         log_p_z = torch.stack(log_p_terms).sum(0) if with_log_p else None
         return DecodeOutput(x, z_list, log_p_z, x_mu, x_sigma)
+
+    def decode_eps_log_sigmas(self, eps_z: Sequence[Tensor], eps_x: Tensor
+                              ) -> DecodeLogSigmas:
+        """One decode of (eps_z, eps_x) with what the official VAEBM eps-space potential
+        needs beyond x (``potential="official"`` of the samplers); see
+        :class:`DecodeLogSigmas`. eps_z[g]: [B, *latent_shapes[g]]; eps_x: [B, *data_shape].
+        Differentiable in every eps."""
+        batch_size = self._check_eps(eps_z, eps_x)
+        check_tensor(eps_x, "eps_x", shape=(batch_size, *self.data_shape))
+        log_sigma_z: list[Tensor] = []
+
+        def reparameterise(g: int, s: Tensor, prior_raw) -> Tensor:
+            eps = eps_z[g]
+            if prior_raw is None:
+                sigma = self._top_prior_sigma(eps)
+                z = sigma * eps
+            else:
+                mu, sigma = normal_params(*prior_raw)
+                z = mu + sigma * eps
+            log_sigma_z.append(_sum_per_sample(torch.log(sigma).expand_as(eps)))
+            return z
+
+        mu_raw, log_sigma_raw = self._decode_tower(batch_size, reparameterise, raw=True)
+        x_mu, x_log_sigma = soft_clamp5(mu_raw), soft_clamp5(log_sigma_raw)
+        x = torch.clamp(x_mu + (torch.exp(x_log_sigma) + 1e-2) * eps_x, -1.0, 1.0) / 2 + 0.5
+        return DecodeLogSigmas(x, log_sigma_z, x_mu, x_log_sigma)
 
     def prior_params(self, z: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """The conditional priors p(z_g | z_<g), teacher-forced at the given latents.

@@ -198,14 +198,14 @@ class FastSampler(LangevinSampler):
                      if self.space != "data" else None)
         return energy, generator
 
-    def decode(self, states, mean: bool = False, generator=None):
-        """As :meth:`LangevinSampler.decode`; during a chain on channels-last snapshots the
-        4-D states enter the networks channels-last (their gradients come back in that layout
-        and the update reads them through a row-major copy)."""
+    def _network_layout(self, states):
+        """During a chain on channels-last snapshots the 4-D states enter the networks
+        channels-last (their gradients come back in that layout and the update reads them
+        through a row-major copy)."""
         if self._state_format == torch.channels_last:
-            states = [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s
-                      for s in states]
-        return super().decode(states, mean=mean, generator=generator)
+            return [s.contiguous(memory_format=torch.channels_last) if s.dim() == 4 else s
+                    for s in states]
+        return states
 
     def invalidate(self) -> None:
         """Drop the cached snapshots and graphs (after changing weights through ``.data``)."""
@@ -263,7 +263,8 @@ class FastSampler(LangevinSampler):
     def _graph_key(self, states, energy, generator) -> tuple:
         return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device,
                 self.space, self.n_steps, self.step_size, self.noise_scale, self.grad_clip,
-                self.clamp, self.prior_weight, self.output, id(energy), id(generator))
+                self.clamp, self.prior_weight, self.output, self.potential_kind, id(energy),
+                id(generator))
 
     def _run_graph(self, energy, generator, states, seed, offset):
         """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly."""

@@ -10,6 +10,7 @@ Body (K steps, then the final potential and the reported samples)::
 
     for k in range(K):
         x = decode(states); E = energy(x); energies[k] = E
+        [potential="official": c = correction(states); half_sq[k] += c; E = E + c]
         grads = d E.sum() / d states
         update states in place, noise at (rng[0], rng[1] + k * n), half_sq[k + 1]
     x = decode(states) [decoder mean for eps/"mean"]; energies[K] = energy(decode(states))
@@ -120,9 +121,12 @@ class GraphedChain:
         with torch.enable_grad():
             energies = []
             for k in range(n_steps):
-                x = s.decode(states, generator=self.generator)
+                x, correction = s.decode_for_energy(states, self.generator)
                 E = self.energy(x)
                 energies.append(E.detach())
+                if correction is not None:  # potential="official": rows hold U - E
+                    self.half_sq[k].add_(correction.detach())
+                    E = E + correction
                 grads = torch.autograd.grad(E.sum(), states)
                 with torch.no_grad():
                     for buf, g in zip(self.grads, grads):
@@ -133,11 +137,13 @@ class GraphedChain:
                         noise_scale=s.noise_scale, grad_clip=s.grad_clip, clamp=s.clamp,
                         half_sq_norm=self.half_sq[k + 1] if self.use_prior else None,
                         backend=self.update_backend)
-                del x, E, grads
+                del x, E, grads, correction
         with torch.no_grad():
-            x = s.decode(states, generator=self.generator)
+            x, correction = s.decode_for_energy(states, self.generator)
             E = self.energy(x)
             energies.append(E)
+            if correction is not None:
+                self.half_sq[n_steps].add_(correction)
             if s.space == "eps" and s.output == "mean":
                 x = s.decode(states, mean=True, generator=self.generator)
             if self.energies is None:  # in the warm-up: outside the graph's memory pool

@@ -8,6 +8,10 @@ space      chain state                           potential U
 "data"     x                                     E(x)  (pixel-space EBM / IGEBM)
 =========  ====================================  ==========================================
 
+In eps space ``potential="official"`` runs the official VAEBM code's potential instead,
+E(x) - log p(z) - log p(x|z) at the reparameterised point, less constants
+(:mod:`vaebm_fast.sampling.potentials`, docs/design.md#eps-space-potential).
+
 Every step is  t <- clamp(t - (eta/2) (clip(grad E) + lambda t) + sigma xi)  with eta =
 ``step_size``, sigma = ``noise_scale`` (default sqrt(eta)), lambda = 1 in eps/latent space (the
 gradient of the standard-normal prior term, applied inside the fused update rather than by
@@ -35,6 +39,7 @@ from torch import nn
 from ..nn import frozen_normalized_weights
 from ..ops import philox_normal
 from ..ops.langevin import LangevinStepper
+from .potentials import check_potential, official_correction
 from .checks import (ArgumentTypeError, as_int, as_real, check_energy_output,
                      check_state_gradients, mode_dependent_layers)
 from .replay import ReplayBuffer
@@ -153,6 +158,17 @@ class LangevinSampler:
         output: "mean" (decoder mean at the final eps_z; default, as the official code) or
             "sample" (T(eps_z, eps_x) with the chain's eps_x) -- eps space only.
         backend: backend of the fused update ("auto", "native", "eager").
+        potential: "paper" (the default): U = E(x) + 1/2 ||eps||^2, the VAEBM paper's
+            potential. "official" (eps space, a generator with ``decode_eps_log_sigmas``
+            such as HierarchicalVAE, no grad_clip): the official VAEBM code's potential
+            U = E(x) + 1/2 ||eps_z||^2 + sum_g sum log sigma_g + sum_pixels [1/2 u^2 +
+            log sigma_1], with sigma_g the std of p(z_g | z_<g) at the chain's z,
+            u = (clamp(mu_x + sigma_x eps_x, -1, 1) - mu_x) / sigma_1 and sigma_1 =
+            exp(max(l_x, -2)) + 0.01 a second decoder std (l_x the decoder's soft-clamped log
+            std before the exp; the sample uses sigma_x = exp(l_x) + 0.01), so eps_x has zero
+            gradient where x clamps. Reported potentials are this U without the Gaussian
+            normalisers (1/2 log 2 pi per latent element and pixel).
+            See :mod:`vaebm_fast.sampling.potentials`.
 
     Numbers may be Python numbers, NumPy scalars or 0-d tensors (not bools). The sampler never
     modifies the energy or the generator: gradients are taken with respect to the chain state
@@ -167,7 +183,8 @@ class LangevinSampler:
                  *, space: str, step_size: float, n_steps: int, noise_scale: float | None = None,
                  grad_clip: float | None = None, clamp: tuple[float, float] | None = None,
                  data_shape: Sequence[int] | None = None, replay_buffer: ReplayBuffer | None = None,
-                 reuse_prob: float = 0.0, output: str = "mean", backend: str = "auto"):
+                 reuse_prob: float = 0.0, output: str = "mean", backend: str = "auto",
+                 potential: str = "paper"):
         if space not in SPACES:
             raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
         if not callable(energy):
@@ -202,6 +219,7 @@ class LangevinSampler:
         reuse_prob = as_real(reuse_prob, "reuse_prob", "a number in [0, 1]")
         if not 0.0 <= reuse_prob <= 1.0:
             raise ValueError(f"reuse_prob must be in [0, 1] (got {reuse_prob!r})")
+        self.potential_kind = check_potential(potential, space, generator, grad_clip)
         self.energy, self.generator, self.space = energy, generator, space
         self.step_size, self.n_steps = step_size, n_steps
         self.noise_scale = noise_scale
@@ -233,21 +251,40 @@ class LangevinSampler:
         if self.space == "data":
             return states[0]
         generator = self.generator if generator is None else generator
+        states = self._network_layout(states)
         if self.space == "latent" or mean:
             n_latent = len(generator.latent_shapes)
             return generator.decode_eps(list(states[:n_latent]), None)
         return generator.decode_eps(list(states[:-1]), states[-1])
 
+    def _network_layout(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The states as the networks take them (FastSampler: channels-last on the CPU)."""
+        return states
+
+    def decode_for_energy(self, states: list[torch.Tensor], generator=None
+                          ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(x, c): the sample the energy sees at ``states`` and, for ``potential="official"``,
+        the correction c [B] (differentiable) that makes E(x) + 1/2 ||eps||^2 + c the
+        official potential; c is None for "paper". ``generator`` as in :meth:`decode`."""
+        if self.potential_kind == "paper":
+            return self.decode(states, generator=generator), None
+        generator = self.generator if generator is None else generator
+        states = self._network_layout(states)
+        return official_correction(generator, states[:-1], states[-1])
+
     def potential(self, states: list[torch.Tensor]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(U [B], E [B], x) at the given states, x the decoded sample the energy saw; the prior
-        term is 1/2 ||eps||^2 in eps/latent."""
-        x = self.decode(states)
+        """(U [B], E [B], x) at the given states, x the decoded sample the energy saw; U less E
+        is a detached value: 1/2 ||eps||^2 in eps/latent, plus the official correction with
+        ``potential="official"`` (see the class docstring)."""
+        x, correction = self.decode_for_energy(states)
         energy = self.energy(x)
         check_energy_output(energy, states[0].shape[0], None, needs_grad=False)
         if self.space == "data":
             return energy, energy, x
         prior = sum(0.5 * s.detach().pow(2).flatten(1).sum(1) for s in states)
+        if correction is not None:
+            prior = prior + correction.detach()
         return energy + prior, energy, x
 
     # -- the chain --------------------------------------------------------------------------
@@ -392,7 +429,10 @@ class LangevinSampler:
         Per step: decode, energy, gradient with respect to the states, and one fused update in
         place that also writes the prior term 1/2 ||eps||^2 of the new states (its
         ``half_sq_norm`` output) into a preallocated [K + 1, B] row; energies go into another.
-        Returns (states, x, energies [K + 1, B], half_sq [K + 1, B] or None, next offset).
+        With ``potential="official"`` the correction c is added to the energy before the
+        backward and its value to the prior row of the states it was computed at, so the rows
+        hold U - E. Returns (states, x, energies [K + 1, B], half_sq [K + 1, B] (U - E) or
+        None, next offset).
         """
         states = [s.detach().contiguous() for s in states]  # updated in place below
         batch, n_steps = states[0].shape[0], self.n_steps
@@ -412,26 +452,32 @@ class LangevinSampler:
             for s in states:
                 s.requires_grad_(True)
             for step in steps:
-                E = energy(self.decode(states, generator=generator))
+                x, correction = self.decode_for_energy(states, generator)
+                E = energy(x)
                 check_energy_output(E, batch, step)
                 if energies is None:
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[step].copy_(E.detach())
                 # The prior term is not differentiated: the fused update adds lambda * t itself.
+                if correction is not None:
+                    half_sq[step].add_(correction.detach())
+                    E = E + correction
                 grads = torch.autograd.grad(E.sum(), states, allow_unused=True)
                 check_state_gradients(grads, self.space, step)
                 offset = step_(grads, seed=seed, offset=offset,
                                half_sq_norm=half_sq[step + 1] if use_prior else None)
-                del E, grads
+                del x, E, grads, correction
             for s in states:
                 s.requires_grad_(False)
             with torch.no_grad():
-                x = self.decode(states, generator=generator)
+                x, correction = self.decode_for_energy(states, generator)
                 E = energy(x)
                 check_energy_output(E, batch, n_steps, needs_grad=False)
                 if energies is None:  # n_steps == 0
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[n_steps].copy_(E)
+                if correction is not None:
+                    half_sq[n_steps].add_(correction)
                 # The final potential decoded the final state; only the eps-space decoder mean
                 # needs another pass.
                 if self.space == "eps" and self.output == "mean":
