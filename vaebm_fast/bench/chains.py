@@ -65,6 +65,7 @@ from torch import nn
 
 from .._heap import trim_heap
 from ..sampling import FastSampler
+from ..sampling.potentials import OFFICIAL_METHOD, official_correction
 from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
                       select_keys, torch_threads, usage_error)
 from .record import Recorder
@@ -218,11 +219,10 @@ def official_style_chain(energy: nn.Module, generator: Optional[nn.Module], n: i
       ``torch.stack`` of list items, trimmed with ``pop(0)``, written one sample at a time.
     * The update as the official code writes it: per state tensor, separate in-place passes
       for the gradient term, the noise term, [the clip,] [the clamp], on ``.data``.
-    * eps space with a hierarchical VAE: the official potential
-      (docs/design.md#eps-space-potential),
-      E(x) - log p(z) - log p(x|z) at the reparameterised point via ``decode_eps_details``
-      (log p(x|z) with log sigma_x clamped at -2); other generators: E(T(eps)) + 1/2 ||eps||^2,
-      the prior differentiated by autograd.
+    * eps space with a hierarchical VAE: the official potential, E(x) - log p(z) - log p(x|z)
+      at the reparameterised point (the samplers' ``potential="official"``, the formula in
+      vaebm_fast/sampling/potentials.py); other generators: E(T(eps)) + 1/2 ||eps||^2, the
+      prior differentiated by autograd.
 
     Not reproduced (they cost nothing in a single-process sampling chain): waste 6 (ranks
     seeded alike) and 7 (data-dependent init over loaded weights).
@@ -315,15 +315,13 @@ def _official_potential(energy, generator, states, space):
         x = states[0]
         return x, energy(x)
     eps_z, eps_x = states[:-1], states[-1]
-    if hasattr(generator, "decode_eps_details"):
-        out = generator.decode_eps_details(eps_z, eps_x)
-        log_sigma = torch.log(out.x_sigma).clamp(min=-2.0)  # the official code's second sigma_x
-        x_pm = out.x_mu + out.x_sigma * eps_x
-        log_p_x = (-0.5 * ((x_pm - out.x_mu) / log_sigma.exp()) ** 2 - log_sigma
-                   - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
-        return out.x, energy(out.x) - out.log_p_z - log_p_x
-    x = generator.decode_eps(eps_z, eps_x)
     prior = sum(0.5 * s.pow(2).flatten(1).sum(1) for s in states)
+    if callable(getattr(generator, OFFICIAL_METHOD, None)):
+        # E(x) - log p(z) - log p(x|z) up to constants: the paper's potential plus the
+        # official correction (vaebm_fast/sampling/potentials.py states the formula).
+        x, correction = official_correction(generator, eps_z, eps_x)
+        return x, energy(x) + prior + correction
+    x = generator.decode_eps(eps_z, eps_x)
     return x, energy(x) + prior
 
 
