@@ -25,7 +25,7 @@ TINY_ARGS = dict(
     # arguments the import ignores (optimisation, paths), as train.py stores them
     learning_rate=1e-2, batch_size=32, save="/tmp/run", distributed=False, local_rank=0)
 # What older checkpoints lack.
-NEWER_ARGS = ("ada_groups", "min_groups_per_scale", "num_mixture_dec")
+NEWER_ARGS = ("ada_groups", "min_groups_per_scale", "num_mixture_dec", "num_x_bits")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,11 +83,12 @@ def decode(model, seed=1, batch=3):
         return model.decode_eps(eps_z, eps_x), model.decode_eps(eps_z, None)
 
 
+@pytest.mark.parametrize("num_nf", [0, 2], ids=["no_flows", "flows"])
 @pytest.mark.parametrize("aliases", [True, False], ids=["with_aliases", "old_without_aliases"])
 @pytest.mark.parametrize("newer_args", [True, False], ids=["new_args", "old_args"])
 def test_official_file_loads_strictly_with_equal_values_and_samples(tmp_path, aliases,
-                                                                    newer_args):
-    model, args = source_model()
+                                                                    newer_args, num_nf):
+    model, args = source_model(num_nf=num_nf)
     if not newer_args:
         for name in NEWER_ARGS:
             delattr(args, name)
@@ -106,6 +107,14 @@ def test_official_file_loads_strictly_with_equal_values_and_samples(tmp_path, al
             assert torch.equal(value, theirs[key]), key
     for got, want in zip(decode(loaded), decode(model)):
         assert torch.equal(got, want)
+    x = torch.rand(3, *model.data_shape)
+    with torch.no_grad():  # the encoder side too, flows included (same noise, same ELBO)
+        torch.manual_seed(2)
+        recon, kl = loaded.elbo_terms(x)
+        torch.manual_seed(2)
+        recon_ref, kl_ref = model.elbo_terms(x)
+    assert torch.equal(recon, recon_ref)
+    assert all(torch.equal(a, b) for a, b in zip(kl, kl_ref))
 
 
 def test_different_encoder_and_decoder_widths_are_not_swapped(tmp_path):
@@ -205,6 +214,7 @@ def test_a_logistic_mixture_decoder_is_refused_as_such(stated):
     ("num_channels_dec", 8, "num_channels_dec=8 disagrees"),
     ("num_latent_per_group", 4, "num_latent_per_group=4 disagrees"),
     ("num_groups_per_scale", 3, "args give 6 latent groups.*the tensors have 4"),
+    ("num_nf", 1, "num_nf=1 disagrees.*0 nf_cells entries for 4 latent groups"),
     ("dataset", "celeba_16", "prior_ftr0 has shape"),
     ("num_preprocess_cells", 2, "unknown key.*pre_process.0"),
 ])
@@ -231,3 +241,30 @@ def test_args_missing_an_architecture_argument_are_named():
     del args.num_latent_scales
     with pytest.raises(NVAEImportError, match="lacks num_latent_scales"):
         load_nvae(official_checkpoint(model, args))
+
+
+def test_flow_cells_missing_from_the_file_are_named():
+    model, args = source_model(num_nf=1)
+    checkpoint = official_checkpoint(model, args)
+    del checkpoint["state_dict"]["nf_cells.3.cell2.mu.conv_0.bias"]
+    with pytest.raises(NVAEImportError, match=r"missing.*nf_cells\.3\.cell2\.mu\.conv_0\.bias"):
+        load_nvae(checkpoint)
+
+
+def test_num_x_bits_is_recorded_and_quantises_the_elbo_input():
+    """A 5-bit model (as VAEBM's CelebA-HQ-256 backbone) sees 5-bit data in its ELBO."""
+    model, args = source_model(num_x_bits=5)
+    loaded = load_nvae(official_checkpoint(model, args))
+    assert loaded.config.num_x_bits == 5
+    eight_bit = load_nvae(official_checkpoint(model, argparse.Namespace(
+        **{**vars(args), "num_x_bits": 8})))
+    x = torch.randint(0, 256, (2, *model.data_shape)) / 255.0
+    x5 = torch.floor(x * 255 / 8) / 31  # the same images at 5 bits
+    assert not torch.equal(x, x5)
+    with torch.no_grad():
+        results = []
+        for net, images in ((loaded, x), (eight_bit, x5), (eight_bit, x)):
+            torch.manual_seed(3)
+            results.append(net.elbo_terms(images)[0])
+    assert torch.equal(results[0], results[1])
+    assert not torch.allclose(results[0], results[2])
