@@ -110,3 +110,13 @@ def test_elbo_gradient_reaches_the_flows():
     (recon.mean() + torch.stack(kl).sum(0).mean()).backward()
     for name, param in model.nf_cells.named_parameters():
         assert param.grad is not None and torch.count_nonzero(param.grad) > 0, name
+
+
+def test_the_sampling_snapshot_of_a_flow_model_leaves_the_flows_out():
+    from vaebm_fast.sampling import prepare_for_sampling  # the consumer of sampling_drop
+    model = flow_model(num_nf=1).eval()
+    snapshot = prepare_for_sampling(model)
+    assert snapshot.nf_cells is None
+    eps_z = [torch.randn(2, *s) for s in model.latent_shapes]
+    with torch.no_grad():
+        assert torch.allclose(snapshot.decode_eps(eps_z), model.decode_eps(eps_z), atol=1e-5)
