@@ -159,6 +159,9 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     ([1, 2, 3], "dict with 'state_dict' and 'args'"),
     ({"state_dict": {}}, "no 'args'"),
     ({"args": argparse.Namespace(**TINY_ARGS)}, "no 'state_dict'"),
+    ({"args": argparse.Namespace(**TINY_ARGS), "state_dict": {"stem.weight": 3}},
+     r"only tensors; \['stem.weight'\] are not"),
+    ({"args": "--dataset cifar10", "state_dict": {}}, "argparse.Namespace.*got str"),
 ])
 def test_files_that_are_not_checkpoints_are_named(tmp_path, content, match):
     torch.save(content, tmp_path / "c.pt")

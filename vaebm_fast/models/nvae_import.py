@@ -110,9 +110,17 @@ def _read(path_or_checkpoint, map_location) -> dict:
         raise NVAEImportError(f"not an official NVAE checkpoint: no "
                               f"{' or '.join(map(repr, absent))} entry (found keys "
                               f"{sorted(map(str, checkpoint))[:8]})")
-    if not isinstance(checkpoint["state_dict"], dict):
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict):
         raise NVAEImportError(f"checkpoint['state_dict'] must be a dict of tensors "
-                              f"(got {type(checkpoint['state_dict']).__name__})")
+                              f"(got {type(state).__name__})")
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise NVAEImportError(f"checkpoint['state_dict'] must hold only tensors; "
+                              f"{not_tensors[:_MAX_NAMED]} are not")
+    if not isinstance(checkpoint["args"], (argparse.Namespace, SimpleNamespace, dict)):
+        raise NVAEImportError(f"checkpoint['args'] must be the argparse.Namespace of the "
+                              f"training command line (got {type(checkpoint['args']).__name__})")
     return checkpoint
 
 
