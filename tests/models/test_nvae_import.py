@@ -239,6 +239,14 @@ def test_unsupported_architectures_are_named(argument, value, match):
         load_nvae(official_checkpoint(model, args))
 
 
+def test_a_bernoulli_decoder_is_named():
+    model, args = source_model()
+    args.dataset = "mnist"
+    checkpoint = _with_head_channels(official_checkpoint(model, args), 1)
+    with pytest.raises(NVAEImportError, match="Bernoulli decoder.*'mnist'.*not supported"):
+        load_nvae(checkpoint)
+
+
 def test_args_missing_an_architecture_argument_are_named():
     model, args = source_model()
     del args.num_latent_scales

@@ -145,7 +145,9 @@ def _complete_args(args, state: dict) -> SimpleNamespace:
         from_tensors = head_channels // 10
     else:
         raise NVAEImportError(f"{_HEAD_WEIGHT} has {head_channels} output channels; expected 6 "
-                              f"(Normal decoder on RGB) or 10 M (logistic mixture of M)")
+                              f"(Normal decoder on RGB) or 10 M (logistic mixture of M); "
+                              f"NVAE's 1-channel Bernoulli decoder (MNIST, Omniglot; "
+                              f"args.dataset={fields['dataset']!r}) is not supported")
     stated = fields.setdefault("num_mixture_dec", from_tensors)
     if stated != from_tensors:
         raise NVAEImportError(f"args.num_mixture_dec={stated} disagrees with the tensors: "
