@@ -80,8 +80,8 @@ def test_from_nvae_args_matches_vaebm_cifar10_backbone():
         num_cell_per_cond_enc=2, num_cell_per_cond_dec=2, use_se=True, res_dist=True,
         ada_groups=False, min_groups_per_scale=1, num_nf=1, num_mixture_dec=1,
         arch_instance="res_mbconv")
-    with pytest.raises(ValueError, match="num_nf=1"):
-        HierarchicalVAEConfig.from_nvae_args(args)
+    assert HierarchicalVAEConfig.from_nvae_args(args) == HierarchicalVAEConfig.preset(
+        "cifar10", top_prior_std=1.01, num_nf=1)
     config = HierarchicalVAEConfig.from_nvae_args(args, drop_flows=True)
     assert config == HierarchicalVAEConfig.preset("cifar10", top_prior_std=1.01)
     with pytest.raises(ValueError, match="num_mixture_dec"):

@@ -8,6 +8,7 @@ a sampler's snapshot may leave out of a model, each class declares as data in
 from .energy import MLPEnergy, ResNetEnergy, official_ebm, small_image_ebm
 from .mlp_vae import MLPVAE
 from .nvae import HierarchicalVAE, HierarchicalVAEConfig
+from .nvae_import import NVAEImportError, load_nvae
 
 __all__ = ["official_ebm", "small_image_ebm", "ResNetEnergy", "MLPEnergy", "MLPVAE",
-           "HierarchicalVAE", "HierarchicalVAEConfig"]
+           "HierarchicalVAE", "HierarchicalVAEConfig", "load_nvae", "NVAEImportError"]

@@ -24,10 +24,12 @@ does).
 Architecture and module names follow NVAE (``res_mbconv``): ``prior_ftr0``, ``stem``,
 ``pre_process``, ``enc_tower``, ``enc0``, ``enc_sampler``, ``dec_sampler``, ``dec_tower``,
 ``post_process``, ``image_conditional``; see :mod:`vaebm_fast.models.nvae_cells` for the cells.
-An official NVAE state dict, less its normalizing-flow cells (``nf_cells.*``), is meant to
-load into this module with ``strict=True`` (the layers accept NVAE's flat BN-Swish keys and its
-``weight_normalized`` aliases); tests check this on an NVAE-named state dict, not yet on a real
-checkpoint.
+``nf_cells`` holds NVAE's posterior flows (:mod:`vaebm_fast.models.nvae_flows`) when
+``num_nf > 0``. An official NVAE state dict loads into this module with ``strict=True`` (the
+layers accept NVAE's flat BN-Swish keys and its ``weight_normalized`` aliases); to import a
+checkpoint file, use :func:`vaebm_fast.models.load_nvae`, which checks it against its own
+``args`` first. Tests check this on files written in the official layout, not yet on a
+released checkpoint.
 """
 from __future__ import annotations
 
@@ -43,9 +45,10 @@ from ..nn import WNConv2d
 from ..nn.spectral import SpectralRegularizer
 from ..validation import check_choice, check_tensor
 from .nvae_cells import CHANNEL_MULT, Cell, DecCombinerCell, EncCombinerCell
+from .nvae_flows import PairedARCell
 
 __all__ = ["HierarchicalVAEConfig", "HierarchicalVAE", "DecodeOutput",
-           "soft_clamp5", "normal_params"]
+           "soft_clamp5", "normal_params", "quantize_to_bits"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -76,6 +79,14 @@ def _normal_log_prob(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     return -0.5 * u * u - torch.log(sigma) - _HALF_LOG_2PI
 
 
+def quantize_to_bits(x: Tensor, num_bits: int) -> Tensor:
+    """Images x in [0, 1] (8-bit data) requantised to ``num_bits`` bits, as NVAE feeds its
+    models: floor(255 x / 2^(8 - num_bits)) / (2^num_bits - 1); 8 bits leave x unchanged."""
+    if num_bits == 8:
+        return x
+    return torch.floor(x * 255.0 / 2 ** (8 - num_bits)) / (2 ** num_bits - 1)
+
+
 def _sum_per_sample(t: Tensor) -> Tensor:
     """[B, ...] -> [B]."""
     return t.flatten(1).sum(1)
@@ -101,6 +112,10 @@ class HierarchicalVAEConfig:
     ``num_groups_per_scale`` everywhere, or, with ``ada_groups``, halved per coarser scale
     (floor, at least ``min_groups_per_scale``), as NVAE does. The defaults are the
     ``"cifar10"`` preset.
+
+    ``num_nf``: NVAE's posterior flow steps per latent group (:mod:`.nvae_flows`; encoder side
+    only, so sampling is the same with or without them). ``num_x_bits``: the bit depth the
+    model was trained on; ``elbo_terms`` requantises its input to it (:func:`quantize_to_bits`).
     """
 
     image_channels: int = 3
@@ -120,6 +135,8 @@ class HierarchicalVAEConfig:
     num_cell_per_cond_dec: int = 2
     use_se: bool = True
     res_dist: bool = True
+    num_nf: int = 0
+    num_x_bits: int = 8
     top_prior_std: float = 1.0
 
     def __post_init__(self) -> None:
@@ -134,10 +151,13 @@ class HierarchicalVAEConfig:
                                     f"(got {type(value).__name__} {value!r})")
                 minimum = 0 if field.name.startswith(("num_preprocess_blocks",
                                                       "num_postprocess_blocks",
-                                                      "num_cell_per_cond")) else 1
+                                                      "num_cell_per_cond", "num_nf")) else 1
                 if value < minimum:
                     raise ValueError(f"HierarchicalVAEConfig.{field.name} must be >= {minimum} "
                                      f"(got {value})")
+        if not 1 <= self.num_x_bits <= 8:
+            raise ValueError(f"HierarchicalVAEConfig.num_x_bits must be in 1..8 "
+                             f"(got {self.num_x_bits})")
         std = self.top_prior_std
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
             raise ValueError(f"HierarchicalVAEConfig.top_prior_std must be > 0 "
@@ -223,10 +243,11 @@ class HierarchicalVAEConfig:
 
         Supports ``arch_instance='res_mbconv'`` with the Normal decoder
         (``num_mixture_dec=1``). ``top_prior_std`` defaults to NVAE's effective 1.01 (see the
-        module docstring). NVAE's normalizing-flow cells (``num_nf > 0``) act only on the
-        encoder's posterior, never on sampling from the prior; ``drop_flows=True`` accepts
-        such a checkpoint for use as a generator (``decode_eps`` is then exact, while
-        ``elbo_terms`` uses the posterior without its flows and is no longer NVAE's ELBO).
+        module docstring). ``num_nf`` (NVAE's posterior flows) and ``num_x_bits`` are taken
+        over (defaults 0 and 8 for files that predate them); ``drop_flows=True`` builds the
+        model without its flows (``decode_eps`` is the same, ``elbo_terms`` then uses the
+        posterior without flows and is no longer NVAE's ELBO). To import a checkpoint file,
+        use :func:`vaebm_fast.models.load_nvae`.
         """
         arch = getattr(args, "arch_instance", "res_mbconv")
         if arch != "res_mbconv":
@@ -235,10 +256,6 @@ class HierarchicalVAEConfig:
             raise ValueError(f"only NVAE's Normal decoder (num_mixture_dec=1) is supported, as "
                              f"the logistic mixture has no reparameterised sample "
                              f"(got num_mixture_dec={args.num_mixture_dec})")
-        if getattr(args, "num_nf", 0) > 0 and not drop_flows:
-            raise ValueError(f"the checkpoint has num_nf={args.num_nf} normalizing-flow cells, "
-                             f"which are not implemented; pass drop_flows=True to use it as a "
-                             f"generator (sampling never uses the flows)")
         dataset = args.dataset
         if dataset in _NVAE_DATASET_SHAPES:
             channels, size = _NVAE_DATASET_SHAPES[dataset]
@@ -255,6 +272,8 @@ class HierarchicalVAEConfig:
         # Old NVAE checkpoints predate these two arguments (VAEBM's loader uses these defaults).
         fields["ada_groups"] = getattr(args, "ada_groups", False)
         fields["min_groups_per_scale"] = getattr(args, "min_groups_per_scale", 1)
+        fields["num_nf"] = 0 if drop_flows else getattr(args, "num_nf", 0)
+        fields["num_x_bits"] = getattr(args, "num_x_bits", 8)
         return cls(image_channels=channels, image_size=size, top_prior_std=top_prior_std,
                    **fields)
 
@@ -337,7 +356,7 @@ class HierarchicalVAE(nn.Module):
 
     # Chains run the decoder only: the encoder (stem to enc_sampler) and the training-only
     # spectral regulariser are never evaluated.
-    sampling_drop = ("stem", "pre_process", "enc_tower", "enc0", "enc_sampler",
+    sampling_drop = ("stem", "pre_process", "enc_tower", "enc0", "enc_sampler", "nf_cells",
                      "spectral_regularizer")
 
     def __init__(self, config: HierarchicalVAEConfig | str):
@@ -370,6 +389,10 @@ class HierarchicalVAE(nn.Module):
         self.image_conditional = nn.Sequential(
             nn.ELU(), WNConv2d(cfg.num_channels_dec, 2 * cfg.image_channels, 3, padding=1,
                                bias=True))
+        # Posterior flows, num_nf per group in decoder order (nf_cells[g * num_nf + n]); empty
+        # without flows. Built before the regulariser, which covers their convs as NVAE's does.
+        self.nf_cells = nn.ModuleList(PairedARCell(cfg.num_latent_per_group)
+                                      for _ in range(cfg.num_groups * cfg.num_nf))
         # NVAE's spectral regulariser over every conv. Registered last so it sees them all; its
         # singular-vector buffers (`spectral_regularizer.u_k/v_k`) are saved with the model,
         # and state dicts without them (official NVAE ones) still load strictly.
@@ -576,6 +599,12 @@ class HierarchicalVAE(nn.Module):
         (add log(2) per pixel for the density on the [0, 1] scale). Each KL is analytic
         between the residual-Normal posterior and the conditional prior at the sampled
         z_<g, summed over the group's dims. The posterior sample uses the global RNG.
+
+        With posterior flows (``config.num_nf > 0``) each group's sample z_0 ~ q is pushed
+        through its flow steps to z (what the decoder sees), and its KL is NVAE's one-sample
+        estimate log q(z_0) - log p(z) (the flows are volume-preserving). With
+        ``config.num_x_bits < 8``, x is first requantised to that many bits
+        (:func:`quantize_to_bits`), as NVAE trains and evaluates such models.
         """
         check_tensor(x, "x", shape=("B", *self.data_shape),
                      hint="pass a batch of images shaped [B, *model.data_shape]")
@@ -584,7 +613,7 @@ class HierarchicalVAE(nn.Module):
             raise ValueError(f"x must have values in [0, 1] (got min {float(lowest):.4g}, "
                              f"max {float(highest):.4g}); the model maps [0, 1] to [-1, 1] "
                              f"itself")
-        x_pm = 2 * x - 1.0  # the data scale of the decoder and of NVAE's encoder input
+        x_pm = 2 * quantize_to_bits(x, self.config.num_x_bits) - 1.0  # NVAE's data scale
 
         # Encoder: bottom-up, keeping each combiner's encoder feature for its group.
         s = self.stem(x_pm)
@@ -616,8 +645,16 @@ class HierarchicalVAE(nn.Module):
                 else:
                     mu_q, sigma_q = normal_params(delta_mu, delta_log_sigma)
                 mu_p, sigma_p = normal_params(mu_p_raw, log_sigma_p_raw)
-            kl_per_group.append(_sum_per_sample(_normal_kl(mu_q, sigma_q, mu_p, sigma_p)))
-            return mu_q + sigma_q * torch.randn_like(mu_q)
+            num_nf = self.config.num_nf
+            if num_nf == 0:
+                kl_per_group.append(_sum_per_sample(_normal_kl(mu_q, sigma_q, mu_p, sigma_p)))
+                return mu_q + sigma_q * torch.randn_like(mu_q)
+            z = mu_q + sigma_q * torch.randn_like(mu_q)
+            log_q = _normal_log_prob(z, mu_q, sigma_q)
+            for flow in self.nf_cells[g * num_nf:(g + 1) * num_nf]:
+                z = flow(z)
+            kl_per_group.append(_sum_per_sample(log_q - _normal_log_prob(z, mu_p, sigma_p)))
+            return z
 
         x_mu, x_sigma = self._decode_tower(x.shape[0], sample_posterior)
         recon_nll = -_sum_per_sample(_normal_log_prob(x_pm, x_mu, x_sigma))
