@@ -14,6 +14,7 @@ import textwrap
 
 import torch
 
+from ..models.energy import OFFICIAL_EBM_ARCHS
 from ..presets import PRESETS
 from ..training.ebm import EBMTrainConfig
 from ..training.vae import VAETrainConfig
@@ -115,20 +116,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, EBMTrainConfig)
 
     p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "
-                "DIR/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy)",
+                "DIR/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy); with --nvae "
+                "and --ebm, VAEBM samples from official checkpoints -> DIR/samples.npz (uint8 "
+                "[N, H, W, C]) and DIR/samples.png, resumable batch by batch",
                 ["vaebm-fast sample --out runs/d --n 64",
-                 "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1"])
+                 "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1",
+                 "vaebm-fast sample --nvae nvae.pt --ebm EBM.pth --ebm-arch cifar32 --n 50000 "
+                 "--batch 256 --out fid_samples"])
     common(p, resume=False)
     p.add_argument("--vae", metavar="PATH", help="stage-1 checkpoint (default: DIR/vae.pt)")
-    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: DIR/ebm.pt)")
+    p.add_argument("--ebm", metavar="PATH", help="stage-2 checkpoint (default: DIR/ebm.pt); "
+                   "with --nvae, the official VAEBM EBM checkpoint")
+    p.add_argument("--nvae", metavar="PATH", help="official NVAE checkpoint: sample from "
+                   "official files (needs --ebm and --ebm-arch)")
+    p.add_argument("--ebm-arch", choices=sorted(OFFICIAL_EBM_ARCHS),
+                   help="the official EBM's architecture; its data set's official test "
+                        "settings give the default --steps and --step-size")
+    p.add_argument("--batch", type=_int("", 1).parse, metavar="INT",
+                   help="official path: chains per batch, the unit of resuming (default: 256)")
+    p.add_argument("--potential", choices=["paper", "official"],
+                   help="official path: the eps-space potential, the paper's (default) or the "
+                        "official code's")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   help="official path: where the chains run (default: cuda if available)")
     p.add_argument("--n", type=_int("", 1).parse, default=64, metavar="INT",
                    help=_with_default("samples to draw from each model"))
     p.add_argument("--steps", type=_int("", 0).parse, metavar="INT",
                    help="Langevin steps (default: the preset's sampling steps, stored in the "
-                        "EBM checkpoint)")
+                        "EBM checkpoint; with --nvae, the official test setting of --ebm-arch)")
     p.add_argument("--step-size", type=_num("", low_open=True).parse, metavar="FLOAT",
                    help="Langevin step size (default: the preset's sampling step size, stored "
-                        "in the EBM checkpoint)")
+                        "in the EBM checkpoint; with --nvae, the official test setting of "
+                        "--ebm-arch)")
 
     p = command("bench", cmd_bench, "benchmarks: our ops ('ops') or Langevin steps and whole "
                 "chains ('chains') against plain PyTorch, the official-style loop and "

@@ -166,6 +166,16 @@ def cmd_train_ebm(args) -> None:
 
 
 def cmd_sample(args) -> None:
+    """Official files (--nvae): :mod:`vaebm_fast.cli.official`; else the run in --out."""
+    if args.nvae is not None:
+        from .official import sample_official
+        return sample_official(args)
+    official_only = [flag for flag, value in (
+        ("--ebm-arch", args.ebm_arch), ("--batch", args.batch),
+        ("--potential", args.potential), ("--device", args.device)) if value is not None]
+    if official_only:
+        raise UsageError(f"{', '.join(official_only)} apply to official checkpoints only; "
+                         "pass --nvae and --ebm too, or leave them out")
     from ..eval.plots import save_image_grids_side_by_side, save_scatter
     from ..sampling.fast import FastSampler
     ebm_path = args.ebm or os.path.join(args.out, "ebm.pt")
