@@ -86,17 +86,17 @@ def test_one_batch_alone_gives_the_same_images(files, first_run, tmp_path):
     np.testing.assert_array_equal(images(tmp_path), x[:4])
 
 
-def test_resume_after_losing_the_last_batch_is_identical(files, first_run, tmp_path):
+@pytest.mark.parametrize("lost", [2, 1], ids=["last_batch", "middle_batch"])
+def test_resume_after_losing_a_batch_is_identical(files, first_run, tmp_path, lost):
     _, x = first_run
     assert sample(files, tmp_path) == 0
-    last = tmp_path / "batches" / "batch_000002.npy"
-    first = tmp_path / "batches" / "batch_000000.npy"
-    first_mtime = first.stat().st_mtime_ns
-    last.unlink()
+    kept = tmp_path / "batches" / "batch_000000.npy"
+    kept_mtime = kept.stat().st_mtime_ns
+    (tmp_path / "batches" / f"batch_{lost:06d}.npy").unlink()
     (tmp_path / "samples.npz").unlink()
     assert sample(files, tmp_path) == 0
     np.testing.assert_array_equal(images(tmp_path), x)
-    assert first.stat().st_mtime_ns == first_mtime   # finished batches are not redrawn
+    assert kept.stat().st_mtime_ns == kept_mtime   # finished batches are not redrawn
 
 
 def test_official_potential_changes_the_samples(files, first_run, tmp_path):
