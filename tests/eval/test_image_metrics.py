@@ -98,3 +98,50 @@ def test_inception_without_torch_fidelity_says_how_to_install_it(tmp_path, monke
     monkeypatch.setattr(fid, "_TORCH_FIDELITY_AVAILABLE", False)
     with pytest.raises(MissingExtraError, match="pip install torch-fidelity"):
         inception_features(weights)
+
+
+class _StubInception(nn.Module):
+    """Stands in for torchmetrics' NoTrainInceptionV3 (torch-fidelity is not installed in the
+    tests): records how it was built and what it was fed."""
+    built_with = {}
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        _StubInception.built_with = kwargs
+        self.seen = None
+
+    def forward(self, images):
+        self.seen = images
+        return images.float().mean(dim=(2, 3))  # [N, 3]
+
+
+@pytest.fixture
+def stub_inception(monkeypatch):
+    fid = importlib.import_module("torchmetrics.image.fid")
+    monkeypatch.setattr(fid, "_TORCH_FIDELITY_AVAILABLE", True)
+    monkeypatch.setattr(fid, "NoTrainInceptionV3", _StubInception)
+    return fid
+
+
+def test_inception_gets_the_local_weights_file_and_8_bit_rgb(stub_inception, tmp_path):
+    weights = tmp_path / "weights.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    network = inception_features(weights, "2048")
+    # The local file is passed on, so torch-fidelity never falls back to downloading.
+    assert _StubInception.built_with["feature_extractor_weights_path"] == str(weights)
+    assert _StubInception.built_with["features_list"] == ["2048"]
+    assert network.num_features == 2048
+    network(torch.full((2, 1, 8, 8), 0.5))
+    seen = network.inception.seen
+    assert seen.dtype == torch.uint8 and seen.shape == (2, 3, 8, 8) and (seen == 128).all()
+
+
+@pytest.mark.parametrize("content", [b"not a torch file", None])
+def test_a_bad_or_unsafe_weights_file_is_refused(stub_inception, tmp_path, content):
+    weights = tmp_path / "weights.pth"
+    if content is None:  # a pickle that would run code: refused before torch-fidelity sees it
+        torch.save({"state": _StubInception}, weights)
+    else:
+        weights.write_bytes(content)
+    with pytest.raises(ValueError, match="not a weights file torch can load safely"):
+        inception_features(weights)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import pickle
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -238,6 +239,14 @@ def inception_features(weights_path: Union[str, "os.PathLike[str]"],
     if not getattr(fid_module, "_TORCH_FIDELITY_AVAILABLE", False):
         raise MissingExtraError("the Inception network needs torch-fidelity, which is not "
                                 "installed: pip install torch-fidelity", name="torch_fidelity")
+    # torch-fidelity unpickles the file with weights_only=False; a file that loads with
+    # weights_only=True holds only tensors, so it runs no code there either.
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        raise ValueError(f"{str(path)!r} is not a weights file torch can load safely "
+                         f"({type(e).__name__}); download it again from "
+                         f"{INCEPTION_WEIGHTS_URL}") from None
     inception = fid_module.NoTrainInceptionV3(
         name="inception-v3-compat", features_list=[output],
         feature_extractor_weights_path=str(path))
