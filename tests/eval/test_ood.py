@@ -49,3 +49,18 @@ def test_roc_figure_is_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least one"):
         save_roc_curves(tmp_path / "empty.png", {})
+
+
+def test_report_scores_each_score_and_draws_one_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vaebm_fast.eval import ood_report
+    rng = np.random.default_rng(1)
+    energy_in, energy_ood = rng.normal(0, 1, 300), rng.normal(3, 1, 300)
+    elbo_in, elbo_ood = rng.normal(0, 1, 300), rng.normal(0, 1, 300)
+    aurocs = ood_report({"energy": (energy_in, energy_ood), "-ELBO": (elbo_in, elbo_ood),
+                         "sum": (energy_in + elbo_in, energy_ood + elbo_ood)},
+                        tmp_path / "roc.png")
+    assert list(aurocs) == ["energy", "-ELBO", "sum"]
+    assert aurocs["energy"] > 0.95 and abs(aurocs["-ELBO"] - 0.5) < 0.1
+    assert aurocs["energy"] == ood_auroc(energy_in, energy_ood)
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"

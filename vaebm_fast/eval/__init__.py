@@ -21,7 +21,7 @@ from .classifiers import (DigitsFeatureNet, MnistClassifier, classifier_accuracy
 from .image_metrics import (INCEPTION_WEIGHTS_URL, frechet_distance, inception_features,
                             inception_score, kernel_distance)
 from .mode_coverage import stacked_mnist_modes
-from .ood import ood_auroc, ood_roc_curve
+from .ood import ood_auroc, ood_report, ood_roc_curve
 from .toy_metrics import energy_distance, mixture_metrics, mode_kl, mode_metrics
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "stacked_mnist_modes",
     "ood_auroc",
     "ood_roc_curve",
+    "ood_report",
     "save_scatter",
     "save_image_grid",
     "save_image_grids_side_by_side",

@@ -1,11 +1,12 @@
 """FID, KID and Inception Score of image samples, computed by torchmetrics.
 
 Why torchmetrics (of torchmetrics, torch-fidelity and clean-fid, all established): its
-``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore`` accept any
-feature network as an ``nn.Module``. That lets the same code score 8x8 digits with the small
-network the toolkit trains (:func:`vaebm_fast.eval.train_digits_features`, no download) and
-natural images with the standard Inception-v3 — and it is a pure-torch dependency. torch-fidelity
-works only with its own Inception; clean-fid downloads its weights and works on image folders.
+``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore`` take batches of
+tensors and any feature network as an ``nn.Module``. That lets the same code score 8x8 digits
+with the small network the toolkit trains (:func:`vaebm_fast.eval.train_digits_features`, no
+download) and natural images with the standard Inception-v3, and it adds no dependency beyond
+torch. torch-fidelity and clean-fid are built around their own Inception (downloaded when no
+file is given) and image folders or generator callbacks; torch-fidelity also pulls torchvision.
 
 Nothing downloads here. Every metric is given an ``nn.Module``, never an integer feature size
 (an integer makes torchmetrics build an Inception that fetches its weights from GitHub). The

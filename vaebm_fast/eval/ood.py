@@ -6,20 +6,22 @@ every OOD image scores above every in-distribution one, 0.5 means the score does
 apart, and below 0.5 means the score ranks them backwards (pass ``higher_is_ood=False`` for a
 score such as a log-likelihood). Ties count half (``sklearn.metrics.roc_auc_score``).
 
-Needs scikit-learn (the [cli] extra); the figure (``vaebm_fast.eval.save_roc_curves``) needs
-matplotlib.
+:func:`ood_report` scores several scores at once and draws their ROC curves into one PNG, as
+the paper's table compares them. Needs scikit-learn (the [cli] extra); the figure needs
+matplotlib (also [cli]).
 """
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .._requirements import missing_extra
 
-__all__ = ["ood_auroc", "ood_roc_curve"]
+__all__ = ["ood_auroc", "ood_roc_curve", "ood_report"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -62,3 +64,21 @@ def ood_roc_curve(in_scores: ArrayLike, ood_scores: ArrayLike, *,
     labels, scores = _labelled(in_scores, ood_scores, higher_is_ood)
     fpr, tpr, _ = _metrics().roc_curve(labels, scores)
     return fpr, tpr
+
+
+def ood_report(scores: Mapping[str, Tuple[ArrayLike, ArrayLike]],
+               png_path: Optional[Union[str, Path]] = None, *,
+               title: str = "OOD detection") -> Dict[str, float]:
+    """AUROC of each score, e.g. ``{"energy": (E_in, E_ood), "-ELBO": (...), "sum": (...)}``
+    (higher = more OOD for all); with ``png_path``, also their ROC curves in one PNG there."""
+    if not scores:
+        raise ValueError("scores must hold at least one (in_scores, ood_scores) pair, keyed by "
+                         "score name")
+    aurocs = {name: ood_auroc(in_scores, ood_scores)
+              for name, (in_scores, ood_scores) in scores.items()}
+    if png_path is not None:
+        from .plots import save_roc_curves
+        save_roc_curves(png_path, {name: ood_roc_curve(in_scores, ood_scores)
+                                   for name, (in_scores, ood_scores) in scores.items()},
+                        title=title)
+    return aurocs
