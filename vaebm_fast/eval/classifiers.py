@@ -104,12 +104,12 @@ def _train(network: nn.Module, forward, images: ArrayLike, labels: ArrayLike, *,
     return network.eval()
 
 
-def train_digits_features(images: ArrayLike, labels: ArrayLike, *, epochs: int = 15,
-                          batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+def train_digits_features(images: ArrayLike, labels: ArrayLike, *, epochs: int = 10,
+                          batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
                           device: Union[str, torch.device] = "cpu") -> DigitsFeatureNet:
     """Train :class:`DigitsFeatureNet` on digits [N, 1, 8, 8] with labels [N] (0..9).
 
-    The defaults reach about 97% test accuracy in under half a minute on two CPU cores.
+    The defaults reach about 97% test accuracy in 4 s on two idle CPU cores (130 steps).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
