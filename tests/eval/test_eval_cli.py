@@ -63,6 +63,8 @@ def test_8_bit_images_without_a_channel_read_as_the_same_images(files):
     (["fid", "--samples", "{samples}", "--reference", "{reference}",
       "--inception-weights", "{missing}"], "with --features inception only"),
     (["fid", "--samples", "{samples}"], "--reference"),
+    (["fid", "--samples", "{samples}", "--reference", "{reference}", "--device", "gpu0"],
+     "is not a device"),
     (["mse", "--samples", "{samples}", "--reference", "{reference}"], "invalid choice"),
 ])
 def test_bad_input_is_one_error_line(files, tmp_path, capsys, argv, fragment):

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "6726825d.pth); nothing is downloaded")
     p.add_argument("--seed", type=SEED.parse, default=0, metavar="INT",
                    help=_with_default("seed of the digits network and of KID/IS subsets"))
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help=_with_default("where the feature network runs: cpu, cuda, cuda:1"))
     p.add_argument("--out", metavar="JSON", help="also write the scores to this file")
 
     command("build", cmd_build, "compile the native kernels for the installed torch now "

@@ -296,6 +296,13 @@ def cmd_eval(args) -> None:
     """FID, KID and/or Inception Score of --samples against --reference -> JSON."""
     from .. import eval as metrics
     from ..checkpoint import write_atomically
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device; pass cpu, cuda or "
+                         "cuda:INDEX") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     samples = _load_images(args.samples, "--samples")
     reference = _load_images(args.reference, "--reference")
     if samples.shape[1:] != reference.shape[1:]:
@@ -305,9 +312,9 @@ def cmd_eval(args) -> None:
         if not args.inception_weights:
             raise UsageError("--features inception needs --inception-weights FILE: download "
                              f"{metrics.INCEPTION_WEIGHTS_URL} and pass its path")
-        features = metrics.inception_features(args.inception_weights)
+        features = metrics.inception_features(args.inception_weights).to(device)
         classifier = (metrics.inception_features(args.inception_weights, "logits_unbiased")
-                      if "is" in args.metrics else None)
+                      .to(device) if "is" in args.metrics else None)
     else:
         from ..data import load_digits_images
         if args.inception_weights:
@@ -318,7 +325,7 @@ def cmd_eval(args) -> None:
                              f"{list(samples.shape[1:])}); use --features inception for others")
         log.info("training the digits feature network (seed %d)", args.seed)
         features = metrics.train_digits_features(*load_digits_images("train", return_labels=True),
-                                                 seed=args.seed)
+                                                 seed=args.seed, device=device)
         classifier = features.classifier()
     scores = {"features": args.features, "n_samples": len(samples),
               "n_reference": len(reference)}

@@ -16,7 +16,8 @@ user supplies.
 
 Images are float tensors or arrays ``[N, C, H, W]`` in [0, 1]; the feature network maps a batch
 to ``[N, D]``. Features are computed in batches under ``torch.no_grad`` on the network's device,
-with the network in eval mode (its mode is restored afterwards). KID and IS draw random subsets:
+with the network in eval mode (its mode is restored afterwards); the metric's state lives on
+the same device. KID and IS draw random subsets:
 they use their own seed inside ``torch.random.fork_rng``, so the scores are reproducible and the
 caller's global random state is left as it was.
 
@@ -146,6 +147,7 @@ def frechet_distance(samples: ArrayLike, reference: ArrayLike, features: nn.Modu
     with _evaluating(features):
         wrapped = _Features(features, _feature_size(features, reference))
         metric = _torchmetrics_image().FrechetInceptionDistance(feature=wrapped)
+        metric.to(_device(features))  # its sums live beside the features
         _fill(metric, wrapped, samples, reference, batch_size)
         return float(metric.compute())
 
@@ -165,6 +167,7 @@ def kernel_distance(samples: ArrayLike, reference: ArrayLike, features: nn.Modul
         with _quiet_buffer_warning():
             metric = _torchmetrics_image().KernelInceptionDistance(
                 feature=wrapped, subsets=subsets, subset_size=size)
+        metric.to(_device(features))
         _fill(metric, wrapped, samples, reference, batch_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -188,6 +191,7 @@ def inception_score(samples: ArrayLike, classifier: nn.Module, *, splits: int = 
         wrapped = _Features(classifier, _feature_size(classifier, samples))
         with _quiet_buffer_warning():
             metric = _torchmetrics_image().InceptionScore(feature=wrapped, splits=splits)
+        metric.to(_device(classifier))
         device = _device(classifier)
         for batch in samples.split(batch_size):
             metric.update(batch.to(device, torch.float32))
