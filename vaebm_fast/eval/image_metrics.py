@@ -4,8 +4,8 @@ Why torchmetrics (of torchmetrics, torch-fidelity and clean-fid, all established
 ``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore`` take batches of
 tensors and any feature network as an ``nn.Module``. That lets the same code score 8x8 digits
 with the small network the toolkit trains (:func:`vaebm_fast.eval.train_digits_features`, no
-download) and natural images with the standard Inception-v3, and it adds no dependency beyond
-torch. torch-fidelity and clean-fid are built around their own Inception (downloaded when no
+download) and natural images with the standard Inception-v3; it is pure Python on top of torch.
+torch-fidelity and clean-fid are built around their own Inception (downloaded when no
 file is given) and image folders or generator callbacks; torch-fidelity also pulls torchvision.
 
 Nothing downloads here. Every metric is given an ``nn.Module``, never an integer feature size
@@ -17,9 +17,9 @@ user supplies.
 Images are float tensors or arrays ``[N, C, H, W]`` in [0, 1]; the feature network maps a batch
 to ``[N, D]``. Features are computed in batches under ``torch.no_grad`` on the network's device,
 with the network in eval mode (its mode is restored afterwards); the metric's state lives on
-the same device. KID and IS draw random subsets:
-they use their own seed inside ``torch.random.fork_rng``, so the scores are reproducible and the
-caller's global random state is left as it was.
+the same device. KID and IS draw random subsets: they use their own seed inside
+``torch.random.fork_rng``, so the scores are reproducible and the caller's global random state
+is left as it was.
 
 Install: ``pip install 'vaebm_fast[eval]'`` (torchmetrics); the Inception network also needs
 ``pip install torch-fidelity``.
