@@ -67,6 +67,14 @@ def test_the_feature_network_keeps_its_mode(digits_net, digit_halves):
         assert digits_net.training
     finally:
         digits_net.eval()
+    # Every submodule keeps its own mode, also through the logits wrapper.
+    digits_net.body[0].train()
+    try:
+        inception_score(a, digits_net.classifier())
+        assert [m.training for m in digits_net.modules()] == [
+            m is digits_net.body[0] for m in digits_net.modules()]
+    finally:
+        digits_net.eval()
 
 
 @pytest.mark.parametrize("images, fragment", [

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .image_metrics import _device, _evaluating
+
 __all__ = ["DigitsFeatureNet", "MnistClassifier", "train_digits_features",
            "train_mnist_classifier", "classifier_accuracy"]
 
@@ -63,6 +65,7 @@ class _Logits(nn.Module):
     def __init__(self, network: DigitsFeatureNet):
         super().__init__()
         self.network = network
+        self.training = network.training
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network.logits(images)
@@ -139,12 +142,12 @@ def train_mnist_classifier(images: ArrayLike, labels: ArrayLike, *, epochs: int 
 
 def classifier_accuracy(logits_of: nn.Module, images: ArrayLike, labels: ArrayLike, *,
                         batch_size: int = 1024) -> float:
-    """Share of ``images`` whose arg-max logit is their label (``logits_of``: images -> [N, K])."""
+    """Share of ``images`` whose arg-max logit is their label (``logits_of``: images -> [N, K],
+    run in eval mode, its mode restored afterwards)."""
     images = torch.as_tensor(images, dtype=torch.float32)
     labels = torch.as_tensor(labels, dtype=torch.int64)
-    parameter = next(logits_of.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    with torch.no_grad():
+    device = _device(logits_of)
+    with _evaluating(logits_of):
         predicted = torch.cat([logits_of(batch.to(device)).argmax(1).cpu()
                                for batch in images.split(batch_size)])
     return float((predicted == labels).double().mean())

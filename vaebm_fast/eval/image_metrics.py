@@ -101,14 +101,17 @@ def _device(network: nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def _evaluating(network: nn.Module) -> Iterator[None]:
-    """The network in eval mode without gradients; its previous mode restored on exit."""
-    was_training = network.training
+    """The network in eval mode without gradients; on exit every submodule gets back its own
+    previous mode (``train(mode)`` would set them all alike)."""
+    modules = list(network.modules())
+    modes = [module.training for module in modules]
     network.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        network.train(was_training)
+        for module, mode in zip(modules, modes):
+            module.training = mode
 
 
 @contextlib.contextmanager

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .image_metrics import _device, _evaluating
+
 __all__ = ["stacked_mnist_modes", "NUM_MODES"]
 
 NUM_MODES = 1000
@@ -29,7 +31,8 @@ def stacked_mnist_modes(samples: Union[torch.Tensor, np.ndarray], classifier: nn
     """Modes covered and reverse KL of StackedMNIST ``samples`` [N, 3, 28, 28] in [0, 1].
 
     ``classifier`` maps MNIST digits [B, 1, 28, 28] to logits [B, 10] (e.g.
-    :func:`vaebm_fast.eval.train_mnist_classifier`); it should be in eval mode.
+    :func:`vaebm_fast.eval.train_mnist_classifier`); it runs in eval mode on its own device,
+    and its mode is restored afterwards.
 
     Returns:
         {"modes_covered": int, "reverse_kl": float, "mode_histogram": int64 ndarray [1000]}.
@@ -38,10 +41,9 @@ def stacked_mnist_modes(samples: Union[torch.Tensor, np.ndarray], classifier: nn
     if samples.dim() != 4 or samples.shape[1] != 3 or len(samples) == 0:
         raise ValueError(f"samples must be StackedMNIST images [N, 3, 28, 28] (got "
                          f"{list(samples.shape)})")
-    parameter = next(classifier.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    device = _device(classifier)
     modes = []
-    with torch.no_grad():
+    with _evaluating(classifier):
         for batch in samples.split(batch_size):
             digits = batch.to(device, torch.float32).reshape(-1, 1, *batch.shape[2:])  # [3B, ...]
             predicted = classifier(digits).argmax(dim=1).reshape(-1, 3).cpu()      # [B, 3]
