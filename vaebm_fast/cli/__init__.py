@@ -18,8 +18,8 @@ from ..models.energy import OFFICIAL_EBM_ARCHS
 from ..presets import PRESETS
 from ..training.ebm import EBMTrainConfig
 from ..training.vae import VAETrainConfig
-from .commands import (cmd_bench, cmd_build, cmd_demo, cmd_info, cmd_sample, cmd_train_ebm,
-                       cmd_train_vae, log)
+from .commands import (cmd_bench, cmd_build, cmd_demo, cmd_eval, cmd_info, cmd_sample,
+                       cmd_train_ebm, cmd_train_vae, log)
 from .errors import EXIT_BAD_INPUT, TRACEBACK_ENV, _exit_code_and_message
 from .options import SEED, TRAIN_OPTIONS, _add_config_flags, _int, _num, _with_default
 
@@ -161,6 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="options of the suite: --list, --quick, --device cuda, --only REGEX, "
                         "--out DIR, --repeats N; chains also --set KEY=VALUE, --variants REGEX, "
                         "--compile-timeout S (see `vaebm-fast bench SUITE --help`); plot: DIR")
+
+    p = command("eval", cmd_eval, "FID, KID and/or Inception Score of samples against "
+                "reference images (.npy/.npz [N, C, H, W] in [0, 1]), in the feature space of "
+                "a digits network trained on the spot or of the FID Inception (needs the "
+                "[eval] extra)",
+                ["vaebm-fast eval fid kid --samples runs/d/samples/samples_vaebm.npy "
+                 "--reference ref.npz --out scores.json",
+                 "vaebm-fast eval fid --samples a.npz --reference b.npz --features inception "
+                 "--inception-weights weights-inception-2015-12-05-6726825d.pth"])
+    p.add_argument("metrics", nargs="+", choices=["fid", "kid", "is"], metavar="METRIC",
+                   help="fid, kid and/or is (Inception Score of the samples)")
+    p.add_argument("--samples", required=True, metavar="FILE", help="the generated images")
+    p.add_argument("--reference", required=True, metavar="FILE", help="the data images")
+    p.add_argument("--features", choices=["digits", "inception"], default="digits",
+                   help=_with_default("feature network: 'digits' (8x8 digits only, trained "
+                                      "here in seconds) or 'inception' (any images)"))
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="the FID Inception weights file (weights-inception-2015-12-05-"
+                        "6726825d.pth); nothing is downloaded")
+    p.add_argument("--seed", type=SEED.parse, default=0, metavar="INT",
+                   help=_with_default("seed of the digits network and of KID/IS subsets"))
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help=_with_default("where the feature network runs: cpu, cuda, cuda:1"))
+    p.add_argument("--out", metavar="JSON", help="also write the scores to this file")
 
     command("build", cmd_build, "compile the native kernels for the installed torch now "
             "(otherwise the first native op does, once)")

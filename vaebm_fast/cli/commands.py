@@ -272,3 +272,82 @@ def cmd_build(args) -> None:
     if not st.loaded:
         raise _compile.CompileError(f"the native kernels do not load: {st.reason}")
     print(f"native kernels for torch {torch.__version__} loaded from {st.path}")
+
+
+def _load_images(path: str, flag: str) -> torch.Tensor:
+    """Images [N, C, H, W] float32 in [0, 1] from a .npy file or a .npz holding one array (or an
+    array named 'images' or 'samples'); [N, H, W] gains a channel, uint8 is divided by 255."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {flag} {path}: {_one_line(e)}; pass a .npy or .npz file "
+                         "of images [N, C, H, W] in [0, 1]") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        names = [n for n in ("images", "samples") if n in loaded.files] or loaded.files
+        if len(names) != 1:
+            raise UsageError(f"{flag} {path} holds the arrays {loaded.files}; it must hold one "
+                             "array, or one named 'images' or 'samples'")
+        loaded = loaded[names[0]]
+    images = torch.from_numpy(np.ascontiguousarray(loaded))
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4 or len(images) < 2 or not images.is_floating_point():
+        raise UsageError(f"{flag} {path} must hold at least 2 images [N, C, H, W] (or [N, H, W]) "
+                         f"of floats in [0, 1] or uint8 (got {images.dtype} "
+                         f"{list(images.shape)})")
+    if not torch.isfinite(images).all():
+        raise UsageError(f"{flag} {path} holds NaN or infinite values")
+    return images.float()
+
+
+def cmd_eval(args) -> None:
+    """FID, KID and/or Inception Score of --samples against --reference -> JSON."""
+    from .. import eval as metrics
+    from ..checkpoint import write_atomically
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device; pass cpu, cuda or "
+                         "cuda:INDEX") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    samples = _load_images(args.samples, "--samples")
+    reference = _load_images(args.reference, "--reference")
+    if samples.shape[1:] != reference.shape[1:]:
+        raise UsageError(f"--samples images are {list(samples.shape[1:])} but --reference "
+                         f"images are {list(reference.shape[1:])}; compare images of one shape")
+    if args.features == "inception":
+        if not args.inception_weights:
+            raise UsageError("--features inception needs --inception-weights FILE: download "
+                             f"{metrics.INCEPTION_WEIGHTS_URL} and pass its path")
+        features = metrics.inception_features(args.inception_weights).to(device)
+        classifier = (metrics.inception_features(args.inception_weights, "logits_unbiased")
+                      .to(device) if "is" in args.metrics else None)
+    else:
+        from ..data import load_digits_images
+        if args.inception_weights:
+            raise UsageError("--inception-weights is used with --features inception only; add "
+                             "--features inception, or drop it to score in digits features")
+        if samples.shape[1:] != (1, 8, 8):
+            raise UsageError(f"--features digits scores 8x8 digits [N, 1, 8, 8] (got images "
+                             f"{list(samples.shape[1:])}); use --features inception for others")
+        log.info("training the digits feature network (seed %d)", args.seed)
+        features = metrics.train_digits_features(*load_digits_images("train", return_labels=True),
+                                                 seed=args.seed, device=device)
+        classifier = features.classifier()
+    scores = {"features": args.features, "n_samples": len(samples),
+              "n_reference": len(reference)}
+    if "fid" in args.metrics:
+        scores["fid"] = metrics.frechet_distance(samples, reference, features)
+    if "kid" in args.metrics:
+        scores.update(metrics.kernel_distance(samples, reference, features, seed=args.seed))
+    if "is" in args.metrics:
+        scores.update(metrics.inception_score(samples, classifier, seed=args.seed))
+    text = json.dumps(scores, indent=2)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        write_atomically(args.out, lambda file: file.write(text.encode() + b"\n"))
+        print(f"wrote {args.out}")
+    print(text)

@@ -1,4 +1,4 @@
-"""PNG figures: 2-D scatter panels, image grids, and bar charts for benchmarks.
+"""PNG figures: 2-D scatter panels, image grids, bar charts for benchmarks, ROC curves.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas directly, never
 through ``pyplot``, so nothing here changes matplotlib's global backend or state, and it works
@@ -26,7 +26,8 @@ try:  # matplotlib is optional (the [cli] extra): only the figures need it
 except ModuleNotFoundError:
     raise missing_extra("drawing figures", "matplotlib") from None
 
-__all__ = ["save_scatter", "save_image_grid", "save_image_grids_side_by_side", "save_bar_chart"]
+__all__ = ["save_scatter", "save_image_grid", "save_image_grids_side_by_side", "save_bar_chart",
+           "save_roc_curves"]
 
 PathLike = Union[str, Path]
 Limits = Union[float, Tuple[float, float], None]
@@ -223,4 +224,36 @@ def save_bar_chart(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.margins(y=0.15)
+    return _save_figure(figure, path)
+
+
+# ----------------------------------------------------------------------------- ROC curves
+
+
+def save_roc_curves(
+    path: PathLike,
+    curves: Mapping[str, Tuple[Any, Any]],
+    title: str = "OOD detection",
+) -> Path:
+    """One ROC curve per score, e.g. ``{"energy": (fpr, tpr), "-ELBO": (fpr, tpr)}`` from
+    :func:`vaebm_fast.eval.ood_roc_curve`; the legend gives each curve's area (AUROC)."""
+    if not curves:
+        raise ValueError("curves must hold at least one (fpr, tpr) pair, keyed by score name")
+    figure = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for name, (fpr, tpr) in curves.items():
+        fpr = _to_numpy(fpr).astype(np.float64).reshape(-1)
+        tpr = _to_numpy(tpr).astype(np.float64).reshape(-1)
+        if len(fpr) != len(tpr) or len(fpr) < 2:
+            raise ValueError(f"curve {name!r} needs matching fpr and tpr of 2 or more points "
+                             f"(got {len(fpr)} and {len(tpr)})")
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoid rule
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {area:.3f})")
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance (0.5)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (in-distribution flagged)")
+    ax.set_ylabel("true positive rate (OOD flagged)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
     return _save_figure(figure, path)
