@@ -13,14 +13,8 @@ from vaebm_fast.models.nvae import HierarchicalVAE, HierarchicalVAEConfig
 from vaebm_fast.nn import WNConv2d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are hundreds of tiny ops; on a shared 2-core machine a second intra-op
-    # thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models are hundreds of small ops: one intra-op thread is faster on 2 shared cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> HierarchicalVAE:

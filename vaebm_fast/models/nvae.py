@@ -517,6 +517,15 @@ class HierarchicalVAE(nn.Module):
         (mu_x, sigma_x); see :class:`DecodeOutput`."""
         return self._decode(eps_z, eps_x, with_log_p=True)
 
+    def _reparameterise_eps(self, eps: Tensor, prior_raw) -> tuple[Tensor, Tensor]:
+        """(z, sigma): z = mu + sigma * eps under a group's prior (raw decoder output), or for
+        the top group (``prior_raw`` None) z = top_sigma * eps."""
+        if prior_raw is None:
+            sigma = self._top_prior_sigma(eps)
+            return sigma * eps, sigma
+        mu, sigma = normal_params(*prior_raw)
+        return mu + sigma * eps, sigma
+
     def _decode(self, eps_z: Sequence[Tensor], eps_x: Optional[Tensor], with_log_p: bool
                 ) -> DecodeOutput:
         batch_size = self._check_eps(eps_z, eps_x)
@@ -525,12 +534,7 @@ class HierarchicalVAE(nn.Module):
 
         def reparameterise(g: int, s: Tensor, prior_raw) -> Tensor:
             eps = eps_z[g]
-            if prior_raw is None:
-                sigma = self._top_prior_sigma(eps)
-                z = sigma * eps
-            else:
-                mu, sigma = normal_params(*prior_raw)
-                z = mu + sigma * eps
+            z, sigma = self._reparameterise_eps(eps, prior_raw)
             if with_log_p:  # log N(z; mu, sigma^2) at z = mu + sigma * eps
                 log_p_terms.append(
                     _sum_per_sample(-0.5 * eps * eps - torch.log(sigma).expand_as(eps))
@@ -556,12 +560,7 @@ class HierarchicalVAE(nn.Module):
 
         def reparameterise(g: int, s: Tensor, prior_raw) -> Tensor:
             eps = eps_z[g]
-            if prior_raw is None:
-                sigma = self._top_prior_sigma(eps)
-                z = sigma * eps
-            else:
-                mu, sigma = normal_params(*prior_raw)
-                z = mu + sigma * eps
+            z, sigma = self._reparameterise_eps(eps, prior_raw)
             log_sigma_z.append(_sum_per_sample(torch.log(sigma).expand_as(eps)))
             return z
 
