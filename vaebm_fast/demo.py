@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -80,7 +81,8 @@ def run_demo(out: str, *, seed: int = 0, n_samples: int = 5000, quick: bool = Fa
                         n_steps=p["sample_steps"], output="sample")
     t1 = time.perf_counter()
     samples = {"VAE": vae_only.sample(n_samples, seed=sample_seed),  # same start eps for both
-               "VAEBM": vaebm.sample(n_samples, seed=sample_seed, progress=True)}
+               # A bar on a terminal only, as training's: a log file gets no carriage returns.
+               "VAEBM": vaebm.sample(n_samples, seed=sample_seed, progress=sys.stderr.isatty())}
     sample_seconds = time.perf_counter() - t1
     reference = data.sample(n_samples, torch.Generator().manual_seed(seed + 2))
 

@@ -6,8 +6,9 @@ import numpy as np
 from vaebm_fast.demo import run_demo
 
 
-def test_quick_demo_writes_samples_metrics_and_scatter(tmp_path, one_thread):
+def test_quick_demo_writes_samples_metrics_and_scatter(tmp_path, one_thread, capsys):
     metrics = run_demo(str(tmp_path), n_samples=2000, quick=True, log=lambda *_: None)
+    assert "langevin" not in capsys.readouterr().err  # no progress bar off a terminal
 
     for name in ("samples_vae.npy", "samples_vaebm.npy"):
         samples = np.load(tmp_path / name)
