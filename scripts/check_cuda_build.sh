@@ -9,12 +9,17 @@
 # the kernels-only CMake check (VAEBM_FAST_KERNELS_ONLY) cannot do with a CPU-only torch.
 #
 # It installs ${TORCH_CUDA_SPEC:-torch==2.14.1} (a CUDA build whose CUDA major version matches
-# the local nvcc) into a throwaway virtual environment in WORKDIR (default: a temp dir). When
+# the local nvcc) into a throwaway virtual environment in WORKDIR (default: a temp dir, removed
+# at exit; a WORKDIR given is kept, for its logs). When
 # nvcc or that torch cannot be had here, it says so and exits 0: the check is skipped, not
 # failed. Takes ~10 min on 2 cores (most of it the build).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-$(mktemp -d)}
+if [ -n "${1:-}" ]; then
+  work=$1; mkdir -p "$work"
+else  # our own temp folder: removed on exit (the CUDA torch in it is about 5 GB)
+  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+fi
 spec=${TORCH_CUDA_SPEC:-torch==2.14.1}
 
 nvcc_path=$(command -v nvcc || true)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install vaebm_fast into the active Python environment (a fresh virtual environment is best).
 #
-#   bash scripts/install.sh          the package, its native extension and the [cli] extra
-#                                    (matplotlib, scikit-learn: the demo's plots, digits)
+#   bash scripts/install.sh          the package, its native extension and the [cli] and [eval]
+#                                    extras (matplotlib, scikit-learn: the demos' plots and the
+#                                    digits; torchmetrics: the digits demo's FID)
 #   bash scripts/install.sh --test   ... plus the test dependencies
 #
 # What it adds to a bare `pip install .`: torch itself (an existing torch, say a CUDA build, is
@@ -13,9 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-extras="[cli]"
+extras="[cli,eval]"
 case "${1:-}" in
-  --test) extras="[cli,test]" ;;
+  --test) extras="[cli,eval,test]" ;;
   "") ;;
   *) echo "usage: bash scripts/install.sh [--test]" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ ROOT = Path(vaebm_fast.__file__).parent
 LAYERS = [
     ("__main__",),                      # python -m vaebm_fast
     ("cli",),                           # the command line
-    ("demo", "bench"),                  # the jobs the CLI runs
+    ("demo", "demo_digits", "bench"),   # the jobs the CLI runs
     ("presets",),                       # named configurations of models and training
     ("training",),                      # stage 1 (VAE) and stage 2 (EBM), the resumable loop
     ("sampling",),                      # Langevin samplers, CUDA-graph chains, replay buffer

@@ -227,6 +227,25 @@ def test_sample_is_decode_eps_of_the_generators_noise():
         assert torch.allclose(noisy, model.decode_eps(eps_z, eps_x))
 
 
+def test_sample_temperature_scales_each_groups_prior_std():
+    model = tiny()
+    warm_up_bn(model)
+    model.eval()
+    x = model.sample(5, generator=torch.Generator().manual_seed(3), temperature=0.7)
+    gen = torch.Generator().manual_seed(3)
+    eps_z = [torch.randn(5, *s, generator=gen) for s in model.latent_shapes]
+    with torch.no_grad():
+        out = model.decode_eps_details([0.7 * e for e in eps_z])
+        priors = model.prior_params(out.z)
+    assert torch.allclose(x, out.x)
+    # z_g = mu_g + t * sigma_g * eps_g under each group's conditional prior (top: 1.01 t eps).
+    for g, ((mu, sigma), z, eps) in enumerate(zip(priors, out.z, eps_z)):
+        assert torch.allclose(z, mu + 0.7 * sigma * eps, atol=1e-4), f"group {g}"
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            model.sample(2, temperature=bad)
+
+
 def test_decode_eps_gradients_reach_every_group():
     model = tiny()
     warm_up_bn(model)

@@ -124,6 +124,23 @@ def test_digits_rejects_unknown_split():
         load_digits_images("validation")
 
 
+def test_interpolated_digits_are_seeded_midpoints_of_two_different_images():
+    from vaebm_fast.data import interpolated_digits
+    # Image i is the constant 2^i, so twice a midpoint, 2^i + 2^j, has two bits set iff i != j.
+    images = (2.0 ** torch.arange(5)).view(5, 1, 1, 1).expand(5, 1, 2, 3)
+    mixed = interpolated_digits(images, 50, seed=1)
+    assert mixed.shape == (50, 1, 2, 3)
+    assert torch.equal(mixed, mixed[:, :1, :1, :1].expand(50, 1, 2, 3))
+    bits = [bin(int(2 * value)).count("1") for value in mixed[:, 0, 0, 0].tolist()]
+    assert bits == [2] * 50
+    assert torch.equal(mixed, interpolated_digits(images, 50, seed=1))
+    assert not torch.equal(mixed, interpolated_digits(images, 50, seed=2))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        interpolated_digits(images[:1], 5)
+    with pytest.raises(ValueError):
+        interpolated_digits(images, 0)
+
+
 # ----------------------------------------------------------------------------- make_dataset
 
 
@@ -226,3 +243,4 @@ def test_check_positive():
         check_positive(True, "step_size")
     with pytest.raises(TypeError, match="positive integer"):
         check_positive(2.0, "batch_size", integer=True)
+

@@ -229,10 +229,15 @@ def cmd_sample(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from ..demo import run_demo
+    if args.dataset == "digits":
+        from ..demo_digits import run_digits_demo as run
+        default_n = 2000
+    else:
+        from ..demo import run_demo as run
+        default_n = 5000
     _check_writable(args.out)
-    run_demo(args.out, seed=args.seed, n_samples=args.n_samples, quick=args.quick,
-             resume=args.resume)
+    run(args.out, seed=args.seed, n_samples=args.n_samples or default_n, quick=args.quick,
+        resume=args.resume)
 
 
 def cmd_info(args) -> None:

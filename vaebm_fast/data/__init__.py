@@ -31,7 +31,7 @@ import torch
 from ..validation import check_positive
 from ._images import DataFileNotFoundError
 from .cifar import UnsafePickleError, load_cifar10
-from .digits import NUM_DIGITS_IMAGES, load_digits_images, split_indices
+from .digits import NUM_DIGITS_IMAGES, interpolated_digits, load_digits_images, split_indices
 from .image_folder import load_image_folder
 from .lmdb_images import load_lmdb_images
 from .mnist import load_fashion_mnist, load_mnist, read_idx
@@ -43,6 +43,7 @@ __all__ = [
     "SwissRoll",
     "load_digits_images",
     "split_indices",
+    "interpolated_digits",
     "NUM_DIGITS_IMAGES",
     "load_cifar10",
     "load_mnist",

@@ -5,6 +5,10 @@ levels 0..16 divided by 16). The train/test split is a fixed function of ``seed`
 permutation of the 1797 indices whose first ``round(test_fraction * 1797)`` entries are the test
 set and the rest the training set, each kept in the original order. The default 10 % split gives
 1617 training and 180 test images.
+
+``interpolated_digits`` builds an out-of-distribution set from any images: midpoints of two
+different images, the digit-scale analogue of the interpolated CIFAR-10 images the VAEBM paper
+uses for OOD detection.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import numpy as np
 import torch
 
 from .._requirements import missing_extra
-from ..validation import check_choice
+from ..validation import check_choice, check_positive
 
-__all__ = ["load_digits_images", "split_indices", "NUM_DIGITS_IMAGES"]
+__all__ = ["load_digits_images", "split_indices", "interpolated_digits", "NUM_DIGITS_IMAGES"]
 
 NUM_DIGITS_IMAGES = 1797
 _SPLITS = ("train", "test", "all")
@@ -79,3 +83,18 @@ def load_digits_images(
     if return_labels:
         return images, torch.from_numpy(all_labels[indices])
     return images
+
+
+def interpolated_digits(images: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` midpoints ``(a + b) / 2`` of random pairs of different images [N, C, H, W] -> [n, C,
+    H, W]; the pairs are a fixed function of ``seed`` (a NumPy generator), no image is paired
+    with itself."""
+    if images.dim() != 4 or len(images) < 2:
+        raise ValueError(f"images must be a batch [N, C, H, W] of at least 2 images (got "
+                         f"{list(images.shape)})")
+    check_positive(n, "n", integer=True)
+    rng = np.random.default_rng(seed)
+    first = rng.integers(len(images), size=n)
+    second = (first + rng.integers(1, len(images), size=n)) % len(images)  # never == first
+    first, second = torch.from_numpy(first), torch.from_numpy(second)
+    return 0.5 * (images[first] + images[second])

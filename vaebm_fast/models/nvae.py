@@ -679,18 +679,27 @@ class HierarchicalVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None,
-               mean: bool = True) -> Tensor:
+               mean: bool = True, temperature: float = 1.0) -> Tensor:
         """n ancestral samples [n, *data_shape] in [0, 1], with BN in eval mode.
 
         Noise is drawn from ``generator`` (or the global RNG; a generator must live on the
         model's device) in this order: eps_z[0], ..., eps_z[G-1], then eps_x (only if
         ``mean=False``); then ``decode_eps`` maps it. By
         default the decoder mean is returned, as VAEBM reports its samples.
+
+        ``temperature`` t is NVAE's: every group draws z = mu + t * sigma * eps (the top group
+        t * 1.01 * eps), which is ``decode_eps`` of t * eps_z; eps_x is not scaled. VAEBM's
+        chains run at t = 1. (NVAE's own sampling script also re-estimates the BatchNorm
+        statistics at t < 1; this method uses the stored ones.)
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int (got {n!r})")
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not 0 < temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number > 0 (got {temperature!r})")
         ref = self.prior_ftr0
-        eps_z = [torch.randn(n, *shape, generator=generator, device=ref.device, dtype=ref.dtype)
+        eps_z = [temperature * torch.randn(n, *shape, generator=generator, device=ref.device,
+                                           dtype=ref.dtype)
                  for shape in self.latent_shapes]
         eps_x = None if mean else torch.randn(n, *self.data_shape, generator=generator,
                                               device=ref.device, dtype=ref.dtype)
