@@ -92,16 +92,17 @@ inline void box_muller_lanes(const uint32_t* wa, const uint32_t* wb, float* na, 
   }
 }
 
-// out[0 .. 4 kLanes) = normals of calls call0 .. call0 + kLanes - 1.
+// out[0 .. 4 kLanes) = normals of calls call0 .. call0 + kLanes - 1 (counter words 2, 3 from
+// `stream`: 0 for the flat stream, r + 1 for row stream r; the same for every lane).
 VAEBM_FAST_TARGET_CLONES
-void normals_batch(float* out, uint64_t seed, uint64_t call0) {
+void normals_batch(float* out, uint64_t seed, uint64_t call0, uint64_t stream) {
   alignas(64) uint32_t x0[kLanes], x1[kLanes], x2[kLanes], x3[kLanes];
   for (int j = 0; j < kLanes; ++j) {
     const uint64_t call = call0 + static_cast<uint64_t>(j);
     x0[j] = static_cast<uint32_t>(call);
     x1[j] = static_cast<uint32_t>(call >> 32);
-    x2[j] = 0u;
-    x3[j] = 0u;
+    x2[j] = static_cast<uint32_t>(stream);
+    x3[j] = static_cast<uint32_t>(stream >> 32);
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < kRounds; ++round) {  // same round as philox4x32_10, per lane
@@ -131,7 +132,7 @@ void normals_batch(float* out, uint64_t seed, uint64_t call0) {
 
 }  // namespace
 
-void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0) {
+void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0, uint64_t stream) {
   constexpr int64_t kBatch = 4 * kLanes;
   alignas(64) float batch[kBatch];
   int64_t i = 0;
@@ -140,9 +141,9 @@ void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0) {
     const int64_t skip = static_cast<int64_t>(m & 3);  // lanes before m in its call
     const int64_t take = (n - i < kBatch - skip) ? n - i : kBatch - skip;
     if (skip == 0 && take == kBatch) {
-      normals_batch(out + i, seed, m >> 2);  // whole batch, straight into the output
+      normals_batch(out + i, seed, m >> 2, stream);  // whole batch, straight into the output
     } else {
-      normals_batch(batch, seed, m >> 2);  // ends of the range: at most 2 batches per call
+      normals_batch(batch, seed, m >> 2, stream);  // ends of the range: at most 2 batches per call
       std::memcpy(out + i, batch + skip, static_cast<size_t>(take) * sizeof(float));
     }
     i += take;

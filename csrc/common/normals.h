@@ -15,19 +15,21 @@ constexpr int64_t kNoiseBlock = 1024;
 
 // out[i] = normal number m0 + i of the stream for `seed`, i in [0, n): the transform of
 // csrc/common/philox.h, vectorised (see normals.cpp). Any n; thread-safe; no allocation.
-void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0);
+// `stream`: counter words 2 and 3, 0 for the flat stream, r + 1 for row stream r.
+void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t m0, uint64_t stream = 0);
 
 // The same normals, generated in float32 (the spec) and rounded to scalar_t; other dtypes go
 // through an L1-sized stack block.
 template <typename scalar_t>
-void fill_normals_as(scalar_t* out, int64_t n, uint64_t seed, uint64_t m0) {
+void fill_normals_as(scalar_t* out, int64_t n, uint64_t seed, uint64_t m0,
+                     uint64_t stream = 0) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    fill_normals(out, n, seed, m0);
+    fill_normals(out, n, seed, m0, stream);
   } else {
     float block[kNoiseBlock];
     for (int64_t start = 0; start < n; start += kNoiseBlock) {
       const int64_t len = std::min(kNoiseBlock, n - start);
-      fill_normals(block, len, seed, m0 + static_cast<uint64_t>(start));
+      fill_normals(block, len, seed, m0 + static_cast<uint64_t>(start), stream);
       for (int64_t i = 0; i < len; ++i) out[start + i] = static_cast<scalar_t>(block[i]);
     }
   }

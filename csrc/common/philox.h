@@ -12,6 +12,8 @@
 //     x = (hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0)
 //   with the key bumped by (0x9E3779B9, 0xBB67AE85) between rounds.
 //   Known answer: key (0,0), counter (0,0,0,0) -> 6627e8d5 e169c58d bc57ac4c 9b00dbd8.
+//   Row stream r (scale-invariant noise, r < 2^62): counter = (c lo, c hi, (r+1) lo, (r+1) hi);
+//   the "stream word" s = r + 1 below, s = 0 being the flat stream.
 //
 // Normal stream (agrees across backends to float tolerance; device libm differs by a few ulp)
 //   Normal number m of the stream for `seed` comes from call c = m / 4, lane m % 4.
@@ -86,9 +88,11 @@ VAEBM_FAST_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_
   return out;
 }
 
-// The four words of call `call` of the stream for `seed` (both 64-bit).
-VAEBM_FAST_HD Words philox_call(uint64_t seed, uint64_t call) {
-  return philox4x32_10(static_cast<uint32_t>(call), static_cast<uint32_t>(call >> 32), 0u, 0u,
+// The four words of call `call` of the stream for `seed` (all 64-bit); `stream` fills counter
+// words 2 and 3: 0 for the flat stream, r + 1 for row stream r.
+VAEBM_FAST_HD Words philox_call(uint64_t seed, uint64_t call, uint64_t stream = 0) {
+  return philox4x32_10(static_cast<uint32_t>(call), static_cast<uint32_t>(call >> 32),
+                       static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 

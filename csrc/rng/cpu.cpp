@@ -1,4 +1,7 @@
-// CPU kernels of the Philox ops: vaebm_fast::philox4x32 and vaebm_fast::philox_normal_.
+// CPU kernels of the Philox ops: vaebm_fast::philox4x32, vaebm_fast::philox_normal_ and
+// vaebm_fast::philox_normal_rows_.
+#include <algorithm>
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -53,6 +56,41 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
   });
 }
 
+// out [B, *] (contiguous, floating): out[b].flatten()[j] = normal number offset + j of row
+// stream first_row + b (counter words 2, 3 = first_row + b + 1).
+void philox_normal_rows_cpu(const at::Tensor& out, int64_t seed, int64_t offset,
+                            int64_t first_row) {
+  TORCH_CHECK(out.device().is_cpu(), "philox_normal_rows_ (CPU kernel): out must be on the CPU");
+  TORCH_CHECK(out.is_contiguous(), "philox_normal_rows_: out must be contiguous");
+  TORCH_CHECK(at::isFloatingType(out.scalar_type()),
+              "philox_normal_rows_: out must be floating, got ", out.scalar_type());
+  TORCH_CHECK(out.dim() >= 1, "philox_normal_rows_: out must have dim >= 1 (rows along dim 0)");
+  TORCH_CHECK(offset >= 0, "philox_normal_rows_: offset must be >= 0, got ", offset);
+  TORCH_CHECK(first_row >= 0, "philox_normal_rows_: first_row must be >= 0, got ", first_row);
+  const int64_t rows = out.size(0);
+  if (out.numel() == 0) return;
+  const int64_t per_row = out.numel() / rows;
+  const uint64_t key = static_cast<uint64_t>(seed);
+  const uint64_t m0 = static_cast<uint64_t>(offset);
+  const at::ScalarType dtype = out.scalar_type();
+  VAEBM_FAST_DISPATCH_KERNEL_DTYPES(dtype, "philox_normal_rows_cpu", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    // Tasks over the whole [B * per_row] range (short rows share a task); each task walks the
+    // rows its range overlaps, one fill per (row, run). Within a run the normals come 4 per
+    // Philox call as in the flat op; a row that does not start on a call boundary costs one
+    // partly used call at each of its ends.
+    at::parallel_for(0, out.numel(), kNoiseBlock, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {
+        const int64_t b = i / per_row, j = i - b * per_row;
+        const int64_t len = std::min(end - i, per_row - j);
+        fill_normals_as<scalar_t>(o + i, len, key, m0 + static_cast<uint64_t>(j),
+                                  static_cast<uint64_t>(first_row + b) + 1);
+        i += len;
+      }
+    });
+  });
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace vaebm_fast
@@ -60,4 +98,5 @@ void philox_normal_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
 TORCH_LIBRARY_IMPL(vaebm_fast, CPU, m) {
   m.impl("philox4x32", &vaebm_fast::cpu::philox4x32_cpu);
   m.impl("philox_normal_", &vaebm_fast::cpu::philox_normal_cpu);
+  m.impl("philox_normal_rows_", &vaebm_fast::cpu::philox_normal_rows_cpu);
 }

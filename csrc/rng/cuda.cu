@@ -1,4 +1,5 @@
-// CUDA kernels of vaebm_fast::philox4x32 and vaebm_fast::philox_normal_ (torch glue:
+// CUDA kernels of vaebm_fast::philox4x32, vaebm_fast::philox_normal_ and
+// vaebm_fast::philox_normal_rows_ (torch glue:
 // the end of this file; references: philox4x32_reference / philox_normal_reference in
 // vaebm_fast/ops/rng.py; the generator and the normal transform are csrc/common/philox.h, shared
 // with every other backend, so words are bit-identical and normals agree to ~1e-6).
@@ -10,6 +11,10 @@
 //   aligned (16 bytes for float32), the two end calls scalar elements. Memory traffic:
 //   itemsize bytes written per element, nothing read; the kernel is compute-bound on the
 //   Box-Muller transform (one logf, sqrtf, sinf, cosf per 2 normals).
+// philox_normal_rows_: the same per row of out [B, n], row b from row stream first_row + b
+//   (counter words 2, 3 = first_row + b + 1): one thread per (row, call), so a row whose
+//   offset is not a multiple of 4 costs one partly used call at each end; 4-element vector
+//   stores when every row starts suitably aligned (n % 4 == 0 and the base is aligned).
 #include "../common/philox.h"
 #include "../common/cuda_device.cuh"
 #include "../common/cuda_types.h"
@@ -27,6 +32,11 @@ cudaError_t philox4x32(uint64_t seed, const int64_t* calls, int64_t n, int64_t* 
 // to `dtype`), i < n; out is a contiguous device array.
 cudaError_t philox_normal(Dtype dtype, void* out, int64_t n, uint64_t seed, uint64_t offset,
                           cudaStream_t stream);
+
+// out[b * n + i] = normal number offset + i of row stream first_row + b, b < rows, i < n;
+// out is a contiguous device array of rows * n elements of `dtype`.
+cudaError_t philox_normal_rows(Dtype dtype, void* out, int64_t rows, int64_t n, uint64_t seed,
+                               uint64_t offset, uint64_t first_row, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace vaebm_fast
@@ -69,6 +79,28 @@ philox_normal_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t off
   }
 }
 
+// Unit u = (row b, call first_call + c) with u = b * calls_per_row + c; it covers elements
+// e0 = 4 * call - offset .. e0 + 3 of row b.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+philox_normal_rows_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset,
+                          uint64_t first_row, uint64_t first_call, int64_t calls_per_row,
+                          int64_t n_units, bool vec_ok) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < n_units;
+       u += stride) {
+    const int64_t b = dev::div64(u, calls_per_row);
+    const uint64_t call = first_call + static_cast<uint64_t>(u - b * calls_per_row);
+    float xi[4];
+    philox::normals4(philox::philox_call(seed, call, first_row + static_cast<uint64_t>(b) + 1),
+                     xi);
+    T v[4];
+#pragma unroll
+    for (int lane = 0; lane < 4; ++lane) v[lane] = dev::from_float<T>(xi[lane]);
+    dev::store_unit4(out + b * n, static_cast<int64_t>(4 * call - offset), n, v, vec_ok);
+  }
+}
+
 }  // namespace
 
 cudaError_t philox4x32(uint64_t seed, const int64_t* calls, int64_t n, int64_t* out,
@@ -90,6 +122,24 @@ cudaError_t philox_normal(Dtype dtype, void* out, int64_t n, uint64_t seed, uint
     T* o = static_cast<T*>(out);
     philox_normal_kernel<T><<<dev::grid_for(n_units, kThreads), kThreads, 0, stream>>>(
         o, n, seed, offset, first_call, n_units, dev::unit4_aligned(o, offset));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t philox_normal_rows(Dtype dtype, void* out, int64_t rows, int64_t n, uint64_t seed,
+                               uint64_t offset, uint64_t first_row, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0) return cudaSuccess;
+  const uint64_t first_call = offset / 4;
+  const int64_t calls_per_row =
+      static_cast<int64_t>((offset + static_cast<uint64_t>(n) - 1) / 4 - first_call + 1);
+  const int64_t n_units = rows * calls_per_row;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* o = static_cast<T*>(out);
+    // Every row shares row 0's alignment only when n is a multiple of 4.
+    const bool vec_ok = n % 4 == 0 && dev::unit4_aligned(o, offset);
+    philox_normal_rows_kernel<T><<<dev::grid_for(n_units, kThreads), kThreads, 0, stream>>>(
+        o, n, seed, offset, first_row, first_call, calls_per_row, n_units, vec_ok);
     return cudaGetLastError();
   });
 }
@@ -144,6 +194,29 @@ void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
                                        current_stream()));
 }
 
+// out [B, *] (contiguous, floating): out[b].flatten()[j] = normal number offset + j of row
+// stream first_row + b.
+void philox_normal_rows_cuda(const at::Tensor& out, int64_t seed, int64_t offset,
+                             int64_t first_row) {
+  check_cuda(out, "philox_normal_rows_", "out");
+  TORCH_CHECK(out.is_contiguous(), "philox_normal_rows_: out must be contiguous");
+  TORCH_CHECK(out.dim() >= 1, "philox_normal_rows_: out must have dim >= 1 (rows along dim 0)");
+  TORCH_CHECK(is_kernel_dtype(out.scalar_type()), "philox_normal_rows_: the CUDA kernel takes "
+              "float16, bfloat16, float32 or float64, got ", out.scalar_type());
+  TORCH_CHECK(offset >= 0, "philox_normal_rows_: offset must be >= 0, got ", offset);
+  TORCH_CHECK(first_row >= 0, "philox_normal_rows_: first_row must be >= 0, got ", first_row);
+  const int64_t rows = out.size(0);
+  if (out.numel() == 0) return;
+  const int64_t n = out.numel() / rows;
+  TORCH_CHECK(n <= std::numeric_limits<int64_t>::max() - offset,
+              "philox_normal_rows_: offset + row numel overflows int64");
+  const c10::cuda::CUDAGuard guard(out.device());
+  VAEBM_FAST_CUDA_LAUNCH(philox_normal_rows(
+      to_dtype(out.scalar_type(), "philox_normal_rows_"), out.mutable_data_ptr(), rows, n,
+      static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+      static_cast<uint64_t>(first_row), current_stream()));
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace vaebm_fast
@@ -151,5 +224,6 @@ void philox_normal_cuda(const at::Tensor& out, int64_t seed, int64_t offset) {
 TORCH_LIBRARY_IMPL(vaebm_fast, CUDA, m) {
   m.impl("philox4x32", &vaebm_fast::cuda::philox4x32_cuda);
   m.impl("philox_normal_", &vaebm_fast::cuda::philox_normal_cuda);
+  m.impl("philox_normal_rows_", &vaebm_fast::cuda::philox_normal_rows_cuda);
 }
 #endif  // VAEBM_FAST_KERNELS_ONLY

@@ -23,7 +23,8 @@ from .langevin import (LangevinStepper, langevin_step_, langevin_step_graphed_,
 from .power_iteration import power_iteration_, spectral_norms
 from .replay import (replay_gather, replay_gather_reference, replay_scatter_,
                      replay_scatter_reference)
-from .rng import philox4x32, philox4x32_reference, philox_normal, philox_normal_reference
+from .rng import (philox4x32, philox4x32_reference, philox_normal, philox_normal_reference,
+                  philox_normal_rows_, philox_normal_rows_reference)
 from .swish import lip_swish, swish, swish_backward_reference, swish_reference
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     # ops
     "langevin_step_", "langevin_step_reference", "langevin_step_graphed_", "LangevinStepper",
     "philox4x32", "philox4x32_reference", "philox_normal", "philox_normal_reference",
+    "philox_normal_rows_", "philox_normal_rows_reference",
     "power_iteration_", "spectral_norms",
     "swish", "lip_swish", "swish_reference", "swish_backward_reference",
     "replay_gather", "replay_gather_reference", "replay_scatter_", "replay_scatter_reference",

@@ -9,6 +9,9 @@ The same stream as ``vaebm_fast.ops.rng`` (the specification) and ``csrc/common/
   All in uint32 (wrapping), the high halves of the products from ``tl.umulhi``: bit-exact.
 * normal number ``m`` = lane ``m % 4`` of call ``m // 4``; ``u = fl(w) * 2^-32 + 2^-32`` and
   two Box-Muller pairs in float32, lanes (0, 1) from (u0, u1), lanes (2, 3) from (u2, u3).
+* row stream ``r``: counter words 2, 3 = ``r + 1`` (:func:`row_stream_words`) instead of 0;
+  :func:`normals_of_row_calls` and :func:`aligned_row_block` are the row versions of the
+  range helpers below, with the same one Philox call per four normals.
 
 64-bit quantities (stream offsets, call indices) are int64 inside kernels (kernel arguments
 arrive as int32 halves, see :func:`join64`): every stream position is ``< 2**63`` (checked by
@@ -44,7 +47,8 @@ from .. import _triton
 
 __all__ = ["philox4x32_10", "philox_key", "split_counter", "philox_call", "uniform",
            "box_muller", "normals_of_calls", "normal_at", "aligned_elements", "aligned_block",
-           "join64", "from_f64_bits", "to_storage"]
+           "row_stream_words", "normals_of_row_calls", "aligned_row_block", "join64",
+           "from_f64_bits", "to_storage"]
 
 # libdevice in compiled kernels, tl.* math in Triton's interpreter (which has no libdevice).
 _LIBDEVICE = tl.constexpr(not _triton.interpret_mode())
@@ -139,6 +143,35 @@ def normals_of_calls(k0, k1, first_call, NCALLS: tl.constexpr):
     # Lane order n0 n1 n2 n3 per call: interleave(n0, n2) = n0 n2 ..., interleave(n1, n3) =
     # n1 n3 ..., and interleaving those two gives n0 n1 n2 n3 n0' n1' ...
     return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
+
+
+@triton.jit
+def row_stream_words(row):
+    """Counter words 2, 3 ``(s lo 32, s hi 32)`` of row stream ``row`` (int64 scalar in
+    [0, 2**62)), ``s = row + 1``: word 2, 3 = 0 is the flat stream, which no row uses."""
+    s = row.to(tl.int64) + 1
+    return s.to(tl.uint32), (s >> 32).to(tl.uint32)
+
+
+@triton.jit
+def normals_of_row_calls(k0, k1, s0, s1, first_call, NCALLS: tl.constexpr):
+    """:func:`normals_of_calls` of the row stream whose counter words 2, 3 are ``(s0, s1)``
+    (:func:`row_stream_words`)."""
+    call = first_call + tl.arange(0, NCALLS).to(tl.int64)
+    lo, hi = split_counter(call)
+    zero = tl.zeros(lo.shape, tl.uint32)
+    w0, w1, w2, w3 = philox4x32_10(lo, hi, zero + s0, zero + s1, k0, k1)
+    n0, n1 = box_muller(w0, w1)
+    n2, n3 = box_muller(w2, w3)
+    return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))  # lane order
+
+
+@triton.jit
+def aligned_row_block(k0, k1, s0, s1, offset, pid, BLOCK: tl.constexpr):
+    """:func:`aligned_block` of the row stream with counter words 2, 3 = ``(s0, s1)``:
+    ``(e, noise)``, element ``e`` of the row using normal ``offset + e`` of that stream."""
+    e, first_call = aligned_elements(offset, pid, BLOCK)
+    return e, normals_of_row_calls(k0, k1, s0, s1, first_call, BLOCK // 4)
 
 
 @triton.jit

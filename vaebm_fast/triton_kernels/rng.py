@@ -7,6 +7,10 @@ Ops (``torch.ops.vaebm_fast_triton.*``; specification: ``vaebm_fast.ops.rng``):
 * ``philox_normal_(out, seed, offset)``: fills the contiguous floating tensor ``out`` (read
   flat, any shape) with normals ``offset, offset + 1, ...``; float32 normals rounded to
   float16/bfloat16 or widened to float64.
+* ``philox_normal_rows_(out, seed, offset, first_row)``: ``out`` [B, *] contiguous; row ``b``
+  (read flat) gets normals ``offset, offset + 1, ...`` of row stream ``first_row + b``. One
+  program per normal-aligned block of a row (a 1-D grid of ``B * blocks_per_row``, which has
+  no 65535 limit), so a row costs at most one partly used Philox call at each end.
 
 Memory traffic: ``philox4x32`` reads 8 bytes and writes 32 per call index; ``philox_normal_``
 only writes (2-8 bytes per element). Both are compute-bound on a GPU: 10 rounds of two 32x32
@@ -20,9 +24,10 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .philox import aligned_block, join64, philox_call, philox_key, to_storage
+from .philox import (aligned_block, aligned_row_block, join64, philox_call, philox_key,
+                     row_stream_words, to_storage)
 
-__all__ = ["philox4x32", "philox_normal_"]
+__all__ = ["philox4x32", "philox_normal_", "philox_normal_rows_"]
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "n"])
@@ -49,6 +54,22 @@ def _philox_normal_kernel(out_ptr, seed_lo: tl.int32, seed_hi: tl.int32, off_lo:
     k0, k1 = philox_key(seed_lo, seed_hi)
     e, noise = aligned_block(k0, k1, join64(off_lo, off_hi), tl.program_id(0), BLOCK)
     tl.store(out_ptr + e, to_storage(noise, out_ptr.dtype.element_ty), mask=(e >= 0) & (e < n))
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "row_lo", "row_hi",
+                               "n", "blocks_per_row"])
+def _philox_normal_rows_kernel(out_ptr, seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32,
+                               off_hi: tl.int32, row_lo: tl.int32, row_hi: tl.int32,
+                               n: tl.int64, blocks_per_row: tl.int64, BLOCK: tl.constexpr):
+    # Program p: block p % blocks_per_row of row b = p // blocks_per_row (n elements a row).
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // blocks_per_row
+    k0, k1 = philox_key(seed_lo, seed_hi)
+    s0, s1 = row_stream_words(join64(row_lo, row_hi) + b)
+    e, noise = aligned_row_block(k0, k1, s0, s1, join64(off_lo, off_hi),
+                                 pid - b * blocks_per_row, BLOCK)
+    tl.store(out_ptr + b * n + e, to_storage(noise, out_ptr.dtype.element_ty),
+             mask=(e >= 0) & (e < n))
 
 
 @_launch.on_tensor_device
@@ -78,3 +99,22 @@ def philox_normal_(out: Tensor, seed: int, offset: int) -> None:
     if n:
         _philox_normal_kernel[_launch.aligned_grid(n, offset)](
             out, *_launch.split64(seed), *_launch.split64(offset), n, BLOCK=_launch.BLOCK)
+
+
+@_launch.on_tensor_device
+def philox_normal_rows_(out: Tensor, seed: int, offset: int, first_row: int) -> None:
+    """Fill contiguous ``out`` [B, *] (float16/bfloat16/float32/float64): row ``b`` read flat
+    gets normals ``offset ..`` of row stream ``first_row + b``."""
+    _launch.tl_dtype(out.dtype)  # raises for non-floating dtypes
+    if not out.is_contiguous() or out.dim() == 0:
+        raise RuntimeError("philox_normal_rows_: out must be contiguous with dim >= 1")
+    if first_row < 0:
+        raise RuntimeError(f"philox_normal_rows_: first_row must be >= 0 (got {first_row})")
+    if out.numel() == 0:
+        return
+    rows = out.shape[0]
+    n = out.numel() // rows
+    blocks_per_row = _launch.aligned_grid(n, offset)[0]
+    _philox_normal_rows_kernel[(rows * blocks_per_row,)](
+        out, *_launch.split64(seed), *_launch.split64(offset), *_launch.split64(first_row), n,
+        blocks_per_row, BLOCK=_launch.BLOCK)
