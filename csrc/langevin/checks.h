@@ -60,4 +60,20 @@ inline int64_t check_half_sq_norm(at::TensorList tensors,
   return batch;
 }
 
+// Row mode (first_row given): every tensor has dim >= 1 and the same dim 0, B, and
+// first_row >= 0. Returns B, or -1 in flat mode (first_row absent).
+inline int64_t check_langevin_rows(at::TensorList tensors, const std::optional<int64_t>& first_row) {
+  if (!first_row.has_value()) return -1;
+  TORCH_CHECK(*first_row >= 0, "langevin_step_: first_row must be >= 0, got ", *first_row);
+  TORCH_CHECK(tensors[0].dim() >= 1, "langevin_step_: first_row (row mode) needs tensors with a "
+              "batch dimension (dim 0); tensors[0] is 0-d");
+  const int64_t batch = tensors[0].size(0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].dim() >= 1 && tensors[i].size(0) == batch, "langevin_step_: "
+                "first_row (row mode) needs every tensor to have dim 0 == ", batch,
+                "; tensors[", i, "] has shape ", tensors[i].sizes());
+  }
+  return batch;
+}
+
 }  // namespace vaebm_fast

@@ -3,7 +3,9 @@
 //   t <- clamp(t - h (clip(g) + lambda t) + sigma xi, low, high),   h = step_size / 2,
 //
 // over a list of tensors, where element k of the flattened concatenation of the list uses
-// normal number offset + k of the Philox stream for `seed` (csrc/common/philox.h). The reference is
+// normal number offset + k of the Philox stream for `seed` (csrc/common/philox.h); in row mode
+// (first_row given) element j of row b of tensor g uses normal offset + cum_g + j of row stream
+// first_row + b, cum_g the per-row numels of the tensors before g. The reference is
 // langevin_step_reference in vaebm_fast/ops/langevin.py.
 //
 // Memory traffic: read t and g, write t (12 bytes per fp32 element); the noise is generated in
@@ -93,14 +95,15 @@ void add_half_sq_norms(const scalar_t* t, int64_t n, int64_t first, int64_t per_
 // n contiguous elements whose first element uses normal number m0. When `acc` is given, the
 // half squared norms of the updated elements are added to it per sample (see above); `first`
 // is the element number of t[0] within its tensor.
+// `stream`: the counter words 2, 3 of the noise (0: flat stream; r + 1: row stream r).
 template <typename scalar_t>
 void update_range(scalar_t* t, const scalar_t* g, int64_t n, uint64_t seed, uint64_t m0,
-                  const Coeffs<at::opmath_type<scalar_t>>& c, double* acc, int64_t first,
-                  int64_t per_sample) {
+                  uint64_t stream, const Coeffs<at::opmath_type<scalar_t>>& c, double* acc,
+                  int64_t first, int64_t per_sample) {
   float noise[kNoiseBlock];
   for (int64_t start = 0; start < n; start += kNoiseBlock) {
     const int64_t len = std::min(kNoiseBlock, n - start);
-    fill_normals(noise, len, seed, m0 + static_cast<uint64_t>(start));
+    fill_normals(noise, len, seed, m0 + static_cast<uint64_t>(start), stream);
     if constexpr (std::is_same_v<scalar_t, float>) {
       update_block_f32(t + start, g + start, noise, len, c);  // SIMD clones
     } else {
@@ -114,23 +117,32 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
                        int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                        std::optional<double> grad_clip, std::optional<double> clamp_low,
                        std::optional<double> clamp_high,
-                       const std::optional<at::Tensor>& half_sq_norm) {
+                       const std::optional<at::Tensor>& half_sq_norm,
+                       std::optional<int64_t> first_row) {
   if (!check_langevin_args(tensors, grads, offset)) return;
   TORCH_CHECK(tensors[0].device().is_cpu(), "langevin_step_ (CPU kernel): tensors must be on the CPU");
   const at::ScalarType dtype = tensors[0].scalar_type();
   const int64_t batch = check_half_sq_norm(tensors, half_sq_norm);
+  const int64_t row_batch = check_langevin_rows(tensors, first_row);  // -1: flat mode
+  const bool row_mode = row_batch >= 0;
 
-  // Flat contiguous views to work on, and where each tensor starts in the concatenation.
+  // The iteration space is [rows, D]: position (b, k) is element k of row b of the
+  // concatenation of the tensors' rows, and uses normal offset + k of stream `b`'s stream. In
+  // flat mode there is one "row", the whole concatenation (rows = 1, D = total numel).
+  // Flat contiguous views to work on, each tensor's row length and where it starts in a row.
+  const int64_t rows = row_mode ? row_batch : 1;
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
-  std::vector<int64_t> start(tensors.size() + 1, 0);
+  std::vector<int64_t> row_len(tensors.size()), start(tensors.size() + 1, 0);
   for (size_t i = 0; i < tensors.size(); ++i) {
     work[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
     grad[i] = grads[i].contiguous();
-    start[i + 1] = start[i] + tensors[i].numel();
+    row_len[i] = row_mode ? (rows > 0 ? tensors[i].numel() / rows : 0) : tensors[i].numel();
+    start[i + 1] = start[i] + row_len[i];
   }
-  const int64_t total = start.back();
-  TORCH_CHECK(total <= std::numeric_limits<int64_t>::max() - offset,
+  const int64_t per_row = start.back();  // D: normals per row (flat: the total numel)
+  TORCH_CHECK(per_row <= std::numeric_limits<int64_t>::max() - offset,
               "langevin_step_: offset + numel overflows int64");
+  const int64_t total = rows * per_row;
   constexpr double kInf = std::numeric_limits<double>::infinity();
   const double clip = grad_clip.value_or(kInf);
   const uint64_t key = static_cast<uint64_t>(seed);
@@ -149,18 +161,26 @@ void langevin_step_cpu(at::TensorList tensors, at::TensorList grads, double step
     }
     // Half squared norms: one row of `batch` double accumulators per thread, summed at the end.
     std::vector<double> partial(half_sq_norm ? at::get_num_threads() * batch : 0, 0.0);
-    // One parallel loop over the concatenation, so many small tensors still share the threads;
-    // each task walks the tensors its range [begin, end) overlaps.
+    // One parallel loop over all [rows, D] positions, so many small tensors (and short rows)
+    // still share the threads; each task walks the (row, tensor) runs its range [begin, end)
+    // overlaps. Within a run the noise comes 4 normals per Philox call, as in flat mode; in
+    // row mode each run that starts or ends inside a call wastes the rest of that call (at most
+    // 2 calls per (row, tensor): ~1.5% of the noise work for rows of 512 elements).
     at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
       double* acc = half_sq_norm ? partial.data() + at::get_thread_num() * batch : nullptr;
-      size_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
-      for (; i < work.size() && start[i] < end; ++i) {
-        const int64_t lo = std::max(begin, start[i]), hi = std::min(end, start[i + 1]);
-        if (lo >= hi) continue;  // empty tensor
-        const int64_t local = lo - start[i];
-        const int64_t per_sample = work[i].numel() / std::max<int64_t>(batch, 1);
-        update_range<scalar_t>(t_ptr[i] + local, g_ptr[i] + local, hi - lo, key,
-                               static_cast<uint64_t>(offset + lo), c, acc, local, per_sample);
+      for (int64_t pos = begin; pos < end;) {
+        const int64_t b = pos / per_row, k = pos - b * per_row;
+        // The tensor holding k: the last i with start[i] <= k (skips empty tensors).
+        const size_t i = std::upper_bound(start.begin(), start.end(), k) - start.begin() - 1;
+        const int64_t len = std::min(end - pos, start[i + 1] - k);
+        const int64_t local = b * row_len[i] + (k - start[i]);  // element number in tensor i
+        const int64_t per_sample =
+            row_mode ? row_len[i] : work[i].numel() / std::max<int64_t>(batch, 1);
+        const uint64_t stream = row_mode ? static_cast<uint64_t>(*first_row + b) + 1 : 0;
+        update_range<scalar_t>(t_ptr[i] + local, g_ptr[i] + local, len, key,
+                               static_cast<uint64_t>(offset + k), stream, c, acc, local,
+                               per_sample);
+        pos += len;
       }
     });
     if (half_sq_norm) {

@@ -11,6 +11,11 @@
 // Arithmetic: float for fp32/fp16/bf16 (stored once, rounded to nearest), double for fp64
 // with the float32 normals widened; order t - h * (clip(g) + lambda * t) + sigma * xi.
 //
+// Row mode (first_row >= 0; every tensor has B rows): one thread per (row b, call c) of the
+// chunk's per-row concatenation, drawing from row stream first_row + b (counter words 2, 3 =
+// first_row + b + 1). Still one Philox call per 4 normals; per (row, chunk) at most one partly
+// used call at each end, plus one 64-bit division per thread (32-bit when the sizes fit).
+//
 // Optional half_sq_norm [B] (every tensor has B rows along dim 0): 0.5 sum_i ||t_i[b]||^2 of
 // the stored (rounded) new values. The launcher zeroes it with cudaMemsetAsync; each thread
 // sums the squares of its elements per row (flushing a row with atomicAdd when its 4 elements
@@ -27,8 +32,11 @@ namespace vaebm_fast {
 namespace cuda {
 
 // The update t <- clamp(t - half_step (clamp(g, -clip, clip) + prior_weight t) + sigma xi,
-// low, high); absent clip / clamp are +-inf. Element k of the concatenation of the tensors
-// uses normal number offset + k of the Philox stream for seed.
+// low, high); absent clip / clamp are +-inf. Flat mode (first_row < 0): element k of the
+// concatenation of the tensors uses normal number offset + k of the Philox stream for seed.
+// Row mode (first_row >= 0): every tensor has `rows` rows (dim 0), and element j of row b of
+// tensor i uses normal offset + (sum of the per-row numels of tensors < i) + j of row stream
+// first_row + b.
 struct LangevinArgs {
   double half_step;
   double prior_weight;
@@ -38,6 +46,8 @@ struct LangevinArgs {
   double high;
   uint64_t seed;
   uint64_t offset;
+  int64_t first_row;  // < 0: flat mode
+  int64_t rows;       // B in row mode (ignored in flat mode)
 };
 
 // Updates n_tensors contiguous device arrays in place: tensors[i] and grads[i] hold numels[i]
@@ -67,8 +77,10 @@ struct Chunk {
   int count;
   void* t[kMaxTensors];
   const void* g[kMaxTensors];
-  int64_t begin[kMaxTensors + 1];  // element index of each tensor in the whole concatenation
-  int64_t row[kMaxTensors];        // elements per row (numel / B); used with half_sq_norm only
+  // Element index of each tensor in the whole concatenation (row mode: in the concatenation
+  // of the tensors' rows, i.e. a row's normal number minus offset).
+  int64_t begin[kMaxTensors + 1];
+  int64_t row[kMaxTensors];  // elements per row (numel / B); for half_sq_norm and row mode
 };
 
 // Clamp that lets NaN through, like torch.clamp (fminf/fmaxf would drop it).
@@ -97,8 +109,8 @@ __device__ __forceinline__ void add_rows(A* norm, int64_t b, A s) {
 
 template <typename T, bool kNorm>
 __global__ void __launch_bounds__(kThreads)
-langevin_kernel(Chunk chunk, int64_t first_call, int64_t n_calls, LangevinArgs args,
-                dev::Acc<T>* __restrict__ norm) {
+langevin_kernel(Chunk chunk, int64_t first_call, int64_t n_calls, int64_t n_rows,
+                LangevinArgs args, dev::Acc<T>* __restrict__ norm) {
   using A = dev::Acc<T>;
   const A h = static_cast<A>(args.half_step), lam = static_cast<A>(args.prior_weight);
   const A sig = static_cast<A>(args.sigma);
@@ -107,17 +119,21 @@ langevin_kernel(Chunk chunk, int64_t first_call, int64_t n_calls, LangevinArgs a
   const int64_t chunk_begin = chunk.begin[0], chunk_end = chunk.begin[chunk.count];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t lane_id = threadIdx.x % dev::kWarpSize;
-  // Whole warps iterate together (the loop tests the warp's first call; the stride is a
+  const bool row_mode = args.first_row >= 0;
+  const int64_t n_units = n_rows * n_calls;  // (row, call) pairs; flat mode: n_rows = 1
+  // Whole warps iterate together (the loop tests the warp's first unit; the stride is a
   // multiple of 32), so the half_sq_norm warp reduction has every lane; lanes past the end
   // take part with nothing to add.
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i - lane_id < n_calls; i += stride) {
+       i - lane_id < n_units; i += stride) {
     int64_t row_b = -1;  // kNorm: row of the pending sum, -1 for none
     A row_sum = 0;
-    if (i < n_calls) {
-      const uint64_t call = static_cast<uint64_t>(first_call + i);
+    if (i < n_units) {
+      const int64_t b = row_mode ? dev::div64(i, n_calls) : 0;  // row of this unit
+      const uint64_t call = static_cast<uint64_t>(first_call + (i - b * n_calls));
+      const uint64_t stream = row_mode ? static_cast<uint64_t>(args.first_row + b) + 1 : 0;
       float xi[4];
-      philox::normals4(philox::philox_call(args.seed, call), xi);
+      philox::normals4(philox::philox_call(args.seed, call, stream), xi);
       // Element k (in the concatenation) of lane j uses normal 4 call + j = offset + k.
       const int64_t k0 = static_cast<int64_t>(4 * call - args.offset);
       // Tensor holding the first of these elements: largest j with begin[j] <= k (binary
@@ -133,7 +149,7 @@ langevin_kernel(Chunk chunk, int64_t first_call, int64_t n_calls, LangevinArgs a
         const int64_t k = k0 + lane;
         if (k < chunk_begin || k >= chunk_end) continue;
         while (k >= chunk.begin[tensor + 1]) ++tensor;  // next tensor (past empty ones)
-        const int64_t local = k - chunk.begin[tensor];
+        const int64_t local = b * chunk.row[tensor] + (k - chunk.begin[tensor]);
         T* t = static_cast<T*>(chunk.t[tensor]) + local;
         const A g =
             clamp_nan(dev::load(static_cast<const T*>(chunk.g[tensor]) + local), -clip, clip);
@@ -168,7 +184,12 @@ cudaError_t launch(int64_t n_tensors, void* const* tensors, const void* const* g
         cudaMemsetAsync(norm, 0, static_cast<size_t>(batch) * sizeof(A), stream);
     if (err != cudaSuccess) return err;
   }
-  int64_t position = 0;  // element index of tensors[i] in the concatenation
+  const bool row_mode = args.first_row >= 0;
+  const int64_t n_rows = row_mode ? args.rows : 1;
+  if (n_rows <= 0) return cudaSuccess;
+  // Row length of each tensor: numel / B (row mode, or flat mode with half_sq_norm).
+  const int64_t row_div = row_mode ? args.rows : batch;
+  int64_t position = 0;  // element index of tensors[i] in the (per-row) concatenation
   for (int64_t first = 0; first < n_tensors; first += kMaxTensors) {
     Chunk chunk;
     const int64_t left = n_tensors - first;
@@ -177,8 +198,8 @@ cudaError_t launch(int64_t n_tensors, void* const* tensors, const void* const* g
       chunk.t[j] = tensors[first + j];
       chunk.g[j] = grads[first + j];
       chunk.begin[j] = position;
-      chunk.row[j] = batch > 0 ? numels[first + j] / batch : 0;
-      position += numels[first + j];
+      chunk.row[j] = row_div > 0 ? numels[first + j] / row_div : 0;
+      position += row_mode ? chunk.row[j] : numels[first + j];
     }
     chunk.begin[chunk.count] = position;
     const int64_t elements = position - chunk.begin[0];
@@ -187,13 +208,13 @@ cudaError_t launch(int64_t n_tensors, void* const* tensors, const void* const* g
     const int64_t m_first = static_cast<int64_t>(args.offset) + chunk.begin[0];
     const int64_t first_call = m_first / 4;
     const int64_t n_calls = (m_first + elements - 1) / 4 - first_call + 1;
-    const unsigned blocks = dev::grid_for(n_calls, kThreads);
+    const unsigned blocks = dev::grid_for(n_rows * n_calls, kThreads);
     if (norm != nullptr) {
       langevin_kernel<T, true><<<blocks, kThreads, 0, stream>>>(chunk, first_call, n_calls,
-                                                                args, norm);
+                                                                n_rows, args, norm);
     } else {
       langevin_kernel<T, false><<<blocks, kThreads, 0, stream>>>(chunk, first_call, n_calls,
-                                                                 args, nullptr);
+                                                                 n_rows, args, nullptr);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -236,26 +257,28 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                         int64_t seed, int64_t offset, double prior_weight, double noise_scale,
                         std::optional<double> grad_clip, std::optional<double> clamp_low,
                         std::optional<double> clamp_high,
-                        const std::optional<at::Tensor>& half_sq_norm) {
+                        const std::optional<at::Tensor>& half_sq_norm,
+                        std::optional<int64_t> first_row) {
   // No tensors: nothing to do, half_sq_norm untouched (as the CPU kernel).
   if (!check_langevin_args(tensors, grads, offset)) return;
   const at::Device device = tensors[0].device();
   check_cuda(tensors[0], "langevin_step_", "tensors[0]");
   const at::ScalarType dtype = tensors[0].scalar_type();
   const int64_t batch = check_half_sq_norm(tensors, half_sq_norm);
+  const int64_t row_batch = check_langevin_rows(tensors, first_row);  // -1: flat mode
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> work(tensors.size()), grad(tensors.size());
   std::vector<void*> t_ptr(tensors.size());
   std::vector<const void*> g_ptr(tensors.size());
   std::vector<int64_t> numels(tensors.size());
-  int64_t total = 0;
+  int64_t total = 0;  // normals per stream: the total numel, or per row in row mode
   for (size_t i = 0; i < tensors.size(); ++i) {
     work[i] = tensors[i].is_contiguous() ? tensors[i] : tensors[i].contiguous();
     grad[i] = grads[i].contiguous();
     t_ptr[i] = work[i].data_ptr();
     g_ptr[i] = grad[i].const_data_ptr();
     numels[i] = work[i].numel();
-    total += numels[i];
+    total += row_batch > 0 ? numels[i] / row_batch : numels[i];
   }
   TORCH_CHECK(total <= std::numeric_limits<int64_t>::max() - offset,
               "langevin_step_: offset + numel overflows int64");
@@ -267,7 +290,9 @@ void langevin_step_cuda(at::TensorList tensors, at::TensorList grads, double ste
                           clamp_low.value_or(-kInf),
                           clamp_high.value_or(kInf),
                           static_cast<uint64_t>(seed),
-                          static_cast<uint64_t>(offset)};
+                          static_cast<uint64_t>(offset),
+                          first_row.has_value() ? *first_row : -1,
+                          row_batch};
   void* norm = half_sq_norm.has_value() ? half_sq_norm->data_ptr() : nullptr;
   VAEBM_FAST_CUDA_LAUNCH(langevin_step(to_dtype(dtype, "langevin_step_"),
                                        static_cast<int64_t>(tensors.size()), t_ptr.data(),

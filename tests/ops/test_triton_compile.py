@@ -37,13 +37,19 @@ SCRIPT = textwrap.dedent('''
           {"BLOCK": 256})
     build("philox_normal_", rng._philox_normal_kernel,
           {"out_ptr": "*bf16", **halves("seed", "off"), "n": i64}, {"BLOCK": 1024})
-    for dtype, compute in ((tl.bfloat16, "fp32"), (tl.float64, "fp64")):
-        build(f"langevin_step_ {dtype}", langevin._langevin_kernel,
+    build("philox_normal_rows_", rng._philox_normal_rows_kernel,
+          {"out_ptr": "*fp32", **halves("seed", "off", "row"), "n": i64,
+           "blocks_per_row": i64}, {"BLOCK": 1024})
+    for (dtype, compute), row_mode in [(dc, r) for dc in ((tl.bfloat16, "fp32"),
+                                                         (tl.float64, "fp64"))
+                                       for r in (False, True)]:
+        build(f"langevin_step_ {dtype} rows={row_mode}", langevin._langevin_kernel,
               {"table_ptr": "*i64", "n_tensors": i32, "hsn_ptr": "*" + compute, "n_rows": i32,
-               **halves("seed", "off", "half_step", "prior", "sigma", "clip", "low", "high")},
+               **halves("seed", "off", "row", "half_step", "prior", "sigma", "clip", "low",
+                        "high")},
               {"DTYPE": dtype, "COMPUTE": getattr(tl, "float32" if compute == "fp32"
                                                    else "float64"),
-               "HAS_HSN": True, "SEARCH_STEPS": 3, "BLOCK": 1024})
+               "HAS_HSN": True, "ROWS": row_mode, "SEARCH_STEPS": 3, "BLOCK": 1024})
     rows = {"row_stride": i64, "n_rows": i64, "index_ptr": "*i64", "P": i64, "n": i64}
     build("replay_gather", replay._gather_kernel,
           {"buf_ptr": "*fp16", "reinit_ptr": "*i1", "out_ptr": "*fp16", **rows,

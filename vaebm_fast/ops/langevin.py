@@ -17,6 +17,14 @@ list, given its gradient ``g`` of the potential's data term:
   ``offset + k`` of the Philox stream for ``seed`` (``vaebm_fast.ops.rng``). The op returns
   ``offset + total_numel``, the next free offset, so consecutive steps never reuse noise and
   splitting a tensor into several list entries does not change the result.
+* ``xi`` in **row mode** (``first_row`` given; every tensor has dim >= 1 and the same dim 0,
+  ``B``): element ``j`` of row ``b`` of tensor ``g`` (``tensors[g][b]`` flattened) uses normal
+  number ``offset + cum_g + j`` of row stream ``first_row + b`` (``vaebm_fast.ops.rng``), where
+  ``cum_g`` is the sum of the per-row numels of the tensors before ``g``. The op returns
+  ``offset + D``, ``D`` the sum of the per-row numels. A sample's noise then depends only on
+  ``(seed, first_row + b, offset, element)``: a batch split into several calls (or processes)
+  with matching ``first_row`` gets bit-identical noise, and, as in flat mode, splitting a
+  tensor's trailing dims into list entries changes nothing.
 
 Arithmetic: float32 for float32/float16/bfloat16 tensors (rounded once when stored), float64 for
 float64 tensors (with the float32 normals widened), in the order
@@ -53,7 +61,8 @@ from .._kernel_rules import (KERNEL_DTYPE_NAMES, KERNEL_DTYPES, compute_dtype,
                              elements_share_memory)
 from ..validation import check_real, explain
 from . import _dispatch, _library
-from .rng import check_stream_range, philox_normal_reference
+from .rng import (check_first_row, check_stream_range, philox_normal_reference,
+                  philox_normal_rows_reference)
 
 __all__ = ["langevin_step_", "langevin_step_reference", "langevin_step_graphed_",
            "LangevinStepper"]
@@ -207,6 +216,37 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     torch._check_value(half_sq_norm.is_contiguous(), explain("half_sq_norm must be contiguous"))
 
 
+def _check_rows(tensors, first_row) -> int:
+    """Row mode's shape rule: every tensor dim >= 1 with the same dim 0, B; returns D, the
+    normals a row consumes (the sum of the per-row numels). The fake kernel's check too."""
+    torch._check_value(first_row >= 0, explain(
+        "first_row must be >= 0 (got ", first_row, "); it is the global index of the batch's "
+        "first sample"))
+    torch._check_value(len(tensors) > 0, explain(
+        "first_row (row mode) needs at least one tensor: B is the tensors' dim 0"))
+    batch = tensors[0].shape[0] if tensors[0].dim() > 0 else None
+    for i, t in enumerate(tensors):
+        torch._check_value(t.dim() > 0, explain(
+            "first_row (row mode) needs tensors with dim >= 1, samples along dim 0 (tensors[",
+            i, "] is 0-d); reshape it to [B, ...] or pass first_row=None"))
+        torch._check_value(t.shape[0] == batch, explain(
+            "first_row (row mode) needs every tensor with the same dim 0 = B (tensors[0] has ",
+            batch, ", tensors[", i, "] has ", t.shape[0], ")"))
+    return sum(math.prod(t.shape[1:]) for t in tensors)
+
+
+def _stream_size(tensors, first_row) -> int:
+    """Normals one step consumes from each stream, validating row mode: the total numel (flat
+    mode, first_row None), else D; and first_row checked as an int in range."""
+    if first_row is None:
+        return sum(t.numel() for t in tensors)
+    if not tensors:
+        raise ValueError("first_row (row mode) needs at least one tensor: B is the tensors' "
+                         "dim 0")
+    first_row = check_first_row(first_row, tensors[0].shape[0] if tensors[0].dim() else 0)
+    return _check_rows(tensors, first_row)
+
+
 def _check_rng_state(rng_state, tensors, grads) -> None:
     """rng_state: int64 [2] (seed, offset) on the tensors' device; tensors and grads
     contiguous (the graphed kernel reads them in place)."""
@@ -227,8 +267,10 @@ def _check_rng_state(rng_state, tensors, grads) -> None:
 
 
 def _fake_step(tensors, grads, step_size, seed, offset, prior_weight, noise_scale, grad_clip,
-               clamp_low, clamp_high, half_sq_norm=None):
+               clamp_low, clamp_high, half_sq_norm=None, first_row=None):
     _check_tensors(tensors, grads, half_sq_norm)
+    if first_row is not None:
+        _check_rows(tensors, first_row)
 
 
 def _fake_graphed(tensors, grads, step_size, rng_state, offset_add, prior_weight, noise_scale,
@@ -245,7 +287,7 @@ def _triton():
 _library.define(
     "langevin_step_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, int seed, "
     "int offset, float prior_weight, float noise_scale, float? grad_clip, float? clamp_low, "
-    "float? clamp_high, Tensor(b!)? half_sq_norm=None) -> ()",
+    "float? clamp_high, Tensor(b!)? half_sq_norm=None, int? first_row=None) -> ()",
     fake=_fake_step, triton=lambda: _triton().langevin_step_)
 _library.define(
     "langevin_step_graphed_(Tensor(a!)[] tensors, Tensor[] grads, float step_size, "
@@ -257,13 +299,14 @@ _library.define(
 # ------------------------------------------------------------------------- specification
 
 def _update_reference(tensors, grads, o: _Options, noise: Tensor, half_sq_norm) -> None:
-    """The update on validated arguments, with ``noise`` float32 [total] the stream's normals
-    for the concatenation."""
-    start = 0
+    """The update on validated arguments, with ``noise`` float32 [R, D] the normals of each
+    stream for the concatenation of the tensors' rows: flat mode R = 1 (the whole
+    concatenation, D = total numel), row mode R = B (row b's stream, D = per-row numels)."""
+    rows, start = noise.shape[0], 0
     for t, g in zip(tensors, grads):
-        n = t.numel()
+        n = t.numel() // rows if rows else 0  # normals of t per stream
         compute = compute_dtype(t.dtype)
-        xi = noise[start:start + n].reshape(t.shape).to(compute)
+        xi = noise[:, start:start + n].reshape(t.shape).to(compute)
         x, gc = t.to(compute), g.to(compute)
         if o.grad_clip is not None:
             gc = gc.clamp(-o.grad_clip, o.grad_clip)
@@ -279,21 +322,28 @@ def _update_reference(tensors, grads, o: _Options, noise: Tensor, half_sq_norm) 
 
 
 def _run(chosen: str, tensors, grads, o: _Options, seed: int, offset: int, total: int,
-         half_sq_norm) -> int:
-    """One step on validated arguments with the chosen backend; the next offset."""
-    if total == 0:
+         half_sq_norm, first_row: Optional[int] = None) -> int:
+    """One step on validated arguments with the chosen backend; the next offset. ``total``:
+    the normals taken from each stream (:func:`_stream_size`)."""
+    if total == 0 or (first_row is not None and tensors[0].shape[0] == 0):  # no elements
         if half_sq_norm is not None:
             half_sq_norm.zero_()
-        return offset
+        return offset + total
     with torch.no_grad():
         if chosen == "eager":
-            noise = philox_normal_reference(total, seed=seed, offset=offset,
-                                            device=tensors[0].device)
+            device = tensors[0].device
+            if first_row is None:
+                noise = philox_normal_reference(total, seed=seed, offset=offset,
+                                                device=device).reshape(1, total)
+            else:
+                noise = philox_normal_rows_reference(tensors[0].shape[0], total, seed=seed,
+                                                     offset=offset, first_row=first_row,
+                                                     device=device)
             _update_reference(tensors, grads, o, noise, half_sq_norm)
         else:
             _library.namespace(chosen).langevin_step_(
                 tensors, grads, o.step_size, seed, offset, o.prior_weight, o.sigma,
-                o.grad_clip, o.low, o.high, half_sq_norm)
+                o.grad_clip, o.low, o.high, half_sq_norm, first_row)
     return offset + total
 
 
@@ -302,13 +352,14 @@ def langevin_step_reference(tensors: TensorOrList, grads: TensorOrList, *, step_
                             noise_scale: Optional[float] = None,
                             grad_clip: Optional[float] = None,
                             clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
-                            half_sq_norm: Optional[Tensor] = None) -> int:
+                            half_sq_norm: Optional[Tensor] = None,
+                            first_row: Optional[int] = None) -> int:
     """The specification of :func:`langevin_step_` in plain PyTorch (same arguments and result,
     no ``backend``)."""
     return langevin_step_(tensors, grads, step_size=step_size, seed=seed, offset=offset,
                           prior_weight=prior_weight, noise_scale=noise_scale,
                           grad_clip=grad_clip, clamp=clamp, half_sq_norm=half_sq_norm,
-                          backend="eager")
+                          first_row=first_row, backend="eager")
 
 
 # ------------------------------------------------------------------------- public ops
@@ -317,7 +368,8 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
                    offset: int, prior_weight: float = 1.0, noise_scale: Optional[float] = None,
                    grad_clip: Optional[float] = None,
                    clamp: Optional[Tuple[Optional[float], Optional[float]]] = None,
-                   half_sq_norm: Optional[Tensor] = None, backend: str = "auto") -> int:
+                   half_sq_norm: Optional[Tensor] = None, first_row: Optional[int] = None,
+                   backend: str = "auto") -> int:
     """One Langevin step on every tensor of ``tensors``, in place (see the module docstring).
 
     Args:
@@ -333,10 +385,15 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
         half_sq_norm: optional output, float32 [B] (float64 for float64 tensors), contiguous,
             on the tensors' device, where every tensor has dim >= 1 and dim 0 == B;
             overwritten with ``0.5 * sum_i ||tensors[i][b]||^2`` of the updated states.
+        first_row: None (flat mode: noise from one stream over the whole list), or the global
+            index of sample ``tensors[i][0]`` (row mode: row ``b`` draws from row stream
+            ``first_row + b``; every tensor needs dim >= 1 and the same dim 0 = B), an int in
+            [0, 2**62 - B].
         backend: "auto" | "native" | "triton" | "eager" (see
             ``vaebm_fast.ops.set_default_backend``).
     Returns:
-        ``offset + sum(t.numel() for t in tensors)``, the next free offset of the stream.
+        the next free offset: ``offset + sum(t.numel() for t in tensors)`` in flat mode,
+        ``offset + D`` in row mode (``D = sum(t[0].numel() for t in tensors)``).
     Raises:
         TypeError / ValueError: invalid arguments (message says which and why).
         BackendUnavailableError: ``backend`` names a backend that cannot run here.
@@ -344,13 +401,14 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
     tensors, grads = _as_list(tensors, "tensors"), _as_list(grads, "grads")
     o = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
     _check_tensors(tensors, grads, half_sq_norm)
-    total = sum(t.numel() for t in tensors)
+    total = _stream_size(tensors, first_row)
     seed, offset = check_stream_range(seed, offset, total)
     if not tensors:  # nothing runs, so no device to ask: only the name is checked
         _dispatch.check_choice(backend)
         return offset
     chosen = _dispatch.resolve_backend("langevin_step_", backend, tensors[0].device)
-    return _run(chosen, tensors, grads, o, seed, offset, total, half_sq_norm)
+    return _run(chosen, tensors, grads, o, seed, offset, total, half_sq_norm,
+                None if first_row is None else int(first_row))
 
 
 def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
@@ -405,7 +463,8 @@ class LangevinStepper:
     offset=..., half_sq_norm=None)`` then runs one in-place step and returns the next offset,
     checking the stream range, the gradients (length, shapes, dtype, device; not their memory)
     and the output row. ``grads`` must be the gradients of these tensors (as autograd returns
-    them: same shapes, dtype and device, memory of their own).
+    them: same shapes, dtype and device, memory of their own). ``first_row=`` selects row mode
+    as in :func:`langevin_step_` (the row shape rule is checked on the first such call).
     """
 
     def __init__(self, tensors: Sequence[Tensor], *, step_size: float, prior_weight: float = 1.0,
@@ -419,10 +478,18 @@ class LangevinStepper:
         device = self.tensors[0].device if self.tensors else torch.device("cpu")
         self.backend = _dispatch.resolve_backend("langevin_step_", backend, device)
         self._norm_like: Optional[tuple] = None  # (shape, dtype, device) of a checked output
+        self._row_total: Optional[int] = None  # D of row mode, once its shape rule is checked
 
     def __call__(self, grads: Sequence[Tensor], *, seed: int, offset: int,
-                 half_sq_norm: Optional[Tensor] = None) -> int:
-        seed, offset = check_stream_range(seed, offset, self.total)
+                 half_sq_norm: Optional[Tensor] = None, first_row: Optional[int] = None
+                 ) -> int:
+        total = self.total
+        if first_row is not None:
+            if self._row_total is None:
+                self._row_total = _stream_size(self.tensors, first_row)
+            first_row = check_first_row(first_row, self.tensors[0].shape[0])
+            total = self._row_total
+        seed, offset = check_stream_range(seed, offset, total)
         grads = _as_list(grads, "grads")
         # Every backend must refuse what the native kernel refuses: the eager update would
         # broadcast a wrong-shaped gradient, and zip() would skip states without one.
@@ -433,5 +500,5 @@ class LangevinStepper:
             if like is None or like != self._norm_like or not half_sq_norm.is_contiguous():
                 _check_tensors(self.tensors, grads, half_sq_norm)
                 self._norm_like = like
-        return _run(self.backend, self.tensors, grads, self.options, seed, offset,
-                    self.total, half_sq_norm)
+        return _run(self.backend, self.tensors, grads, self.options, seed, offset, total,
+                    half_sq_norm, first_row)

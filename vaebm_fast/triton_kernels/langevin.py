@@ -19,6 +19,15 @@ launch, so a device table describes the list and one grid covers it:
   cannot hold safely: the table must exist before a capture (a warm-up call with the same
   tensors builds it), and a table a graph used is kept for the process's life.
 
+Row mode (``first_row`` given; every tensor [B, ...]): tensor ``i`` gets ``B *
+cdiv(row_len + 3, BLOCK)`` programs, program ``q`` of it handling block ``q % blocks_per_row``
+of row ``q // blocks_per_row``, with the normals of row stream ``first_row + b``
+(``philox.aligned_row_block``) and the start column holding the tensor's start within a row.
+The noise stays one Philox call per four elements; a row costs at most one partly used call at
+each end, and rows shorter than a block leave lanes idle (a [B, 4] tensor: 4 of 1024 lanes
+busy). The row mode lives in the table key, so flat and row steps of the same tensors have
+tables of their own.
+
 ``langevin_step_graphed_`` reads the stream's seed and offset from device memory
 (``rng_state`` int64 [2]) instead of kernel arguments, which a graph would freeze at capture.
 
@@ -43,7 +52,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _launch
-from .philox import aligned_block, from_f64_bits, join64, philox_key, to_storage
+from .philox import (aligned_block, aligned_row_block, from_f64_bits, join64, philox_key,
+                     row_stream_words, to_storage)
 
 __all__ = ["langevin_step_", "langevin_step_graphed_", "pointer_table"]
 
@@ -121,40 +131,63 @@ def update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr,
 
 
 @triton.jit(do_not_specialize=[
-    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "half_step_lo",
-    "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo", "clip_hi",
-    "low_lo", "low_hi", "high_lo", "high_hi"])
+    "n_tensors", "n_rows", "seed_lo", "seed_hi", "off_lo", "off_hi", "row_lo", "row_hi",
+    "half_step_lo", "half_step_hi", "prior_lo", "prior_hi", "sigma_lo", "sigma_hi", "clip_lo",
+    "clip_hi", "low_lo", "low_hi", "high_lo", "high_hi"])
 def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
                      seed_lo: tl.int32, seed_hi: tl.int32, off_lo: tl.int32, off_hi: tl.int32,
+                     row_lo: tl.int32, row_hi: tl.int32,
                      half_step_lo: tl.int32, half_step_hi: tl.int32,
                      prior_lo: tl.int32, prior_hi: tl.int32,
                      sigma_lo: tl.int32, sigma_hi: tl.int32, clip_lo: tl.int32, clip_hi: tl.int32,
                      low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32, high_hi: tl.int32,
                      DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
-                     SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
-    # 64-bit scalars (seed, offset, float64 coefficients) arrive as int32 halves (join64).
+                     ROWS: tl.constexpr, SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    # 64-bit scalars (seed, offset, first row, float64 coefficients) arrive as int32 halves
+    # (join64).
     i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
         table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
-    # Element j of this tensor uses normal offset + start + j.
     k0, k1 = philox_key(seed_lo, seed_hi)
-    j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor, BLOCK)
-    mask = (j >= 0) & (j < numel)
+    if ROWS:
+        # Element jr of row b of this tensor uses normal offset + start + jr of row stream
+        # first_row + b (start: the tensor's start within a row).
+        row_len = tl.load(table_ptr + _ROW_LEN * n_tensors + i)
+        blocks_per_row = (row_len + 3 + BLOCK - 1) // BLOCK
+        block = block_of_tensor.to(tl.int64)
+        b = block // blocks_per_row
+        s0, s1 = row_stream_words(join64(row_lo, row_hi) + b)
+        jr, noise = aligned_row_block(k0, k1, s0, s1, join64(off_lo, off_hi) + start,
+                                      block - b * blocks_per_row, BLOCK)
+        mask = (jr >= 0) & (jr < row_len)
+        j = b * row_len + jr
+    else:
+        # Element j of this tensor uses normal offset + start + j.
+        j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor,
+                                 BLOCK)
+        mask = (j >= 0) & (j < numel)
     update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
                  half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
                  clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
                  DTYPE, COMPUTE, HAS_HSN, BLOCK)
 
 
-def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int) -> tuple:
-    """(device table int64 [6, n], number of programs); cached on pointers/numels/B.
+def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: int,
+                  rows: bool = False) -> tuple:
+    """(device table int64 [6, n], number of programs); cached on pointers/numels/B/mode.
+    ``rows``: row mode (B = n_rows rows per tensor, each its own normal-aligned blocks).
 
     Under CUDA-graph capture the table must already exist (the same tensors stepped once
     before the capture, as a warm-up does): building it copies from the host, which a graph
     cannot do safely. A table a graph captured is kept for the life of the process."""
     numels = [t.numel() for t in work]
     key = (work[0].device, tuple(t.data_ptr() for t in work),
-           tuple(g.data_ptr() for g in grads), tuple(numels), n_rows, block)
-    programs = [triton.cdiv(n + 3, block) if n else 0 for n in numels]
+           tuple(g.data_ptr() for g in grads), tuple(numels), n_rows, block, rows)
+    row_lens = [n // n_rows if n_rows else 1 for n in numels]
+    if rows:  # B rows of row_len elements, each rounded up to whole blocks
+        programs = [n_rows * triton.cdiv(r + 3, block) if n else 0
+                    for n, r in zip(numels, row_lens)]
+    else:
+        programs = [triton.cdiv(n + 3, block) if n else 0 for n in numels]
     total_programs = sum(programs)
     capturing = work[0].is_cuda and torch.cuda.is_current_stream_capturing()
     entry = _table_cache.get(key)
@@ -170,11 +203,10 @@ def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: i
             "inside the graph. Run one step on the same tensors and gradient buffers before "
             "capturing (a warm-up), and keep them (static buffers) for the graph's life.")
     starts, firsts, s, f = [], [], 0, 0
-    for n, p in zip(numels, programs):
-        starts.append(s)
+    for n, r, p in zip(numels, row_lens, programs):
+        starts.append(s)  # start in the concatenation (flat), or within a row (row mode)
         firsts.append(f)
-        s, f = s + n, f + p
-    row_lens = [n // n_rows if n_rows else 1 for n in numels]
+        s, f = s + (r if rows else n), f + p
     host = torch.tensor([list(key[1]), list(key[2]), starts, numels, firsts, row_lens],
                         dtype=torch.int64)
     if work[0].device.type == "cuda":
@@ -184,6 +216,17 @@ def pointer_table(work: List[Tensor], grads: List[Tensor], n_rows: int, block: i
     while len(_table_cache) > _TABLE_CACHE_SIZE:
         _table_cache.popitem(last=False)
     return table, total_programs
+
+
+def _check_rows(tensors, first_row) -> int:
+    """Row mode's minimal checks; returns B."""
+    if first_row < 0:
+        raise RuntimeError(f"langevin_step_: first_row must be >= 0 (got {first_row})")
+    n_rows = tensors[0].shape[0] if tensors[0].dim() else -1
+    if any(t.dim() == 0 or t.shape[0] != n_rows for t in tensors):
+        raise RuntimeError("langevin_step_: first_row (row mode) needs every tensor with "
+                           "dim >= 1 and the same dim 0")
+    return n_rows
 
 
 def _check(tensors, grads, half_sq_norm) -> int:
@@ -217,33 +260,40 @@ def _check(tensors, grads, half_sq_norm) -> int:
 def langevin_step_(tensors: List[Tensor], grads: List[Tensor], step_size: float, seed: int,
                    offset: int, prior_weight: float, noise_scale: float,
                    grad_clip: Optional[float], clamp_low: Optional[float],
-                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor] = None) -> None:
+                   clamp_high: Optional[float], half_sq_norm: Optional[Tensor] = None,
+                   first_row: Optional[int] = None) -> None:
     """In-place Langevin step on every ``tensors[i]`` [*] given ``grads[i]`` [same shape], noise
-    at (seed, offset); ``half_sq_norm`` [B] optional output (None for none)."""
+    at (seed, offset), from row streams ``first_row + b`` in row mode (``first_row`` not
+    None); ``half_sq_norm`` [B] optional output (None for none)."""
     if not tensors:
         if half_sq_norm is not None:
             raise RuntimeError("langevin_step_: half_sq_norm needs at least one tensor (B is "
                              "their dim 0)")
         return
     n_rows = _check(tensors, grads, half_sq_norm)
+    rows = first_row is not None
+    if rows:
+        n_rows = _check_rows(tensors, first_row)
     if half_sq_norm is not None:
         half_sq_norm.zero_()  # the kernel accumulates into it
     work = [t if t.is_contiguous() else t.contiguous() for t in tensors]
     gwork = [g.contiguous() for g in grads]
     if sum(t.numel() for t in work) == 0:
         return
-    table, programs = pointer_table(work, gwork, n_rows, _launch.BLOCK)
+    table, programs = pointer_table(work, gwork, n_rows, _launch.BLOCK, rows)
     inf = math.inf
     f64 = _launch.f64_args
     dtype = tensors[0].dtype
     _langevin_kernel[(programs,)](
         table, len(work), half_sq_norm if half_sq_norm is not None else table, n_rows,
-        *_launch.split64(seed), *_launch.split64(offset), *f64(step_size / 2),
+        *_launch.split64(seed), *_launch.split64(offset), *_launch.split64(first_row or 0),
+        *f64(step_size / 2),
         *f64(prior_weight), *f64(noise_scale), *f64(inf if grad_clip is None else grad_clip),
         *f64(-inf if clamp_low is None else clamp_low),
         *f64(inf if clamp_high is None else clamp_high),
         DTYPE=_launch.tl_dtype(dtype), COMPUTE=_launch.tl_dtype(_launch.compute_dtype(dtype)),
-        HAS_HSN=half_sq_norm is not None, SEARCH_STEPS=max(1, (len(work) - 1).bit_length()),
+        HAS_HSN=half_sq_norm is not None, ROWS=rows,
+        SEARCH_STEPS=max(1, (len(work) - 1).bit_length()),
         BLOCK=_launch.BLOCK)
     for t, w in zip(tensors, work):
         if w is not t:
