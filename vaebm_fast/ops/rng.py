@@ -95,7 +95,7 @@ def check_stream_range(seed, offset, n: int) -> tuple:
 def check_first_row(first_row, rows: int) -> int:
     """Validate the first row stream of a batch of ``rows`` rows: an int with
     ``0 <= first_row`` and ``first_row + rows - 1 <= MAX_ROW``."""
-    first_row = check_int(first_row, "first_row")
+    first_row = check_int(first_row, "first_row", low=-2**63)  # the type; the range below
     if first_row < 0 or first_row > MAX_ROW - max(rows - 1, 0):
         raise ValueError(f"first_row must be an int in [0, 2**62 - rows] (got {first_row} for "
                          f"{rows} rows); it is the global index of the batch's first sample")
