@@ -564,7 +564,7 @@ def test_graphed_bad_stream_position(kernel):
     d = kernel.device
     for name, rng_state, offset_add, error, match in [
         ("int32", torch.zeros(2, dtype=torch.int32, device=d), 0, ValueError, "int64"),
-        ("shape", torch.zeros(3, dtype=torch.int64, device=d), 0, ValueError, "int64"),
+        ("shape", torch.zeros(4, dtype=torch.int64, device=d), 0, ValueError, "int64"),
         ("device", torch.zeros(2, dtype=torch.int64, device="meta"), 0, ValueError,
          "is on meta"),
         ("a list", [0, 0], 0, TypeError, "rng_state must be a torch.Tensor"),

@@ -13,8 +13,9 @@ import math
 import pytest
 import torch
 
-from vaebm_fast.ops import (LangevinStepper, langevin_step_, langevin_step_reference,
-                            philox4x32_reference, philox_normal_reference, philox_normal_rows_,
+from vaebm_fast.ops import (LangevinStepper, langevin_step_, langevin_step_graphed_,
+                            langevin_step_reference, philox4x32_reference,
+                            philox_normal_reference, philox_normal_rows_,
                             philox_normal_rows_reference)
 from vaebm_fast.ops.rng import MAX_ROW, _philox_rounds
 
@@ -396,3 +397,48 @@ def test_step_rows_opcheck(kernel):
                                torch.empty(3, device=d), 7),
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor"))
+
+
+# ------------------------------------------------------------------------------ graphed op
+
+@pytest.mark.parametrize("target", SCALE_TARGETS)
+def test_graphed_rows_match_the_step(kernel, target):
+    # rng_state = (seed, offset, first_row) selects row mode: the graphed step equals
+    # langevin_step_(first_row=...) of the same backend bit for bit (offset_add included),
+    # and a batch split in two with rng_state[2] = f and f + k equals the whole batch.
+    kernel.require("langevin_step_graphed_")
+    backend = kernel.backend if target == "kernel" else "eager"
+    device = kernel.device if target == "kernel" else "cpu"
+    shapes = [(4, 3, 5), (4, 1031)]
+    ts, gs = make(shapes, seed=12)
+    grads = on(device, gs)
+    want = on(device, ts)
+    hsn_want = hsn_buffer(ts, device)
+    assert langevin_step_(want, grads, seed=5, offset=9 + 4, first_row=30, backend=backend,
+                          half_sq_norm=hsn_want, **STEP) == 13 + per_row(shapes)
+    for k in (4, 1, 3):
+        with helpers.case(f"first {k} rows"):
+            parts, hsn_parts = [], []
+            for lo, hi in ((0, k), (k, 4)):
+                part = [t[lo:hi].clone() for t in on(device, ts)]
+                hsn = hsn_buffer(part, device)
+                rng_state = torch.tensor([5, 9, 30 + lo], dtype=torch.int64, device=device)
+                langevin_step_graphed_(part, [g[lo:hi].clone() for g in grads],
+                                       rng_state=rng_state, offset_add=4, half_sq_norm=hsn,
+                                       backend=backend, **STEP)
+                assert rng_state.tolist() == [5, 9, 30 + lo]  # not advanced
+                parts.append(part)
+                hsn_parts.append(hsn)
+            for i, w in enumerate(want):
+                helpers.assert_same_bits(torch.cat([p[i] for p in parts]), w, f"tensors[{i}]")
+            helpers.assert_close(torch.cat(hsn_parts), hsn_want, OWN_TOL, "half_sq_norm")
+
+
+def test_graphed_rows_refuse_tensors_without_rows(kernel):
+    kernel.require("langevin_step_graphed_")
+    d = kernel.device
+    ts = [torch.zeros(3, 2, device=d), torch.zeros(2, device=d)]
+    with pytest.raises(ValueError, match="same dim 0"):
+        langevin_step_graphed_(ts, [t.clone() for t in ts], step_size=0.1,
+                               rng_state=torch.zeros(3, dtype=torch.int64, device=d),
+                               backend=kernel.backend)

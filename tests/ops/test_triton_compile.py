@@ -67,7 +67,8 @@ SCRIPT = textwrap.dedent('''
                                            "high")},
               {"DTYPE": getattr(tl, {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32",
                                      "fp64": "float64"}[st]),
-               "COMPUTE": acc[math], "HAS_HSN": True, "SEARCH_STEPS": 3, "BLOCK": 1024})
+               "COMPUTE": acc[math], "HAS_HSN": True, "ROWS": st in ("bf16", "fp64"),
+               "SEARCH_STEPS": 3, "BLOCK": 1024})
         f64 = math == "fp64"
         build(f"swish_forward {st}", swish._swish_forward_kernel,
               {"x": "*" + st, "y": "*" + st, "n": i64, **halves("scale")},

@@ -45,8 +45,9 @@ another tensor's gradient: a tensor whose own elements overlap (an ``expand``), 
 twice (or as a view of another) and a gradient in another state's memory are refused.
 
 :func:`langevin_step_graphed_` is the same step for a captured CUDA graph: it reads the
-stream position ``(seed, offset)`` from a device tensor ``rng_state`` when it runs, instead of
-taking it as arguments that a graph would freeze at capture (Triton kernel; the eager
+stream position ``(seed, offset)`` (row mode: ``(seed, offset, first_row)``) from a device
+tensor ``rng_state`` when it runs, instead of taking it as arguments that a graph would freeze
+at capture (Triton kernel; the eager
 reference reads ``rng_state`` on the host, which a graph cannot capture).
 """
 from __future__ import annotations
@@ -248,13 +249,17 @@ def _stream_size(tensors, first_row) -> int:
 
 
 def _check_rng_state(rng_state, tensors, grads) -> None:
-    """rng_state: int64 [2] (seed, offset) on the tensors' device; tensors and grads
+    """rng_state: int64 [2] (seed, offset), or [3] (seed, offset, first_row) for row mode
+    (the tensors then follow row mode's shape rule), on the tensors' device; tensors and grads
     contiguous (the graphed kernel reads them in place)."""
     torch._check_type(isinstance(rng_state, Tensor), explain(
         "rng_state must be a torch.Tensor (got ", type(rng_state).__name__, ")"))
-    torch._check_value(rng_state.dtype == torch.int64 and tuple(rng_state.shape) == (2,),
-                       explain("rng_state must be an int64 tensor [2] = (seed, offset) (got ",
-                               rng_state.dtype, " of shape ", list(rng_state.shape), ")"))
+    torch._check_value(rng_state.dtype == torch.int64 and tuple(rng_state.shape) in ((2,), (3,)),
+                       explain("rng_state must be an int64 tensor [2] = (seed, offset) or [3] = "
+                               "(seed, offset, first_row) (got ", rng_state.dtype,
+                               " of shape ", list(rng_state.shape), ")"))
+    if tuple(rng_state.shape) == (3,):
+        _check_rows(tensors, 0)
     if tensors:
         torch._check_value(rng_state.device == tensors[0].device, explain(
             "rng_state is on ", rng_state.device, " but the tensors are on ",
@@ -419,7 +424,9 @@ def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_s
                            half_sq_norm: Optional[Tensor] = None,
                            backend: str = "auto") -> None:
     """:func:`langevin_step_` for a captured CUDA graph: the noise is at
-    ``(rng_state[0], rng_state[1] + offset_add)``, read when the step runs.
+    ``(rng_state[0], rng_state[1] + offset_add)``, read when the step runs; with a third entry
+    ``rng_state[2]``, in row mode with ``first_row = rng_state[2]`` (read when the step runs
+    too, so the graph can be pointed at any batch of samples).
 
     A graph freezes every kernel argument at capture, so a chain captured with
     ``langevin_step_(..., seed=s, offset=o)`` would replay the same noise forever; with this
@@ -429,7 +436,9 @@ def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_s
 
     Args:
         tensors, grads: as :func:`langevin_step_`, contiguous.
-        rng_state: int64 [2], (seed, offset), on the tensors' device.
+        rng_state: int64 [2], (seed, offset), or [3], (seed, offset, first_row), on the
+            tensors' device. first_row must lie in [0, 2**62 - B]: read by the kernel, it is
+            not checked (the eager backend checks it).
         offset_add: int >= 0 added to rng_state[1].
         backend: "auto" | "triton" | "eager" (the eager reference reads rng_state on the host:
             a device sync, not capturable).
@@ -443,10 +452,12 @@ def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_s
         _dispatch.check_choice(backend)
         return
     chosen = _dispatch.resolve_backend("langevin_step_graphed_", backend, tensors[0].device)
-    total = sum(t.numel() for t in tensors)
     if chosen == "eager":
-        seed, offset = (int(v) for v in rng_state.tolist())
-        _run("eager", tensors, grads, o, seed, offset + offset_add, total, half_sq_norm)
+        seed, offset, *first_row = (int(v) for v in rng_state.tolist())
+        first_row = first_row[0] if first_row else None
+        total = _stream_size(tensors, first_row)
+        seed, offset = check_stream_range(seed, offset + offset_add, total)
+        _run("eager", tensors, grads, o, seed, offset, total, half_sq_norm, first_row)
         return
     with torch.no_grad():
         _library.namespace(chosen).langevin_step_graphed_(

@@ -29,7 +29,8 @@ busy). The row mode lives in the table key, so flat and row steps of the same te
 tables of their own.
 
 ``langevin_step_graphed_`` reads the stream's seed and offset from device memory
-(``rng_state`` int64 [2]) instead of kernel arguments, which a graph would freeze at capture.
+(``rng_state`` int64 [2]; [3] adds the first row stream and selects row mode) instead of
+kernel arguments, which a graph would freeze at capture.
 
 Memory traffic per element: read t and g, write t (3 x dtype size; 12 bytes in float32); the
 noise never touches memory. ``half_sq_norm`` adds a block-level reduction and one or two
@@ -85,6 +86,31 @@ def find_tensor(table_ptr, n_tensors, pid, DTYPE: tl.constexpr, SEARCH_STEPS: tl
     start = tl.load(table_ptr + _START * n_tensors + i)
     numel = tl.load(table_ptr + _NUMEL * n_tensors + i)
     return i, t_ptr, g_ptr, start, numel, pid - tl.load(first_col + i)
+
+
+@triton.jit
+def noise_block(table_ptr, n_tensors, i, start, numel, block_of_tensor, k0, k1, offset,
+                first_row, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """The elements of tensor ``i`` that block ``block_of_tensor`` of it updates and their
+    normals: ``(j, mask, noise)``, int64 [BLOCK] element numbers (valid where ``mask``) and
+    float32 [BLOCK] normals. Flat mode: element j uses normal offset + start + j of the flat
+    stream. Row mode (``ROWS``): the tensor's blocks go row by row, and element jr of row b
+    uses normal offset + start + jr of row stream first_row + b (start: the tensor's start
+    within a row)."""
+    if ROWS:
+        row_len = tl.load(table_ptr + _ROW_LEN * n_tensors + i)
+        blocks_per_row = (row_len + 3 + BLOCK - 1) // BLOCK
+        block = block_of_tensor.to(tl.int64)
+        b = block // blocks_per_row
+        s0, s1 = row_stream_words(first_row + b)
+        jr, noise = aligned_row_block(k0, k1, s0, s1, offset + start,
+                                      block - b * blocks_per_row, BLOCK)
+        mask = (jr >= 0) & (jr < row_len)
+        j = b * row_len + jr
+    else:
+        j, noise = aligned_block(k0, k1, offset + start, block_of_tensor, BLOCK)
+        mask = (j >= 0) & (j < numel)
+    return j, mask, noise
 
 
 @triton.jit
@@ -148,23 +174,8 @@ def _langevin_kernel(table_ptr, n_tensors, hsn_ptr, n_rows,
     i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
         table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
     k0, k1 = philox_key(seed_lo, seed_hi)
-    if ROWS:
-        # Element jr of row b of this tensor uses normal offset + start + jr of row stream
-        # first_row + b (start: the tensor's start within a row).
-        row_len = tl.load(table_ptr + _ROW_LEN * n_tensors + i)
-        blocks_per_row = (row_len + 3 + BLOCK - 1) // BLOCK
-        block = block_of_tensor.to(tl.int64)
-        b = block // blocks_per_row
-        s0, s1 = row_stream_words(join64(row_lo, row_hi) + b)
-        jr, noise = aligned_row_block(k0, k1, s0, s1, join64(off_lo, off_hi) + start,
-                                      block - b * blocks_per_row, BLOCK)
-        mask = (jr >= 0) & (jr < row_len)
-        j = b * row_len + jr
-    else:
-        # Element j of this tensor uses normal offset + start + j.
-        j, noise = aligned_block(k0, k1, join64(off_lo, off_hi) + start, block_of_tensor,
-                                 BLOCK)
-        mask = (j >= 0) & (j < numel)
+    j, mask, noise = noise_block(table_ptr, n_tensors, i, start, numel, block_of_tensor, k0, k1,
+                                 join64(off_lo, off_hi), join64(row_lo, row_hi), ROWS, BLOCK)
     update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
                  half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
                  clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
@@ -313,16 +324,22 @@ def _langevin_graphed_kernel(table_ptr, n_tensors, hsn_ptr, n_rows, rng_ptr,
                             low_lo: tl.int32, low_hi: tl.int32, high_lo: tl.int32,
                             high_hi: tl.int32,
                             DTYPE: tl.constexpr, COMPUTE: tl.constexpr, HAS_HSN: tl.constexpr,
-                            SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
+                            ROWS: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+                            BLOCK: tl.constexpr):
     i, t_ptr, g_ptr, start, numel, block_of_tensor = find_tensor(
         table_ptr, n_tensors, tl.program_id(0), DTYPE, SEARCH_STEPS)
-    # The stream address from device memory: key = (seed lo, seed hi), offset + offset_add.
+    # The stream address from device memory: key = (seed lo, seed hi), offset + offset_add,
+    # and in row mode the first row stream, rng_state[2].
     seed = tl.load(rng_ptr)
     k0 = seed.to(tl.uint32)
     k1 = (seed >> 32).to(tl.uint32)
     offset = tl.load(rng_ptr + 1) + join64(add_lo, add_hi)
-    j, noise = aligned_block(k0, k1, offset + start, block_of_tensor, BLOCK)
-    mask = (j >= 0) & (j < numel)
+    if ROWS:
+        first_row = tl.load(rng_ptr + 2)
+    else:
+        first_row = offset  # unused
+    j, mask, noise = noise_block(table_ptr, n_tensors, i, start, numel, block_of_tensor, k0, k1,
+                                 offset, first_row, ROWS, BLOCK)
     update_block(table_ptr, n_tensors, i, t_ptr, g_ptr, j, mask, noise, hsn_ptr, n_rows,
                  half_step_lo, half_step_hi, prior_lo, prior_hi, sigma_lo, sigma_hi,
                  clip_lo, clip_hi, low_lo, low_hi, high_lo, high_hi,
@@ -337,19 +354,24 @@ def langevin_step_graphed_(tensors: List[Tensor], grads: List[Tensor], step_size
                            clamp_low: Optional[float], clamp_high: Optional[float],
                            half_sq_norm: Optional[Tensor] = None) -> None:
     """As :func:`langevin_step_` on contiguous tensors, noise at ``(rng_state[0], rng_state[1]
-    + offset_add)`` read by the kernel; ``rng_state`` int64 [2] is not advanced."""
+    + offset_add)`` read by the kernel; ``rng_state`` int64 [2] is not advanced. An int64 [3]
+    ``rng_state`` selects row mode with ``first_row = rng_state[2]`` (read by the kernel too,
+    so its range cannot be checked here)."""
     if not tensors:
         return
     n_rows = _check(tensors, grads, half_sq_norm)
-    if rng_state.dtype != torch.int64 or rng_state.shape != (2,) or \
+    if rng_state.dtype != torch.int64 or rng_state.shape not in ((2,), (3,)) or \
             rng_state.device != tensors[0].device:
-        raise RuntimeError("langevin_step_graphed_: rng_state must be an int64 [2] tensor on "
-                           "the tensors' device")
+        raise RuntimeError("langevin_step_graphed_: rng_state must be an int64 [2] or [3] "
+                           "tensor on the tensors' device")
+    rows = rng_state.shape == (3,)
+    if rows:
+        n_rows = _check_rows(tensors, 0)
     if any(not t.is_contiguous() for t in list(tensors) + list(grads)):
         raise RuntimeError("langevin_step_graphed_: tensors and grads must be contiguous")
     if half_sq_norm is not None:
         half_sq_norm.zero_()  # the kernel accumulates into it
-    table, programs = pointer_table(tensors, grads, n_rows, _launch.BLOCK)
+    table, programs = pointer_table(tensors, grads, n_rows, _launch.BLOCK, rows)
     if programs == 0:
         return
     inf = math.inf
@@ -362,5 +384,6 @@ def langevin_step_graphed_(tensors: List[Tensor], grads: List[Tensor], step_size
         *f64(-inf if clamp_low is None else clamp_low),
         *f64(inf if clamp_high is None else clamp_high),
         DTYPE=_launch.tl_dtype(dtype), COMPUTE=_launch.tl_dtype(_launch.compute_dtype(dtype)),
-        HAS_HSN=half_sq_norm is not None, SEARCH_STEPS=max(1, (len(tensors) - 1).bit_length()),
+        HAS_HSN=half_sq_norm is not None, ROWS=rows,
+        SEARCH_STEPS=max(1, (len(tensors) - 1).bit_length()),
         BLOCK=_launch.BLOCK)
