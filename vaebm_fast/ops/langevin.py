@@ -47,8 +47,8 @@ twice (or as a view of another) and a gradient in another state's memory are ref
 :func:`langevin_step_graphed_` is the same step for a captured CUDA graph: it reads the
 stream position ``(seed, offset)`` (row mode: ``(seed, offset, first_row)``) from a device
 tensor ``rng_state`` when it runs, instead of taking it as arguments that a graph would freeze
-at capture (Triton kernel; the eager
-reference reads ``rng_state`` on the host, which a graph cannot capture).
+at capture (Triton kernel; the eager reference reads ``rng_state`` on the host, which a graph
+cannot capture).
 """
 from __future__ import annotations
 
@@ -217,35 +217,37 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     torch._check_value(half_sq_norm.is_contiguous(), explain("half_sq_norm must be contiguous"))
 
 
-def _check_rows(tensors, first_row) -> int:
+def _check_rows(tensors, first_row: int) -> int:
     """Row mode's shape rule: every tensor dim >= 1 with the same dim 0, B; returns D, the
-    normals a row consumes (the sum of the per-row numels). The fake kernel's check too."""
-    torch._check_value(first_row >= 0, explain(
-        "first_row must be >= 0 (got ", first_row, "); it is the global index of the batch's "
-        "first sample"))
-    torch._check_value(len(tensors) > 0, explain(
-        "first_row (row mode) needs at least one tensor: B is the tensors' dim 0"))
-    batch = tensors[0].shape[0] if tensors[0].dim() > 0 else None
-    for i, t in enumerate(tensors):
-        torch._check_value(t.dim() > 0, explain(
-            "first_row (row mode) needs tensors with dim >= 1, samples along dim 0 (tensors[",
-            i, "] is 0-d); reshape it to [B, ...] or pass first_row=None"))
-        torch._check_value(t.shape[0] == batch, explain(
-            "first_row (row mode) needs every tensor with the same dim 0 = B (tensors[0] has ",
-            batch, ", tensors[", i, "] has ", t.shape[0], ")"))
-    return sum(math.prod(t.shape[1:]) for t in tensors)
-
-
-def _stream_size(tensors, first_row) -> int:
-    """Normals one step consumes from each stream, validating row mode: the total numel (flat
-    mode, first_row None), else D; and first_row checked as an int in range."""
-    if first_row is None:
-        return sum(t.numel() for t in tensors)
+    normals a row consumes (the sum of the per-row numels). The fake kernel's check too. Plain
+    ifs (see _check_grads): row mode checks this every step."""
+    if first_row < 0:
+        raise ValueError(f"first_row must be >= 0 (got {first_row}); it is the global index "
+                         f"of the batch's first sample")
     if not tensors:
         raise ValueError("first_row (row mode) needs at least one tensor: B is the tensors' "
                          "dim 0")
-    first_row = check_first_row(first_row, tensors[0].shape[0] if tensors[0].dim() else 0)
-    return _check_rows(tensors, first_row)
+    batch = tensors[0].shape[0] if tensors[0].dim() > 0 else None
+    for i, t in enumerate(tensors):
+        if t.dim() == 0:
+            raise ValueError(f"first_row (row mode) needs tensors with dim >= 1, samples along "
+                             f"dim 0 (tensors[{i}] is 0-d); reshape it to [B, ...] or pass "
+                             f"first_row=None")
+        if t.shape[0] != batch:
+            raise ValueError(f"first_row (row mode) needs every tensor with the same dim 0 = B "
+                             f"(tensors[0] has {batch}, tensors[{i}] has {t.shape[0]})")
+    return sum(math.prod(t.shape[1:]) for t in tensors)
+
+
+def _stream_size(tensors, first_row) -> Tuple[int, Optional[int]]:
+    """``(normals one step takes from each stream, first_row)``, validated: flat mode
+    (first_row None) takes the total numel; row mode D, with first_row an int in
+    [0, 2**62 - B]."""
+    if first_row is None:
+        return sum(t.numel() for t in tensors), None
+    batch = tensors[0].shape[0] if tensors and tensors[0].dim() else 0
+    first_row = check_first_row(first_row, batch)
+    return _check_rows(tensors, first_row), first_row
 
 
 def _check_rng_state(rng_state, tensors, grads) -> None:
@@ -406,14 +408,13 @@ def langevin_step_(tensors: TensorOrList, grads: TensorOrList, *, step_size: flo
     tensors, grads = _as_list(tensors, "tensors"), _as_list(grads, "grads")
     o = _options(step_size, prior_weight, noise_scale, grad_clip, clamp)
     _check_tensors(tensors, grads, half_sq_norm)
-    total = _stream_size(tensors, first_row)
+    total, first_row = _stream_size(tensors, first_row)
     seed, offset = check_stream_range(seed, offset, total)
     if not tensors:  # nothing runs, so no device to ask: only the name is checked
         _dispatch.check_choice(backend)
         return offset
     chosen = _dispatch.resolve_backend("langevin_step_", backend, tensors[0].device)
-    return _run(chosen, tensors, grads, o, seed, offset, total, half_sq_norm,
-                None if first_row is None else int(first_row))
+    return _run(chosen, tensors, grads, o, seed, offset, total, half_sq_norm, first_row)
 
 
 def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_size: float,
@@ -455,7 +456,7 @@ def langevin_step_graphed_(tensors: TensorOrList, grads: TensorOrList, *, step_s
     if chosen == "eager":
         seed, offset, *first_row = (int(v) for v in rng_state.tolist())
         first_row = first_row[0] if first_row else None
-        total = _stream_size(tensors, first_row)
+        total, first_row = _stream_size(tensors, first_row)
         seed, offset = check_stream_range(seed, offset + offset_add, total)
         _run("eager", tensors, grads, o, seed, offset, total, half_sq_norm, first_row)
         return
@@ -497,7 +498,7 @@ class LangevinStepper:
         total = self.total
         if first_row is not None:
             if self._row_total is None:
-                self._row_total = _stream_size(self.tensors, first_row)
+                self._row_total = _stream_size(self.tensors, first_row)[0]
             first_row = check_first_row(first_row, self.tensors[0].shape[0])
             total = self._row_total
         seed, offset = check_stream_range(seed, offset, total)
