@@ -442,3 +442,31 @@ def test_graphed_rows_refuse_tensors_without_rows(kernel):
         langevin_step_graphed_(ts, [t.clone() for t in ts], step_size=0.1,
                                rng_state=torch.zeros(3, dtype=torch.int64, device=d),
                                backend=kernel.backend)
+
+
+def _row_chain(xs, gs, backend):
+    """Two row-mode steps (the offset advancing by D) and a read of the updated states."""
+    offset = 0
+    for _ in range(2):
+        offset = langevin_step_(xs, gs, step_size=0.05, seed=9, offset=offset, first_row=4,
+                                grad_clip=1.0, backend=backend)
+    return xs[0] * 2
+
+
+@pytest.mark.parametrize("target", SCALE_TARGETS)
+def test_step_rows_compile_to_one_graph(kernel, target):
+    # torch.compile(fullgraph=True) traces row mode through the fake kernel without a break,
+    # with the eager values.
+    kernel.require("langevin_step_")
+    backend = kernel.backend if target == "kernel" else "eager"
+    device = kernel.device if target == "kernel" else "cpu"
+    ts, gs = make([(3, 5), (3, 2, 2)], seed=5)
+    eager_ts = on(device, ts)
+    expected = _row_chain(eager_ts, on(device, gs), backend)  # fills the dispatch cache first
+    got_ts = on(device, ts)
+    torch._dynamo.reset()
+    out = torch.compile(_row_chain, backend="aot_eager", fullgraph=True)(
+        got_ts, on(device, gs), backend)
+    helpers.assert_close(out, expected, TOL)
+    for got, want in zip(got_ts, eager_ts):
+        helpers.assert_close(got, want, TOL)
