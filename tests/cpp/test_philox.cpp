@@ -39,6 +39,14 @@ int main() {
   const uint64_t seed = 0x299f31d0a4093822ull, call = 0x85a308d3243f6a88ull;
   const Words direct = philox4x32_10(0x243f6a88u, 0x85a308d3u, 0, 0, 0xa4093822u, 0x299f31d0u);
   expect_words("philox_call packing", philox_call(seed, call), direct.w);
+  // Row streams: counter words 2, 3 = (lo, hi) of stream = row + 1; row 2^32 - 1 carries
+  // into word 3.
+  const uint64_t stream = 0x13198a2e03707344ull + 1;  // row 0x13198a2e03707344
+  const Words row = philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x03707345u, 0x13198a2eu,
+                                  0xa4093822u, 0x299f31d0u);
+  expect_words("philox_call row stream packing", philox_call(seed, call, stream), row.w);
+  const Words carry = philox4x32_10(5u, 0u, 0u, 1u, 0xa4093822u, 0x299f31d0u);
+  expect_words("philox_call row 2^32 - 1", philox_call(seed, 5, 0xffffffffull + 1), carry.w);
 
   // Uniform endpoints: w = 0 -> 2^-32, w = 2^32 - 1 -> 1 (rounded), never 0.
   const bool u_ok = word_to_uniform(0u) == std::ldexp(1.0f, -32) &&
