@@ -214,9 +214,9 @@ class FastSampler(LangevinSampler):
         self._last_chain = None
 
     # -- the chain ---------------------------------------------------------------------------
-    def sample(self, x0_or_n, *, seed: int, offset: int = 0, return_chain: bool = False,
-               device=None, dtype: torch.dtype = torch.float32, check_finite: bool = True,
-               progress: bool = False):
+    def sample(self, x0_or_n, *, seed: int, offset: int = 0, first_index: Optional[int] = None,
+               return_chain: bool = False, device=None, dtype: torch.dtype = torch.float32,
+               check_finite: bool = True, progress: bool = False):
         """Run the chain; arguments and results as :meth:`LangevinSampler.sample`."""
         seed, offset = self._stream_position(seed, offset)
         device = device if device is not None else _module_device(self.generator, self.energy)
@@ -235,11 +235,12 @@ class FastSampler(LangevinSampler):
             eager = True
         if eager:
             self.last_path = "eager"
-            return super().sample(x0_or_n, seed=seed, offset=offset, return_chain=return_chain,
-                                  device=device, dtype=dtype, check_finite=check_finite,
-                                  progress=progress)
+            return super().sample(x0_or_n, seed=seed, offset=offset, first_index=first_index,
+                                  return_chain=return_chain, device=device, dtype=dtype,
+                                  check_finite=check_finite, progress=progress)
         states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
-                                             dtype=dtype, check_finite=check_finite)
+                                             dtype=dtype, check_finite=check_finite,
+                                             first_row=first_index)
         self._check_model_dtype(states)
         states = [s.contiguous() for s in states]
         cpu = states[0].device.type == "cpu"
@@ -248,10 +249,11 @@ class FastSampler(LangevinSampler):
         try:
             if self.graphs and self.backend in ("auto", "triton") and \
                     states[0].device.type == "cuda":
-                run = self._run_graph(energy, generator, states, seed, offset)
+                run = self._run_graph(energy, generator, states, seed, offset, first_index)
             if run is None:
                 with heap_reuse() if cpu and self.heap_reuse else contextlib.nullcontext():
-                    run = self._run_chain(energy, generator, states, seed, offset, progress)
+                    run = self._run_chain(energy, generator, states, seed, offset, progress,
+                                          first_index)
                 self.last_path = "fast"
         finally:
             self._state_format = None
@@ -260,15 +262,17 @@ class FastSampler(LangevinSampler):
                             check_finite=check_finite)
 
     # -- CUDA graphs ---------------------------------------------------------------------------
-    def _graph_key(self, states, energy, generator) -> tuple:
-        return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device,
+    def _graph_key(self, states, energy, generator, row_mode: bool) -> tuple:
+        return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device, row_mode,
                 self.space, self.n_steps, self.step_size, self.noise_scale, self.grad_clip,
                 self.clamp, self.prior_weight, self.output, self.potential_kind, id(energy),
                 id(generator))
 
-    def _run_graph(self, energy, generator, states, seed, offset):
-        """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly."""
-        key = self._graph_key(states, energy, generator)
+    def _run_graph(self, energy, generator, states, seed, offset, first_row=None):
+        """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly.
+        Row mode (``first_row`` given) is a graph of its own: its stream position holds
+        first_row too, written before each replay like (seed, offset)."""
+        key = self._graph_key(states, energy, generator, first_row is not None)
         # Graphs of snapshots that were replaced (not refreshed in place) are dead weight.
         for old in [k for k in self._graph_chains if k[-2:] != key[-2:]]:
             del self._graph_chains[old]
@@ -284,7 +288,8 @@ class FastSampler(LangevinSampler):
             if reason is None:
                 try:
                     with torch.cuda.device(states[0].device):  # capture on that device
-                        chain = GraphedChain(self, energy, generator, states)
+                        chain = GraphedChain(self, energy, generator, states,
+                                             row_mode=first_row is not None)
                         chain.capture()
                 except Exception as exc:
                     reason = f"capture failed: {type(exc).__name__}: {exc}"
@@ -295,7 +300,7 @@ class FastSampler(LangevinSampler):
                 return None
             self._graph_chains[key] = chain
         with torch.cuda.device(states[0].device):
-            out = chain.run(states, seed, offset)
+            out = chain.run(states, seed, offset, first_row)
         self._last_chain = chain
         self.last_path = "graph"
         return out

@@ -12,11 +12,12 @@ Body (K steps, then the final potential and the reported samples)::
         x = decode(states); E = energy(x); energies[k] = E
         [potential="official": c = correction(states); half_sq[k] += c; E = E + c]
         grads = d E.sum() / d states
-        update states in place, noise at (rng[0], rng[1] + k * n), half_sq[k + 1]
+        update states in place, noise at (rng[0], rng[1] + k * n [, rng[2]]), half_sq[k + 1]
     x = decode(states) [decoder mean for eps/"mean"]; energies[K] = energy(decode(states))
     rng[1] += K * n
 
-with n the number of state elements. The update is
+with n the number of state elements (in row mode, ``rng`` = (seed, offset, first_row) and n the
+elements of one sample: each sample draws from its own row stream). The update is
 :func:`vaebm_fast.ops.langevin_step_graphed_`, which reads (seed, offset) from ``rng`` when it
 runs, so a replayed graph draws the noise of whatever the device holds, and the graph advances
 ``rng[1]`` itself: replaying again draws fresh noise.
@@ -57,16 +58,19 @@ class GraphedChain:
         like: the chain's states (their shapes, dtype and device; values are not used).
     """
 
-    def __init__(self, sampler, energy, generator, like):
+    def __init__(self, sampler, energy, generator, like, *, row_mode: bool = False):
         self.sampler, self.energy, self.generator = sampler, energy, generator
         device = like[0].device
         # The Triton kernel on CUDA; "eager" runs the same body on the CPU, reading the stream
         # position on the host.
         self.update_backend = "triton" if device.type == "cuda" else "eager"
         self.n_steps, self.batch = sampler.n_steps, like[0].shape[0]
-        self.numel = sum(s.numel() for s in like)
+        # Normals a step consumes: every element of the flat stream, or in row mode (rng =
+        # (seed, offset, first_row)) the per-sample size D of each row stream.
+        self.row_mode = row_mode
+        self.numel = sum(s[0].numel() if row_mode else s.numel() for s in like)
         self.states = [torch.zeros_like(s).requires_grad_(True) for s in like]
-        self.rng = torch.zeros(2, dtype=torch.int64, device=device)
+        self.rng = torch.zeros(3 if row_mode else 2, dtype=torch.int64, device=device)
         self.use_prior = sampler.prior_weight != 0
         self.half_sq = _half_sq_buffer(like, self.n_steps) if self.use_prior else None
         # Gradients are copied into static buffers: the update sees the same tensors in every
@@ -171,13 +175,19 @@ class GraphedChain:
         else:
             self.body(self.n_steps)
 
-    def run(self, states, seed: int, offset: int):
-        """The chain from ``states`` (list of [B, ...]) at stream position (seed, offset):
+    def run(self, states, seed: int, offset: int, first_row: Optional[int] = None):
+        """The chain from ``states`` (list of [B, ...]) at stream position (seed, offset) (and
+        ``first_row``, required in row mode and refused otherwise):
         ``(states, x, energies [K + 1, B], half_sq [K + 1, B] or None, next offset)``, copies
         of the static outputs."""
+        if (first_row is not None) != self.row_mode:
+            raise ValueError(f"this chain was captured {'in' if self.row_mode else 'without'} "
+                             f"row mode: pass first_row {'' if self.row_mode else 'None '}"
+                             f"accordingly (got {first_row!r})")
         self._load_states(states)
+        position = [seed, offset] + ([first_row] if self.row_mode else [])
         with torch.no_grad():
-            self.rng.copy_(torch.tensor([seed, offset], dtype=torch.int64), non_blocking=False)
+            self.rng.copy_(torch.tensor(position, dtype=torch.int64), non_blocking=False)
         self._execute()
         out_states = [b.detach().clone() for b in self.states]
         half_sq = None if self.half_sq is None else self.half_sq.clone()

@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from ..nn import frozen_normalized_weights
-from ..ops import philox_normal
+from ..ops import philox_normal, philox_normal_rows_
 from ..ops.langevin import LangevinStepper
+from ..ops.rng import check_first_row
 from .potentials import check_potential, official_correction
 from .checks import (ArgumentTypeError, as_int, as_real, check_energy_output,
                      check_state_gradients, mode_dependent_layers)
@@ -289,10 +290,14 @@ class LangevinSampler:
 
     # -- the chain --------------------------------------------------------------------------
     def initial_states(self, x0_or_n, *, seed: int, offset: int, device, dtype,
-                       check_finite: bool = True) -> tuple[list[torch.Tensor], int]:
+                       check_finite: bool = True, first_row: Optional[int] = None
+                       ) -> tuple[list[torch.Tensor], int]:
         """Start states and the next free offset. Given states (a tensor x0 or a list) are
         copied; with ``check_finite`` a NaN/Inf in them is reported as bad input (one host
-        sync; fresh draws need none)."""
+        sync; fresh draws need none). With ``first_row``, fresh chain b is drawn from row
+        stream ``first_row + b``: state group g from its normals ``offset + cum_g ..``
+        (cum_g: the per-sample sizes of the groups before g), and the next offset is
+        ``offset + D``, D the per-sample size of the whole state."""
         if isinstance(x0_or_n, torch.Tensor) and x0_or_n.dim() > 0:
             x0 = x0_or_n
             if self.space == "data":
@@ -320,6 +325,8 @@ class LangevinSampler:
         if n <= 0:
             raise ValueError(f"number of chains must be positive (got {x0_or_n!r})")
         shapes = self.state_shapes()
+        if first_row is not None:
+            first_row = check_first_row(first_row, n)
         if self.replay_buffer is not None and self.reuse_prob > 0:
             n_buffered = len(self.replay_buffer.shapes)
             buffered, n_reused, offset = self.replay_buffer.initial_states(
@@ -328,20 +335,23 @@ class LangevinSampler:
                         for b in buffered]
             rest = []
             for shape in shapes[n_buffered:]:
-                rest.append(self._fresh(n, shape, seed, offset, device, dtype))
-                offset += rest[-1].numel()
+                rest.append(self._fresh(n, shape, seed, offset, device, dtype, first_row))
+                offset += rest[-1].numel() if first_row is None else math.prod(shape)
             states = [b.to(device=device, dtype=dtype) for b in buffered] + rest
         else:
             states = []
             for shape in shapes:
-                states.append(self._fresh(n, shape, seed, offset, device, dtype))
-                offset += states[-1].numel()
+                states.append(self._fresh(n, shape, seed, offset, device, dtype, first_row))
+                offset += states[-1].numel() if first_row is None else math.prod(shape)
         return states, offset
 
-    def _fresh(self, n, shape, seed, offset, device, dtype) -> torch.Tensor:
-        numel = n * math.prod(shape)
-        noise = philox_normal(numel, seed=seed, offset=offset, device=device,
-                              dtype=dtype).view(n, *shape)
+    def _fresh(self, n, shape, seed, offset, device, dtype, first_row=None) -> torch.Tensor:
+        if first_row is None:
+            noise = philox_normal(n * math.prod(shape), seed=seed, offset=offset, device=device,
+                                  dtype=dtype).view(n, *shape)
+        else:
+            noise = philox_normal_rows_(torch.empty(n, *shape, device=device, dtype=dtype),
+                                        seed=seed, offset=offset, first_row=first_row)
         return self._start_from_noise(noise)
 
     def _start_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
@@ -352,9 +362,9 @@ class LangevinSampler:
             return low + (high - low) * torch.special.ndtr(noise)
         return noise
 
-    def sample(self, x0_or_n, *, seed: int, offset: int = 0, return_chain: bool = False,
-               device=None, dtype: torch.dtype = torch.float32, check_finite: bool = True,
-               progress: bool = False):
+    def sample(self, x0_or_n, *, seed: int, offset: int = 0, first_index: Optional[int] = None,
+               return_chain: bool = False, device=None, dtype: torch.dtype = torch.float32,
+               check_finite: bool = True, progress: bool = False):
         """Run the chain.
 
         Args:
@@ -362,6 +372,13 @@ class LangevinSampler:
                 data space), a tensor x0 [B, ...] (data space), or a list of initial states.
             seed, offset: the Philox stream address; the start draws and every step's noise
                 come from it, so the same (seed, offset) gives the same samples.
+            first_index: the global index of this batch's first sample. Given, chain b draws its
+                start and its noise from the row stream ``first_index + b`` of ``seed``
+                (docs/design.md, "Random numbers"): a sample depends on (seed, offset, its
+                global index) alone, so samples [0, N) drawn in one call, in several batches or
+                on several processes are the same. None (default): the flat stream, whose noise
+                depends on the batch (what every earlier version drew). Chains restarted from a
+                replay buffer are the buffer's (per process), not the index's.
             return_chain: return a ChainResult (potentials per step, states, next offset)
                 instead of the samples alone.
             check_finite: raise ChainDivergedError if any potential or state is NaN/Inf
@@ -374,10 +391,12 @@ class LangevinSampler:
         seed, offset = self._stream_position(seed, offset)
         device = device if device is not None else _module_device(self.generator, self.energy)
         states, offset = self.initial_states(x0_or_n, seed=seed, offset=offset, device=device,
-                                             dtype=dtype, check_finite=check_finite)
+                                             dtype=dtype, check_finite=check_finite,
+                                             first_row=first_index)
         self._check_model_dtype(states)
         self._warn_if_training(self.generator)
-        run = self._run_chain(self.energy, self.generator, states, seed, offset, progress)
+        run = self._run_chain(self.energy, self.generator, states, seed, offset, progress,
+                              first_index)
         return self._finish(*run, return_chain=return_chain, check_finite=check_finite)
 
     @staticmethod
@@ -422,7 +441,7 @@ class LangevinSampler:
                 "before sampling for the usual samples (the sampler does not change the "
                 "module's mode)", RuntimeWarning, stacklevel=3)
 
-    def _run_chain(self, energy, generator, states, seed, offset, progress):
+    def _run_chain(self, energy, generator, states, seed, offset, progress, first_row=None):
         """The K steps from ``states`` with the given networks (FastSampler passes prepared
         copies), then the final potential and the reported samples.
 
@@ -431,8 +450,8 @@ class LangevinSampler:
         ``half_sq_norm`` output) into a preallocated [K + 1, B] row; energies go into another.
         With ``potential="official"`` the correction c is added to the energy before the
         backward and its value to the prior row of the states it was computed at, so the rows
-        hold U - E. Returns (states, x, energies [K + 1, B], half_sq [K + 1, B] (U - E) or
-        None, next offset).
+        hold U - E. ``first_row``: row-mode noise (see :meth:`sample`). Returns (states, x,
+        energies [K + 1, B], half_sq [K + 1, B] (U - E) or None, next offset).
         """
         states = [s.detach().contiguous() for s in states]  # updated in place below
         batch, n_steps = states[0].shape[0], self.n_steps
@@ -465,7 +484,8 @@ class LangevinSampler:
                 grads = torch.autograd.grad(E.sum(), states, allow_unused=True)
                 check_state_gradients(grads, self.space, step)
                 offset = step_(grads, seed=seed, offset=offset,
-                               half_sq_norm=half_sq[step + 1] if use_prior else None)
+                               half_sq_norm=half_sq[step + 1] if use_prior else None,
+                               first_row=first_row)
                 del x, E, grads, correction
             for s in states:
                 s.requires_grad_(False)
