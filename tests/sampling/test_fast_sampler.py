@@ -342,7 +342,7 @@ def test_graphed_update_op_matches_the_step_at_the_device_offset(triton_device):
         assert torch.allclose(ha, hb, rtol=1e-5), backend
         assert rng.tolist() == [seed, 1200]  # the caller advances it
     with pytest.raises(ValueError, match="rng_state must be an int64"):
-        langevin_step_graphed_(a, gs, step_size=0.1, rng_state=torch.zeros(3, dtype=torch.int64,
+        langevin_step_graphed_(a, gs, step_size=0.1, rng_state=torch.zeros(4, dtype=torch.int64,
                                                                          device=triton_device))
 
 
