@@ -124,9 +124,9 @@ def reshard_rank_state(saved: dict, world: distributed.World) -> dict:
     processes resumes with ``world.world_size``.
 
     chain_offset: this rank's range start plus the furthest any saved rank had gone in its own
-    range (no noise is drawn twice). replay: the chains of every saved buffer, concatenated
-    (rank by rank, oldest first), and every ``world_size``-th from ``rank`` on kept, the newest
-    ``capacity`` of them.
+    range (no noise is drawn twice). replay: the chains of every saved buffer, merged oldest
+    first (interleaved by age, so every saved rank's newest chains survive), and every
+    ``world_size``-th from ``rank`` on kept, the newest ``capacity`` of them.
     """
     offsets = saved["chain_offset"]
     progress = max(int(o) - distributed.rank_chain_offset(r) for r, o in enumerate(offsets))
@@ -134,8 +134,11 @@ def reshard_rank_state(saved: dict, world: distributed.World) -> dict:
             "replay": None}
     buffers = [b for b in saved["replay"] if b is not None]
     if buffers:
-        groups = [torch.cat(parts)[world.rank::world.world_size]
-                  for parts in zip(*(_replay_items(b) for b in buffers))]
+        items = [_replay_items(b) for b in buffers]
+        # age: 0 for each buffer's newest chain; a stable sort by descending age interleaves
+        ages = torch.cat([torch.arange(len(i[0]) - 1, -1, -1) for i in items])
+        order = torch.sort(-ages, stable=True).indices[world.rank::world.world_size]
+        groups = [torch.cat(parts)[order] for parts in zip(*items)]
         capacity = int(buffers[0]["capacity"])
         kept = min(capacity, groups[0].shape[0])
         storage = []
