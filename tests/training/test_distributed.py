@@ -352,3 +352,30 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
     steps = [json.loads(line)["step"]
              for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-4:] == [6, 7, 8, 9] and set(steps) == set(range(10))
+
+
+def test_replay_buffers_and_chain_offsets_are_redistributed_at_another_world_size():
+    from vaebm_fast.sampling.replay import ReplayBuffer
+    from vaebm_fast.training.ebm import reshard_rank_state
+    saved = []
+    for rank, pushed in ((0, 5), (1, 3)):  # rank 0's ring has wrapped, rank 1's has not
+        buffer = ReplayBuffer(4, [(1,)])
+        for i in range(pushed):
+            buffer.push([torch.full((1, 1), 10.0 * rank + i)])
+        saved.append(buffer.state_dict())
+    offsets = [100, distributed.rank_chain_offset(1) + 120]
+    one = reshard_rank_state({"chain_offset": offsets, "replay": saved}, World(0, 1, 0))
+    assert one["chain_offset"] == 120  # the furthest progress: no noise drawn twice
+    assert one["replay"]["size"] == 4 and one["replay"]["head"] == 0
+    # the newest 4 of the 7 chains (ages interleaved): both ranks' newest survive
+    assert one["replay"]["storage"][0].flatten().tolist() == [3.0, 11.0, 4.0, 12.0]
+    three = [reshard_rank_state({"chain_offset": offsets, "replay": saved}, World(r, 3, r))
+             for r in range(3)]
+    assert [t["chain_offset"] for t in three] == [distributed.rank_chain_offset(r) + 120
+                                                  for r in range(3)]
+    kept = sorted(v for t in three
+                  for v in t["replay"]["storage"][0][:t["replay"]["size"]].flatten().tolist())
+    assert kept == [1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0]  # every stored chain, once
+    ring = ReplayBuffer(4, [(1,)])
+    ring.load_state_dict(three[0]["replay"])  # a state the buffer accepts
+    assert len(ring) == three[0]["replay"]["size"]
