@@ -147,6 +147,22 @@ def _scenario_diverge(rank: int, out: Path) -> dict:
     return {"step": None}
 
 
+def _scenario_chain_diverges_on_rank_one(rank: int, out: Path) -> dict:
+    """Rank 1's Langevin step is huge: its chain diverges, rank 0's does not."""
+    from vaebm_fast.presets import build_energy
+    from vaebm_fast.training import EBMTrainConfig, TrainingDiverged, train_ebm
+    torch.manual_seed(0)
+    energy = build_energy({"type": "mlp", "in_dim": 2, "hidden": 16, "depth": 2})
+    cfg = EBMTrainConfig(steps=3, batch_size=8, langevin_steps=3, sampler="eager",
+                         step_size=1e-3 if rank == 0 else 1e200)
+    data = batches(TwentyFiveGaussians(), 8, torch.Generator().manual_seed(0))
+    try:
+        train_ebm(energy, _toy_vae(), data, cfg)
+    except TrainingDiverged as error:
+        return {"step": error.step, "message": str(error)}
+    return {"step": None}
+
+
 def _scenario_cli_bad_batch(rank: int, out: Path) -> dict:
     from vaebm_fast.cli import main
     stderr = io.StringIO()
@@ -158,7 +174,8 @@ def _scenario_cli_bad_batch(rank: int, out: Path) -> dict:
 
 
 SCENARIOS = {"train": _scenario_train_both_stages, "gradient": _scenario_gradient,
-             "diverge": _scenario_diverge, "cli_bad_batch": _scenario_cli_bad_batch}
+             "diverge": _scenario_diverge, "chain": _scenario_chain_diverges_on_rank_one,
+             "cli_bad_batch": _scenario_cli_bad_batch}
 
 
 # -- one process: the world and the data order ---------------------------------------------
@@ -256,6 +273,24 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, one_thread)
     assert "loss became nan" in results[0]["message"]
     # the snapshot of step 2 waited for step 2 to come back healthy: step 1 is the last on disk
     assert torch.load(tmp_path / "vae.pt", weights_only=True)["step"] == 1
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_chain_diverging_on_one_rank_stops_every_rank_before_the_backward(tmp_path,
+                                                                           one_thread):
+    rank0, rank1 = _spawn("chain", 2, tmp_path)
+    assert rank0["step"] == rank1["step"] == 0
+    assert "chain diverged (on another process)" in rank0["message"]
+    assert "chain diverged (Langevin chain diverged" in rank1["message"]
+
+
+def test_other_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
+    from vaebm_fast.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: info runs on one process, but WORLD_SIZE is 2 (started by torchrun); run it "
+        "without torchrun (only train-vae and train-ebm run on several processes)"]
 
 
 def test_bad_batch_size_under_torchrun_is_one_line_exit_code_2(tmp_path, one_thread):
