@@ -94,6 +94,44 @@ def _scenario_train_both_stages(rank: int, out: Path) -> dict:
             "ebm_checkpoint": saved}
 
 
+class _CrashingStream:
+    """A checkpointable batch stream that fails, as a killed run would, after n batches."""
+
+    def __init__(self, stream, n_batches):
+        self.stream, self.left = stream, n_batches
+
+    def __next__(self):
+        if self.left == 0:
+            raise RuntimeError("simulated crash")
+        self.left -= 1
+        return next(self.stream)
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state)
+
+
+def _scenario_resume_same_world(rank: int, out: Path) -> list:
+    """Stage 1 for 4 steps uninterrupted, and crashed in step 3 then resumed: final weights."""
+    from vaebm_fast.training import VAETrainConfig, train_vae
+    cfg = VAETrainConfig(steps=4, batch_size=16, checkpoint_every=2)
+    finals = []
+    for name, crash_after in (("straight", None), ("crashed", 3), ("crashed", None)):
+        torch.manual_seed(0)
+        vae = _toy_vae()
+        data = batches(TwentyFiveGaussians(), 16, torch.Generator().manual_seed(1))
+        try:
+            train_vae(vae, data if crash_after is None else _CrashingStream(data, crash_after),
+                      cfg, checkpoint_path=out / name / "vae.pt")
+        except RuntimeError as error:
+            assert str(error) == "simulated crash"
+            continue
+        finals.append(vae.state_dict())
+    return finals
+
+
 class _DeterministicVAE(nn.Module):
     """elbo_terms without posterior noise (a fixed loss of the weights and x) and one
     regulariser: the gradient of a global batch is then the same however it is split."""
@@ -175,7 +213,7 @@ def _scenario_cli_bad_batch(rank: int, out: Path) -> dict:
 
 SCENARIOS = {"train": _scenario_train_both_stages, "gradient": _scenario_gradient,
              "diverge": _scenario_diverge, "chain": _scenario_chain_diverges_on_rank_one,
-             "cli_bad_batch": _scenario_cli_bad_batch}
+             "resume": _scenario_resume_same_world, "cli_bad_batch": _scenario_cli_bad_batch}
 
 
 # -- one process: the world and the data order ---------------------------------------------
@@ -256,6 +294,14 @@ def test_two_ranks_end_identical_and_only_rank_zero_writes(tmp_path, one_thread)
     buffers = [r["replay"] for r in saved["ranks"]]
     assert [b["size"] for b in buffers] == [24, 24]  # 4 steps x 8 chains, capacity 24 each
     assert not torch.equal(buffers[0]["storage"][0], buffers[1]["storage"][0])
+
+
+def test_resume_at_the_same_world_size_gives_each_rank_its_own_rngs_back(tmp_path, one_thread):
+    """Each rank's posterior noise comes from its own generator: the resumed run ends bitwise
+    equal to the uninterrupted one only if every rank got its own RNG states back."""
+    for straight, resumed in _spawn("resume", 2, tmp_path):
+        for name, value in straight.items():
+            assert torch.equal(value, resumed[name]), name
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

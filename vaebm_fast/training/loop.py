@@ -170,10 +170,10 @@ class _Run:
                 start = self._resume()
                 if start >= self.cfg.steps:
                     self._info("%s: %s is already at step %d >= --steps %d; nothing to train%s",
-                                self.stage.desc, self.path, start, self.cfg.steps,
-                                "" if start == self.cfg.steps else
-                                " (the checkpoint is past --steps: pass a larger --steps to "
-                                "train on, or --no-resume to start over)")
+                               self.stage.desc, self.path, start, self.cfg.steps,
+                               "" if start == self.cfg.steps else
+                               " (the checkpoint is past --steps: pass a larger --steps to "
+                               "train on, or --no-resume to start over)")
                     return {}
             self._write_config()
         if start == 0 and self.world.is_distributed:
