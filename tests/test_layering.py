@@ -29,7 +29,8 @@ LAYERS = [
     ("ops",),                           # one module per op: spec, reference, checks, dispatch
     ("triton_kernels",),                # Triton kernels and launchers (leaves)
     ("data", "eval"),                   # data sets, metrics and plots
-    ("_native", "_triton", "_kernel_rules", "_heap", "validation", "checkpoint"),
+    ("_native", "_triton", "_kernel_rules", "_heap", "validation", "checkpoint",
+     "distributed"),
     ("_compile",),                      # the native library compiled on first use
     ("_toolchain", "_requirements"),    # build recipe, torch floor (stdlib only: setup.py)
 ]

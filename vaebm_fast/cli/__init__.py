@@ -1,12 +1,19 @@
 """The ``vaebm-fast`` command (also ``python -m vaebm_fast``): a thin shell over the library.
 
 ``build_parser`` declares the commands and flags, ``main`` runs one and returns its exit code.
+
+Under torchrun (``WORLD_SIZE`` > 1 in the environment) ``main`` initialises the default
+process group for train-vae and train-ebm (``vaebm_fast.distributed.init_from_torchrun``) and
+destroys it at the end, also on error; only rank 0 prints (another rank prints only an
+internal error, which may be its own). ``sample`` runs as it does alone; the other commands
+refuse to run under torchrun.
 The pieces: ``options.py`` (training options, --config files, numeric flags), ``commands.py``
 (one function per command), ``errors.py`` (exit codes and one-line messages).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -14,16 +21,20 @@ import textwrap
 
 import torch
 
+from .. import distributed
 from ..models.energy import OFFICIAL_EBM_ARCHS
 from ..presets import PRESETS
 from ..training.ebm import EBMTrainConfig
 from ..training.vae import VAETrainConfig
 from .commands import (cmd_bench, cmd_build, cmd_demo, cmd_eval, cmd_info, cmd_sample,
                        cmd_train_ebm, cmd_train_vae, log)
-from .errors import EXIT_BAD_INPUT, TRACEBACK_ENV, _exit_code_and_message
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, TRACEBACK_ENV, _exit_code_and_message
 from .options import SEED, TRAIN_OPTIONS, _add_config_flags, _int, _num, _with_default
 
 __all__ = ["main", "build_parser", "TRAIN_OPTIONS"]
+
+# The commands that run on several processes under torchrun (sample runs its own way).
+DISTRIBUTED_COMMANDS = ("train-vae", "train-ebm")
 
 
 EXAMPLES = """\
@@ -208,6 +219,38 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse has printed
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    several = _torchrun_world_size() > 1 and args.command != "sample"
+    if several and args.command not in DISTRIBUTED_COMMANDS:
+        print(f"error: {args.command} runs on one process, but WORLD_SIZE is "
+              f"{_torchrun_world_size()} (started by torchrun); run it without torchrun (only "
+              f"{' and '.join(DISTRIBUTED_COMMANDS)} run on several processes)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not several:
+        return _run(args)
+    try:
+        is_main = distributed.init_from_torchrun().is_main
+    except (RuntimeError, ValueError) as e:
+        print(f"error: cannot join the other processes: {' '.join(str(e).split())}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return _run(args, quiet=not is_main)
+    finally:
+        distributed.destroy()
+
+
+def _torchrun_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _run(args, quiet: bool = False) -> int:
+    """Run the parsed command; ``quiet``: a rank other than 0, which prints only an internal
+    error (the others, a divergence or bad input, rank 0 prints too)."""
+    if quiet:
+        return _run_quietly(args)
     # The CLI is the application: it owns the package logger while a command runs.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -230,3 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
+
+
+def _run_quietly(args) -> int:
+    rank = distributed.World.current().rank
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        try:
+            args.func(args)
+            return 0
+        except BaseException as e:
+            if os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+                raise
+            code, message = _exit_code_and_message(e)
+            if message and message.startswith("error: internal error"):
+                print(f"[rank {rank}] {message}", file=sys.stderr)
+            return code

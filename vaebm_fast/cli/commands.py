@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..distributed import World
 from ..presets import PRESETS, TOY, build_energy, build_vae, preset
 from ..training.ebm import EBMTrainConfig
 from ..training.vae import VAETrainConfig
@@ -120,8 +121,22 @@ def _check_writable(directory: str) -> None:
                          "pass an --out you can write to") from None
 
 
-def cmd_train_vae(args) -> None:
+def _batches_and_device(data, batch_size: int, seed: int):
+    """(batch stream, training device) for a trainer. One process: the stream draws from
+    torch's global generator, on the CPU, as always. Several (under torchrun): every process
+    draws the same global order from a private generator seeded by --seed (the stream's
+    state, checkpointed, then carries it) and trains on its GPU, LOCAL_RANK, if CUDA is
+    available."""
     from ..data import batches
+    world = World.current()
+    if not world.is_distributed:
+        return batches(data, batch_size), torch.device("cpu")
+    device = (torch.device("cuda", world.local_rank) if torch.cuda.is_available()
+              else torch.device("cpu"))
+    return batches(data, batch_size, torch.Generator().manual_seed(seed), world), device
+
+
+def cmd_train_vae(args) -> None:
     from ..training.vae import train_vae
     p, file_cfg = preset(args.dataset), _read_config(args.config)
     vae_cfg = {**p["vae"], **file_cfg.get("vae", {})}
@@ -131,8 +146,9 @@ def cmd_train_vae(args) -> None:
     torch.manual_seed(args.seed)
     data, _, _ = _dataset(args.dataset)
     vae = _build(build_vae, vae_cfg, "vae")
+    stream, device = _batches_and_device(data, cfg.batch_size, args.seed)
     path = os.path.join(args.out, "vae.pt")
-    metrics = train_vae(vae, batches(data, cfg.batch_size), cfg, checkpoint_path=path,
+    metrics = train_vae(vae.to(device), stream, cfg, checkpoint_path=path,
                         resume=args.resume, allow_config_change=args.allow_config_change,
                         extra_state={"config": {"dataset": args.dataset, "vae": vae_cfg}})
     if metrics:
@@ -140,7 +156,6 @@ def cmd_train_vae(args) -> None:
 
 
 def cmd_train_ebm(args) -> None:
-    from ..data import batches
     from ..training.ebm import train_ebm
     vae_path = args.vae or os.path.join(args.out, "vae.pt")
     vae, vae_config = _load_vae_for_stage_two(vae_path)
@@ -153,10 +168,11 @@ def cmd_train_ebm(args) -> None:
     torch.manual_seed(args.seed)
     data, shape, clamp = _dataset(dataset)
     energy = _build(build_energy, energy_cfg, "energy")
+    stream, device = _batches_and_device(data, cfg.batch_size, args.seed)
     path = os.path.join(args.out, "ebm.pt")
     config = {"dataset": dataset, "vae": vae_config["vae"], "energy": energy_cfg,
               "sample_steps": p["sample_steps"], "sample_step_size": p["sample_step_size"]}
-    metrics = train_ebm(energy, vae, batches(data, cfg.batch_size), cfg,
+    metrics = train_ebm(energy.to(device), vae.to(device), stream, cfg,
                         checkpoint_path=path, resume=args.resume,
                         allow_config_change=args.allow_config_change,
                         extra_state={"config": config},

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
+from ..distributed import World
 from ..validation import check_positive
 from ._images import DataFileNotFoundError
 from .cifar import UnsafePickleError, load_cifar10
@@ -97,8 +98,16 @@ def batches(
     data_or_sampler: Dataset,
     batch_size: int,
     generator: Optional[torch.Generator] = None,
+    world: Optional[World] = None,
 ) -> "BatchStream":
     """An endless stream of batches, whose position can be saved and restored.
+
+    With several processes (``world.world_size > 1``) ``batch_size`` is the global batch: every
+    process draws the same global order (so ``generator`` must be given, seeded the same on
+    every process) and takes its slice of each global batch, rows ``[rank * b, (rank + 1) * b)``
+    with ``b = batch_size / world_size``; the union of the slices is the batch one process would
+    get. The state is global (position in the global order), so a run resumes the same order
+    at any number of processes.
 
     Args:
         data_or_sampler: either a sampler (anything with ``sample(n, generator)``, such as the
@@ -107,7 +116,10 @@ def batches(
             items of each epoch's order are skipped, so every batch has the same shape, which
             compiled and graph-captured steps need).
         batch_size: items per batch; at most ``N`` for a tensor.
-        generator: CPU generator for the draws and shuffles (None: torch's global generator).
+        generator: CPU generator for the draws and shuffles (None: torch's global generator,
+            one process only).
+        world: the processes sharing the batches (None: ``World.current()``, the initialised
+            process group's, else one process; ``World()`` for an unsharded stream).
 
     Returns:
         an iterator of [batch_size, ...] tensors (for a tensor dataset, on the dataset's
@@ -117,36 +129,64 @@ def batches(
         checkpointed with the other RNG states).
     """
     check_positive(batch_size, "batch_size", integer=True)
+    world = World.current() if world is None else world
+    if batch_size % world.world_size:
+        raise ValueError(f"batch_size ({batch_size}) must be divisible by the number of "
+                         f"processes ({world.world_size}): it is the global batch, split "
+                         f"evenly; pick a multiple of {world.world_size}")
+    if world.is_distributed and generator is None:
+        raise ValueError("with several processes batches() needs a generator seeded the same "
+                         "on every process (generator=torch.Generator().manual_seed(seed)), "
+                         "so that all draw the same global order")
     if isinstance(data_or_sampler, torch.Tensor):
         num_items = data_or_sampler.shape[0] if data_or_sampler.dim() > 0 else 0
         if batch_size > num_items:
             raise ValueError(f"batch_size ({batch_size}) must not exceed the number of items "
                              f"in the dataset ({num_items}); lower batch_size")
-        return ShuffledEpochs(data_or_sampler, batch_size, generator)
+        return ShuffledEpochs(data_or_sampler, batch_size, generator, world)
     if callable(getattr(data_or_sampler, "sample", None)):
-        return FreshSamples(data_or_sampler, batch_size, generator)
+        return FreshSamples(data_or_sampler, batch_size, generator, world)
     raise TypeError(
         "batches() needs a tensor [N, ...] or a sampler with .sample(n, generator) "
         f"(got {type(data_or_sampler).__name__}); build one with make_dataset(name)")
 
 
 class BatchStream:
-    """An endless iterator of batches whose state is plain data (see ``batches``)."""
+    """An endless iterator of batches whose state is plain data (see ``batches``).
 
-    def __init__(self, batch_size: int, generator: Optional[torch.Generator]) -> None:
+    ``batch_size`` is the global batch; ``__next__`` gives this process's slice of it
+    (``local_batch_size`` rows), ``next_global`` the whole global batch."""
+
+    def __init__(self, batch_size: int, generator: Optional[torch.Generator],
+                 world: Optional[World] = None) -> None:
         self.batch_size, self.generator = batch_size, generator
+        self.world = World() if world is None else world
+        self.local_batch_size = batch_size // self.world.world_size
 
     def __iter__(self) -> "BatchStream":
         return self
 
     def __next__(self) -> torch.Tensor:
+        batch = self.next_global()
+        if not self.world.is_distributed:
+            return batch
+        start = self.world.rank * self.local_batch_size
+        return batch[start:start + self.local_batch_size]
+
+    def next_global(self) -> torch.Tensor:
+        """The next global batch [batch_size, ...], the same on every process."""
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
         return {"generator": None if self.generator is None else self.generator.get_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if self.generator is not None and state.get("generator") is not None:
+        """A state with a generator's state continues that generator; a stream made without
+        one (torch's global generator) gets a private CPU generator for it, so a stream saved
+        by several processes goes on with the same global order in one."""
+        if state.get("generator") is not None:
+            if self.generator is None:
+                self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
 
 
@@ -154,11 +194,11 @@ class FreshSamples(BatchStream):
     """``sampler.sample(batch_size, generator)`` every time."""
 
     def __init__(self, sampler: Any, batch_size: int,
-                 generator: Optional[torch.Generator]) -> None:
-        super().__init__(batch_size, generator)
+                 generator: Optional[torch.Generator], world: Optional[World] = None) -> None:
+        super().__init__(batch_size, generator, world)
         self.sampler = sampler
 
-    def __next__(self) -> torch.Tensor:
+    def next_global(self) -> torch.Tensor:
         return self.sampler.sample(self.batch_size, self.generator)
 
 
@@ -168,14 +208,14 @@ class ShuffledEpochs(BatchStream):
     given out) are the state."""
 
     def __init__(self, data: torch.Tensor, batch_size: int,
-                 generator: Optional[torch.Generator]) -> None:
-        super().__init__(batch_size, generator)
+                 generator: Optional[torch.Generator], world: Optional[World] = None) -> None:
+        super().__init__(batch_size, generator, world)
         self.data = data
         self.num_batches = data.shape[0] // batch_size  # full batches per epoch
         self.order: Optional[torch.Tensor] = None
         self.position = 0
 
-    def __next__(self) -> torch.Tensor:
+    def next_global(self) -> torch.Tensor:
         if self.order is None or self.position == self.num_batches:
             self.order = torch.randperm(self.data.shape[0], generator=self.generator)
             self.position = 0

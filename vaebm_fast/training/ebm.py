@@ -10,6 +10,15 @@ The generator is frozen for good (eval mode, requires_grad False); the sampler d
 with respect to the chain state only, so Langevin never computes the energy's weight gradients
 and leaves its parameters as they are. Adam with betas (0.99, 0.999) and, optionally, IGEBM's
 per-element gradient clip to +-(3 sqrt(v_hat) + 0.1) from Adam's second moment.
+
+With several processes (an initialised process group, see ``vaebm_fast.distributed``) the
+energies and the spectral term are computed by ``EnergyTerms`` wrapped in
+DistributedDataParallel (gradients averaged; the spectral regulariser's vectors broadcast
+from rank 0). Each process runs its own chains on its slice of the global batch, with the
+same seed and its own Philox offsets (``rank_chain_offset``), and keeps its own replay buffer
+of ``replay_capacity`` chains. A diverged chain on any process makes every process leave the
+step before the backward. On resume at another number of processes the replay buffers are
+concatenated and re-split (``reshard_rank_state``). BatchNorm statistics stay per process.
 """
 from __future__ import annotations
 
@@ -19,11 +28,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .. import distributed
 from ..sampling.fast import FastSampler
-from ..sampling.langevin import LangevinSampler
+from ..sampling.langevin import ChainDivergedError, LangevinSampler
 from ..sampling.replay import ReplayBuffer, reinit_probability
 from . import options
-from .loop import Stage, run_training
+from .loop import PeerDiverged, Stage, run_training
+from .vae import data_parallel
 
 
 @dataclass
@@ -82,6 +93,62 @@ class EBMTrainConfig:
         options.check_int(self, "replay_anneal_steps", 0)
         options.check_int(self, "seed", 0)
         options.check_choice(self, "sampler")
+
+
+class EnergyTerms(nn.Module):
+    """The energies and the spectral term of one step as one forward, the unit
+    DistributedDataParallel wraps.
+
+    forward(x_pos [B, ...], x_neg [B, ...], spectral) -> (E(x_pos) [B], E(x_neg) [B],
+    energy.spectral_norm_loss() [] if ``spectral`` else None)
+    """
+
+    def __init__(self, energy: nn.Module) -> None:
+        super().__init__()
+        self.energy = energy
+
+    def forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor, spectral: bool):
+        e_pos, e_neg = self.energy(x_pos), self.energy(x_neg)
+        return e_pos, e_neg, self.energy.spectral_norm_loss() if spectral else None
+
+
+def _replay_items(state: dict) -> list[torch.Tensor]:
+    """The stored chains of a replay buffer's state, oldest first: [size, *shape] per group."""
+    size, head, capacity = int(state["size"]), int(state["head"]), int(state["capacity"])
+    order = (torch.arange(size) + (head if size == capacity else 0)) % capacity
+    return [stored[order] for stored in state["storage"]]
+
+
+def reshard_rank_state(saved: dict, world: distributed.World) -> dict:
+    """This process's ``chain_offset`` and ``replay`` when a run saved by ``len(saved[key])``
+    processes resumes with ``world.world_size``.
+
+    chain_offset: this rank's range start plus the furthest any saved rank had gone in its own
+    range (no noise is drawn twice). replay: the chains of every saved buffer, merged oldest
+    first (interleaved by age, so every saved rank's newest chains survive), and every
+    ``world_size``-th from ``rank`` on kept, the newest ``capacity`` of them.
+    """
+    offsets = saved["chain_offset"]
+    progress = max(int(o) - distributed.rank_chain_offset(r) for r, o in enumerate(offsets))
+    mine = {"chain_offset": distributed.rank_chain_offset(world.rank) + progress,
+            "replay": None}
+    buffers = [b for b in saved["replay"] if b is not None]
+    if buffers:
+        items = [_replay_items(b) for b in buffers]
+        # age: 0 for each buffer's newest chain; a stable sort by descending age interleaves
+        ages = torch.cat([torch.arange(len(i[0]) - 1, -1, -1) for i in items])
+        order = torch.sort(-ages, stable=True).indices[world.rank::world.world_size]
+        groups = [torch.cat(parts)[order] for parts in zip(*items)]
+        capacity = int(buffers[0]["capacity"])
+        kept = min(capacity, groups[0].shape[0])
+        storage = []
+        for group, like in zip(groups, buffers[0]["storage"]):
+            stored = torch.zeros_like(like)
+            stored[:kept] = group[group.shape[0] - kept:]
+            storage.append(stored)
+        mine["replay"] = {**buffers[0], "storage": storage, "size": kept,
+                          "head": kept % capacity}
+    return mine
 
 
 def clip_grad_by_adam_moment_(optimizer: torch.optim.Adam, n_std: float = 3.0,
@@ -145,7 +212,9 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         shapes = ([tuple(generator.latent_shapes[i]) for i in range(len(generator.latent_shapes))]
                   if cfg.space != "data" else [tuple(data_shape)])
         replay = ReplayBuffer(cfg.replay_capacity, shapes, device=device)
-    chain = {"offset": 0, "sampler": None}
+    world = distributed.World.current()
+    chain = {"offset": distributed.rank_chain_offset(world.rank), "sampler": None}
+    terms = data_parallel(EnergyTerms(energy), device)
 
     def new_sampler() -> None:
         chain["sampler"] = make_sampler(energy, generator, cfg, clamp=clamp,
@@ -165,14 +234,19 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
             x_pos = x_pos + cfg.data_noise * torch.randn_like(x_pos)
         if replay is not None:
             sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
-        result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"],
-                                return_chain=True, device=device, check_finite=True)
+        try:
+            result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"],
+                                    return_chain=True, device=device, check_finite=True)
+        except ChainDivergedError:
+            distributed.all_true(False)  # the others learn it before their backward
+            raise
+        if not distributed.all_true(True):
+            raise PeerDiverged("the negative-phase chain of another process diverged")
         chain["offset"] = result.next_offset
-        e_pos, e_neg = energy(x_pos), energy(result.x)
+        e_pos, e_neg, spec = terms(x_pos, result.x, spectral is not None and cfg.alpha_s > 0)
         loss = e_pos.mean() - e_neg.mean()
         if cfg.energy_reg > 0:
             loss = loss + cfg.energy_reg * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        spec = spectral() if (spectral is not None and cfg.alpha_s > 0) else None
         if spec is not None:
             loss = loss + cfg.alpha_s * spec
         optimizer.zero_grad(set_to_none=True)
@@ -228,6 +302,7 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
 
     stage = Stage(kind="ebm", desc="stage 2: EBM", config=config, step=step_fn, state=state_fn,
                   load=load_fn, weights=weights, lower=lower, resume_options=resume_options,
-                  watched=("loss", "e_pos", "e_neg"))
+                  watched=("loss", "e_pos", "e_neg"), rank_keys=("chain_offset", "replay"),
+                  reshard=reshard_rank_state)
     return run_training(stage, cfg, checkpoint_path=checkpoint_path, resume=resume,
                         allow_config_change=allow_config_change)

@@ -28,6 +28,24 @@ to load a state, its weights, how to lower its step sizes) and ``run_training`` 
 
 Steps are counted from 0: "diverged at step 7" is the eighth step; a checkpoint's ``step`` is
 the number of steps done, the index of the step a resumed run starts with.
+
+**Several processes** (an initialised process group of more than one process, see
+``vaebm_fast.distributed``; the trainers wrap their model in DistributedDataParallel):
+
+- Only rank 0 removes stale temporary files, writes checkpoints, config.json and
+  metrics.jsonl and logs; the others wait at a barrier after each checkpoint write. Every
+  process reads the checkpoint on resume (the run directory must be one every process sees).
+- The metrics of a step are averaged over the processes (one all-reduce) before the
+  divergence checks and the log, and the "healthy" verdict is all-reduced, so a divergence on
+  any process stops (or recovers) every process at the same step.
+- A fresh run re-seeds each process's global generators from one draw of the (common) torch
+  generator and its rank (``seed_process_rngs``): each process draws its own noise.
+- Per-process state (the RNG states; the stage's ``rank_keys``, e.g. stage 2's replay buffer)
+  is gathered to rank 0 and stored per rank in the checkpoint (``"ranks"``, with
+  ``"world_size"``); the top-level ``"rng"`` is rank 0's, as one process writes it. Resumed at
+  the same number of processes each process gets its own back; at another number the RNGs are
+  re-derived from rank 0's saved state and the rank, and the stage's ``reshard`` redistributes
+  the per-rank entries (stage 2: the replay buffers concatenated and re-split).
 """
 from __future__ import annotations
 
@@ -44,6 +62,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..checkpoint import (CheckpointError, capture_rng_state, checkpoint_bytes, load_checkpoint,
                           remove_stale_temp_files, restore_rng_state, save_checkpoint,
                           write_atomically)
@@ -65,6 +84,12 @@ class TrainingDiverged(FloatingPointError):
                  checkpoint_step: int | None):
         super().__init__(message)
         self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+
+
+class PeerDiverged(RuntimeError):
+    """Raised by a stage's step on the processes whose own negative-phase chain was healthy
+    when another process's diverged: every process then leaves the step before its backward
+    (whose gradient all-reduce the diverged process would never join)."""
 
 
 @dataclass
@@ -92,6 +117,11 @@ class Stage:
     lower: Callable[[float], str]
     resume_options: Callable[[float], str]
     watched: tuple[str, ...] = ("loss",)
+    # Entries of ``state()`` that differ between processes, stored per rank; ``reshard``:
+    # ({key: [value saved by each rank]}, world) -> {key: this process's value} when a run
+    # resumes at another number of processes (None: every process takes rank 0's).
+    rank_keys: tuple[str, ...] = ()
+    reshard: Callable[[dict, "distributed.World"], dict] | None = None
 
 
 def weights_are_finite(tensors: Sequence[torch.Tensor]) -> bool:
@@ -126,39 +156,74 @@ class _Run:
         self.path = Path(checkpoint_path) if checkpoint_path else None
         self.resume, self.allow_config_change = resume, allow_config_change
         self.saved_step: int | None = None  # step of the healthy checkpoint on disk
+        self.world = distributed.World.current()
         self.t0 = time.perf_counter()
 
     # -- resume ---------------------------------------------------------------------------
     def run(self) -> dict:
         start = 0
         if self.path is not None:
-            for stale in remove_stale_temp_files(self.path.parent):
-                logger.info("removed %s, left by a checkpoint write that was killed", stale)
-            if self.resume and self.path.exists():
+            if self.world.is_main:  # another process's live temporary file is not stale
+                for stale in remove_stale_temp_files(self.path.parent):
+                    logger.info("removed %s, left by a checkpoint write that was killed", stale)
+            if self.resume and distributed.broadcast_object(self.path.exists()):
                 start = self._resume()
                 if start >= self.cfg.steps:
-                    logger.info("%s: %s is already at step %d >= --steps %d; nothing to train%s",
-                                self.stage.desc, self.path, start, self.cfg.steps,
-                                "" if start == self.cfg.steps else
-                                " (the checkpoint is past --steps: pass a larger --steps to "
-                                "train on, or --no-resume to start over)")
+                    self._info("%s: %s is already at step %d >= --steps %d; nothing to train%s",
+                               self.stage.desc, self.path, start, self.cfg.steps,
+                               "" if start == self.cfg.steps else
+                               " (the checkpoint is past --steps: pass a larger --steps to "
+                               "train on, or --no-resume to start over)")
                     return {}
             self._write_config()
+        if start == 0 and self.world.is_distributed:
+            distributed.seed_process_rngs(int(torch.randint(2 ** 62, ())), self.world.rank)
         return self._train(start)
+
+    def _info(self, message: str, *args) -> None:
+        if self.world.is_main:
+            logger.info(message, *args)
 
     def _resume(self) -> int:
         state = load_checkpoint(self.path, kind=self.stage.kind,
                                 required_keys=("model", "step", "rng", "config"))
         if not self.allow_config_change:
             self._check_same_run(state["config"])
+        state, saved_world = self._this_rank_state(state)
         start = self._restore(state, self.path)
+        if saved_world != self.world.world_size:
+            self._info("%s: the checkpoint was written by %d process(es), this run has %d: "
+                       "RNG states re-derived per rank%s", self.stage.desc, saved_world,
+                       self.world.world_size,
+                       f", {', '.join(self.stage.rank_keys)} redistributed"
+                       if self.stage.rank_keys else "")
+            base = int(torch.randint(2 ** 62, ()))  # from rank 0's restored generator
+            distributed.seed_process_rngs(base, self.world.rank)
         if not weights_are_finite(self.stage.weights()):  # written before the weights check
             raise CheckpointError(
                 f"checkpoint {self.path} holds NaN/Inf weights (training had diverged when it "
                 f"was written); resume from an earlier checkpoint, or start over (--no-resume)")
         self.saved_step = start
-        logger.info("resumed from %s at step %d", self.path, start)
+        self._info("resumed from %s at step %d", self.path, start)
         return start
+
+    def _this_rank_state(self, state: dict) -> tuple[dict, int]:
+        """(``state`` with this process's RNG states and rank entries, the number of
+        processes that wrote it); see the module docstring."""
+        saved_world = int(state.get("world_size", 1))
+        ranks = state.get("ranks")
+        if not ranks:  # written by one process
+            ranks = [{"rng": state["rng"], **{k: state.get(k) for k in self.stage.rank_keys}}]
+        if saved_world == self.world.world_size:
+            return {**state, **ranks[self.world.rank]}, saved_world
+        mine = {"rng": ranks[0]["rng"]}
+        if self.stage.rank_keys:
+            saved = {k: [r.get(k) for r in ranks] for k in self.stage.rank_keys}
+            if self.stage.reshard is not None:
+                mine.update(self.stage.reshard(saved, self.world))
+            else:
+                mine.update({k: values[0] for k, values in saved.items()})
+        return {**state, **mine}, saved_world
 
     def _check_same_run(self, stored: dict) -> None:
         current = self.stage.config()
@@ -190,7 +255,8 @@ class _Run:
     # -- training -------------------------------------------------------------------------
     def _train(self, start: int) -> dict:
         cfg, stage = self.cfg, self.stage
-        on_terminal = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        on_terminal = (bool(getattr(sys.stderr, "isatty", lambda: False)())
+                       and self.world.is_main)
         bar = tqdm(total=cfg.steps, initial=start, desc=stage.desc, disable=not on_terminal,
                    dynamic_ncols=True)
         recovering = cfg.recover_attempts > 0
@@ -227,12 +293,24 @@ class _Run:
         return metrics
 
     def _one_step(self, step: int) -> tuple[dict, str | None, Exception | None]:
-        """Run step ``step``; return (metrics, what diverged or None, the error behind it)."""
+        """Run step ``step``; return (metrics, what diverged or None, the error behind it).
+        With several processes the metrics are the mean over them and the verdict is theirs
+        together (the same collectives on every process, whatever the outcome)."""
         try:
-            metrics = self.stage.step(step)
-        except ChainDivergedError as error:
-            return ({}, f"its negative-phase Langevin chain diverged "
-                        f"({str(error).split('. ')[0]})", error)
+            metrics, chain_error = self.stage.step(step), None
+        except (ChainDivergedError, PeerDiverged) as error:
+            metrics, chain_error = {}, error
+        if not distributed.all_true(chain_error is None):
+            detail = (str(chain_error).split(". ")[0]
+                      if isinstance(chain_error, ChainDivergedError) else "on another process")
+            return {}, f"its negative-phase Langevin chain diverged ({detail})", chain_error
+        metrics = distributed.mean_over_ranks(metrics)
+        metrics, problem, cause = self._check(metrics)
+        if not distributed.all_true(problem is None):
+            problem = problem or "another process diverged"
+        return metrics, problem, cause
+
+    def _check(self, metrics: dict) -> tuple[dict, str | None, Exception | None]:
         for name, value in metrics.items():
             if not math.isfinite(value):
                 return metrics, f"{name} became {value}", None
@@ -246,14 +324,26 @@ class _Run:
         return metrics, None, None
 
     def _snapshot(self, step: int) -> bytes:
-        return checkpoint_bytes({**self.stage.state(), "config": self.stage.config(),
-                                 "step": step, "rng": capture_rng_state()})
+        """This process's state at ``step``; with several processes, rank 0's also holds
+        every rank's RNG states and ``rank_keys`` entries (gathered: every process calls this
+        at the same steps)."""
+        state = {**self.stage.state(), "config": self.stage.config(), "step": step,
+                 "rng": capture_rng_state()}
+        if self.world.is_distributed:
+            ranks = distributed.gather_object(
+                {"rng": state["rng"], **{k: state[k] for k in self.stage.rank_keys}})
+            if self.world.is_main:
+                state.update(ranks=ranks, world_size=self.world.world_size)
+        return checkpoint_bytes(state)
 
     def _save(self, step: int, snapshot: bytes | None) -> None:
         if self.path is None:
             return
-        save_checkpoint(self.path, snapshot if snapshot is not None else self._snapshot(step),
-                        keep_previous=True)
+        if snapshot is None:
+            snapshot = self._snapshot(step)
+        if self.world.is_main:
+            save_checkpoint(self.path, snapshot, keep_previous=True)
+        distributed.barrier()  # the file is on disk before any process goes on
         self.saved_step = step
 
     def _recover(self, step: int, problem: str, last_good, attempt: int) -> int:
@@ -261,9 +351,10 @@ class _Run:
         state = torch.load(io.BytesIO(snapshot), map_location="cpu", weights_only=True)
         self._restore(state, f"(the in-memory state of step {good_step})")
         change = self.stage.lower(self.cfg.recover_factor)
-        logger.warning("%s diverged at step %d: %s. Recovery %d of %d: back to the last "
-                       "healthy state (step %d), %s", self.stage.desc, step, problem, attempt,
-                       self.cfg.recover_attempts, good_step, change)
+        if self.world.is_main:
+            logger.warning("%s diverged at step %d: %s. Recovery %d of %d: back to the last "
+                           "healthy state (step %d), %s", self.stage.desc, step, problem,
+                           attempt, self.cfg.recover_attempts, good_step, change)
         self._write_config()
         return good_step
 
@@ -287,7 +378,7 @@ class _Run:
 
     # -- files and logs -------------------------------------------------------------------
     def _write_config(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.world.is_main:
             return
         config_path = self.path.parent / "config.json"
         try:
@@ -302,6 +393,8 @@ class _Run:
         write_atomically(config_path, lambda file: file.write(text.encode()))
 
     def _log(self, step: int, metrics: dict, bar, on_terminal: bool) -> None:
+        if not self.world.is_main:
+            return
         elapsed = time.perf_counter() - self.t0
         if on_terminal:
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
@@ -316,4 +409,5 @@ class _Run:
                 file.write(json.dumps(record) + "\n")
 
 
-__all__ = ["Stage", "TrainingDiverged", "run_training", "weights_are_finite", "IDENTITY_KEYS"]
+__all__ = ["Stage", "TrainingDiverged", "PeerDiverged", "run_training", "weights_are_finite",
+           "IDENTITY_KEYS"]

@@ -6,6 +6,14 @@ with NVAE's KL warm-up beta(step) = kl_weight * max(min(step / warmup_steps, 1),
 spectral and BatchNorm regularisers (``vae.regularization_terms()``; empty for the MLP VAE),
 weighted by ``weight_decay_norm`` (kept constant here; NVAE anneals it during warm-up).
 The optimiser is Adam or Adamax (NVAE) with cosine learning-rate decay.
+
+With several processes (an initialised process group, see ``vaebm_fast.distributed``) the
+loss terms are computed by ``ELBOTerms`` wrapped in DistributedDataParallel: each process
+takes its slice of the global batch, the gradients are averaged (the gradient of the global
+batch's mean loss; the regularisers are the same on every process), and DDP broadcasts rank
+0's buffers (the spectral regulariser's power-iteration vectors) at every forward, keeping
+them identical. BatchNorm statistics stay per process (no SyncBatchNorm). The model must be
+on this process's device (with NCCL, ``cuda:LOCAL_RANK``) before training starts.
 """
 from __future__ import annotations
 
@@ -15,7 +23,9 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ..distributed import World
 from ..validation import check_choice
 from . import options
 from .loop import Stage, run_training
@@ -59,6 +69,30 @@ class VAETrainConfig:
         options.check_real(self, "grad_clip_norm", low=0, low_open=True, allow_inf=True)
 
 
+class ELBOTerms(nn.Module):
+    """The VAE's loss terms as one forward, the unit DistributedDataParallel wraps.
+
+    forward(x [B, *data_shape]) -> (recon_nll [B], [kl [B] per group], {name: regulariser []})
+    """
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        recon, kl_groups = self.vae.elbo_terms(x)
+        return recon, kl_groups, self.vae.regularization_terms()
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DistributedDataParallel when this process is one of several (rank 0's
+    weights and buffers are broadcast now, the gradients averaged at every backward), else
+    ``module`` itself."""
+    if not World.current().is_distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
 def make_optimizer(name: str, params, lr: float, **kw) -> torch.optim.Optimizer:
     check_choice(name, "optimizer", options.CHOICES["optimizer"])
     cls = torch.optim.Adam if name == "adam" else torch.optim.Adamax
@@ -91,6 +125,8 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
     {...extra_state['config'], 'train': cfg}, 'model', 'optimizer', 'scheduler', 'data',
     'step', 'rng'}``; resuming, divergence, config.json and metrics.jsonl: ``run_training``.
     Options given now override the checkpoint's (a lower ``lr`` takes effect on resume).
+    With several processes ``data`` gives this process's slice of each global batch
+    (``batches`` does, see the module docstring for the rest).
     Returns the last step's metrics ({} if the checkpoint was already at ``cfg.steps``).
     """
     cfg = replace(cfg)  # validated again; a recovery changes this copy, not the caller's
@@ -102,14 +138,14 @@ def train_vae(vae: nn.Module, data: Iterator[torch.Tensor], cfg: VAETrainConfig,
     warmup_steps = max(1, int(cfg.kl_warmup_fraction * cfg.steps))
     device = next(vae.parameters()).device
     data_state = getattr(data, "state_dict", None)
+    terms = data_parallel(ELBOTerms(vae), device)
 
     def step_fn(step: int) -> dict:
         x = next(data).to(device)
         beta = cfg.kl_weight * max(min(step / warmup_steps, 1.0), cfg.kl_min)
-        recon, kl_groups = vae.elbo_terms(x)
+        recon, kl_groups, regs = terms(x)
         kl = torch.stack(kl_groups).sum(0)
         loss = (recon + beta * kl).mean()
-        regs = vae.regularization_terms()
         for value in regs.values():
             loss = loss + cfg.weight_decay_norm * value
         optimizer.zero_grad(set_to_none=True)
