@@ -3,10 +3,9 @@
 ``build_parser`` declares the commands and flags, ``main`` runs one and returns its exit code.
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) ``main`` initialises the default
-process group for train-vae and train-ebm (``vaebm_fast.distributed.init_from_torchrun``) and
-destroys it at the end, also on error; only rank 0 prints (another rank prints only an
-internal error, which may be its own). ``sample`` runs as it does alone; the other commands
-refuse to run under torchrun.
+process group for train-vae, train-ebm and sample (``vaebm_fast.distributed.init_from_torchrun``)
+and destroys it at the end, also on error; only rank 0 prints (another rank prints only an
+internal error, which may be its own). The other commands refuse to run under torchrun.
 The pieces: ``options.py`` (training options, --config files, numeric flags), ``commands.py``
 (one function per command), ``errors.py`` (exit codes and one-line messages).
 """
@@ -33,8 +32,8 @@ from .options import SEED, TRAIN_OPTIONS, _add_config_flags, _int, _num, _with_d
 
 __all__ = ["main", "build_parser", "TRAIN_OPTIONS"]
 
-# The commands that run on several processes under torchrun (sample runs its own way).
-DISTRIBUTED_COMMANDS = ("train-vae", "train-ebm")
+# The commands that run on several processes under torchrun.
+DISTRIBUTED_COMMANDS = ("train-vae", "train-ebm", "sample")
 
 
 EXAMPLES = """\
@@ -152,14 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the official EBM's architecture; its data set's official test "
                         "settings give the default --steps and --step-size")
     p.add_argument("--batch", type=_int("", 1).parse, metavar="INT",
-                   help="official path: chains per batch, the unit of resuming (default: 256)")
+                   help="chains per shard, the unit of resuming and of sharing the work "
+                        "between torchrun processes; it does not change the samples (default: "
+                        "256)")
     p.add_argument("--potential", choices=["paper", "official"],
                    help="official path: the eps-space potential, the paper's (default) or the "
                         "official code's")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    help="official path: where the chains run (default: cuda if available)")
-    p.add_argument("--n", type=_int("", 1).parse, default=64, metavar="INT",
-                   help=_with_default("samples to draw from each model"))
+    # --num-samples: under torchrun, whose parser reads "--n" as an ambiguous abbreviation of
+    # its own --nnodes / --nproc-per-node before the script's arguments.
+    p.add_argument("--n", "--num-samples", dest="n", type=_int("", 1).parse, default=64,
+                   metavar="INT", help=_with_default("samples to draw from each model (under "
+                                                     "torchrun write --num-samples)"))
     p.add_argument("--steps", type=_int("", 0).parse, metavar="INT",
                    help="Langevin steps (default: the preset's sampling steps, stored in the "
                         "EBM checkpoint; with --nvae, the official test setting of --ebm-arch)")
@@ -219,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse has printed
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    several = _torchrun_world_size() > 1 and args.command != "sample"
+    several = _torchrun_world_size() > 1
     if several and args.command not in DISTRIBUTED_COMMANDS:
         print(f"error: {args.command} runs on one process, but WORLD_SIZE is "
               f"{_torchrun_world_size()} (started by torchrun); run it without torchrun (only "
-              f"{' and '.join(DISTRIBUTED_COMMANDS)} run on several processes)", file=sys.stderr)
+              f"{', '.join(DISTRIBUTED_COMMANDS)} run on several processes)", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not several:
         return _run(args)

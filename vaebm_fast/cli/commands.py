@@ -187,13 +187,15 @@ def cmd_sample(args) -> None:
         from .official import sample_official
         return sample_official(args)
     official_only = [flag for flag, value in (
-        ("--ebm-arch", args.ebm_arch), ("--batch", args.batch),
-        ("--potential", args.potential), ("--device", args.device)) if value is not None]
+        ("--ebm-arch", args.ebm_arch), ("--potential", args.potential),
+        ("--device", args.device)) if value is not None]
     if official_only:
         raise UsageError(f"{', '.join(official_only)} apply to official checkpoints only; "
                          "pass --nvae and --ebm too, or leave them out")
+    from ..checkpoint import write_atomically
     from ..eval.plots import save_image_grids_side_by_side, save_scatter
     from ..sampling.fast import FastSampler
+    from .shards import claim_folder, draw_shards, sha256
     ebm_path = args.ebm or os.path.join(args.out, "ebm.pt")
     vae_path = args.vae or os.path.join(args.out, "vae.pt")
     ebm_state, vae_state = _load(ebm_path, "ebm"), _load(vae_path, "vae")
@@ -223,24 +225,38 @@ def cmd_sample(args) -> None:
     output = "sample" if toy else "mean"
     common = dict(space=space, step_size=step_size, noise_scale=train.get("noise_scale"),
                   output=output)
-    x_vae = FastSampler(energy, vae, n_steps=0, **common).sample(args.n, seed=args.seed)
-    # A bar on a terminal; a start and an end line in a log file (nohup, CI, slurm).
-    on_terminal = sys.stderr.isatty()
-    log.info("sampling %d chains of %d Langevin steps (%s space, step size %g)",
-             args.n, n_steps, space, step_size)
+    vae_only = FastSampler(energy, vae, n_steps=0, **common)
+    vaebm = FastSampler(energy, vae, n_steps=n_steps, **common)
+    batch = args.batch or 256
+    claim_folder(os.path.join(out, "shards"),
+                 {"vae_sha256": sha256(vae_path), "ebm_sha256": sha256(ebm_path),
+                  "seed": args.seed, "batch": batch, "steps": n_steps, "step_size": step_size,
+                  "noise": "row streams"}, replace=True)
+    log.info("sampling %d chains of %d Langevin steps (%s space, step size %g) in shards of %d",
+             args.n, n_steps, space, step_size, batch)
     start = time.perf_counter()
-    x_vaebm = FastSampler(energy, vae, n_steps=n_steps, **common).sample(
-        args.n, seed=args.seed, progress=on_terminal)
+
+    def draw(first: int, stop: int) -> dict:
+        # The same start eps for both: sample i of each comes from row stream i of the seed.
+        kw = dict(seed=args.seed, first_index=first)
+        return {"vae": vae_only.sample(stop - first, **kw).numpy(),
+                "vaebm": vaebm.sample(stop - first, **kw).numpy()}
+
+    collected = draw_shards(draw, ("vae", "vaebm"), args.n, batch, os.path.join(out, "shards"))
+    if collected is None:  # another process writes the outputs
+        return
     log.info("chains done in %.1f s", time.perf_counter() - start)
-    np.save(os.path.join(out, "samples_vae.npy"), x_vae.numpy())
-    np.save(os.path.join(out, "samples_vaebm.npy"), x_vaebm.numpy())
+    x_vae, x_vaebm = collected["vae"], collected["vaebm"]
+    for name, x in (("samples_vae.npy", x_vae), ("samples_vaebm.npy", x_vaebm)):
+        write_atomically(os.path.join(out, name), lambda f, x=x: np.save(f, x))
     if toy:
-        png = save_scatter(os.path.join(out, "samples.png"),
-                           {"VAE": x_vae.numpy(), "VAEBM": x_vaebm.numpy()},
+        png = save_scatter(os.path.join(out, "samples.png"), {"VAE": x_vae, "VAEBM": x_vaebm},
                            title=f"{config['dataset']}: VAE vs VAEBM ({n_steps} Langevin steps)")
     else:
-        png = save_image_grids_side_by_side(os.path.join(out, "samples.png"),
-                                            {"VAE": x_vae, f"VAEBM ({n_steps} steps)": x_vaebm})
+        png = save_image_grids_side_by_side(
+            os.path.join(out, "samples.png"),
+            {"VAE": torch.from_numpy(x_vae[:64]),
+             f"VAEBM ({n_steps} steps)": torch.from_numpy(x_vaebm[:64])})
     print(f"wrote {png} and samples_vae.npy / samples_vaebm.npy ({args.n} each) in {out}")
 
 

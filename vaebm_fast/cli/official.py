@@ -10,27 +10,28 @@ Output, in --out DIR:
 - ``samples.npz``: one array ``arr_0``, uint8 [N, H, W, C] (NHWC, the layout FID tools read),
   pixel = round(255 * clamp(x, 0, 1)) as torchvision's ``save_image`` rounds;
 - ``samples.png``: a grid of the first 64;
-- ``batches/``: ``batch_{i:06d}.npy`` per finished batch (written atomically) and ``run.json``
-  with the settings and checkpoint digests they were drawn with.
+- ``shards/``: ``images_{start:09d}_{stop:09d}.npy`` per finished shard of ``--batch`` samples
+  (written atomically) and ``run.json`` with the settings and checkpoint digests they were drawn
+  with.
 
-Batch i draws its starts and noise from the Philox stream ``seed`` at offset ``i * STRIDE``:
-its images depend on (seed, i) and the run's settings only, so a rerun of one batch, or a
-resumed run that skips the batches already on disk, gives the same images.
+Sample i draws its start and noise from row stream i of the Philox seed (``first_index``; see
+:mod:`vaebm_fast.cli.shards`): its image depends on (seed, i) and the run's settings only, so a
+resumed run skips the shards already on disk, and under ``torchrun`` the processes share the
+shards and write the same images as one process. (Until version 0.1 batch i drew from the flat
+stream at offset i * 2**40; folders of that layout are refused on resume.)
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import os
-import time
 
 import numpy as np
 import torch
 
+from .. import distributed
 from ..checkpoint import write_atomically
 from .errors import UsageError
+from .shards import claim_folder, draw_shards, sha256
 
 log = logging.getLogger("vaebm_fast")
 
@@ -42,10 +43,6 @@ OFFICIAL_SAMPLING = {
     "lsun64": (20, 4e-6),     # LSUN church 64
     "celeba256": (24, 3e-6),  # CelebA-HQ-256
 }
-
-# Philox offsets reserved per batch: far more normals than any batch draws (a CIFAR-10 batch of
-# 256 chains x 17 draws of ~10^5 numbers is ~5e8 < 2**40), and room for 2**23 batches.
-STRIDE = 2 ** 40
 
 DEFAULT_BATCH = 256
 GRID = 64  # images in samples.png
@@ -78,42 +75,29 @@ def sample_official(args) -> None:
                          f"{args.ebm_arch!r} takes {energy.in_channels}x{size}x{size}; pass the "
                          "--ebm-arch of the NVAE's data set")
 
-    batch_dir = os.path.join(args.out, "batches")
-    os.makedirs(batch_dir, exist_ok=True)
-    settings = {"nvae_sha256": _sha256(args.nvae), "ebm_sha256": _sha256(args.ebm),
+    shard_dir = os.path.join(args.out, "shards")
+    world = distributed.World.current()
+    settings = {"nvae_sha256": sha256(args.nvae), "ebm_sha256": sha256(args.ebm),
                 "ebm_arch": args.ebm_arch, "seed": args.seed, "batch": batch,
                 "steps": n_steps, "step_size": step_size, "potential": potential,
-                "output": "decoder mean", "layout": "NHWC uint8"}
-    _check_or_write_settings(os.path.join(batch_dir, "run.json"), settings)
+                "output": "decoder mean", "layout": "NHWC uint8", "noise": "row streams"}
+    claim_folder(shard_dir, settings)
 
     vae.to(device), energy.to(device)
     sampler = FastSampler(energy, vae, space="eps", n_steps=n_steps, step_size=step_size,
                           potential=potential, output="mean")
-    numel = sum(math.prod(s) for s in sampler.state_shapes())
-    if batch * numel * (n_steps + 1) > STRIDE:
-        raise UsageError(f"--batch {batch} draws more random numbers per batch than the "
-                         f"{STRIDE} reserved for it; pass a smaller --batch")
-    n_batches = math.ceil(args.n / batch)
-    log.info("sampling %d images in %d batches of %d: %d Langevin steps, step size %g, %s "
-             "potential, on %s", args.n, n_batches, batch, n_steps, step_size,
-             potential, device)
-    start = time.perf_counter()
-    done = 0
-    for i in range(n_batches):
-        size_i = min(batch, args.n - i * batch)
-        path = _batch_path(batch_dir, i)
-        if _finished(path, size_i, vae.data_shape):
-            continue
-        x = sampler.sample(size_i, seed=args.seed, offset=i * STRIDE, device=device)
-        images = to_uint8_nhwc(x)
-        write_atomically(path, lambda f, images=images: np.save(f, images))
-        done += 1
-        log.info("batch %d/%d done (%.1f s)", i + 1, n_batches, time.perf_counter() - start)
-    if done < n_batches:
-        log.info("resumed: %d of %d batches were already in %s", n_batches - done, n_batches,
-                 batch_dir)
+    log.info("sampling %d images in shards of %d on %d process(es): %d Langevin steps, step "
+             "size %g, %s potential, on %s", args.n, batch, world.world_size, n_steps,
+             step_size, potential, device)
 
-    images = np.concatenate([np.load(_batch_path(batch_dir, i)) for i in range(n_batches)])
+    def draw(start: int, stop: int) -> dict:
+        x = sampler.sample(stop - start, seed=args.seed, first_index=start, device=device)
+        return {"images": to_uint8_nhwc(x)}
+
+    collected = draw_shards(draw, ("images",), args.n, batch, shard_dir)
+    if collected is None:  # another rank writes the output
+        return
+    images = collected["images"]
     npz = write_atomically(os.path.join(args.out, "samples.npz"),
                            lambda f: np.savez(f, images))
     png = _save_grid(os.path.join(args.out, "samples.png"), images[:GRID])
@@ -146,47 +130,6 @@ def _device(name: str | None) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here; pass --device cpu")
     return torch.device(name)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_or_write_settings(path: str, settings: dict) -> None:
-    """Resume only batches drawn with the same settings and checkpoints."""
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
-        changed = sorted(k for k in set(before) | set(settings)
-                         if before.get(k) != settings.get(k))
-        if changed:
-            raise UsageError(f"{os.path.dirname(path)} holds batches drawn with other settings "
-                             f"({', '.join(changed)} differ); pass another --out or remove "
-                             "that folder to start over")
-        return
-    text = json.dumps(settings, indent=2).encode()
-    write_atomically(path, lambda f: f.write(text))
-
-
-def _batch_path(batch_dir: str, i: int) -> str:
-    return os.path.join(batch_dir, f"batch_{i:06d}.npy")
-
-
-def _finished(path: str, size: int, data_shape) -> bool:
-    """Whether ``path`` holds batch images of the expected shape (a batch of another --n's
-    last, shorter batch is drawn again)."""
-    if not os.path.exists(path):
-        return False
-    try:
-        images = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    c, h, w = data_shape
-    return images.dtype == np.uint8 and images.shape == (size, h, w, c)
 
 
 def _save_grid(path: str, images: np.ndarray):
