@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -231,6 +232,8 @@ def cmd_sample(args) -> None:
                  {"vae_sha256": sha256(vae_path), "ebm_sha256": sha256(ebm_path),
                   "seed": args.seed, "batch": batch, "steps": n_steps, "step_size": step_size,
                   "noise": "row streams"}, replace=True)
+    # A bar on rank 0's terminal; shard lines in a log file (nohup, CI, slurm).
+    on_terminal = sys.stderr.isatty() and World.current().is_main
     log.info("sampling %d chains of %d Langevin steps (%s space, step size %g) in shards of %d",
              args.n, n_steps, space, step_size, batch)
     start = time.perf_counter()
@@ -239,7 +242,7 @@ def cmd_sample(args) -> None:
         # The same start eps for both: sample i of each comes from row stream i of the seed.
         kw = dict(seed=args.seed, first_index=first)
         return {"vae": vae_only.sample(stop - first, **kw).numpy(),
-                "vaebm": vaebm.sample(stop - first, **kw).numpy()}
+                "vaebm": vaebm.sample(stop - first, progress=on_terminal, **kw).numpy()}
 
     collected = draw_shards(draw, ("vae", "vaebm"), args.n, batch, os.path.join(out, "shards"))
     if collected is None:  # another process writes the outputs
