@@ -79,11 +79,18 @@ def init_from_torchrun() -> World:
         raise RuntimeError(f"{', '.join(missing)} not set: start several processes with "
                            f"torchrun --nproc_per_node=N -m vaebm_fast ...")
     local_rank = int(os.environ["LOCAL_RANK"])
+    store, rank, world_size = next(dist.rendezvous("env://"))
+    # torchrun keeps one store across the restarts of --max-restarts; the keys a killed
+    # attempt left there (its processes' addresses, barrier counts) must not be read by the
+    # next one, which then fails to connect or hangs: each attempt gets its own key prefix.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"vaebm_fast/attempt{attempt}", store)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size,
+                                device_id=torch.device("cuda", local_rank))
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     return World.current()
 
 
