@@ -159,6 +159,20 @@ def _scenario_gradient(rank: int, out: Path) -> dict:
     return {name: p.grad.clone() for name, p in vae.named_parameters()}
 
 
+def _scenario_stage_two(rank: int, out: Path) -> dict:
+    """Two stage-2 steps (eps space, global batch 12, no replay): the energy's weights after."""
+    from vaebm_fast.presets import build_energy
+    from vaebm_fast.training import EBMTrainConfig, train_ebm
+    torch.manual_seed(0)
+    vae = _toy_vae()
+    energy = build_energy({"type": "mlp", "in_dim": 2, "hidden": 16, "depth": 2})
+    data = batches(TwentyFiveGaussians(), 12, torch.Generator().manual_seed(3))
+    cfg = EBMTrainConfig(steps=2, batch_size=12, lr=1e-2, langevin_steps=4, step_size=0.05,
+                         igebm_clip=False, weight_decay=0.0, sampler="eager")
+    train_ebm(energy, vae, data, cfg)
+    return energy.state_dict()
+
+
 class _NaNOnRankOne:
     """The toy sampler, with NaN in the rows rank 1 gets from the third global batch on."""
 
@@ -212,6 +226,7 @@ def _scenario_cli_bad_batch(rank: int, out: Path) -> dict:
 
 
 SCENARIOS = {"train": _scenario_train_both_stages, "gradient": _scenario_gradient,
+             "stage_two": _scenario_stage_two,
              "diverge": _scenario_diverge, "chain": _scenario_chain_diverges_on_rank_one,
              "resume": _scenario_resume_same_world, "cli_bad_batch": _scenario_cli_bad_batch}
 
@@ -313,6 +328,18 @@ def test_stage_one_gradient_equals_the_single_process_gradient(tmp_path, world_s
             torch.testing.assert_close(grads[name], value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_stage_two_on_several_processes_trains_as_one_with_the_global_batch(tmp_path,
+                                                                             world_size,
+                                                                             one_thread):
+    # Negative j of each global batch comes from row stream step * 12 + j on whichever rank
+    # draws it: the same chains, so the same averaged gradient and the same weights.
+    single = _scenario_stage_two(0, tmp_path)
+    for weights in _spawn("stage_two", world_size, tmp_path):
+        for name, value in single.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-6)
+
+
 def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, one_thread):
     results = _spawn("diverge", 2, tmp_path)
     assert [r["step"] for r in results] == [2, 2]
@@ -336,7 +363,7 @@ def test_other_commands_refuse_to_run_under_torchrun(monkeypatch, capsys):
     assert main(["info"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: info runs on one process, but WORLD_SIZE is 2 (started by torchrun); run it "
-        "without torchrun (only train-vae and train-ebm run on several processes)"]
+        "without torchrun (only train-vae, train-ebm, sample run on several processes)"]
 
 
 def test_bad_batch_size_under_torchrun_is_one_line_exit_code_2(tmp_path, one_thread):

@@ -15,8 +15,11 @@ With several processes (an initialised process group, see ``vaebm_fast.distribut
 energies and the spectral term are computed by ``EnergyTerms`` wrapped in
 DistributedDataParallel (gradients averaged; the spectral regulariser's vectors broadcast
 from rank 0). Each process runs its own chains on its slice of the global batch, with the
-same seed and its own Philox offsets (``rank_chain_offset``), and keeps its own replay buffer
-of ``replay_capacity`` chains. A diverged chain on any process makes every process leave the
+same seed; negative j of step t's global batch (size G) starts from and draws its noise from
+Philox row stream t * G + j (docs/design.md, "Random numbers"), so the chains, and with them
+the gradient, are those of one process with the global batch. Each process keeps its own replay
+buffer of ``replay_capacity`` chains, whose restart choices come from its own flat-stream
+offsets (``rank_chain_offset``). A diverged chain on any process makes every process leave the
 step before the backward. On resume at another number of processes the replay buffers are
 concatenated and re-split (``reshard_rank_state``). BatchNorm statistics stay per process.
 """
@@ -234,15 +237,23 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
             x_pos = x_pos + cfg.data_noise * torch.randn_like(x_pos)
         if replay is not None:
             sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
+        # Negative j of the step's global batch draws from row stream step * G + j (G the global
+        # batch): the same chains however the batch is split between processes. A replay
+        # buffer's restart choices are per process, from this rank's flat-stream offset.
+        local = x_pos.shape[0]
+        first = step * local * world.world_size + world.rank * local
         try:
-            result = sampler.sample(x_pos.shape[0], seed=cfg.seed, offset=chain["offset"],
-                                    return_chain=True, device=device, check_finite=True)
+            result = sampler.sample(local, seed=cfg.seed,
+                                    offset=chain["offset"] if replay is not None else 0,
+                                    first_index=first, return_chain=True, device=device,
+                                    check_finite=True)
         except ChainDivergedError:
             distributed.all_true(False)  # the others learn it before their backward
             raise
         if not distributed.all_true(True):
             raise PeerDiverged("the negative-phase chain of another process diverged")
-        chain["offset"] = result.next_offset
+        if replay is not None:
+            chain["offset"] = result.next_offset
         e_pos, e_neg, spec = terms(x_pos, result.x, spectral is not None and cfg.alpha_s > 0)
         loss = e_pos.mean() - e_neg.mean()
         if cfg.energy_reg > 0:
