@@ -18,7 +18,8 @@ from rank 0). Each process runs its own chains on its slice of the global batch,
 same seed and its own Philox offsets (``rank_chain_offset``), and keeps its own replay buffer
 of ``replay_capacity`` chains. A diverged chain on any process makes every process leave the
 step before the backward. On resume at another number of processes the replay buffers are
-concatenated and re-split (``reshard_rank_state``). BatchNorm statistics stay per process.
+concatenated and re-split (``reshard_rank_state``). BatchNorm normalises with each process's
+own batch statistics; its running averages are rank 0's (a DDP buffer broadcast).
 """
 from __future__ import annotations
 
