@@ -62,6 +62,7 @@ __all__ = [
     "remove_stale_temp_files",
     "capture_rng_state",
     "restore_rng_state",
+    "seed_rng_state",
     "write_atomically",
 ]
 
@@ -397,6 +398,14 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         else:
             warnings.warn(f"not restoring the CUDA RNG states: captured for {len(cuda_states)} "
                           f"devices, {torch.cuda.device_count()} visible now", stacklevel=2)
+
+
+def seed_rng_state(seed: int) -> None:
+    """Seed the generators ``capture_rng_state`` captures: Python's ``random``, NumPy's global
+    RNG (with ``seed`` mod 2**32) and torch's (every CUDA device's included)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
 
 
 def _as_python_state(python_state: Any) -> tuple:

@@ -11,7 +11,7 @@ trainers need, on ``torch.distributed``.
   user's back. ``destroy()`` undoes it.
 - ``barrier``, ``all_gather_object``, ``gather_object``, ``broadcast_object``, ``all_true``,
   ``mean_over_ranks``: no-ops (or the identity) on one process.
-- ``rank_chain_offset(rank)`` and ``seed_process_rngs(base, rank)``: where each process's random
+- ``rank_chain_offset(rank)`` and ``rank_seed(base, rank)``: where each process's random
   numbers come from (one place each, documented there).
 
 Standard library and torch only.
@@ -19,17 +19,15 @@ Standard library and torch only.
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = ["World", "init_from_torchrun", "destroy", "barrier", "all_gather_object",
            "gather_object", "broadcast_object", "all_true", "mean_over_ranks",
-           "rank_chain_offset", "seed_process_rngs", "TORCHRUN_VARIABLES"]
+           "rank_chain_offset", "rank_seed", "TORCHRUN_VARIABLES"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -177,11 +175,8 @@ def rank_chain_offset(rank: int) -> int:
     return int(rank) * RANK_OFFSET_STRIDE
 
 
-def seed_process_rngs(base: int, rank: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (CUDA's included) of this process
-    from ``base`` and ``rank``, so every process draws its own stream (posterior noise, data
-    noise) and the same (base, rank) draws the same one again."""
-    seed = (int(base) * 1_000_003 + int(rank)) % (2 ** 63)
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
+def rank_seed(base: int, rank: int) -> int:
+    """The seed of rank ``rank``'s global generators, from a ``base`` common to all processes:
+    each process draws its own stream (posterior noise, data noise), and the same (base, rank)
+    the same one again."""
+    return (int(base) * 1_000_003 + int(rank)) % (2 ** 63)

@@ -454,6 +454,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
                        extra=("--max-restarts=1",), script=script)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stderr and "at step 6" in result.stderr
+    assert "internal error" not in result.stderr  # rank 0 lost its peer: not a bug report
     state = torch.load(tmp_path / "run" / "vae.pt", weights_only=True)
     assert state["step"] == 10
     assert torch.equal(state["data"]["generator"], _global_generator_after(10))

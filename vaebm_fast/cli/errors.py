@@ -2,8 +2,9 @@
 
 Bad input (a flag, a config file, a checkpoint, a path) is one ``error: ...`` line on stderr and
 exit code 2; a diverged run, a missing optional dependency or a failed compile is one line and
-exit code 1; anything else is a bug, reported in one line (exit code 1) that says how to see the
-traceback (``VAEBM_FAST_TRACEBACK=1``).
+exit code 1; under torchrun, a lost connection to another process is one line and exit code 1
+(that process's own output says why); anything else is a bug, reported in one line (exit code
+1) that says how to see the traceback (``VAEBM_FAST_TRACEBACK=1``).
 """
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def _silence_stdout() -> None:
         pass
 
 
+def _lost_another_process(e: BaseException) -> bool:
+    """torch.distributed's errors, and gloo's plain RuntimeError when a peer's socket closes
+    (a process of the run died), seen only with an initialised process group."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError)
+        and any(text in str(e) for text in ("Connection reset by peer",
+                                            "Connection closed by peer")))
+
+
 def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
     """What :func:`main` prints and returns for an exception a command raised."""
     from .._compile import CompileError
@@ -65,6 +78,9 @@ def _exit_code_and_message(e: BaseException) -> tuple[int, str | None]:
             "error: a checkpoint's weights do not fit the model built from the current dataset, "
             f"preset and --config ({_one_line(e)[:200]}...); rerun with the settings it was "
             "trained with, or pass another --out (or --no-resume to start over)")
+    if _lost_another_process(e):
+        return EXIT_FAILED, (f"error: another process of this run failed or could not be "
+                             f"reached ({_one_line(e)[:200]}); its own output says why")
     if isinstance(e, (MissingExtraError, CompileError)):  # the installation, not the input
         return EXIT_FAILED, f"error: {_one_line(e)}"
     if isinstance(e, (ValueError, TypeError, CheckpointError, BackendUnavailableError, OSError)):

@@ -21,7 +21,8 @@ the gradient, are those of one process with the global batch. Each process keeps
 buffer of ``replay_capacity`` chains, whose restart choices come from its own flat-stream
 offsets (``rank_chain_offset``). A diverged chain on any process makes every process leave the
 step before the backward. On resume at another number of processes the replay buffers are
-concatenated and re-split (``reshard_rank_state``). BatchNorm statistics stay per process.
+concatenated and re-split (``reshard_rank_state``). BatchNorm normalises with each process's
+own batch statistics; its running averages are rank 0's (a DDP buffer broadcast).
 """
 from __future__ import annotations
 

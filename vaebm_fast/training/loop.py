@@ -39,7 +39,7 @@ the number of steps done, the index of the step a resumed run starts with.
   divergence checks and the log, and the "healthy" verdict is all-reduced, so a divergence on
   any process stops (or recovers) every process at the same step.
 - A fresh run re-seeds each process's global generators from one draw of the (common) torch
-  generator and its rank (``seed_process_rngs``): each process draws its own noise.
+  generator and its rank (``distributed.rank_seed``): each process draws its own noise.
 - Per-process state (the RNG states; the stage's ``rank_keys``, e.g. stage 2's replay buffer)
   is gathered to rank 0 and stored per rank in the checkpoint (``"ranks"``, with
   ``"world_size"``); the top-level ``"rng"`` is rank 0's, as one process writes it. Resumed at
@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..checkpoint import (CheckpointError, capture_rng_state, checkpoint_bytes, load_checkpoint,
                           remove_stale_temp_files, restore_rng_state, save_checkpoint,
-                          write_atomically)
+                          seed_rng_state, write_atomically)
 from ..sampling.langevin import ChainDivergedError
 
 logger = logging.getLogger("vaebm_fast.training")
@@ -177,7 +177,7 @@ class _Run:
                     return {}
             self._write_config()
         if start == 0 and self.world.is_distributed:
-            distributed.seed_process_rngs(int(torch.randint(2 ** 62, ())), self.world.rank)
+            seed_rng_state(distributed.rank_seed(int(torch.randint(2 ** 62, ())), self.world.rank))
         return self._train(start)
 
     def _info(self, message: str, *args) -> None:
@@ -198,7 +198,7 @@ class _Run:
                        f", {', '.join(self.stage.rank_keys)} redistributed"
                        if self.stage.rank_keys else "")
             base = int(torch.randint(2 ** 62, ()))  # from rank 0's restored generator
-            distributed.seed_process_rngs(base, self.world.rank)
+            seed_rng_state(distributed.rank_seed(base, self.world.rank))
         if not weights_are_finite(self.stage.weights()):  # written before the weights check
             raise CheckpointError(
                 f"checkpoint {self.path} holds NaN/Inf weights (training had diverged when it "

@@ -12,8 +12,9 @@ loss terms are computed by ``ELBOTerms`` wrapped in DistributedDataParallel: eac
 takes its slice of the global batch, the gradients are averaged (the gradient of the global
 batch's mean loss; the regularisers are the same on every process), and DDP broadcasts rank
 0's buffers (the spectral regulariser's power-iteration vectors) at every forward, keeping
-them identical. BatchNorm statistics stay per process (no SyncBatchNorm). The model must be
-on this process's device (with NCCL, ``cuda:LOCAL_RANK``) before training starts.
+them identical. BatchNorm normalises with each process's own batch statistics (no
+SyncBatchNorm); its running averages are rank 0's, broadcast with the other buffers. The model
+must be on this process's device (with NCCL, ``cuda:LOCAL_RANK``) before training starts.
 """
 from __future__ import annotations
 
