@@ -80,8 +80,8 @@ CASES = [
     ("grad-clip-0", TE + " --grad-clip 0", None, 2, "(--grad-clip) must be"),
     ("ebm-seed-negative", TE + " --seed -1", None, 2, "--seed: must be an int in [0, "),
     # --- sample flags
-    ("sample-n-0", SA + " --n 0", None, 2, "--n: must be an int >= 1"),
-    ("sample-n-negative", SA + " --n -1", None, 2, "--n: must be an int >= 1"),
+    ("sample-n-0", SA + " --n 0", None, 2, "--n/--num-samples: must be an int >= 1"),
+    ("sample-n-negative", SA + " --n -1", None, 2, "--n/--num-samples: must be an int >= 1"),
     ("sample-steps-negative", SA + " --steps -1", None, 2, "--steps: must be an int >= 0"),
     ("sample-step-size-0", SA + " --step-size 0", None, 2, "--step-size: must be a finite"),
     ("sample-step-size-nan", SA + " --step-size nan", None, 2, "--step-size: must be a finite"),
