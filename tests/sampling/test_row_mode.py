@@ -6,18 +6,13 @@ import math
 import pytest
 import torch
 
+from tests.sampling.test_fast_sampler import mlp_models
 from vaebm_fast import FastSampler, LangevinSampler
-from vaebm_fast.models import MLPEnergy, MLPVAE, HierarchicalVAE, small_image_ebm
+from vaebm_fast.models import HierarchicalVAE, small_image_ebm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def mlp_models(seed=0):
-    torch.manual_seed(seed)
-    return MLPVAE(data_dim=2, latent_dim=2, hidden=16, depth=2), MLPEnergy(in_dim=2, hidden=16,
-                                                                            depth=2)
 
 
 def image_models():

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.training.test_resume import CrashingStream
 from vaebm_fast import distributed
 from vaebm_fast.data import TwentyFiveGaussians, batches
 from vaebm_fast.distributed import World
@@ -94,25 +95,6 @@ def _scenario_train_both_stages(rank: int, out: Path) -> dict:
             "ebm_checkpoint": saved}
 
 
-class _CrashingStream:
-    """A checkpointable batch stream that fails, as a killed run would, after n batches."""
-
-    def __init__(self, stream, n_batches):
-        self.stream, self.left = stream, n_batches
-
-    def __next__(self):
-        if self.left == 0:
-            raise RuntimeError("simulated crash")
-        self.left -= 1
-        return next(self.stream)
-
-    def state_dict(self):
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state):
-        self.stream.load_state_dict(state)
-
-
 def _scenario_resume_same_world(rank: int, out: Path) -> list:
     """Stage 1 for 4 steps uninterrupted, and crashed in step 3 then resumed: final weights."""
     from vaebm_fast.training import VAETrainConfig, train_vae
@@ -123,7 +105,7 @@ def _scenario_resume_same_world(rank: int, out: Path) -> list:
         vae = _toy_vae()
         data = batches(TwentyFiveGaussians(), 16, torch.Generator().manual_seed(1))
         try:
-            train_vae(vae, data if crash_after is None else _CrashingStream(data, crash_after),
+            train_vae(vae, data if crash_after is None else CrashingStream(data, crash_after),
                       cfg, checkpoint_path=out / name / "vae.pt")
         except RuntimeError as error:
             assert str(error) == "simulated crash"
