@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sample", cmd_sample, "draw VAE and VAEBM samples side by side -> "
                 "DIR/samples/ (samples.png, samples_vae.npy, samples_vaebm.npy); with --nvae "
                 "and --ebm, VAEBM samples from official checkpoints -> DIR/samples.npz (uint8 "
-                "[N, H, W, C]) and DIR/samples.png, resumable batch by batch",
+                "[N, H, W, C]) and DIR/samples.png; resumable shard by shard, and run on "
+                "several processes under torchrun",
                 ["vaebm-fast sample --out runs/d --n 64",
                  "vaebm-fast sample --out runs/d --steps 100 --step-size 5e-4 --seed 1",
                  "vaebm-fast sample --nvae nvae.pt --ebm EBM.pth --ebm-arch cifar32 --n 50000 "
