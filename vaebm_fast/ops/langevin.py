@@ -217,13 +217,11 @@ def _check_tensors(tensors, grads, half_sq_norm) -> None:
     torch._check_value(half_sq_norm.is_contiguous(), explain("half_sq_norm must be contiguous"))
 
 
-def _check_rows(tensors, first_row: int) -> int:
+def _check_rows(tensors) -> int:
     """Row mode's shape rule: every tensor dim >= 1 with the same dim 0, B; returns D, the
-    normals a row consumes (the sum of the per-row numels). The fake kernel's check too. Plain
-    ifs (see _check_grads): row mode checks this every step."""
-    if first_row < 0:
-        raise ValueError(f"first_row must be >= 0 (got {first_row}); it is the global index "
-                         f"of the batch's first sample")
+    normals a row consumes (the sum of the per-row numels). The fake kernel's check too
+    (first_row's range is check_first_row's). Plain ifs (see _check_grads): row mode checks
+    this every step."""
     if not tensors:
         raise ValueError("first_row (row mode) needs at least one tensor: B is the tensors' "
                          "dim 0")
@@ -247,7 +245,7 @@ def _stream_size(tensors, first_row) -> Tuple[int, Optional[int]]:
         return sum(t.numel() for t in tensors), None
     batch = tensors[0].shape[0] if tensors and tensors[0].dim() else 0
     first_row = check_first_row(first_row, batch)
-    return _check_rows(tensors, first_row), first_row
+    return _check_rows(tensors), first_row
 
 
 def _check_rng_state(rng_state, tensors, grads) -> None:
@@ -261,7 +259,7 @@ def _check_rng_state(rng_state, tensors, grads) -> None:
                                "(seed, offset, first_row) (got ", rng_state.dtype,
                                " of shape ", list(rng_state.shape), ")"))
     if tuple(rng_state.shape) == (3,):
-        _check_rows(tensors, 0)
+        _check_rows(tensors)
     if tensors:
         torch._check_value(rng_state.device == tensors[0].device, explain(
             "rng_state is on ", rng_state.device, " but the tensors are on ",
@@ -277,7 +275,8 @@ def _fake_step(tensors, grads, step_size, seed, offset, prior_weight, noise_scal
                clamp_low, clamp_high, half_sq_norm=None, first_row=None):
     _check_tensors(tensors, grads, half_sq_norm)
     if first_row is not None:
-        _check_rows(tensors, first_row)
+        _check_rows(tensors)
+        check_first_row(first_row, tensors[0].shape[0])
 
 
 def _fake_graphed(tensors, grads, step_size, rng_state, offset_add, prior_weight, noise_scale,
