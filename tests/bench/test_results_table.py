@@ -154,13 +154,15 @@ def test_chart_grows_with_the_number_of_bars(tmp_path):
 def test_noisy_medians_are_flagged_in_the_table_and_on_stderr(capsys):
     calls = [0]
 
-    def alternating():  # 1 ms, 10 ms, 1 ms, ...: an IQR far above a quarter of the median
+    # Sleeps of tens of ms: a loaded machine's scheduling jitter (a few ms) must not make the
+    # steady variant look noisy.
+    def alternating():  # 10 ms, 100 ms, 10 ms, ...: an IQR far above a quarter of the median
         calls[0] += 1
-        time.sleep(0.001 if calls[0] % 2 else 0.01)
+        time.sleep(0.01 if calls[0] % 2 else 0.1)
 
     case = harness.Case("jumpy", "a jumpy case", "", [
         harness.Variant("plain PyTorch", alternating, role="baseline"),
-        harness.Variant("steady", lambda: time.sleep(0.002))], baseline="plain PyTorch",
+        harness.Variant("steady", lambda: time.sleep(0.04))], baseline="plain PyTorch",
         ceiling_numel=None, size="none")
     recorder = Recorder("ops", "cpu", None, "test")
     rows = recorder.add(harness.run_case(case, repeats=4, warmup=1, min_sample_s=0.0))

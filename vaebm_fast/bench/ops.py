@@ -84,8 +84,11 @@ def kernel_variants(op: str, device: str, make, *, name=None, **variant_kw):
 
 # ------------------------------------------------------------------------------ langevin_step_
 
-def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device: str) -> Case:
-    """t <- t - eta/2 (g + t) + sqrt(eta) xi on every tensor of ``shapes``, in one call."""
+def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device: str,
+                  rows: bool = False) -> Case:
+    """t <- t - eta/2 (g + t) + sqrt(eta) xi on every tensor of ``shapes``, in one call.
+    ``rows``: also time each kernel in row mode (``first_row=0``: sample b's noise from its
+    own row stream, what distributed sampling uses), beside the default flat mode."""
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=gen).to(device) for s in shapes]
     start = [torch.randn(s, generator=gen).to(device) for s in shapes]
@@ -114,6 +117,16 @@ def langevin_case(key: str, title: str, shapes: Sequence[Sequence[int]], device:
         bytes_moved=3 * item * numel,
         note=f"one pass: reads t and g, writes t ({3 * item} B/elem); the normals are made in "
              f"registers (Philox + Box-Muller), never stored")
+    if rows:
+        row_variants, row_skipped = kernel_variants(
+            "langevin_step_", device,
+            lambda backend: fused(lambda *a, **k: langevin_step_(*a, **k, first_row=0,
+                                                                 backend=backend)),
+            name=lambda backend: f"{backend}, row mode", bytes_moved=3 * item * numel,
+            note=f"as the flat kernel ({3 * item} B/elem), each sample's noise from its own "
+                 f"row stream (first_row=0)")
+        variants += row_variants
+        skipped.update(row_skipped)
     variants.append(Variant(
         PLAIN, plain, bytes_moved=10 * item * numel, role="baseline",
         note=f"`x.add_(g + x, alpha=-eta / 2).add_(torch.randn_like(x), alpha=sqrt(eta))` per "
@@ -386,7 +399,7 @@ CASES: Dict[str, Tuple[str, Callable[[dict, str], Case]]] = {
                          lambda z, d: langevin_case(
                              "langevin_cifar10", f"langevin_step_, CIFAR-10 VAEBM state "
                              f"(batch {z['batch']}, 31 tensors)",
-                             cifar10_state_shapes(z["batch"]), d)),
+                             cifar10_state_shapes(z["batch"]), d, rows=True)),
     "philox_normal": ("philox_normal vs torch.randn (16M normals)",
                       lambda z, d: philox_case("philox_normal", z["numel"], d)),
     "power_iteration_cifar32": ("spectral_norms over the CIFAR-32 EBM's conv weights vs a "
