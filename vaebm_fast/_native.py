@@ -67,6 +67,27 @@ class NativeStatus:
 
 _lock = threading.Lock()
 _status: Optional[NativeStatus] = None
+# The file of the library this process holds (realpath), once one is loaded: a process holds
+# at most one. A second, different copy (VAEBM_FAST_LIBRARY changed after the first op, a
+# rebuilt file at another path) would define `_build_info` again in its static initialiser,
+# which throws there and aborts the whole process inside dlopen; it is refused instead.
+_held: Optional[str] = None
+_UNKNOWN_COPY = "loaded by other code than vaebm_fast._native"
+
+
+def _ops_registered() -> bool:
+    """Whether some copy of the library is loaded in this process (its `_build_info` op is
+    registered; the op schemas declared in Python do not include it)."""
+    try:
+        torch.ops.vaebm_fast._build_info
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _hold(path: str) -> None:
+    global _held
+    _held = os.path.realpath(path)
 
 
 def _find_library() -> Optional[str]:
@@ -134,10 +155,18 @@ def _load() -> NativeStatus:
         path, reason = _compiled_library()
         if path is None:
             return NativeStatus(False, reason)
-    try:
-        torch.ops.load_library(path)
-    except (OSError, RuntimeError) as exc:
-        return NativeStatus(False, f"{path} could not be loaded ({exc}); {FIX}", path)
+    held = _held if _held is not None else (_UNKNOWN_COPY if _ops_registered() else None)
+    if held is not None and held != os.path.realpath(path):
+        return NativeStatus(False, f"{path} was not loaded: this process already holds "
+                                   f"another copy of the library ({held}), and a second copy "
+                                   "would abort the process; restart Python to switch "
+                                   "libraries", path)
+    if held is None:
+        try:
+            torch.ops.load_library(path)
+        except (OSError, RuntimeError) as exc:
+            return NativeStatus(False, f"{path} could not be loaded ({exc}); {FIX}", path)
+        _hold(path)
     try:
         info = _parse_build_info(torch.ops.vaebm_fast._build_info())
     except (AttributeError, RuntimeError) as exc:
@@ -178,7 +207,7 @@ def is_loaded() -> bool:
 def _reset() -> None:
     """Forget the loading outcome so the next :func:`status` tries again (tests only).
 
-    A library already loaded into the process stays loaded.
+    A library already loaded into the process stays loaded (and is the only one it can load).
     """
     global _status
     with _lock:

@@ -2,6 +2,7 @@
 import importlib.machinery
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -114,8 +115,10 @@ def test_a_checkout_that_shadows_an_installed_library_says_so(monkeypatch, reloa
 
 
 def test_stale_extension_is_refused(monkeypatch, reload_native):
-    if _native._find_library() is None:
+    library = _native._held or _native._find_library()  # the copy this process can load
+    if library is None:
         (pytest.fail if _require_native() else pytest.skip)("extension not built")
+    monkeypatch.setattr(_native, "_find_library", lambda: library)
     monkeypatch.setattr(torch, "__version__", "0.0.1+other")
     caught = _collect_native_warnings(_run_ops_expecting_eager)
     assert len(caught) == 1
@@ -127,8 +130,33 @@ def test_unloadable_library(monkeypatch, reload_native, tmp_path):
     bogus = tmp_path / "_C.so"
     bogus.write_text("not a shared library")
     monkeypatch.setenv("VAEBM_FAST_LIBRARY", str(bogus))
+    # as in a process that holds no library yet (a file that is not one runs no initialiser)
+    monkeypatch.setattr(_native, "_held", None)
+    monkeypatch.setattr(_native, "_ops_registered", lambda: False)
     caught = _collect_native_warnings(_run_ops_expecting_eager)
     assert len(caught) == 1 and "could not be loaded" in str(caught[0].message)
+
+
+def test_a_second_copy_of_the_library_is_refused_not_loaded(monkeypatch, reload_native,
+                                                           tmp_path):
+    # Once a process holds the library, loading another copy of it (VAEBM_FAST_LIBRARY changed,
+    # a rebuild at another path) would register its ops a second time in the copy's static
+    # initialiser, which aborts the process inside dlopen: it is refused with the reason.
+    if _native._held is None:
+        if _native._find_library() is None:
+            (pytest.fail if _require_native() else pytest.skip)("extension not built")
+        assert _native.status().loaded, _native.status().reason
+        _native._reset()
+    held = _native._held
+    copy = tmp_path / "_C.so"
+    shutil.copyfile(held, copy)
+    monkeypatch.setenv("VAEBM_FAST_LIBRARY", str(copy))
+    caught = _collect_native_warnings(lambda: _run_ops_expecting_eager(reason="restart Python"))
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"{copy} was not loaded: this process already holds another copy" in message
+    assert held in message
+    assert str(copy) not in torch.ops.loaded_libraries and _native._held == held
 
 
 def test_disabled_by_environment_is_silent(monkeypatch, reload_native):
