@@ -136,3 +136,19 @@ def test_update_cifar_state(benchmark):
                                                                              backend="eager", **kw)
     assert_same_states(got, want)
     benchmark(lambda: langevin_step_(xs, gs, backend="native", **kw))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("key", ["train_toy", "sample_toy"])
+def test_scaling_round(benchmark, key, processes):
+    """One round of the scaling suite's quick toy workloads on a group of ``processes``
+    (gloo), after the group's check against one process (samples bitwise, weights to
+    tolerance). ``vaebm-fast bench scaling`` reports the ratios."""
+    from vaebm_fast.bench import scaling
+    workload = scaling.QUICK[key]
+    with scaling.ProcessGroupPool(processes, workload) as pool:
+        result = pool.check()
+        if processes > 1:
+            with scaling.ProcessGroupPool(1, workload) as single:
+                assert scaling.disagreement(single.check(), result, workload.task) is None
+        benchmark(pool.round)

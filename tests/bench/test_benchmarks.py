@@ -18,9 +18,10 @@ CASES = list(ops.CASES)
 def test_benchmarks_entry_points_reexport_the_package():
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(ROOT))
-        from benchmarks import bench_chains, bench_ops
-        from vaebm_fast.bench import chains
+        from benchmarks import bench_chains, bench_ops, bench_scaling
+        from vaebm_fast.bench import chains, scaling
         assert bench_ops.main is ops.main and bench_chains.main is chains.main
+        assert bench_scaling.main is scaling.main
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ Processes are started by ``torch.multiprocessing.spawn`` (library-level checks; 
 writes what it saw to a file) or by ``python -m torch.distributed.run`` (the command line).
 """
 import contextlib
+import faulthandler
 import io
 import json
 import os
@@ -43,6 +44,9 @@ def _env(world_size: int, rank: int, port: int) -> dict:
 
 
 def _spawn_worker(rank: int, world_size: int, port: int, scenario: str, out: str) -> None:
+    # A native abort in a worker (CI saw one SIGABRT, "terminate called without an active
+    # exception", once in many runs) then prints every thread's Python stack with it.
+    faulthandler.enable(all_threads=True)
     os.environ.update(_env(world_size, rank, port))
     torch.set_num_threads(1)
     if scenario.startswith("cli_"):  # the command line joins the group itself

@@ -24,7 +24,8 @@ COLOURS = {"ours": "#1f77b4", "baseline": "#ff7f0e", "reference": "#9e9e9e",
 LEGEND = {"ours": "vaebm_fast", "baseline": "baseline (what a user would run)",
           "reference": "our eager reference (oracle, not a baseline)",
           "ceiling": "copy_ (memory ceiling)"}
-SUITE_TITLES = {"ops": "Op benchmarks", "chains": "Chain benchmarks"}
+SUITE_TITLES = {"ops": "Op benchmarks", "chains": "Chain benchmarks",
+                "scaling": "Scaling with processes (torch.distributed)"}
 
 
 def suite_title(suite: str, device: str) -> str:

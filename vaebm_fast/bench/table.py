@@ -14,7 +14,9 @@ A row (:func:`rows_from_result`) is flat JSON:
 * the measurement: ``median_s``, ``q1_s``, ``q3_s`` (per call), ``samples`` (how many),
   ``samples_s`` (each), ``peak_mb`` (chains; None where not measured), ``bytes`` / ``flops``
   per call by our count (None: not counted), ``steps_per_call`` / ``batch`` (chains),
-  ``skipped`` (why a variant was not timed; its times are then None), ``note``;
+  ``items_per_call`` / ``item`` (scaling: what one call produces, e.g. 10 "steps": the table
+  shows the rate), ``skipped`` (why a variant was not timed; its times are then None),
+  ``note``;
 * where and when: ``commit``, ``machine`` (one sentence), ``torch``, ``timestamp`` (UTC, ISO),
   ``run`` (one id per command run), ``command``, ``run_note``.
 
@@ -196,9 +198,11 @@ def _case_table(key: str, rows: List[Dict[str, Any]]) -> List[str]:
     ceiling = next((r for r in timed if r["role"] == "ceiling"), None)
     has_steps = any((r.get("steps_per_call") or 1) > 1 for r in timed)
     has_peak = any(r.get("peak_mb") is not None for r in timed)
+    item = next((r["item"] for r in timed if r.get("items_per_call")), None)
     header = ["variant", "role", "median ms", "IQR ms", f"speed-up vs {baseline}"]
     header += ["vs official-style"] if has_official else []
     header += ["ms/step"] if has_steps else []
+    header += [f"{item}/s"] if item else []
     header += ["GB/s", "% of copy_"] if has_bytes else []
     header += ["peak MB"] if has_peak else []
     header += ["samples", ""]
@@ -216,6 +220,8 @@ def _case_table(key: str, rows: List[Dict[str, Any]]) -> List[str]:
             cells.append(_fmt(off, ".3g") + "×" if off else "—")
         if has_steps:
             cells.append(_fmt(_ms(r["median_s"]) / (r.get("steps_per_call") or 1), ".3g"))
+        if item:
+            cells.append(_fmt(r["items_per_call"] / r["median_s"], ".3g"))
         if has_bytes:
             gbps, ceil = _gbps(r), _gbps(ceiling) if ceiling else None
             cells += [_fmt(gbps, ".3g"),

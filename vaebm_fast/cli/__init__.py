@@ -175,16 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", cmd_bench, "benchmarks: our ops ('ops') or Langevin steps and whole "
                 "chains ('chains') against plain PyTorch, the official-style loop and "
-                "torch.compile; prints a markdown table, or with --out DIR appends to "
-                "DIR/results.jsonl and redraws DIR's tables and charts ('plot DIR' redraws only)",
+                "torch.compile, or training and sampling on 1, 2, 3 processes ('scaling'); "
+                "prints a markdown table, or with --out DIR appends to "
+                "DIR/results.jsonl and redraws DIR's tables and charts ('plot DIR' redraws "
+                "only)",
                 ["vaebm-fast bench ops --list", "vaebm-fast bench chains --only toy --quick",
                  "vaebm-fast bench ops --out bench_results", "vaebm-fast bench plot bench_results",
-                 "vaebm-fast bench ops --help"])
-    p.add_argument("suite", choices=["ops", "chains", "plot"])
+                 "vaebm-fast bench scaling --processes 1,2 --quick", "vaebm-fast bench ops --help"])
+    p.add_argument("suite", choices=["ops", "chains", "scaling", "plot"])
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="options of the suite: --list, --quick, --device cuda, --only REGEX, "
                         "--out DIR, --repeats N; chains also --set KEY=VALUE, --variants REGEX, "
-                        "--compile-timeout S (see `vaebm-fast bench SUITE --help`); plot: DIR")
+                        "--compile-timeout S; scaling also --processes 1,2,3 (see "
+                        "`vaebm-fast bench SUITE --help`); plot: DIR")
 
     p = command("eval", cmd_eval, "FID, KID and/or Inception Score of samples against "
                 "reference images (.npy/.npz [N, C, H, W] in [0, 1]), in the feature space of "

@@ -281,7 +281,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    """``bench ops|chains [...]`` runs a suite (its own parser: ``bench ops --help``);
+    """``bench ops|chains|scaling [...]`` runs a suite (its own parser: ``bench ops --help``);
     ``bench plot DIR`` redraws DIR's markdown tables and charts from DIR/results.jsonl."""
     if args.suite == "plot":
         from ..bench.harness import usage_error
@@ -297,6 +297,9 @@ def cmd_bench(args) -> None:
     elif args.suite == "ops":
         from ..bench import ops
         ops.main(args.rest)
+    elif args.suite == "scaling":
+        from ..bench import scaling
+        scaling.main(args.rest)
     else:
         from ..bench import chains
         chains.main(args.rest)
