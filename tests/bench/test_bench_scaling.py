@@ -9,6 +9,7 @@ import torch
 from vaebm_fast.bench import scaling
 from vaebm_fast.bench.table import read_rows
 from vaebm_fast.cli import main as cli_main
+from vaebm_fast.info import machine_info
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,11 @@ def test_writes_the_table_markdown_and_png(quick_run):
 
 def test_one_row_per_process_count_with_its_rate(quick_run):
     _, _, rows = quick_run
+    cores = machine_info("cpu")["usable_cores"]
+    whole = [(f"1 process, {cores} threads", "baseline")] if cores > 1 else []
+    expected = [("1 process", "baseline"), *whole, ("2 processes", "ours")]
     assert [(r["case"], r["variant"], r["role"]) for r in rows] == [
-        ("train_toy", "1 process", "baseline"), ("train_toy", "2 processes", "ours"),
-        ("sample_toy", "1 process", "baseline"), ("sample_toy", "2 processes", "ours")]
+        (case, *variant) for case in ("train_toy", "sample_toy") for variant in expected]
     for r in rows:
         assert r["suite"] == "scaling" and r["baseline"] == "1 process"
         assert r["median_s"] > 0 and r["samples"] == scaling.TIMING_QUICK["repeats"]
@@ -50,6 +53,12 @@ def test_markdown_shows_rates_and_the_speed_up_against_one_process(quick_run):
     assert f"{rate:.3g}" in text or f"{rate:,.0f}" in text
 
 
+def test_one_process_with_every_core_is_a_second_baseline():
+    assert [g.name for g in scaling.groups([1, 2, 3], 1, 4)] == [
+        "1 process", "1 process, 4 threads", "2 processes", "3 processes"]
+    assert [g.name for g in scaling.groups([1, 2], 2, 2)] == ["1 process", "2 processes"]
+
+
 def test_groups_that_cannot_run_are_reported_with_the_reason():
     odd = replace(scaling.WORKLOADS["train_toy"], batch=10)
     assert "does not split into 3 equal parts" in scaling._skip_reason(odd, 3, "cpu")
@@ -64,10 +73,15 @@ def test_disagreement_catches_different_samples_and_weights():
     y = x.clone()
     y[3, 1] = torch.nextafter(y[3, 1], torch.tensor(9.0))  # one ulp: sampling is bitwise
     assert scaling.disagreement(x, y, "sample") == "samples differ from one process's"
-    weights = [torch.ones(3), torch.zeros(2)]
-    assert scaling.disagreement(weights, [w + 1e-8 for w in weights], "train") is None
-    assert "differ from one process's by up to 0.01" in scaling.disagreement(
-        weights, [weights[0], weights[1] + 0.01], "train")
+    start = torch.zeros(50)
+    end = start + torch.linspace(-1, 1, 50)  # how far the round moved the weights: norm 4.2
+    rounding = end.clone()
+    rounding[7] += 0.03  # one weight off by a good part of a step: 0.7% of the move
+    assert scaling.disagreement((start, end), (start, rounding), "train") is None
+    wrong = end + 0.1 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    assert "of how far the round moved them (allowed: 1%)" in scaling.disagreement(
+        (start, end), (start, wrong), "train")
+    assert "starts from differ" in scaling.disagreement((start, end), (start + 1, end), "train")
 
 
 def test_a_process_that_fails_to_build_is_reported_with_its_traceback():

@@ -153,7 +153,8 @@ def _scenario_gradient(rank: int, out: Path) -> dict:
 
 
 def _scenario_stage_two(rank: int, out: Path) -> dict:
-    """Two stage-2 steps (eps space, global batch 12, no replay): the energy's weights after."""
+    """Two stage-2 steps (eps space, global batch 12, no replay, noisy positives): the
+    energy's weights after."""
     from vaebm_fast.presets import build_energy
     from vaebm_fast.training import EBMTrainConfig, train_ebm
     torch.manual_seed(0)
@@ -161,7 +162,7 @@ def _scenario_stage_two(rank: int, out: Path) -> dict:
     energy = build_energy({"type": "mlp", "in_dim": 2, "hidden": 16, "depth": 2})
     data = batches(TwentyFiveGaussians(), 12, torch.Generator().manual_seed(3))
     cfg = EBMTrainConfig(steps=2, batch_size=12, lr=1e-2, langevin_steps=4, step_size=0.05,
-                         igebm_clip=False, weight_decay=0.0, sampler="eager")
+                         igebm_clip=False, weight_decay=0.0, sampler="eager", data_noise=0.1)
     train_ebm(energy, vae, data, cfg)
     return energy.state_dict()
 
@@ -326,7 +327,8 @@ def test_stage_two_on_several_processes_trains_as_one_with_the_global_batch(tmp_
                                                                              world_size,
                                                                              one_thread):
     # Negative j of each global batch comes from row stream step * 12 + j on whichever rank
-    # draws it: the same chains, so the same averaged gradient and the same weights.
+    # draws it, and positive j's data noise from that row of the data-noise seed: the same
+    # chains and noisy positives, so the same averaged gradient and the same weights.
     single = _scenario_stage_two(0, tmp_path)
     for weights in _spawn("stage_two", world_size, tmp_path):
         for name, value in single.items():

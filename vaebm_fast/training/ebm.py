@@ -16,8 +16,10 @@ energies and the spectral term are computed by ``EnergyTerms`` wrapped in
 DistributedDataParallel (gradients averaged; the spectral regulariser's vectors broadcast
 from rank 0). Each process runs its own chains on its slice of the global batch, with the
 same seed; negative j of step t's global batch (size G) starts from and draws its noise from
-Philox row stream t * G + j (docs/design.md, "Random numbers"), so the chains, and with them
-the gradient, are those of one process with the global batch. Each process keeps its own replay
+Philox row stream t * G + j (docs/design.md, "Random numbers"), and positive j's
+``data_noise`` from row t * G + j of the seed ``data_noise_seed(seed)``, so the chains and the
+noisy positives, and with them the gradient, are those of one process with the global batch.
+Each process keeps its own replay
 buffer of ``replay_capacity`` chains, whose restart choices come from its own flat-stream
 offsets (``rank_chain_offset``). A diverged chain on any process makes every process leave the
 step before the backward. On resume at another number of processes the replay buffers are
@@ -33,12 +35,20 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..ops import philox_normal_rows_
 from ..sampling.fast import FastSampler
 from ..sampling.langevin import ChainDivergedError, LangevinSampler
 from ..sampling.replay import ReplayBuffer, reinit_probability
 from . import options
 from .loop import PeerDiverged, Stage, run_training
 from .vae import data_parallel
+
+
+def data_noise_seed(seed: int) -> int:
+    """The Philox seed of the positives' data noise: the chains' seed with bit 62 flipped, a
+    key of its own, so no offset a chain may reach (``rank_chain_offset`` spans up to 2**63)
+    shares its numbers."""
+    return seed ^ (1 << 62)
 
 
 @dataclass
@@ -234,15 +244,18 @@ def train_ebm(energy: nn.Module, generator: nn.Module | None, data: Iterator[tor
         if step == 0:
             with torch.no_grad():
                 energy(x_pos)  # data-dependent init of weight-normalised convs (no-op if loaded)
-        if cfg.data_noise > 0:
-            x_pos = x_pos + cfg.data_noise * torch.randn_like(x_pos)
-        if replay is not None:
-            sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
-        # Negative j of the step's global batch draws from row stream step * G + j (G the global
-        # batch): the same chains however the batch is split between processes. A replay
-        # buffer's restart choices are per process, from this rank's flat-stream offset.
+        # Item j of the step's global batch (G items) owns row stream step * G + j: negative j's
+        # chain draws from it, and positive j's data noise: the same draws however the batch is
+        # split between processes. A replay buffer's restart choices are per process, from this
+        # rank's flat-stream offset.
         local = x_pos.shape[0]
         first = step * local * world.world_size + world.rank * local
+        if cfg.data_noise > 0:
+            noise = torch.empty(x_pos.shape, dtype=x_pos.dtype, device=x_pos.device)
+            philox_normal_rows_(noise, seed=data_noise_seed(cfg.seed), offset=0, first_row=first)
+            x_pos = x_pos + cfg.data_noise * noise
+        if replay is not None:
+            sampler.reuse_prob = reinit_probability(step, cfg.replay_max_p, cfg.replay_anneal_steps)
         try:
             result = sampler.sample(local, seed=cfg.seed,
                                     offset=chain["offset"] if replay is not None else 0,
