@@ -54,6 +54,7 @@ def test_cases_variants_and_roles(quick_run):
         assert by_name["eager reference"]["role"] == "reference"
         assert by_name["fused"]["role"] == by_name["fast"]["role"] == "ours"
         assert by_name["fast + CUDA graph"]["skipped"]  # CPU run
+        assert "CUDA device" in by_name["fast + step graph"]["skipped"]
         if key.startswith("chain"):  # a FastSampler failure is reported, not raised
             assert by_name["fast"]["median_s"], by_name["fast"]["skipped"]
         assert f"(`{key}`)" in text

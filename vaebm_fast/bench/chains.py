@@ -35,8 +35,9 @@ Variants (every case lists all of them, timed or "not run" with the reason), by 
 * reference: ``eager reference``, ``LangevinSampler(backend="eager")`` (Philox in int64 torch
   ops): a correctness oracle, timed for information, never a baseline;
 * ours: ``fused`` (``LangevinSampler(backend="native")``, the fused C++/CUDA update), ``fast``
-  (``vaebm_fast.FastSampler`` with ``graphs=False``) and ``fast + CUDA graph`` (FastSampler
-  with ``graphs=True``, its default; CUDA only).
+  (``vaebm_fast.FastSampler`` with ``graphs=False``), ``fast + CUDA graph`` (FastSampler
+  with ``graphs=True``, its default: the whole chain unrolled into one graph; CUDA only) and
+  ``fast + step graph`` (``graph_mode="step"``: one step's graph replayed K times; CUDA only).
 
 Peak memory: on the CPU, the growth of the process's peak resident set (VmHWM, reset through
 ``/proc/self/clear_refs`` after ``malloc_trim``) during the variant's first (warm-up) call; on
@@ -72,11 +73,12 @@ from .record import Recorder
 from .table import PLAIN
 
 N_STEPS = 16
-OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH = (
-    "official-style", "eager reference", "fused", "fast", "torch.compile", "fast + CUDA graph")
-VARIANTS = (PLAIN, OFFICIAL, COMPILE, EAGER, FUSED, FAST, GRAPH)
+OFFICIAL, EAGER, FUSED, FAST, COMPILE, GRAPH, STEP_GRAPH = (
+    "official-style", "eager reference", "fused", "fast", "torch.compile", "fast + CUDA graph",
+    "fast + step graph")
+VARIANTS = (PLAIN, OFFICIAL, COMPILE, EAGER, FUSED, FAST, GRAPH, STEP_GRAPH)
 ROLE = {PLAIN: "baseline", OFFICIAL: "baseline", COMPILE: "baseline", EAGER: "reference",
-        FUSED: "ours", FAST: "ours", GRAPH: "ours"}
+        FUSED: "ours", FAST: "ours", GRAPH: "ours", STEP_GRAPH: "ours"}
 PROG = "vaebm-fast bench chains"
 
 # Sizes: full, and --quick (every case and variant in a few seconds). --set KEY=VALUE overrides.
@@ -589,6 +591,7 @@ def update_case(setup: Setup) -> ChainCase:
     skipped[FAST] = "FastSampler is a chain API; the update it runs is the fused op"
     skipped[COMPILE] = "compiled as part of the step (step_ / chain16_ cases)"
     skipped[GRAPH] = _gpu_only(setup.device) or "a graph of the update alone is not offered"
+    skipped[STEP_GRAPH] = skipped[GRAPH]
     case = Case(f"update_{setup.key}", f"Langevin update alone: {setup.title}",
                 f"{len(shapes)} fp32 tensors, {numel:,} elements in all; each variant updates "
                 f"its own copy of the state with fixed random gradients.",
@@ -680,7 +683,7 @@ def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
         skipped[COMPILE] = note
     else:
         variants.append(Variant(COMPILE, probe.wrap(COMPILE, fn), note=note, role="baseline"))
-    skipped[GRAPH] = _gpu_only(setup.device) or "see the chain16 case"
+    skipped[GRAPH] = skipped[STEP_GRAPH] = _gpu_only(setup.device) or "see the chain16 case"
     case = Case(f"step_{setup.key}", f"One Langevin step: {setup.title}",
                 "; ".join(setup.notes) + ". Each variant steps its own persistent state "
                 "(potential, gradient, update); no start draws, no output decode.",
@@ -715,13 +718,13 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
         sampler = _sampler(setup, backend, n_steps, setup.make_buffer())
         return functools.partial(sampler.sample, setup.batch, seed=0)
 
-    def fast(graphs: bool):
+    def fast(graphs: bool, graph_mode: str):
         """(FastSampler, its chain call)."""
         buffer = setup.make_buffer()
         sampler = FastSampler(setup.energy, setup.generator, n_steps=n_steps,
                               replay_buffer=buffer,
                               reuse_prob=setup.reuse_prob if buffer else 0.0, graphs=graphs,
-                              **setup.sampler)
+                              graph_mode=graph_mode, **setup.sampler)
         return sampler, functools.partial(sampler.sample, setup.batch, seed=0)
 
     replay_note = ("; replay: official_style list of per-sample CPU tensors vs our on-device "
@@ -744,19 +747,27 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
     variants.append(Variant(FUSED, probe.wrap(FUSED, ours("native")),
                             note="LangevinSampler(backend='native').sample(B, seed=0)"))
     skipped = {}
-    for name, graphs, reason in ((FAST, False, None), (GRAPH, True, _gpu_only(setup.device))):
+    gpu_only = _gpu_only(setup.device)
+    for name, graphs, mode, reason in ((FAST, False, "unrolled", None),
+                                       (GRAPH, True, "unrolled", gpu_only),
+                                       (STEP_GRAPH, True, "step", gpu_only)):
         if reason is not None:
             skipped[name] = reason
             continue
         try:
-            sampler, fn = fast(graphs)
+            sampler, fn = fast(graphs, mode)
             with time_limit(compile_timeout):  # prepare (and capture) outside the timing
                 if graphs and setup.device != "cpu":
                     fn()
+                    # A failed capture warns and runs the chain eagerly: not this variant.
+                    if sampler.last_path != "graph":
+                        raise RuntimeError("the chain was not captured (the warning says why)")
                 else:
                     sampler.prepared_models()
+            step = ", graph_mode='step'" if mode == "step" else ""
             variants.append(Variant(name, probe.wrap(name, fn),
-                                    note=f"FastSampler(..., graphs={graphs}).sample(B, seed=0)"))
+                                    note=f"FastSampler(..., graphs={graphs}{step})"
+                                         f".sample(B, seed=0)"))
         except Exception as e:  # a model it cannot run is reported, not raised
             skipped[name] = f"FastSampler could not run here: {_first_line(e)}"
     fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_backend)

@@ -1,5 +1,6 @@
 """FastSampler: LangevinSampler's chains with prepared networks, preallocated buffers and, on
-CUDA, the whole K-step chain as one CUDA graph.
+CUDA, the K-step chain as CUDA graphs (the whole chain as one graph, or one step's graph
+replayed K times).
 
 Same constructor, same ``sample(...)``, same samples for the same (seed, offset) as
 :class:`~vaebm_fast.sampling.langevin.LangevinSampler` (to float tolerance: BatchNorm folding
@@ -42,10 +43,18 @@ What it does differently:
   "triton", since the update inside the graph is the Triton kernel: a sampler asked for the
   native or eager update runs its chain eagerly). The K steps (decoder forward, energy
   forward, gradient with respect to the state, fused update) plus the final potential and
-  decode are captured once per (batch, state shapes, dtype, device, K, options) key and
-  replayed (:mod:`vaebm_fast.sampling.graphs`); at most ``MAX_GRAPHS`` captured chains are
-  kept per sampler (the least recently used is dropped, with its memory pool). A capture
-  costs one short warm-up chain (``graphs.WARMUP_STEPS`` steps) before the first replay.
+  decode are captured once per (batch, state shapes, dtype, device, K, graph_mode, options)
+  key and replayed (:mod:`vaebm_fast.sampling.graphs`); at most ``MAX_GRAPHS`` captured
+  chains are kept per sampler (the least recently used is dropped, with its memory pool). A
+  capture costs one short warm-up chain (``graphs.WARMUP_STEPS`` steps, one in step mode)
+  before the first replay. ``graph_mode`` chooses what is captured:
+  ``"unrolled"`` (the default) captures the K steps unrolled into one graph: one launch per
+  chain, but the capture time, the graph's size and its memory pool (every step's
+  intermediates) grow with K; ``"step"`` captures one step (plus a prologue and an epilogue)
+  and replays it K times: capture time and pool do not depend on K, a chain costs K + 2
+  graph launches from the host (the step finds its step index and noise offset on the
+  device). Both give the same chain; which is faster is a measurement on the GPU at hand
+  (``vaebm-fast bench chains``: "fast + CUDA graph" and "fast + step graph").
   ``sample`` writes (seed, offset) into the graph's device-side stream position before each
   replay, which gives the eager chain's samples; the graph advances it by the noise it drew,
   so a graph replayed again without new host input draws fresh noise
@@ -70,7 +79,7 @@ import torch
 from torch import nn
 
 from .._heap import heap_reuse, heap_reuse_requested
-from .graphs import GraphedChain, graph_unavailable_reason
+from .graphs import GraphedChain, check_graph_mode, graph_unavailable_reason
 from .checks import mode_dependent_layers
 from .langevin import LangevinSampler, _module_device
 from .prepare import prepared, state_key
@@ -120,6 +129,11 @@ class FastSampler(LangevinSampler):
     Extra keyword-only arguments:
         graphs: capture and replay the chain as a CUDA graph on CUDA tensors (default True;
             ignored on the CPU).
+        graph_mode: what a CUDA chain captures (ignored where no graph is captured):
+            ``"unrolled"`` (the default), the K steps as one graph, one launch per chain,
+            its capture time and memory pool growing with K; or ``"step"``, one step's graph
+            replayed K times between a prologue and an epilogue graph, a capture and pool of
+            one step's size whatever K, K + 2 launches per chain. Same samples either way.
         memory_format: layout of the prepared networks' weights and activations: ``"auto"``
             (channels-last on the CPU, row-major elsewhere), ``"channels_last"`` or
             ``"contiguous"``. The samples are the same to float tolerance.
@@ -136,12 +150,14 @@ class FastSampler(LangevinSampler):
     ``sample(x0_or_n, *, seed, offset=0, return_chain=False, device=None, dtype=float32,
     check_finite=True, progress=False)`` returns samples [B, *data_shape] or a
     :class:`ChainResult` (potentials/energies [K + 1, B], states, next_offset), exactly as the
-    eager sampler. ``progress`` shows nothing for a graph replay (one launch).
+    eager sampler. ``progress`` shows nothing for a graphed chain (its steps are replays).
     """
 
     def __init__(self, energy, generator=None, *, graphs: bool = True,
-                 memory_format: str = "auto", heap_reuse: Optional[bool] = None, **kwargs):
+                 graph_mode: str = "unrolled", memory_format: str = "auto",
+                 heap_reuse: Optional[bool] = None, **kwargs):
         super().__init__(energy, generator, **kwargs)
+        self.graph_mode = check_graph_mode(graph_mode)
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS} (got "
                              f"{memory_format!r})")
@@ -263,10 +279,11 @@ class FastSampler(LangevinSampler):
 
     # -- CUDA graphs ---------------------------------------------------------------------------
     def _graph_key(self, states, energy, generator, row_mode: bool) -> tuple:
+        # id(energy), id(generator) last: _run_graph drops the chains of replaced snapshots.
         return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device, row_mode,
-                self.space, self.n_steps, self.step_size, self.noise_scale, self.grad_clip,
-                self.clamp, self.prior_weight, self.output, self.potential_kind, id(energy),
-                id(generator))
+                self.graph_mode, self.space, self.n_steps, self.step_size, self.noise_scale,
+                self.grad_clip, self.clamp, self.prior_weight, self.output, self.potential_kind,
+                id(energy), id(generator))
 
     def _run_graph(self, energy, generator, states, seed, offset, first_row=None):
         """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly.
@@ -289,7 +306,8 @@ class FastSampler(LangevinSampler):
                 try:
                     with torch.cuda.device(states[0].device):  # capture on that device
                         chain = GraphedChain(self, energy, generator, states,
-                                             row_mode=first_row is not None)
+                                             row_mode=first_row is not None,
+                                             graph_mode=self.graph_mode)
                         chain.capture()
                 except Exception as exc:
                     reason = f"capture failed: {type(exc).__name__}: {exc}"
