@@ -5,8 +5,12 @@
 #
 #   bash scripts/gpu_check.sh OUTDIR [--budget SECONDS] [--phases LIST] [--tests ARGS] [--dry-run]
 #
-# --phases: a comma-separated subset of env,build,graphs,tests,chain,ops (default all; the
-# build always runs when a later phase needs the extension). --tests: what pytest runs in the
+# --phases: a comma-separated subset of env,build,graphs,tests,chain,ops,speed (default: all
+# but speed; the build always runs when a later phase needs the extension). speed is the GPU
+# speed measurement (a second call: --phases build,speed --budget 540): CIFAR-10 scale chains at
+# batch 32 and 256 and the pixel-space IGEBM at batch 64, every variant (eager, FastSampler
+# without and with its unrolled or step graph, torch.compile mode="reduce-overhead"), each
+# profiled once for the GPU's idle share. --tests: what pytest runs in the
 # tests phase (default: the whole suite), e.g. --tests "tests/ops/test_swish.py -k float64" to
 # rerun what failed.
 #
@@ -251,7 +255,23 @@ bench_ops() {
   return $rc
 }
 
-export -f env_report error_path_ok build tests graphs headline chain bench_ops
+speed() {
+  if [ "$dry" = 1 ]; then
+    "$PY" -m vaebm_fast bench chains --quick --device cpu --only '^chain4_toy$' \
+      --set n_steps=4 --threads 1 --variants 'fast' --compile-timeout 0 --repeats 1 \
+      --out "$out"
+  else
+    "$PY" -m vaebm_fast bench chains --device cuda \
+      --only '^chain16_(cifar_b32|cifar_b256|igebm)$' --set cifar_batches=32,256 \
+      --set warmup_cifar=1 --repeats 3 --compile-mode reduce-overhead --compile-timeout 150 \
+      --profile --out "$out"
+  fi
+  local rc=$?
+  headline chains '^chain[0-9]+_(cifar|toy)' ms
+  return $rc
+}
+
+export -f env_report error_path_ok build tests graphs headline chain bench_ops speed
 export PY out dry test_args
 
 # Caps sum to more than the default budget on purpose: a fast build leaves time to later phases.
@@ -267,6 +287,7 @@ else
 fi
 phase chain  120 40  detail_bench  chain
 phase ops    90  30  detail_bench  bench_ops
+phase speed  480 120 detail_bench  speed
 
 {
   echo "vaebm_fast GPU check $( [ "$dry" = 1 ] && echo '(dry run on the CPU) ')-- $(date -u +%Y-%m-%dT%H:%MZ), $((SECONDS - start)) s of a ${budget} s budget"

@@ -149,9 +149,19 @@ def test_official_style_chain_makes_the_samplers_updates_without_noise(setup_nam
         torch.testing.assert_close(x_official - x_start, update, rtol=0, atol=1e-4 * scale)
 
 
+def test_compile_options_reach_torch_compile_and_the_note(monkeypatch):
+    # --compile-mode reduce-overhead (the GPU run's torch.compile baseline) is passed through
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    options = {"backend": "inductor", "mode": "reduce-overhead"}
+    fn, note = chains._compile_variant(_toy(), "step", 1, 60.0, options)
+    assert seen == [options] and fn is not None
+    assert "torch.compile(step, backend='inductor', mode='reduce-overhead')" in note
+
+
 def test_compile_skip_reason_and_timeout():
     setup = _toy()
-    fn, why = chains._compile_variant(setup, "step", 1, 0.0, "inductor")
+    fn, why = chains._compile_variant(setup, "step", 1, 0.0, {"backend": "inductor"})
     assert fn is None and "--compile-timeout 0" in why
     # The alarm must interrupt the busy loop; the loop gives up after 10 s so that a broken
     # time_limit fails the test instead of hanging it.

@@ -69,6 +69,7 @@ from ..sampling import FastSampler
 from ..sampling.potentials import OFFICIAL_METHOD, official_correction
 from .harness import (Case, Variant, add_run_arguments, print_catalogue, run_case,
                       select_keys, torch_threads, usage_error)
+from .profile import gpu_idle_share
 from .record import Recorder
 from .table import PLAIN
 
@@ -601,9 +602,11 @@ def update_case(setup: Setup) -> ChainCase:
 
 
 def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Optional[float],
-                     compile_backend: str) -> Tuple[Optional[Callable], str]:
+                     compile_options: Dict[str, str]) -> Tuple[Optional[Callable], str]:
     """(callable, note) or (None, reason it was skipped). The compiled step is shared by the
-    setup's step and chain cases; compiling (and the first call) must end within the timeout."""
+    setup's step and chain cases; compiling (and the first call) must end within the timeout.
+    ``compile_options``: torch.compile's keywords (backend, and mode when given)."""
+    spec = ", ".join(f"{k}={v!r}" for k, v in compile_options.items())
     if not compile_timeout:
         return None, ("not attempted (--compile-timeout 0; the --quick default: compiling "
                       "takes 10+ s per model on a 2-core CPU)")
@@ -612,7 +615,7 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
         return None, cache["error"]
     if "step" not in cache:
         torch._dynamo.reset()
-        cache["step"] = torch.compile(plain_step(setup), backend=compile_backend)
+        cache["step"] = torch.compile(plain_step(setup), **compile_options)
         cache["seconds"] = 0.0
     step = cache["step"]
     if kind == "step":
@@ -629,22 +632,22 @@ def _compile_variant(setup: Setup, kind: str, n_steps: int, compile_timeout: Opt
         with time_limit(max(1.0, compile_timeout - cache["seconds"])), context:
             fn()  # compiles (or recompiles for the chain's guards)
     except _Timeout as e:
-        cache["error"] = (f"torch.compile({compile_backend}) of the eager step did not finish "
+        cache["error"] = (f"torch.compile({spec}) of the eager step did not finish "
                           f"within --compile-timeout {compile_timeout:g} s ({e})")
         torch._dynamo.reset()
         return None, cache["error"]
     except Exception as e:  # any compile failure is reported, not raised
-        cache["error"] = f"torch.compile({compile_backend}) failed: {_first_line(e)}"
+        cache["error"] = f"torch.compile({spec}) failed: {_first_line(e)}"
         torch._dynamo.reset()
         return None, cache["error"]
     cache["seconds"] += time.perf_counter() - start
-    return fn, (f"torch.compile(step, backend={compile_backend!r}) of the plain PyTorch step "
+    return fn, (f"torch.compile(step, {spec}) of the plain PyTorch step "
                 f"(autograd gradient, add_ update, torch.randn_like noise); dynamo breaks "
                 f"the graph at torch.autograd.grad; compile + first call took "
                 f"{cache['seconds']:.0f} s in all (not timed)")
 
 
-def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
+def step_case(setup: Setup, compile_timeout, compile_options) -> ChainCase:
     from ..sampling.langevin import frozen
     probe = _MemoryProbe(setup.device)
     official_energy = copy.deepcopy(setup.energy)
@@ -678,7 +681,7 @@ def step_case(setup: Setup, compile_timeout, compile_backend) -> ChainCase:
     variants.append(Variant(FUSED, probe.wrap(FUSED, sampler_step_fn(setup, "native")),
                             note="LangevinSampler's step body, backend='native'"))
     skipped = {FAST: "FastSampler has no single-step API; see the chain16 case"}
-    fn, note = _compile_variant(setup, "step", 1, compile_timeout, compile_backend)
+    fn, note = _compile_variant(setup, "step", 1, compile_timeout, compile_options)
     if fn is None:
         skipped[COMPILE] = note
     else:
@@ -701,7 +704,7 @@ def _official_replay(setup: Setup) -> Optional[list]:
     return list(torch.rand(setup.replay_capacity, *setup.state_shapes()[0], generator=gen))
 
 
-def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> ChainCase:
+def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_options) -> ChainCase:
     probe = _MemoryProbe(setup.device)
     official_energy = copy.deepcopy(setup.energy)
     official_generator = copy.deepcopy(setup.generator)
@@ -770,7 +773,7 @@ def chain_case(setup: Setup, n_steps: int, compile_timeout, compile_backend) -> 
                                          f".sample(B, seed=0)"))
         except Exception as e:  # a model it cannot run is reported, not raised
             skipped[name] = f"FastSampler could not run here: {_first_line(e)}"
-    fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_backend)
+    fn, note = _compile_variant(setup, "chain", n_steps, compile_timeout, compile_options)
     if fn is None:
         skipped[COMPILE] = note
     else:
@@ -815,7 +818,7 @@ def catalogue(sizes: dict) -> List[Tuple[str, str]]:
     return out
 
 
-def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
+def build_cases(sizes: dict, device: str, compile_timeout, compile_options,
                 keys: Sequence[str]) -> Iterator[ChainCase]:
     """Yield the cases of ``keys`` one setup at a time (one setup's models alive at once)."""
     n = sizes["n_steps"]
@@ -835,9 +838,9 @@ def build_cases(sizes: dict, device: str, compile_timeout, compile_backend,
             setup.compiled["error"] = (f"not attempted for this model (--set compile_setups="
                                        f"{sizes['compile_setups']!r})")
         if wanted[1]:
-            yield step_case(setup, timeout, compile_backend)
+            yield step_case(setup, timeout, compile_options)
         if wanted[2]:
-            yield chain_case(setup, n, timeout, compile_backend)
+            yield chain_case(setup, n, timeout, compile_options)
         del setup
         gc.collect()
 
@@ -888,6 +891,13 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{COMPILE_TIMEOUT_S:g}; 0 in --quick: not attempted)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default inductor)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one call of every variant and record the "
+                             "share of it the GPU was idle (CUDA only; column 'GPU idle %%')")
+    parser.add_argument("--compile-mode", choices=["default", "reduce-overhead",
+                                                   "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode (default: torch's); reduce-overhead runs the "
+                             "compiled step as CUDA graphs on a GPU")
     return parser
 
 
@@ -910,6 +920,8 @@ def main(argv=None) -> Dict[str, Any]:
                        else 0.0 if args.quick else COMPILE_TIMEOUT_S)
     if args.threads is not None and args.threads < 1:
         usage_error(PROG, f"--threads must be >= 1 (got {args.threads})")
+    if args.profile and not args.device.startswith("cuda"):
+        usage_error(PROG, "--profile measures GPU idle time: it needs --device cuda")
     with torch_threads(args.threads):
         return _run(args, argv, sizes, keys, timing, compile_timeout)
 
@@ -917,7 +929,10 @@ def main(argv=None) -> Dict[str, Any]:
 def _run(args, argv, sizes, keys, timing, compile_timeout) -> Dict[str, Any]:
     recorder = Recorder("chains", args.device, args.out, f"{PROG} {shlex.join(argv)}", args.note,
                         label="bench chains")
-    for cc in build_cases(sizes, args.device, compile_timeout, args.compile_backend, keys):
+    compile_options = {"backend": args.compile_backend}
+    if args.compile_mode:
+        compile_options["mode"] = args.compile_mode
+    for cc in build_cases(sizes, args.device, compile_timeout, compile_options, keys):
         if args.variants:
             select_variants(cc.case, args.variants)
         model = cc.case.key.split("_", 1)[1].split("_")[0]
@@ -927,7 +942,15 @@ def _run(args, argv, sizes, keys, timing, compile_timeout) -> Dict[str, Any]:
             case_timing["warmup"] = sizes.get("warmup_" + model, timing["warmup"])
         print(f"[bench chains] {cc.case.title} ({repeats} repeats) ...", file=sys.stderr,
               flush=True)
-        recorder.add(*run_chain_case(cc, case_timing, repeats))  # appended as each case ends
+        result, extra = run_chain_case(cc, case_timing, repeats)
+        if args.profile:
+            for v in cc.case.variants:
+                share, note = gpu_idle_share(v.fn, args.device)
+                extra.setdefault(v.name, {})["gpu_idle_share"] = share
+                print(f"[bench chains] {cc.case.key} / {v.name}: GPU idle "
+                      f"{'—' if share is None else f'{share:.1%}'} ({note})", file=sys.stderr,
+                      flush=True)
+        recorder.add(result, extra)  # appended as each case ends
         del cc
     return recorder.finish()
 

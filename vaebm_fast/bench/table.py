@@ -15,7 +15,8 @@ A row (:func:`rows_from_result`) is flat JSON:
   ``samples_s`` (each), ``peak_mb`` (chains; None where not measured), ``bytes`` / ``flops``
   per call by our count (None: not counted), ``steps_per_call`` / ``batch`` (chains),
   ``items_per_call`` / ``item`` (scaling: what one call produces, e.g. 10 "steps": the table
-  shows the rate), ``skipped`` (why a variant was not timed; its times are then None),
+  shows the rate), ``gpu_idle_share`` (chains ``--profile``: the share of one call the GPU
+  was idle, :mod:`.profile`), ``skipped`` (why a variant was not timed; its times are then None),
   ``note``;
 * where and when: ``commit``, ``machine`` (one sentence), ``torch``, ``timestamp`` (UTC, ISO),
   ``run`` (one id per command run), ``command``, ``run_note``.
@@ -199,12 +200,14 @@ def _case_table(key: str, rows: List[Dict[str, Any]]) -> List[str]:
     has_steps = any((r.get("steps_per_call") or 1) > 1 for r in timed)
     has_peak = any(r.get("peak_mb") is not None for r in timed)
     item = next((r["item"] for r in timed if r.get("items_per_call")), None)
+    has_idle = any(r.get("gpu_idle_share") is not None for r in timed)
     header = ["variant", "role", "median ms", "IQR ms", f"speed-up vs {baseline}"]
     header += ["vs official-style"] if has_official else []
     header += ["ms/step"] if has_steps else []
     header += [f"{item}/s"] if item else []
     header += ["GB/s", "% of copy_"] if has_bytes else []
     header += ["peak MB"] if has_peak else []
+    header += ["GPU idle %"] if has_idle else []
     header += ["samples", ""]
     lines = [f"## {first['title']} (`{key}`)", "",
              f"{first['size']}. Device {first['device']}." if first["size"] else
@@ -228,6 +231,9 @@ def _case_table(key: str, rows: List[Dict[str, Any]]) -> List[str]:
                       _fmt(100 * gbps / ceil if gbps and ceil else None, ".0f")]
         if has_peak:
             cells.append(_fmt(r.get("peak_mb"), ".3g"))
+        if has_idle:
+            idle = r.get("gpu_idle_share")
+            cells.append("—" if idle is None else f"{100 * idle:.1f}")
         cells += [str(r["samples"]), "**noisy**" if is_noisy(r) else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
