@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tests.sampling.test_fast_sampler import mlp_models
+from tests.sampling.test_sampler import BatchNormGenerator
 from vaebm_fast import FastSampler, LangevinSampler
 from vaebm_fast.models import MLPVAE, MLPEnergy
 from vaebm_fast.ops import langevin_step_
@@ -187,6 +188,23 @@ def test_graphed_chain_code_runs_bf16_as_the_eager_chain(graph_mode):
     torch.testing.assert_close(x, eager["bf16"].x, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(energies, eager["bf16"].energies, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(x, eager["fp32"].x, rtol=0, atol=1e-6)
+
+
+def test_fast_sampler_eager_path_honours_the_precision():
+    """A generator in training mode sends FastSampler to LangevinSampler's chain: at bf16 it is
+    the eager bf16 chain bitwise, and not the fp32 one."""
+    torch.manual_seed(0)
+    gen = BatchNormGenerator().train()
+    energy = Scaled(MLPEnergy(in_dim=2, hidden=8, depth=1), 30.0)
+    kw = dict(space="eps", step_size=0.01, n_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the training-mode warning
+        eager = LangevinSampler(energy, gen, network_precision="bf16", **kw).sample(8, seed=0)
+        fast = FastSampler(energy, gen, network_precision="bf16", **kw)
+        got = fast.sample(8, seed=0)
+        plain = FastSampler(energy, gen, **kw).sample(8, seed=0)
+    assert fast.last_path == "eager"
+    assert torch.equal(got, eager) and not torch.equal(got, plain)
 
 
 def test_precision_is_part_of_the_graph_key():
