@@ -44,26 +44,27 @@ What it does differently:
   native or eager update runs its chain eagerly). The K steps (decoder forward, energy
   forward, gradient with respect to the state, fused update) plus the final potential and
   decode are captured once per (batch, state shapes, dtype, device, K, graph_mode, options)
-  key and replayed (:mod:`vaebm_fast.sampling.graphs`); at most ``MAX_GRAPHS`` captured
-  chains are kept per sampler (the least recently used is dropped, with its memory pool). A
-  capture costs one short warm-up chain (``graphs.WARMUP_STEPS`` steps, one in step mode)
-  before the first replay. ``graph_mode`` chooses what is captured:
-  ``"unrolled"`` (the default) captures the K steps unrolled into one graph: one launch per
-  chain, but the capture time, the graph's size and its memory pool (every step's
-  intermediates) grow with K; ``"step"`` captures one step (plus a prologue and an epilogue)
-  and replays it K times: capture time and pool do not depend on K, a chain costs K + 2
-  graph launches from the host (the step finds its step index and noise offset on the
-  device). Both give the same chain; which is faster is a measurement on the GPU at hand
-  (``vaebm-fast bench chains``: "fast + CUDA graph" and "fast + step graph").
+  key and replayed (:mod:`vaebm_fast.sampling.graphs`; ``network_precision`` is one of the
+  options: a graph replays the kernels of the precision it was captured at, bf16 casts or
+  TF32 math); at most ``MAX_GRAPHS`` captured chains are kept per sampler (the least
+  recently used is dropped, with its memory pool). A capture costs one short warm-up chain
+  (``graphs.WARMUP_STEPS`` steps, one in step mode) before the first replay.
+  ``graph_mode`` chooses what is captured: ``"unrolled"`` (the default) captures the K steps
+  unrolled into one graph: one launch per chain, but the capture time, the graph's size and
+  its memory pool (every step's intermediates) grow with K; ``"step"`` captures one step (plus
+  a prologue and an epilogue) and replays it K times: capture time and pool do not depend on
+  K, a chain costs K + 2 graph launches from the host (the step finds its step index and noise
+  offset on the device). Both give the same chain; which is faster is a measurement on the GPU
+  at hand (``vaebm-fast bench chains``: "fast + CUDA graph" and "fast + step graph").
   ``sample`` writes (seed, offset) into the graph's device-side stream position before each
   replay, which gives the eager chain's samples; the graph advances it by the noise it drew,
   so a graph replayed again without new host input draws fresh noise
   (:meth:`FastSampler.replay`). Initial states (fresh draws, replay-buffer gathers) are made
   outside the graph and copied into its static state buffers. When capture is impossible (no
   Triton on the device, a host sync or an uncapturable op inside the energy/decoder, ...) the
-  chain runs eagerly and a warning says why, once per key. Network weights are copied into
-  the captured snapshot in place when the originals change, so training between chains does
-  not force a recapture.
+  chain runs eagerly and a warning says why, once per key. Network weights are copied into the
+  captured snapshot in place when the originals change, so training between chains does not
+  force a recapture.
 
 Divergence: :class:`~vaebm_fast.sampling.langevin.ChainDivergedError` with the first step at
 which a potential or the final sample was NaN/Inf, as the eager sampler.
@@ -283,7 +284,7 @@ class FastSampler(LangevinSampler):
         return (tuple((tuple(s.shape), s.dtype) for s in states), states[0].device, row_mode,
                 self.graph_mode, self.space, self.n_steps, self.step_size, self.noise_scale,
                 self.grad_clip, self.clamp, self.prior_weight, self.output, self.potential_kind,
-                id(energy), id(generator))
+                self.network_precision, id(energy), id(generator))
 
     def _run_graph(self, energy, generator, states, seed, offset, first_row=None):
         """Replay (capturing first if needed) the chain's CUDA graph; None to run eagerly.

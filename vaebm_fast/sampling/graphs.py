@@ -20,14 +20,15 @@ is the same code either way, which is how both modes are tested without a GPU.
 The chain, in either mode::
 
     prologue:  half_sq[0] = 1/2 ||states||^2; step_index = 0 (step mode's counter)
-    step k (k = 0 .. K-1):
+    step k (k = 0 .. K-1), its networks at the sampler's network_precision:
         x = decode(states); E = energy(x); energies[k] = E
         [potential="official": c = correction(states); half_sq[k] += c; E = E + c]
         grads = d E.sum() / d states
         update states in place, noise at (rng[0], rng[1] + k * n [, rng[2]]), half_sq[k + 1]
         [step mode: rng[1] += n; step_index += 1]
     epilogue:  energies[K] = energy(decode(states)) [official: half_sq[K] += c];
-               x = decode(states) [decoder mean for eps/"mean"]; [unrolled: rng[1] += K * n]
+               x = decode(states) [decoder mean for eps/"mean"; float32 after a bf16 chain];
+               [unrolled: rng[1] += K * n]
 
 with n the number of state elements (in row mode, ``rng`` = (seed, offset, first_row) and n the
 elements of one sample: each sample draws from its own row stream). In the unrolled body step
@@ -46,6 +47,7 @@ import torch
 
 from ..ops import backend_availability, langevin_step_graphed_
 from .langevin import _half_sq_buffer, _half_sq_norm
+from .precision import tf32_window
 
 __all__ = ["GraphedChain", "graph_unavailable_reason", "check_graph_mode", "GRAPH_MODES",
            "WARMUP_STEPS"]
@@ -211,9 +213,8 @@ class GraphedChain:
         s = self.sampler
         states = self.states
         on_device = k is None
-        with torch.enable_grad():
-            x, correction = s.decode_for_energy(states, self.generator)
-            E = self.energy(x)
+        with tf32_window(s.network_precision), torch.enable_grad():
+            x, E, correction = s.network_outputs(states, self.energy, self.generator, k)
             energies = self._energy_rows(E)
             if on_device:
                 energies.index_copy_(0, self.step_index, E.detach()[None])
@@ -252,13 +253,13 @@ class GraphedChain:
         advances it per step)."""
         s = self.sampler
         with torch.no_grad():
-            x, correction = s.decode_for_energy(self.states, self.generator)
-            E = self.energy(x)
+            with tf32_window(s.network_precision):
+                x, E, correction = s.network_outputs(self.states, self.energy, self.generator,
+                                                     n_steps, needs_grad=False)
             self._energy_rows(E)[n_steps].copy_(E)
             if correction is not None:
                 self.half_sq[n_steps].add_(correction)
-            if s.space == "eps" and s.output == "mean":
-                x = s.decode(self.states, mean=True, generator=self.generator)
+            x = s.returned_samples(self.states, x, self.generator)
             if self.x is None:  # in the warm-up: outside the graphs' memory pool
                 self.x = torch.empty_like(x)
             self.x.copy_(x)

@@ -41,6 +41,8 @@ from ..ops import philox_normal, philox_normal_rows_
 from ..ops.langevin import LangevinStepper
 from ..ops.rng import check_first_row
 from .potentials import check_potential, official_correction
+from .precision import (check_chain_precision, check_network_precision, network_autocast,
+                        tf32_window)
 from .checks import (ArgumentTypeError, as_int, as_real, check_energy_output,
                      check_state_gradients, mode_dependent_layers)
 from .replay import ReplayBuffer
@@ -170,6 +172,15 @@ class LangevinSampler:
             gradient where x clamps. Reported potentials are this U without the Gaussian
             normalisers (1/2 log 2 pi per latent element and pixel).
             See :mod:`vaebm_fast.sampling.potentials`.
+        network_precision: what the energy and decoder run at inside the chain (the state, the
+            update and its noise stay float32): "fp32" (the default; the process's own
+            settings), "bf16" (their forwards under ``torch.autocast(device, bfloat16)``, CPU
+            or CUDA) or "tf32" (CUDA only: TF32 matmuls and convolutions; the process-wide
+            TF32 switches are set for the chain's duration and restored after it, exceptions
+            included). Energies, potentials, states and samples come back float32; the
+            returned samples are decoded after the chain at float32. Needs a float32 chain;
+            "tf32" on a CPU chain raises ValueError. See
+            :mod:`vaebm_fast.sampling.precision`.
 
     Numbers may be Python numbers, NumPy scalars or 0-d tensors (not bools). The sampler never
     modifies the energy or the generator: gradients are taken with respect to the chain state
@@ -185,7 +196,7 @@ class LangevinSampler:
                  grad_clip: float | None = None, clamp: tuple[float, float] | None = None,
                  data_shape: Sequence[int] | None = None, replay_buffer: ReplayBuffer | None = None,
                  reuse_prob: float = 0.0, output: str = "mean", backend: str = "auto",
-                 potential: str = "paper"):
+                 potential: str = "paper", network_precision: str = "fp32"):
         if space not in SPACES:
             raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
         if not callable(energy):
@@ -221,6 +232,7 @@ class LangevinSampler:
         if not 0.0 <= reuse_prob <= 1.0:
             raise ValueError(f"reuse_prob must be in [0, 1] (got {reuse_prob!r})")
         self.potential_kind = check_potential(potential, space, generator, grad_clip)
+        self.network_precision = check_network_precision(network_precision)
         self.energy, self.generator, self.space = energy, generator, space
         self.step_size, self.n_steps = step_size, n_steps
         self.noise_scale = noise_scale
@@ -272,6 +284,33 @@ class LangevinSampler:
         generator = self.generator if generator is None else generator
         states = self._network_layout(states)
         return official_correction(generator, states[:-1], states[-1])
+
+    def network_outputs(self, states: list[torch.Tensor], energy, generator, step: int, *,
+                        needs_grad: bool = True):
+        """(x, E [B], c [B] or None): :meth:`decode_for_energy` and the energy at ``states``,
+        run at ``network_precision`` (bf16: under autocast, E and c cast back to float32) and
+        checked (:func:`check_energy_output`; ``step`` for the message). The one place a
+        chain evaluates its networks; the TF32 switches are the caller's
+        (:func:`~vaebm_fast.sampling.precision.tf32_window` around forward and backward)."""
+        with network_autocast(self.network_precision, states[0].device):
+            x, correction = self.decode_for_energy(states, generator)
+            E = energy(x)
+        check_energy_output(E, states[0].shape[0], step, needs_grad=needs_grad)
+        if self.network_precision == "bf16":
+            E = E.float()
+            correction = None if correction is None else correction.float()
+        return x, E, correction
+
+    def returned_samples(self, states: list[torch.Tensor], x: torch.Tensor, generator
+                         ) -> torch.Tensor:
+        """The samples a chain returns from its final ``states``, given ``x``, what the final
+        potential decoded: the eps-space decoder mean (``output="mean"``), else ``x``; decoded
+        again at float32 when ``x`` came from a bf16 pass (one decoder forward)."""
+        if self.space == "eps" and self.output == "mean":
+            return self.decode(states, mean=True, generator=generator)
+        if self.space != "data" and self.network_precision == "bf16":
+            return self.decode(states, generator=generator)
+        return x
 
     def potential(self, states: list[torch.Tensor]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -413,7 +452,9 @@ class LangevinSampler:
     def _check_model_dtype(self, states) -> None:
         """The chain state must have the dtype of the network it enters first (the generator
         in eps/latent space, else the energy): say so rather than fail inside a conv. Skipped
-        under autocast, which casts on its own."""
+        under autocast, which casts on its own. Also refuses a ``network_precision`` that does
+        not apply to the chain (:func:`~vaebm_fast.sampling.precision.check_chain_precision`)."""
+        check_chain_precision(self.network_precision, states[0].device, states[0].dtype)
         model, name = ((self.energy, "energy") if self.space == "data"
                        else (self.generator, "generator"))
         if not isinstance(model, nn.Module) or torch.is_autocast_enabled(states[0].device.type):
@@ -467,13 +508,11 @@ class LangevinSampler:
         # Gradients are taken with respect to the states only (autograd.grad's inputs): no
         # parameter gradient is computed, and the caller's modules (requires_grad flags, mode)
         # are never touched, so other threads may use them at the same time.
-        with torch.enable_grad():
+        with tf32_window(self.network_precision), torch.enable_grad():
             for s in states:
                 s.requires_grad_(True)
             for step in steps:
-                x, correction = self.decode_for_energy(states, generator)
-                E = energy(x)
-                check_energy_output(E, batch, step)
+                x, E, correction = self.network_outputs(states, energy, generator, step)
                 if energies is None:
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[step].copy_(E.detach())
@@ -490,18 +529,17 @@ class LangevinSampler:
             for s in states:
                 s.requires_grad_(False)
             with torch.no_grad():
-                x, correction = self.decode_for_energy(states, generator)
-                E = energy(x)
-                check_energy_output(E, batch, n_steps, needs_grad=False)
+                x, E, correction = self.network_outputs(states, energy, generator, n_steps,
+                                                        needs_grad=False)
                 if energies is None:  # n_steps == 0
                     energies, half_sq = self._chain_buffers(E, states, batch, n_steps)
                 energies[n_steps].copy_(E)
                 if correction is not None:
                     half_sq[n_steps].add_(correction)
-                # The final potential decoded the final state; only the eps-space decoder mean
-                # needs another pass.
-                if self.space == "eps" and self.output == "mean":
-                    x = self.decode(states, mean=True, generator=generator)
+        # The final potential decoded the final state; only the eps-space decoder mean (or a
+        # bf16 decode) needs another pass, at the process's own precision.
+        with torch.no_grad():
+            x = self.returned_samples(states, x, generator)
         return states, x, energies, half_sq, offset
 
     def _chain_buffers(self, E, states, batch, n_steps):
