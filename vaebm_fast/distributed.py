@@ -13,6 +13,8 @@ trainers need, on ``torch.distributed``.
   ``mean_over_ranks``: no-ops (or the identity) on one process.
 - ``rank_chain_offset(rank)`` and ``rank_seed(base, rank)``: where each process's random
   numbers come from (one place each, documented there).
+- ``shard_ranges(n, batch)`` and ``rank_shards(n, batch, world)``: how N samples are cut into
+  shards of one batch and which shards a process draws (round-robin).
 
 Standard library and torch only.
 """
@@ -20,14 +22,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["World", "init_from_torchrun", "destroy", "barrier", "all_gather_object",
            "gather_object", "broadcast_object", "all_true", "mean_over_ranks",
-           "rank_chain_offset", "rank_seed", "TORCHRUN_VARIABLES"]
+           "rank_chain_offset", "rank_seed", "shard_ranges", "rank_shards",
+           "TORCHRUN_VARIABLES"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -177,6 +180,18 @@ def rank_chain_offset(rank: int) -> int:
 
 def rank_seed(base: int, rank: int) -> int:
     """The seed of rank ``rank``'s global generators, from a ``base`` common to all processes:
-    each process draws its own stream (posterior noise, data noise), and the same (base, rank)
-    the same one again."""
+    each process draws its own stream (e.g. the posterior noise of stage 1), and the same
+    (base, rank) the same one again."""
     return (int(base) * 1_000_003 + int(rank)) % (2 ** 63)
+
+
+def shard_ranges(n: int, batch: int) -> List[Tuple[int, int]]:
+    """[(start, stop)] of the ceil(n / batch) shards of samples [0, n), in sample order."""
+    return [(start, min(n, start + batch)) for start in range(0, n, batch)]
+
+
+def rank_shards(n: int, batch: int, world: World) -> List[Tuple[int, int]]:
+    """The shards of :func:`shard_ranges` that ``world``'s process draws: every
+    ``world_size``-th from its rank on (round-robin, so the processes' loads differ by at most
+    one shard)."""
+    return shard_ranges(n, batch)[world.rank::world.world_size]

@@ -482,3 +482,12 @@ def test_replay_buffers_and_chain_offsets_are_redistributed_at_another_world_siz
     ring = ReplayBuffer(4, [(1,)])
     ring.load_state_dict(three[0]["replay"])  # a state the buffer accepts
     assert len(ring) == three[0]["replay"]["size"]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rank_shards_cover_every_sample_once_in_round_robin(world_size):
+    ranges = distributed.shard_ranges(10, 4)
+    assert ranges == [(0, 4), (4, 8), (8, 10)]
+    mine = [distributed.rank_shards(10, 4, World(r, world_size, r)) for r in range(world_size)]
+    assert sorted(sum(mine, [])) == ranges
+    assert all(m == ranges[r::world_size] for r, m in enumerate(mine))

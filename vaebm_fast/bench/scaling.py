@@ -143,13 +143,12 @@ def _build(workload: Workload, device: torch.device) -> Callable[[], Any]:
         return train_round
 
     sampler = make_sampler(energy, vae, replace(cfg, step_size=settings["sample_step_size"]))
-    shards = [(start, min(start + workload.batch, workload.samples))
-              for start in range(0, workload.samples, workload.batch)]
+    shards = distributed.rank_shards(workload.samples, workload.batch, world)
 
-    def sample_round():
+    def sample_round():  # the sample command's shards, gathered instead of written
         mine = [(start, sampler.sample(stop - start, seed=0, first_index=start,
                                        device=device).cpu())
-                for start, stop in shards[world.rank::world.world_size]]
+                for start, stop in shards]
         gathered = [None] * world.world_size if world.is_main else None
         dist.gather_object(mine, gathered, dst=0)
         if not world.is_main:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 
@@ -22,18 +22,13 @@ from .. import distributed
 from ..checkpoint import write_atomically
 from .errors import UsageError
 
-__all__ = ["draw_shards", "claim_folder", "shard_ranges", "shard_path", "sha256"]
+__all__ = ["draw_shards", "claim_folder", "shard_path", "sha256"]
 
 log = logging.getLogger("vaebm_fast")
 
 # draw(start, stop) -> {name: array [stop - start, ...]}: the samples of global indices
 # [start, stop), one array per output (e.g. "vae" and "vaebm").
 Draw = Callable[[int, int], Dict[str, np.ndarray]]
-
-
-def shard_ranges(n: int, batch: int) -> List[Tuple[int, int]]:
-    """[(start, stop)] of the ceil(n / batch) shards of [0, n)."""
-    return [(start, min(n, start + batch)) for start in range(0, n, batch)]
 
 
 def shard_path(shard_dir: str, name: str, start: int, stop: int) -> str:
@@ -46,8 +41,7 @@ def draw_shards(draw: Draw, names: Tuple[str, ...], n: int, batch: int, shard_di
     samples in order}`` on rank 0 (None on the other ranks)."""
     world = distributed.World.current()
     os.makedirs(shard_dir, exist_ok=True)
-    ranges = shard_ranges(n, batch)
-    mine = ranges[world.rank::world.world_size]
+    mine = distributed.rank_shards(n, batch, world)
     todo = [(a, b) for a, b in mine
             if not all(_finished(shard_path(shard_dir, name, a, b), b - a) for name in names)]
     if len(todo) < len(mine):
@@ -65,7 +59,8 @@ def draw_shards(draw: Draw, names: Tuple[str, ...], n: int, batch: int, shard_di
     if not world.is_main:
         return None
     return {name: np.concatenate([np.load(shard_path(shard_dir, name, a, b))
-                                  for a, b in ranges]) for name in names}
+                                  for a, b in distributed.shard_ranges(n, batch)])
+            for name in names}
 
 
 def _finished(path: str, size: int) -> bool:
